@@ -1,0 +1,45 @@
+"""The four classes: one source of truth for keys, names, dataset labels and colours.
+
+The stage names are the seed paper's; the dataset labels are the Taleqani dataset's B-ALL subtypes (determined by
+flow cytometry). They are not clinical stages, and every surface that shows a result says so.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    key: str
+    display_name: str
+    dataset_label: str
+    folder: str  # relative to the dataset root (Table 2 layout)
+    colour: str  # badge colour on the web page
+
+
+CLASSES: tuple[ClassInfo, ...] = (
+    ClassInfo("normal", "Normal", "Benign (hematogones)", "normal", "#1a7f37"),
+    ClassInfo("early", "Early Stage", "Early Pre-B ALL", "cancerous/early", "#d4a72c"),
+    ClassInfo("mid", "Mid Stage", "Pre-B ALL", "cancerous/mid", "#e16f24"),
+    ClassInfo("advanced", "Advanced Stage", "Pro-B ALL", "cancerous/advanced", "#cf222e"),
+)
+
+CLASS_KEYS: tuple[str, ...] = tuple(c.key for c in CLASSES)
+BY_KEY: dict[str, ClassInfo] = {c.key: c for c in CLASSES}
+
+UNCERTAIN_KEY = "uncertain"
+UNCERTAIN_DISPLAY_NAME = "Uncertain"
+UNCERTAIN_COLOUR = "#6e7781"
+
+DISCLAIMER = (
+    "Research decision support, not a diagnosis. Class names are the seed paper's stage names for the dataset's "
+    "B-ALL subtypes (flow cytometry labels), not clinical stages."
+)
+
+
+def class_info(key: str) -> ClassInfo:
+    """Look up a class by key; the error lists the valid keys."""
+    try:
+        return BY_KEY[key]
+    except KeyError:
+        raise ValueError(f"unknown class {key!r}; expected one of {', '.join(CLASS_KEYS)}") from None

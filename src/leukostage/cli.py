@@ -1,0 +1,151 @@
+"""Command line: parse arguments, call library functions, format output. Torch is imported only by training verbs."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .classes import DISCLAIMER
+from .data import SPLIT_METHODS, default_data_dir
+from .validate import DEFAULT_PRESET, PRESETS
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model on the Table 2 folder layout")
+    p.add_argument("--data", default=str(default_data_dir()), help="dataset folder (default: $LEUKOSTAGE_DATA)")
+    p.add_argument("--out", required=True, help="run folder for checkpoint, log, curves")
+    p.add_argument("--arch", default="paper")
+    p.add_argument("--split", default="random", choices=SPLIT_METHODS)
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+    p.add_argument("--limit-per-class", type=int, default=0, help="train on a small per-class subset (smoke runs)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, train
+
+    cfg = TrainConfig(
+        data=args.data, out=args.out, arch=args.arch, split=args.split, seed=args.seed, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, precision=args.precision, limit_per_class=args.limit_per_class,
+    )
+    summary = train(cfg, progress=not args.quiet)
+    print(json.dumps({k: summary[k] for k in ("best_epoch", "best_val_loss", "epochs_run", "median_epoch_seconds")}))
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="score a checkpoint or ONNX model on a split; writes metrics.json + report.md")
+    p.add_argument("--model", required=True, help="a run's best.pt, or an exported .onnx")
+    p.add_argument("--data", default=str(default_data_dir()))
+    p.add_argument("--split", default=None, choices=SPLIT_METHODS, help="default: the split the model was trained on")
+    p.add_argument("--part", default="test", choices=("train", "val", "test"))
+    p.add_argument("--seed", type=int, default=None, help="default: the model's training seed")
+    p.add_argument("--out", default=None, help="report folder (default: reports/<model>-<split>)")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_model
+
+    out = evaluate_model(args.model, args.data, split=args.split, part=args.part, seed=args.seed, out=args.out)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a checkpoint to ONNX + model card, with test-split metrics")
+    p.add_argument("--checkpoint", required=True, help="a run's best.pt")
+    p.add_argument("--out", default="models/paper.onnx")
+    p.add_argument("--name", default=None, help="model name in the card (default: the file stem)")
+    p.add_argument("--data", default=str(default_data_dir()), help="to score the test split(s) for the card")
+    p.add_argument("--metrics", nargs="*", default=[], help="metrics.json files to copy into the card")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    card = export_model(args.checkpoint, args.out, name=args.name, metrics_files=args.metrics, data=args.data)
+    print(f"wrote {args.out} and its card ({card['name']} {card['version']})")
+    return 0
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="classify images (validation runs first)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
+    p.add_argument("--model", default=None, help="ONNX model (default: the shipped models/paper.onnx)")
+    p.add_argument("--json", action="store_true", help="one JSON list, one object per input, in input order")
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESETS, help="validation preset")
+
+
+def expand_inputs(items: list[str]) -> list[str | dict]:
+    """Folders become their image files (sorted); a folder with none becomes an error entry."""
+    from .imaging import IMAGE_SUFFIXES
+
+    out: list[str | dict] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            files = sorted(str(f) for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                out.append({"file": item, "valid": False, "code": "unreadable",
+                            "reason": f"{item} is a folder with no images ({', '.join(IMAGE_SUFFIXES)})"})
+            out.extend(files)
+        else:
+            out.append(item)
+    return out
+
+
+def _table(results: list[dict]) -> str:
+    rows = []
+    for r in results:
+        if r.get("valid"):
+            outcome = f"{r['display_label']} ({r['dataset_label'] or 'no class asserted'})"
+            rows.append(f"{r['file']}\t{outcome}\tconfidence {r['confidence']:.3f}")
+        else:
+            rows.append(f"{r['file']}\tREJECTED [{r['code']}]\t{r['reason']}")
+    return "\n".join(rows)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import Predictor, analyse_path
+
+    predictor = Predictor.load(args.model)
+    results = [item if isinstance(item, dict) else analyse_path(item, predictor, args.preset).result
+               for item in expand_inputs(args.images)]
+    print(json.dumps(results, indent=2) if args.json else _table(results))
+    if not args.json:
+        print(f"\n{DISCLAIMER}", file=sys.stderr)
+    return 0 if all(r["valid"] for r in results) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="leukostage",
+        description="Blood smear ALL subtype classifier. Research decision support, not a diagnosis.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_export(sub)
+    _add_predict(sub)
+    return parser
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export, "predict": cmd_predict}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"leukostage {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

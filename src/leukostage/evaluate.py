@@ -1,0 +1,180 @@
+"""Metrics and reports: what a reader needs to judge a model, written as metrics.json + report.md + PNGs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .classes import CLASS_KEYS, CLASSES
+
+ECE_BINS = 15
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Top-label ECE: the gap between confidence and accuracy, weighted over equal-width confidence bins."""
+    conf = probs.max(1)
+    correct = probs.argmax(1) == y_true
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        in_bin = (conf > lo) & (conf <= hi)
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - conf[in_bin].mean())
+    return float(ece)
+
+
+def compute_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict:
+    """Accuracy, per-class report, macro-F1, one-vs-rest ROC-AUC, ECE and the confusion matrix."""
+    from sklearn.metrics import classification_report, confusion_matrix, f1_score, roc_auc_score
+
+    y_true = np.asarray(y_true)
+    y_pred = probs.argmax(1)
+    labels = list(range(len(CLASSES)))
+    report = classification_report(
+        y_true, y_pred, labels=labels, target_names=list(CLASS_KEYS), output_dict=True, zero_division=0
+    )
+    try:
+        auc = float(roc_auc_score(y_true, probs, multi_class="ovr", labels=labels))
+    except ValueError:  # a class absent from y_true (tiny subsets)
+        auc = float("nan")
+    return {
+        "n": int(len(y_true)),
+        "accuracy": float((y_pred == y_true).mean()),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "roc_auc_ovr": auc,
+        "ece": expected_calibration_error(y_true, probs),
+        "per_class": {k: {m: float(v) for m, v in report[k].items()} for k in CLASS_KEYS},
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    }
+
+
+def plot_confusion(matrix: list[list[int]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    ax.imshow(cm, cmap="Blues")
+    names = [c.display_name for c in CLASSES]
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def metrics_markdown(metrics: dict) -> str:
+    """A classification-report table plus the headline numbers."""
+    lines = [
+        f"- images: {metrics['n']}",
+        f"- accuracy: {metrics['accuracy']:.4f}",
+        f"- macro-F1: {metrics['macro_f1']:.4f}",
+        f"- ROC-AUC (one-vs-rest, macro): {metrics['roc_auc_ovr']:.4f}",
+        f"- expected calibration error ({ECE_BINS} bins): {metrics['ece']:.4f}",
+        "",
+        "| class (dataset label) | precision | recall | F1 | support |",
+        "|---|---|---|---|---|",
+    ]
+    for c in CLASSES:
+        m = metrics["per_class"][c.key]
+        lines.append(
+            f"| {c.display_name} ({c.dataset_label}) | {m['precision']:.4f} | {m['recall']:.4f} "
+            f"| {m['f1-score']:.4f} | {int(m['support'])} |"
+        )
+    lines += ["", "Confusion matrix (rows true, columns predicted, order " + ", ".join(CLASS_KEYS) + "):", ""]
+    lines += ["    " + " ".join(f"{v:5d}" for v in row) for row in metrics["confusion_matrix"]]
+    return "\n".join(lines)
+
+
+def write_report(out_dir: str | Path, metrics: dict, meta: dict, title: str) -> Path:
+    """Write metrics.json (metrics + provenance), report.md and confusion_matrix.png into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps({"meta": meta, "metrics": metrics}, indent=2) + "\n")
+    (out / "confusion_matrix.json").write_text(json.dumps(metrics["confusion_matrix"]) + "\n")
+    plot_confusion(metrics["confusion_matrix"], out / "confusion_matrix.png", title)
+    provenance = "\n".join(f"- {k}: {v}" for k, v in meta.items())
+    (out / "report.md").write_text(
+        f"# {title}\n\n{provenance}\n\n{metrics_markdown(metrics)}\n\n![confusion matrix](confusion_matrix.png)\n"
+    )
+    return out
+
+
+# --- scoring a model file on a split ---------------------------------------------------------------------------------
+def model_provenance(model_path: str | Path) -> dict:
+    """Split, seed and data fingerprint a model was trained with, from a checkpoint or an ONNX model card."""
+    path = Path(model_path)
+    if path.suffix == ".pt":
+        import torch
+
+        meta = torch.load(path, map_location="cpu", weights_only=False)["meta"]
+        return {"split": meta["split"], "seed": meta["seed"], "fingerprint": meta["fingerprint"]}
+    from .export import card_path_for
+
+    training = json.loads(card_path_for(path).read_text())["training"]
+    return {"split": training["split"], "seed": training["seed"], "fingerprint": training["data_fingerprint"]}
+
+
+def model_probabilities(model_path: str | Path, images_uint8: np.ndarray) -> np.ndarray:
+    """Probabilities from a checkpoint (torch, fp32) or an ONNX file (ONNX Runtime) for cached uint8 images."""
+    path = Path(model_path)
+    if path.suffix == ".pt":
+        from .train import load_checkpoint, predict_proba
+
+        model, _ = load_checkpoint(path)
+        return predict_proba(model, images_uint8)
+    from .imaging import to_unit_range
+    from .predict import Predictor
+
+    predictor = Predictor.load(path)
+    return np.concatenate(
+        [predictor.predict_proba(to_unit_range(images_uint8[i : i + 64])) for i in range(0, len(images_uint8), 64)]
+    )
+
+
+def evaluate_model(
+    model_path: str | Path,
+    data: str | Path,
+    split: str | None = None,
+    part: str = "test",
+    seed: int | None = None,
+    out: str | Path | None = None,
+) -> dict:
+    """Score a model on one part of a split and write the report.
+
+    Raises:
+        ValueError: the data differ from the training data, or the requested split/seed is not the one the model was
+            trained with (its test images could then be training images: a leaked, meaningless score).
+    """
+    from .data import discover, load_arrays, make_split
+
+    prov = model_provenance(model_path)
+    split = split or prov["split"]
+    seed = prov["seed"] if seed is None else seed
+    if (split, seed) != (prov["split"], prov["seed"]) and part != "train":
+        raise ValueError(
+            f"the model was trained on the {prov['split']} split with seed {prov['seed']}; scoring it on the "
+            f"{split} split (seed {seed}) would count training images as held out. Evaluate a model trained on that split."
+        )
+    ds = discover(data)
+    if ds.fingerprint != prov["fingerprint"]:
+        raise ValueError(
+            f"data fingerprint {ds.fingerprint} differs from the model's training data ({prov['fingerprint']}): "
+            "the split cannot be reproduced on this folder"
+        )
+    idx = make_split(ds, split, seed)[part]
+    probs = model_probabilities(model_path, load_arrays(ds, progress=False)[idx])
+    metrics = compute_metrics(ds.labels[idx], probs)
+    meta = {"model": str(model_path), "data_fingerprint": ds.fingerprint, "split": split, "part": part, "seed": seed}
+    out = Path(out) if out else Path("reports") / f"{Path(model_path).stem}-{split}-{part}"
+    write_report(out, metrics, meta, f"{Path(model_path).name} on the {split} split ({part})")
+    return {"report": str(out), "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "n": metrics["n"]}

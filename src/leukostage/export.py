@@ -1,0 +1,178 @@
+"""Export: a trained checkpoint -> one ONNX file (dynamic batch) + a model card JSON beside it.
+
+The ONNX graph takes what :func:`leukostage.imaging.preprocess` returns, batched: (N, 128, 128, 3) float32 in [0, 1].
+It returns ``probabilities`` (N, 4), and for Grad-CAM without torch: ``features`` (N, C, h, w), the last
+convolutional block's output, and ``gradients`` (N, 4, C, h, w), the gradient of each class logit with respect to
+those features. The dense head is piecewise linear (ReLU), so that gradient is an exact closed form computed in the
+graph itself: W1^T diag(relu'(z1)) W2^T diag(relu'(z2)) w3[c].
+"""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .classes import CLASSES
+from .imaging import IMAGE_SIZE
+
+OUTPUT_NAMES = ("probabilities", "features", "gradients")
+OPSET = 18
+
+
+class ServingGraph(nn.Module):
+    """Wraps a PaperCNN-like model (``forward_features`` + an MLP ``head``) for export."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.linears = [m for m in model.head if isinstance(m, nn.Linear)]
+
+    def forward(self, x: torch.Tensor):
+        feats = self.model.forward_features(x.permute(0, 3, 1, 2))  # NHWC -> NCHW
+        n, c, h, w = feats.shape
+        act = feats.permute(0, 2, 3, 1).reshape(n, -1)  # channels-last flatten, as the head expects
+        masks = []
+        for lin in self.linears[:-1]:
+            z = lin(act)
+            masks.append((z > 0).to(z.dtype))
+            act = torch.relu(z)
+        logits = self.linears[-1](act)
+        # d logit_k / d flat = w_last[k] * m_L @ W_L * ... * m_1 @ W_1  -> (N, K, F)
+        grad = self.linears[-1].weight.unsqueeze(0).expand(n, -1, -1)
+        for lin, mask in zip(reversed(self.linears[:-1]), reversed(masks)):
+            grad = (grad * mask.unsqueeze(1)) @ lin.weight
+        grad = grad.reshape(n, -1, h, w, c).permute(0, 1, 4, 2, 3)  # (N, K, C, h, w)
+        return torch.softmax(logits, dim=1), feats, grad
+
+
+def export_onnx(model: nn.Module, path: str | Path, image_size: int = IMAGE_SIZE) -> Path:
+    """Write a single-file ONNX model with a dynamic batch dimension."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    graph = ServingGraph(model.eval()).eval()
+    dummy = torch.rand(2, image_size, image_size, 3)
+    torch.onnx.export(
+        graph,
+        (dummy,),
+        str(path),
+        input_names=["image"],
+        output_names=list(OUTPUT_NAMES),
+        dynamic_axes={"image": {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}},
+        opset_version=OPSET,
+        dynamo=False,
+    )
+    return path
+
+
+def build_card(name: str, ckpt: dict, metrics: dict, command: str | None = None) -> dict:
+    """The model card: everything serving needs (classes, input, preprocessing) and everything a reader needs."""
+    meta = ckpt.get("meta", {})
+    mc = ckpt["model_config"]
+    return {
+        "name": name,
+        "version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "intended_use": "Research decision support only; not a diagnosis. Stage names are the seed paper's names "
+        "for the Taleqani dataset's B-ALL subtypes (flow cytometry labels), not clinical stages.",
+        "classes": [
+            {"key": c.key, "display_name": c.display_name, "dataset_label": c.dataset_label} for c in CLASSES
+        ],
+        "input": {"name": "image", "shape": ["batch", mc["image_size"], mc["image_size"], 3], "dtype": "float32",
+                  "layout": "NHWC", "color": "RGB"},
+        "outputs": list(OUTPUT_NAMES),
+        "preprocessing": {"resize": [mc["image_size"], mc["image_size"]], "interpolation": "area (shrink), linear "
+                          "(enlarge)", "scale": "1/255", "function": "leukostage.imaging.preprocess"},
+        "architecture": mc,
+        "training": {
+            "data": "Taleqani ALL image dataset (CC BY 4.0), original/ images",
+            "data_fingerprint": meta.get("fingerprint"),
+            "split": meta.get("split"),
+            "seed": meta.get("seed"),
+            "split_counts": meta.get("split_counts"),
+            "best_epoch": ckpt.get("epoch"),
+            "config": ckpt.get("train_config"),
+            "precision": meta.get("precision"),
+            "command": meta.get("command"),
+        },
+        "metrics": metrics,
+        "versions": {"leukostage": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "export_command": command or " ".join(sys.argv),
+    }
+
+
+def write_card(card: dict, onnx_path: str | Path) -> Path:
+    card_path = Path(onnx_path).with_suffix("").with_suffix(".card.json")
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    return card_path
+
+
+def card_path_for(onnx_path: str | Path) -> Path:
+    return Path(onnx_path).with_suffix("").with_suffix(".card.json")
+
+
+def onnx_probabilities(onnx_path: str | Path, batch: np.ndarray) -> np.ndarray:
+    """Probabilities from the exported file (used by parity checks)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return sess.run(["probabilities"], {"image": batch.astype(np.float32)})[0]
+
+
+UNCERTAIN_TARGET_ACCURACY = 0.99  # selective accuracy the uncertainty threshold aims for, on validation data
+UNCERTAIN_GRID = tuple(np.round(np.arange(0.40, 0.96, 0.05), 2))
+
+
+def choose_uncertain_threshold(y_val: np.ndarray, probs_val: np.ndarray) -> float:
+    """Smallest top-probability threshold whose accepted validation predictions reach the target accuracy."""
+    conf, correct = probs_val.max(1), probs_val.argmax(1) == y_val
+    for t in UNCERTAIN_GRID:
+        kept = conf >= t
+        if kept.any() and correct[kept].mean() >= UNCERTAIN_TARGET_ACCURACY:
+            return float(t)
+    return float(UNCERTAIN_GRID[-1])
+
+
+def export_model(checkpoint: str | Path, out: str | Path, name: str | None = None,
+                 metrics_files: list[str] | None = None, data: str | Path | None = None) -> dict:
+    """Checkpoint -> ONNX + card. Scores the model's own val (threshold) and test (metrics) parts when data is given."""
+    from .data import discover, load_arrays, make_split
+    from .evaluate import compute_metrics
+    from .train import load_checkpoint
+
+    model, ckpt = load_checkpoint(checkpoint)
+    out = export_onnx(model, out, ckpt["model_config"]["image_size"])
+    metrics: dict = {}
+    decision = {"uncertain_below": 0.5, "chosen_on": "default"}
+    if data is not None:
+        ds = discover(data)
+        meta = ckpt["meta"]
+        if ds.fingerprint == meta["fingerprint"]:
+            split = make_split(ds, meta["split"], meta["seed"])
+            images = load_arrays(ds, progress=False)
+            val_probs = onnx_probabilities(out, images[split["val"]].astype(np.float32) / 255.0)
+            t = choose_uncertain_threshold(ds.labels[split["val"]], val_probs)
+            decision = {"uncertain_below": t, "chosen_on": f"{meta['split']} split, val part",
+                        "target_selective_accuracy": UNCERTAIN_TARGET_ACCURACY}
+            test_probs = onnx_probabilities(out, images[split["test"]].astype(np.float32) / 255.0)
+            m = compute_metrics(ds.labels[split["test"]], test_probs)
+            metrics[f"{meta['split']}_test"] = {k: m[k] for k in ("n", "accuracy", "macro_f1", "roc_auc_ovr", "ece")}
+            metrics[f"{meta['split']}_test"]["recall"] = {k: v["recall"] for k, v in m["per_class"].items()}
+    for f in metrics_files or []:
+        doc = json.loads(Path(f).read_text())
+        m, meta = doc["metrics"], doc["meta"]
+        metrics[f"{meta['split']}_{meta['part']}"] = {
+            **{k: m[k] for k in ("n", "accuracy", "macro_f1", "roc_auc_ovr", "ece")},
+            "recall": {k: v["recall"] for k, v in m["per_class"].items()},
+            "model": meta["model"], "seed": meta["seed"], "data_fingerprint": meta["data_fingerprint"],
+        }
+    card = build_card(name or Path(out).stem, ckpt, metrics)
+    card["decision"] = decision
+    write_card(card, out)
+    return card

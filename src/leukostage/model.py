@@ -1,0 +1,92 @@
+"""Architectures as plain torch modules (training path only).
+
+``forward`` = ``forward_features`` (the convolutional blocks) then ``forward_head`` (the dense classifier):
+the split that Grad-CAM and the ONNX export with feature maps need.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .classes import CLASS_KEYS
+from .imaging import IMAGE_SIZE
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "paper"
+    image_size: int = IMAGE_SIZE
+    num_classes: int = len(CLASS_KEYS)
+    filters: tuple[int, ...] = (32, 64, 128, 256)
+    dense: tuple[int, ...] = (256, 128)
+    conv_dropout: float = 0.25
+    dense_dropout: float = 0.5
+
+
+class ConvBlock(nn.Sequential):
+    """Table 4 block: 2x (Conv3x3 'same' + ReLU), BatchNorm, MaxPool 2x2, Dropout."""
+
+    def __init__(self, c_in: int, c_out: int, dropout: float):
+        super().__init__(
+            nn.Conv2d(c_in, c_out, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.BatchNorm2d(c_out),
+            nn.MaxPool2d(2),
+            nn.Dropout(dropout),
+        )
+
+
+class PaperCNN(nn.Module):
+    """The seed paper's CNN (Table 4): 5,401,188 trainable parameters at 128x128 input.
+
+    Takes (N, 3, H, W) floats in [0, 1]; returns logits (softmax is applied by the loss and at export).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        chans = (3, *cfg.filters)
+        self.blocks = nn.Sequential(*(ConvBlock(a, b, cfg.conv_dropout) for a, b in zip(chans, chans[1:])))
+        side = cfg.image_size // 2 ** len(cfg.filters)  # 128 -> 8
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = cfg.filters[-1] * side * side  # 16384
+        for units in cfg.dense:
+            layers += [nn.Linear(width, units), nn.ReLU(inplace=True), nn.Dropout(cfg.dense_dropout)]
+            width = units
+        layers.append(nn.Linear(width, cfg.num_classes))
+        self.head = nn.Sequential(*layers)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x)  # (N, 256, 8, 8)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        # Keras flattens channels-last (H, W, C); match it so the head's weights mean the same thing.
+        return self.head(features.permute(0, 2, 3, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {"paper": PaperCNN}
+
+
+def build_model(cfg: ModelConfig | None = None, **overrides) -> nn.Module:
+    """Build an architecture by name; an unknown name lists the valid ones."""
+    cfg = cfg or ModelConfig()
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    if cfg.arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {cfg.arch!r}; expected one of {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[cfg.arch](cfg)
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def config_dict(cfg: ModelConfig) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}

@@ -1,0 +1,147 @@
+"""Serving-side inference: an ONNX Runtime predictor and the one analysis pipeline the CLI and the web app share.
+
+bytes -> decode -> validate -> preprocess -> infer -> decide (label or uncertain). No torch here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .classes import BY_KEY, CLASS_KEYS, UNCERTAIN_DISPLAY_NAME, UNCERTAIN_KEY
+from .imaging import ImageError, preprocess, read_bytes
+from .validate import DEFAULT_PRESET, validate_bytes
+
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+DEFAULT_MODEL = MODELS_DIR / "paper.onnx"
+
+
+def default_model_path() -> Path:
+    """$LEUKOSTAGE_MODEL, else the shipped models/paper.onnx."""
+    return Path(os.environ.get("LEUKOSTAGE_MODEL", DEFAULT_MODEL))
+
+
+class Predictor:
+    """A loaded model: ``predict_proba`` on preprocessed batches, plus the card that says how it was made.
+
+    Preprocessing settings (input size) and the uncertainty threshold are read from the model card, so serving
+    cannot disagree with training.
+    """
+
+    def __init__(self, session, card: dict, path: Path):
+        self.session = session
+        self.card = card
+        self.path = path
+        self.classes_ = tuple(c["key"] for c in card.get("classes", [])) or CLASS_KEYS
+        if self.classes_ != CLASS_KEYS:
+            raise ValueError(f"model {path} has classes {self.classes_}; this version expects {CLASS_KEYS}")
+        self.image_size = int(card["input"]["shape"][1])
+        self.uncertain_below = float(card.get("decision", {}).get("uncertain_below", 0.0))
+        self.outputs = [o.name for o in session.get_outputs()]
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, threads: int | None = None) -> "Predictor":
+        """Load an ONNX model and its ``<name>.card.json``.
+
+        Args:
+            threads: ONNX Runtime intra-op threads (default: all cores; give 1 per worker when serving N workers).
+
+        Raises:
+            FileNotFoundError: the model or its card is missing.
+        """
+        import onnxruntime as ort
+
+        path = Path(path) if path is not None else default_model_path()
+        card_path = path.with_suffix("").with_suffix(".card.json")
+        if not path.is_file():
+            raise FileNotFoundError(f"model file {path} not found; train and export one, or pass --model")
+        if not card_path.is_file():
+            raise FileNotFoundError(f"model card {card_path} not found beside {path.name}")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        return cls(session, json.loads(card_path.read_text()), path)
+
+    @property
+    def info(self) -> dict:
+        return {"name": self.card.get("name", self.path.stem), "version": self.card.get("version", "unknown")}
+
+    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities (N, 4) for preprocessed images (N, size, size, 3) float32 in [0, 1]."""
+        return self.session.run(["probabilities"], {"image": np.ascontiguousarray(batch, np.float32)})[0]
+
+    def run_all(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every graph output (probabilities, features, gradients) for Grad-CAM."""
+        values = self.session.run(self.outputs, {"image": np.ascontiguousarray(batch, np.float32)})
+        return dict(zip(self.outputs, values))
+
+    def predict(self, batch: np.ndarray) -> list[str]:
+        """Decided labels: a class key, or ``uncertain`` when the top probability is below the card's threshold."""
+        return [decide(p, self.uncertain_below)[0] for p in self.predict_proba(batch)]
+
+
+def decide(probs: np.ndarray, uncertain_below: float) -> tuple[str, float]:
+    """Top class and its probability; ``uncertain`` when the model is not sure enough to assert a class."""
+    top = int(np.argmax(probs))
+    confidence = float(probs[top])
+    return (UNCERTAIN_KEY if confidence < uncertain_below else CLASS_KEYS[top]), confidence
+
+
+def result_fields(probs: np.ndarray, uncertain_below: float) -> dict:
+    """The prediction part of the public JSON contract."""
+    label, confidence = decide(probs, uncertain_below)
+    info = BY_KEY.get(label)
+    top_key = CLASS_KEYS[int(np.argmax(probs))]
+    return {
+        "label": label,
+        "display_label": info.display_name if info else UNCERTAIN_DISPLAY_NAME,
+        "dataset_label": info.dataset_label if info else None,
+        "confidence": round(confidence, 6),
+        "top_class": top_key,
+        "probabilities": {k: round(float(p), 6) for k, p in zip(CLASS_KEYS, probs)},
+    }
+
+
+@dataclass
+class Analysis:
+    """One input's outcome: the JSON-ready ``result`` plus what the web layer needs (timings, decoded image)."""
+
+    result: dict
+    timing_ms: dict = field(default_factory=dict)
+    rgb: np.ndarray | None = None
+
+
+def analyse_bytes(data: bytes, name: str, predictor: Predictor, preset: str = DEFAULT_PRESET) -> Analysis:
+    """The whole pipeline for one image. Never raises for bad input: failures become ``valid: false`` results."""
+    t0 = time.perf_counter()
+    rgb, verdict, decode_ms = validate_bytes(data, preset=preset)
+    t1 = time.perf_counter()
+    timing = {"decode": round(decode_ms, 3), "validate": round((t1 - t0) * 1000 - decode_ms, 3)}
+    if not verdict.valid:
+        timing["total"] = round((t1 - t0) * 1000, 3)
+        return Analysis({"file": name, **verdict.to_dict()}, timing, rgb)
+    x = preprocess(rgb, predictor.image_size)[None]
+    t2 = time.perf_counter()
+    probs = predictor.predict_proba(x)[0]
+    t3 = time.perf_counter()
+    timing.update(preprocess=round((t2 - t1) * 1000, 3), inference=round((t3 - t2) * 1000, 3),
+                  total=round((t3 - t0) * 1000, 3))
+    result = {"file": name, "valid": True, **result_fields(probs, predictor.uncertain_below)}
+    if verdict.checks:
+        result["checks"] = verdict.checks_dict()
+    return Analysis(result, timing, rgb)
+
+
+def analyse_path(path: str | Path, predictor: Predictor, preset: str = DEFAULT_PRESET) -> Analysis:
+    """Read a file and analyse it; unreadable paths become ``valid: false`` results, never exceptions."""
+    try:
+        data = read_bytes(path)
+    except ImageError as exc:
+        return Analysis({"file": str(path), "valid": False, "code": exc.code, "reason": exc.message})
+    return analyse_bytes(data, str(path), predictor, preset)

@@ -1,0 +1,222 @@
+"""Training: setup, batches, evaluation, learning-rate schedule, one loop, checkpoint. Reads top to bottom."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from .augment import AugmentConfig, augment_batch
+from .classes import CLASS_KEYS
+from .data import Dataset, discover, load_arrays, make_split, split_summary
+from .model import ModelConfig, build_model, config_dict
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclass
+class TrainConfig:
+    data: str = "../shared/data"
+    out: str = "runs/paper"
+    arch: str = "paper"
+    split: str = "random"
+    seed: int = 42
+    epochs: int = 50
+    batch_size: int = 32
+    lr: float = 1e-3
+    early_stop_patience: int = 10  # EarlyStopping on val loss, best weights restored
+    plateau_patience: int = 3  # ReduceLROnPlateau on val loss
+    plateau_factor: float = 0.5
+    min_lr: float = 1e-5
+    precision: str = "auto"  # bf16 autocast where the CPU has native bf16 (AMX / AVX512-BF16), else fp32
+    limit_per_class: int = 0  # >0: a small per-class subset (smoke tests)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+def resolve_precision(name: str) -> str:
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {name!r}; expected one of {', '.join(PRECISIONS)}")
+    if name == "auto":
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    return name
+
+
+def to_input(batch_uint8: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [0, 1], channels-last in memory (fast on CPU)."""
+    x = torch.from_numpy(batch_uint8).float().div_(255.0)  # == imaging.to_unit_range
+    return x.permute(0, 3, 1, 2)  # a view: NHWC memory is exactly channels_last
+
+
+@torch.no_grad()
+def predict_proba(model: torch.nn.Module, images: np.ndarray, batch_size: int = 128, bf16: bool = False) -> np.ndarray:
+    """Softmax probabilities for uint8 images (N, H, W, 3), in eval mode."""
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(to_input(images[i : i + batch_size]))
+        out.append(torch.softmax(logits.float(), 1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(CLASS_KEYS)), np.float32)
+
+
+def _subset(split: dict[str, np.ndarray], labels: np.ndarray, per_class: int) -> dict[str, np.ndarray]:
+    if per_class <= 0:
+        return split
+    keep = {}
+    for name, idx in split.items():
+        n = per_class if name == "train" else max(2, per_class // 3)
+        keep[name] = np.concatenate([idx[labels[idx] == c][:n] for c in range(len(CLASS_KEYS))])
+    return keep
+
+
+def plot_curves(log_rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in log_rows]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for key, ax in (("acc", a1), ("loss", a2)):
+        ax.plot(ep, [r[f"train_{key}"] for r in log_rows], label="train")
+        ax.plot(ep, [r[f"val_{key}"] for r in log_rows], label="val")
+        ax.set_xlabel("epoch")
+        ax.set_title("accuracy" if key == "acc" else "loss")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> dict:
+    """Train one model; writes best.pt, log.csv, curves.png and run.json into cfg.out. Returns the run summary."""
+    from tqdm import tqdm
+
+    # --- setup -----------------------------------------------------------------------------------------------
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    precision = resolve_precision(cfg.precision)
+    bf16 = precision == "bf16"
+    ds: Dataset = discover(cfg.data)
+    images = load_arrays(ds, progress=progress)
+    split = _subset(make_split(ds, cfg.split, cfg.seed), ds.labels, cfg.limit_per_class)
+    x_train, y_train = images[split["train"]], ds.labels[split["train"]]
+    x_val, y_val = images[split["val"]], ds.labels[split["val"]]
+    mcfg = ModelConfig(arch=cfg.arch)
+    model = build_model(mcfg).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr
+    )
+    gen = torch.Generator().manual_seed(cfg.seed)
+    meta = {
+        "fingerprint": ds.fingerprint,
+        "split": cfg.split,
+        "seed": cfg.seed,
+        "split_counts": split_summary(ds, split),
+        "precision": precision,
+        "torch": torch.__version__,
+        "leukostage": __version__,
+        "python": platform.python_version(),
+        "command": " ".join(sys.argv),
+    }
+    (out / "split.json").write_text(
+        json.dumps({k: [str(ds.paths[i].relative_to(ds.root)) for i in v] for k, v in split.items()}, indent=0)
+    )
+    log_path = out / "log.csv"
+    fields = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+    rows: list[dict] = []
+    best_loss, best_epoch, since_best = math.inf, 0, 0
+    with log_path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        # --- one loop ----------------------------------------------------------------------------------------
+        for epoch in range(1, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            model.train()
+            order = torch.randperm(len(x_train), generator=gen).numpy()
+            total_loss, total_correct, seen = 0.0, 0, 0
+            batches = range(0, len(order), cfg.batch_size)
+            bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not progress, leave=False)
+            for start in bar:
+                idx = order[start : start + cfg.batch_size]
+                x = augment_batch(to_input(x_train[idx]), cfg.augment, gen)
+                y = torch.from_numpy(y_train[idx])
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    logits = model(x)
+                loss = F.cross_entropy(logits.float(), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total_loss += loss.item() * len(idx)
+                total_correct += int((logits.argmax(1) == y).sum())
+                seen += len(idx)
+                bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{total_correct / seen:.3f}")
+            # --- evaluate, schedule, checkpoint ------------------------------------------------------------------
+            val_probs = predict_proba(model, x_val, bf16=bf16)
+            val_loss = float(F.nll_loss(torch.log(torch.from_numpy(val_probs).clamp_min(1e-7)), torch.from_numpy(y_val)))
+            val_acc = float((val_probs.argmax(1) == y_val).mean())
+            row = {
+                "epoch": epoch,
+                "train_loss": round(total_loss / seen, 5),
+                "train_acc": round(total_correct / seen, 5),
+                "val_loss": round(val_loss, 5),
+                "val_acc": round(val_acc, 5),
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
+            rows.append(row)
+            writer.writerow(row)
+            fh.flush()
+            print(
+                    f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  acc {row['train_acc']:.4f}  "
+                    f"val_loss {val_loss:.4f}  val_acc {val_acc:.4f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s",
+                    flush=True,
+                )
+            scheduler.step(val_loss)
+            if val_loss < best_loss:
+                best_loss, best_epoch, since_best = val_loss, epoch, 0
+                torch.save(
+                    {"model": model.state_dict(), "model_config": config_dict(mcfg), "train_config": _jsonable(cfg),
+                     "meta": meta, "epoch": epoch},
+                    out / "best.pt",
+                )
+            else:
+                since_best += 1
+                if since_best >= cfg.early_stop_patience:
+                    print(f"early stopping: no val-loss improvement for {since_best} epochs", flush=True)
+                    break
+    # --- restore best, summarise ---------------------------------------------------------------------------------
+    plot_curves(rows, out / "curves.png")
+    summary = {**meta, "best_epoch": best_epoch, "best_val_loss": best_loss, "epochs_run": len(rows),
+               "median_epoch_seconds": float(np.median([r["seconds"] for r in rows]))}
+    (out / "run.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _jsonable(cfg: TrainConfig) -> dict:
+    d = asdict(cfg)
+    return json.loads(json.dumps(d, default=list))
+
+
+def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
+    """Rebuild a model exactly from a checkpoint (its stored config), in eval mode."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    mc = ckpt["model_config"]
+    mcfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in mc.items()})
+    model = build_model(mcfg)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model, ckpt
