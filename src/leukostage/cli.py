@@ -122,6 +122,41 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0 if all(r["valid"] for r in results) else 1
 
 
+def _add_validate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("validate", help="check that images are usable blood smear photographs")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESETS)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .validate import validate_path
+
+    results = [item if isinstance(item, dict) else {"file": item, **validate_path(item, args.preset).to_dict()}
+               for item in expand_inputs(args.images)]
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            print(f"{r['file']}\t" + ("ok" if r["valid"] else f"REJECTED [{r['code']}]\t{r['reason']}"))
+    return 0 if all(r["valid"] for r in results) else 1
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve the web app and HTTP API (gunicorn; --debug: Flask dev server)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=None, help="gunicorn workers (default: number of cores)")
+    p.add_argument("--model", default=None)
+    p.add_argument("--debug", action="store_true", help="Flask's development server instead of gunicorn")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .web import serve
+
+    return serve(host=args.host, port=args.port, workers=args.workers, model=args.model, debug=args.debug)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="leukostage",
@@ -132,10 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_export(sub)
     _add_predict(sub)
+    _add_validate(sub)
+    _add_serve(sub)
     return parser
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export, "predict": cmd_predict}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export, "predict": cmd_predict,
+            "validate": cmd_validate, "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .imaging import ImageError, decode_image
+from .imaging import ImageError, decode_image, read_bytes
 
 PRESETS = ("default", "paper")
 DEFAULT_PRESET = "default"
@@ -95,3 +95,12 @@ def validate_bytes(data: bytes, preset: str = DEFAULT_PRESET) -> tuple[np.ndarra
         return None, ValidationResult(False, exc.code, exc.message), (time.perf_counter() - t0) * 1000
     decode_ms = (time.perf_counter() - t0) * 1000
     return rgb, validate_image(rgb, preset), decode_ms
+
+
+def validate_path(path, preset: str = DEFAULT_PRESET) -> ValidationResult:
+    """Read a file and validate it; never raises for bad files."""
+    try:
+        data = read_bytes(path)
+    except ImageError as exc:
+        return ValidationResult(False, exc.code, exc.message)
+    return validate_bytes(data, preset)[1]
