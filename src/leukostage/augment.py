@@ -51,3 +51,40 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
     theta = random_affine_matrices(x.shape[0], cfg, generator).to(x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+@dataclass(frozen=True)
+class ColourConfig:
+    """Shortcut-breaking augmentation (not in the paper): the Taleqani classes differ in background tint and
+    illumination (acquisition sessions), so a model can learn those instead of cells. Each training image gets a
+    random background colour (its channels rescaled so the background mean lands on a random near-neutral tint), and
+    with probability ``replace_p`` its background is replaced outright by a flat noisy colour, using the cell masks
+    from the dataset's segmented twins."""
+
+    brightness: tuple[float, float] = (0.70, 1.0)  # target background brightness
+    tint: float = 0.08  # +- per-channel deviation of the target background from neutral
+    apply_p: float = 0.9
+    replace_p: float = 0.2
+    noise: float = 0.03
+
+
+def _uniform(shape: tuple[int, ...], lo: float, hi: float, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.rand(shape, generator=generator) * (hi - lo) + lo
+
+
+def randomise_background(
+    x: torch.Tensor, masks: torch.Tensor, cfg: ColourConfig, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """x: (N, 3, H, W) in [0, 1]; masks: (N, 1, H, W) with 1 on cell pixels. Returns a recoloured batch."""
+    n = x.shape[0]
+    bg = 1.0 - masks
+    bg_mean = (x * bg).sum((2, 3)) / bg.sum((2, 3)).clamp_min(1.0)  # (N, 3)
+    target = _uniform((n, 1), *cfg.brightness, generator) * _uniform((n, 3), 1 - cfg.tint, 1 + cfg.tint, generator)
+    gains = (target / bg_mean.clamp_min(0.05)).clamp(0.5, 2.0)
+    apply = (torch.rand(n, 1, generator=generator) < cfg.apply_p).float()
+    gains = apply * gains + (1 - apply)
+    out = (x * gains[:, :, None, None]).clamp(0.0, 1.0)
+    replace = (torch.rand(n, 1, 1, 1, generator=generator) < cfg.replace_p).float()
+    fill = target[:, :, None, None] + cfg.noise * torch.randn(x.shape, generator=generator)
+    flat = masks * out + (1 - masks) * fill.clamp(0.0, 1.0)
+    return replace * flat + (1 - replace) * out

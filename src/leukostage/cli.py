@@ -17,6 +17,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run folder for checkpoint, log, curves")
     p.add_argument("--arch", default="paper")
     p.add_argument("--split", default="random", choices=SPLIT_METHODS)
+    p.add_argument("--recipe", default="paper", choices=("paper", "robust"),
+                   help="paper: Table 3 augmentation; robust: plus background tint randomisation (shortcut fix)")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--batch-size", type=int, default=32)
@@ -30,7 +32,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train
 
     cfg = TrainConfig(
-        data=args.data, out=args.out, arch=args.arch, split=args.split, seed=args.seed, epochs=args.epochs,
+        data=args.data, out=args.out, arch=args.arch, split=args.split, recipe=args.recipe, seed=args.seed, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, precision=args.precision, limit_per_class=args.limit_per_class,
     )
     summary = train(cfg, progress=not args.quiet)

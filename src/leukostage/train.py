@@ -15,12 +15,14 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
-from .augment import AugmentConfig, augment_batch
+from .augment import AugmentConfig, ColourConfig, augment_batch, randomise_background
 from .classes import CLASS_KEYS
-from .data import Dataset, discover, load_arrays, make_split, split_summary
+from .data import Dataset, discover, load_arrays, load_masks, make_split, split_summary
 from .model import ModelConfig, build_model, config_dict
 
 PRECISIONS = ("auto", "bf16", "fp32")
+# paper: Table 3 only. robust: Table 3 plus background-tint randomisation and background replacement (shortcut fix).
+RECIPES: dict[str, ColourConfig | None] = {"paper": None, "robust": ColourConfig()}
 
 
 @dataclass
@@ -29,6 +31,7 @@ class TrainConfig:
     out: str = "runs/paper"
     arch: str = "paper"
     split: str = "random"
+    recipe: str = "paper"
     seed: int = 42
     epochs: int = 50
     batch_size: int = 32
@@ -108,11 +111,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     precision = resolve_precision(cfg.precision)
+    if cfg.recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {cfg.recipe!r}; expected one of {', '.join(RECIPES)}")
+    colour = RECIPES[cfg.recipe]
     bf16 = precision == "bf16"
     ds: Dataset = discover(cfg.data)
     images = load_arrays(ds, progress=progress)
     split = _subset(make_split(ds, cfg.split, cfg.seed), ds.labels, cfg.limit_per_class)
     x_train, y_train = images[split["train"]], ds.labels[split["train"]]
+    m_train = load_masks(ds)[split["train"]] if colour else None
     x_val, y_val = images[split["val"]], ds.labels[split["val"]]
     mcfg = ModelConfig(arch=cfg.arch)
     model = build_model(mcfg).to(memory_format=torch.channels_last)
@@ -124,6 +131,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     meta = {
         "fingerprint": ds.fingerprint,
         "split": cfg.split,
+        "recipe": cfg.recipe,
         "seed": cfg.seed,
         "split_counts": split_summary(ds, split),
         "precision": precision,
@@ -152,7 +160,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not progress, leave=False)
             for start in bar:
                 idx = order[start : start + cfg.batch_size]
-                x = augment_batch(to_input(x_train[idx]), cfg.augment, gen)
+                x = to_input(x_train[idx])
+                if colour is not None:
+                    x = randomise_background(x, torch.from_numpy(m_train[idx]).float()[:, None], colour, gen)
+                x = augment_batch(x, cfg.augment, gen)
                 y = torch.from_numpy(y_train[idx])
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     logits = model(x)

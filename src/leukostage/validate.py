@@ -1,12 +1,25 @@
 """The input gate: is this a usable blood smear photograph? Layered checks, each with a code and a sentence.
 
-1. decoding (imaging.read_header / decode_image): unreadable, unsupported_format, animated, too_small, too_large
-2. colour (seed paper section 2.5): saturation, brightness, stain-hue ratio; presets ``paper`` and ``default``
+1. decoding (imaging.read_header / decode_image): ``unreadable``, ``unsupported_format``, ``animated``,
+   ``too_small``, ``too_large``
+2. colour (seed paper section 2.5): saturation, brightness, stain-hue ratio -> ``low_saturation``,
+   ``abnormal_brightness``, ``no_stain_profile``
+3. content: a small learned smear-vs-other classifier on cheap colour / texture / blob features of a downscaled
+   copy -> ``not_blood_smear``
+(4. uncertainty lives in predict.decide, after the CNN.)
+
+Presets: ``paper`` is Code Snippet 4 verbatim (colour only, full resolution), kept for comparison; ``default`` uses
+colour thresholds calibrated on genuine smears plus the content check. The calibrated numbers live in
+``validator.json`` beside this file, written by ``leukostage calibrate-validator`` (module ``calibrate``); the paper's
+numbers live in :data:`PAPER_RULE`. Nothing else holds a threshold. Serving imports only numpy and cv2.
 """
 from __future__ import annotations
 
+import functools
+import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,8 +28,20 @@ from .imaging import ImageError, decode_image, read_bytes
 
 PRESETS = ("default", "paper")
 DEFAULT_PRESET = "default"
+VALIDATOR_PATH = Path(__file__).with_name("validator.json")
+ANALYSIS_SIDE = 128  # the default preset looks at a copy whose long side is this many pixels (speed, scale)
+MIN_ANALYSIS_SIDE = 8  # short side floor for very elongated images
+
+MESSAGES = {
+    "low_saturation": "Image lacks colour saturation",
+    "abnormal_brightness": "Abnormal brightness levels",
+    "no_stain_profile": "No blood smear colour profile detected",
+    "not_blood_smear": "Image does not look like a stained blood smear field (it resembles tissue, a photograph, "
+    "a drawing or a flat colour)",
+}
 
 
+# --- presets --------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ColourRule:
     """Thresholds on OpenCV HSV statistics (H in 0-179, S and V in 0-255)."""
@@ -29,14 +54,89 @@ class ColourRule:
     min_stain_ratio: float
 
 
-RULES: dict[str, ColourRule] = {
-    # Code Snippet 4 of the seed paper, verbatim.
-    "paper": ColourRule(20.0, 30.0, 240.0, 120, 180, 0.05),
-    # Provisional: to be calibrated on genuine smears.
-    "default": ColourRule(20.0, 30.0, 250.0, 120, 180, 0.05),
-}
+# Code Snippet 4 of the seed paper, verbatim: the one hard-coded rule, kept for comparison.
+PAPER_RULE = ColourRule(20.0, 30.0, 240.0, 120, 180, 0.05)
 
 
+@dataclass(frozen=True)
+class ContentModel:
+    """A standardiser plus a small MLP (ReLU hidden layers, one logistic output): P(blood smear | features)."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    weights: tuple[np.ndarray, ...]
+    biases: tuple[np.ndarray, ...]
+    threshold: float
+    feature_names: tuple[str, ...]
+
+    def score(self, features: np.ndarray) -> float:
+        """Probability that the features come from a blood smear."""
+        x = (np.asarray(features, np.float64) - self.mean) / self.scale
+        for w, b in zip(self.weights[:-1], self.biases[:-1]):
+            x = np.maximum(x @ w + b, 0.0)
+        z = float((x @ self.weights[-1] + self.biases[-1]).ravel()[0])
+        return float(1.0 / (1.0 + np.exp(-np.clip(z, -60.0, 60.0))))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ContentModel":
+        layers = d["layers"]
+        return cls(
+            mean=np.asarray(d["mean"], np.float64),
+            scale=np.asarray(d["scale"], np.float64),
+            weights=tuple(np.asarray(layer["weights"], np.float64) for layer in layers),
+            biases=tuple(np.asarray(layer["bias"], np.float64) for layer in layers),
+            threshold=float(d["threshold"]),
+            feature_names=tuple(d["feature_names"]),
+        )
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One named validation policy. ``analysis_side`` None means the colour rule sees the full-resolution image."""
+
+    name: str
+    colour: ColourRule
+    content: ContentModel | None = None
+    analysis_side: int | None = ANALYSIS_SIDE
+
+
+@functools.lru_cache(maxsize=4)
+def load_calibration(path: str | Path = VALIDATOR_PATH) -> dict:
+    """The calibrated thresholds and weights written by ``leukostage calibrate-validator``.
+
+    Raises:
+        FileNotFoundError: the file is missing (run ``leukostage calibrate-validator``).
+        ValueError: the file is not a validator calibration of this version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"validator calibration {path} is missing; run `leukostage calibrate-validator`")
+    data = json.loads(path.read_text())
+    if data.get("format") != "leukostage-validator/1":
+        raise ValueError(f"{path} is not a leukostage validator calibration (format leukostage-validator/1)")
+    names = tuple(data["content"]["feature_names"])
+    if names != FEATURE_NAMES:
+        raise ValueError(f"{path} was calibrated on other features than this version computes; recalibrate it")
+    return data
+
+
+@functools.lru_cache(maxsize=4)
+def get_preset(name: str = DEFAULT_PRESET, path: str | Path = VALIDATOR_PATH) -> Preset:
+    """Build a preset by name; ``default`` reads ``validator.json`` once.
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones).
+    """
+    if name == "paper":
+        return Preset("paper", PAPER_RULE, None, None)
+    if name == "default":
+        data = load_calibration(path)
+        return Preset("default", ColourRule(**data["colour"]), ContentModel.from_dict(data["content"]),
+                      int(data["analysis_side"]))
+    raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
+
+
+# --- results --------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Check:
     value: float
@@ -52,38 +152,170 @@ class ValidationResult:
     checks: dict[str, Check] = field(default_factory=dict)
 
     def checks_dict(self) -> dict:
-        return {k: {"value": round(c.value, 4), "threshold": c.threshold, "passed": c.passed} for k, c in self.checks.items()}
+        return {k: {"value": round(c.value, 4), "threshold": c.threshold, "passed": c.passed}
+                for k, c in self.checks.items()}
 
     def to_dict(self) -> dict:
         return {"valid": self.valid, "code": self.code, "reason": self.reason, "checks": self.checks_dict()}
 
 
-def colour_checks(rgb: np.ndarray, rule: ColourRule) -> ValidationResult:
-    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
-    sat = float(hsv[:, :, 1].mean())
-    val = float(hsv[:, :, 2].mean())
+# --- layer 2: colour ------------------------------------------------------------------------------------------------
+def analysis_image(rgb: np.ndarray, side: int = ANALYSIS_SIDE) -> np.ndarray:
+    """A copy whose long side is ``side`` pixels: every image is analysed at one scale, and quickly."""
+    h, w = rgb.shape[:2]
+    s = side / max(h, w)
+    size = (max(MIN_ANALYSIS_SIDE, round(w * s)), max(MIN_ANALYSIS_SIDE, round(h * s)))
+    if size == (w, h):
+        return rgb
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+
+
+def colour_stats(hsv: np.ndarray, rule: ColourRule) -> tuple[float, float, float]:
+    """Mean saturation, mean brightness and the fraction of pixels with a stain hue (Code Snippet 4)."""
     hue = hsv[:, :, 0]
     ratio = float(((hue >= rule.hue_low) & (hue <= rule.hue_high)).mean())
-    checks = {
+    return float(hsv[:, :, 1].mean()), float(hsv[:, :, 2].mean()), ratio
+
+
+def colour_checks(hsv: np.ndarray, rule: ColourRule) -> dict[str, Check]:
+    sat, val, ratio = colour_stats(hsv, rule)
+    return {
         "saturation": Check(sat, rule.min_saturation, sat >= rule.min_saturation),
         "brightness": Check(val, [rule.min_brightness, rule.max_brightness],
                             rule.min_brightness <= val <= rule.max_brightness),
         "stain_ratio": Check(ratio, rule.min_stain_ratio, ratio >= rule.min_stain_ratio),
     }
-    if not checks["saturation"].passed:
-        return ValidationResult(False, "low_saturation", "Image lacks colour saturation", checks)
-    if not checks["brightness"].passed:
-        return ValidationResult(False, "abnormal_brightness", "Abnormal brightness levels", checks)
-    if not checks["stain_ratio"].passed:
-        return ValidationResult(False, "no_stain_profile", "No blood smear colour profile detected", checks)
-    return ValidationResult(True, None, None, checks)
 
 
+# --- layer 3: content features --------------------------------------------------------------------------------------
+def _names() -> tuple[str, ...]:
+    n: list[str] = []
+    n += [f"hue_sat_{k}" for k in range(12)]
+    n += [f"sat_hist_{k}" for k in range(8)]
+    n += [f"val_hist_{k}" for k in range(8)]
+    for ch in ("L", "a", "b"):
+        n += [f"{ch}_mean", f"{ch}_std", f"{ch}_p05", f"{ch}_p50", f"{ch}_p95"]
+    n += ["bright_a", "bright_b", "bright_L_std", "dark_a", "dark_b", "dark_L"]
+    n += ["grad_mean", "grad_std", "grad_p50", "grad_p90", "grad_p99", "grad_flat", "lap_zero", "lap_abs",
+          "grad_fine_coarse", "edge_density", "axis_aligned", "chroma_grad_a", "chroma_grad_b"]
+    n += ["colours_used", "top3_colours", "top1_colour"]
+    n += ["otsu_level", "otsu_separation", "fg_fraction", "blob_count", "blob_largest", "blob_median_area",
+          "blob_extent", "blob_roundness", "blob_small_fraction", "nucleus_fraction", "nucleus_blobs"]
+    return tuple(n)
+
+
+FEATURE_NAMES = _names()
+
+
+def _quantiles_u8(channel: np.ndarray, qs: tuple[float, ...]) -> list[float]:
+    """Quantiles of an 8-bit channel from its histogram (much cheaper than sorting)."""
+    cdf = np.cumsum(np.bincount(channel.ravel(), minlength=256))
+    return [float(np.searchsorted(cdf, q * (cdf[-1] - 1) + 1)) for q in qs]
+
+
+def _blob_features(dark: np.ndarray, n: int) -> list[float]:
+    """Connected components of the darker (stained) pixels: cells are many, mid-sized, round and separate."""
+    count, _, stats, _ = cv2.connectedComponentsWithStats(dark, connectivity=8)
+    stats = stats[1:]
+    stats = stats[stats[:, cv2.CC_STAT_AREA] >= 4]
+    fg = float(dark.mean() / 255.0)
+    if len(stats) == 0:
+        return [fg, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    area = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
+    bw = stats[:, cv2.CC_STAT_WIDTH].astype(np.float64)
+    bh = stats[:, cv2.CC_STAT_HEIGHT].astype(np.float64)
+    return [
+        fg,
+        float(np.log1p(len(stats) * 1000.0 / n)),
+        float(area.max() / max(area.sum(), 1.0)),
+        float(np.log1p(np.median(area) * 1000.0 / n)),
+        float(np.average(area / (bw * bh), weights=area)),
+        float(np.average(np.minimum(bw, bh) / np.maximum(bw, bh), weights=area)),
+        float((area < 0.0005 * n).mean()),
+    ]
+
+
+def content_features(small: np.ndarray) -> np.ndarray:
+    """Cheap colour, texture and blob statistics of a downscaled RGB image (see :data:`FEATURE_NAMES`)."""
+    hsv = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)
+    lab = cv2.cvtColor(small, cv2.COLOR_RGB2LAB)
+    n = small.shape[0] * small.shape[1]
+    hue, sat, val = hsv[:, :, 0].ravel(), hsv[:, :, 1].ravel(), hsv[:, :, 2].ravel()
+    f: list[float] = []
+    # colour: where the saturated pixels sit on the hue circle, and how saturated / bright the image is
+    f += list(np.bincount(np.minimum(hue // 15, 11), weights=sat / 255.0, minlength=12) / n)
+    f += list(np.bincount(sat >> 5, minlength=8) / n)
+    f += list(np.bincount(val >> 5, minlength=8) / n)
+    L = lab[:, :, 0]
+    for k in range(3):
+        ch = lab[:, :, k]
+        f += [float(ch.mean()) / 255.0, float(ch.std()) / 255.0]
+        f += [q / 255.0 for q in _quantiles_u8(ch, (0.05, 0.5, 0.95))]
+    # the background (brightest fifth) and the stain (darkest fifth): their chemistry, not just their average
+    lo, hi = _quantiles_u8(L, (0.2, 0.8))
+    bright, dark = L >= hi, L <= lo
+    a, b = lab[:, :, 1].astype(np.float32), lab[:, :, 2].astype(np.float32)
+    Lf = L.astype(np.float32)
+    f += [(float(a[bright].mean()) - 128) / 128, (float(b[bright].mean()) - 128) / 128, float(Lf[bright].std()) / 255]
+    f += [(float(a[dark].mean()) - 128) / 128, (float(b[dark].mean()) - 128) / 128, float(Lf[dark].mean()) / 255]
+    # texture: photographs of smears are smooth-edged blobs with sensor noise; drawings and UIs are flat and axis-aligned
+    gx = cv2.Sobel(Lf, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(Lf, cv2.CV_32F, 0, 1, ksize=3)
+    mag = cv2.magnitude(gx, gy)
+    mag8 = np.clip(mag * 0.25, 0, 255).astype(np.uint8)
+    f += [float(mag.mean()) / 255, float(mag.std()) / 255]
+    f += [q * 4 / 255 for q in _quantiles_u8(mag8, (0.5, 0.9, 0.99))]
+    f += [float((mag < 2.0).mean())]
+    lap = cv2.Laplacian(L, cv2.CV_16S, ksize=1)
+    f += [float((lap == 0).mean()), float(np.abs(lap).mean()) / 255]
+    half = cv2.resize(Lf, (max(2, L.shape[1] // 2), max(2, L.shape[0] // 2)), interpolation=cv2.INTER_AREA)
+    coarse = cv2.magnitude(cv2.Sobel(half, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(half, cv2.CV_32F, 0, 1, ksize=3))
+    f += [float(np.log((mag.mean() + 1.0) / (coarse.mean() + 1.0)))]
+    f += [float((cv2.Canny(L, 50, 150) > 0).mean())]
+    strong = mag > max(8.0, _quantiles_u8(mag8, (0.9,))[0] * 4.0)  # the strongest tenth of the edges
+    ax, ay = np.abs(gx[strong]), np.abs(gy[strong])
+    f += [float((np.minimum(ax, ay) < 0.2 * np.maximum(ax, ay)).mean()) if ax.size else 0.0]
+    for ch in (a, b):
+        f += [float(cv2.magnitude(cv2.Sobel(ch, cv2.CV_32F, 1, 0, ksize=3),
+                                  cv2.Sobel(ch, cv2.CV_32F, 0, 1, ksize=3)).mean()) / 255]
+    # palette: drawings, screenshots and flat fills use few colours
+    q = (small >> 4).astype(np.int32)
+    counts = np.bincount(((q[:, :, 0] << 8) | (q[:, :, 1] << 4) | q[:, :, 2]).ravel(), minlength=4096)
+    top = np.partition(counts, -3)[-3:]
+    f += [float(np.count_nonzero(counts)) / min(n, 4096), float(top.sum()) / n, float(top.max()) / n]
+    # blobs: Otsu on lightness separates cells from background in a smear
+    level, mask = cv2.threshold(L, 0, 255, cv2.THRESH_BINARY_INV + cv2.THRESH_OTSU)
+    fg_sel = mask > 0
+    sep = float(Lf[~fg_sel].mean() - Lf[fg_sel].mean()) / 255 if 0 < fg_sel.sum() < n else 0.0
+    f += [float(level) / 255, sep]
+    f += _blob_features(mask, n)
+    h2 = hsv[:, :, 0]
+    nucleus = (fg_sel & (h2 >= 110) & (h2 <= 170) & (hsv[:, :, 1] >= 40)).astype(np.uint8)
+    n_nuc = cv2.connectedComponents(nucleus, connectivity=8)[0] - 1
+    f += [float(nucleus.mean()), float(np.log1p(n_nuc * 1000.0 / n))]
+    return np.asarray(f, np.float64)
+
+
+# --- the gate -------------------------------------------------------------------------------------------------------
 def validate_image(rgb: np.ndarray, preset: str = DEFAULT_PRESET) -> ValidationResult:
-    """Run the pixel-level layers on a decoded 8-bit RGB image."""
-    if preset not in RULES:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
-    return colour_checks(rgb, RULES[preset])
+    """Run the pixel-level layers (colour, then content) on a decoded 8-bit RGB image.
+
+    Every check of the preset is computed and reported; the verdict's code is the first failure in layer order.
+
+    Raises:
+        ValueError: unknown preset.
+    """
+    p = get_preset(preset)
+    small = rgb if p.analysis_side is None else analysis_image(rgb, p.analysis_side)
+    checks = colour_checks(cv2.cvtColor(small, cv2.COLOR_RGB2HSV), p.colour)
+    if p.content is not None:
+        score = p.content.score(content_features(small))
+        checks["smear_score"] = Check(score, p.content.threshold, score >= p.content.threshold)
+    for name, code in (("saturation", "low_saturation"), ("brightness", "abnormal_brightness"),
+                       ("stain_ratio", "no_stain_profile"), ("smear_score", "not_blood_smear")):
+        if name in checks and not checks[name].passed:
+            return ValidationResult(False, code, MESSAGES[code], checks)
+    return ValidationResult(True, None, None, checks)
 
 
 def validate_bytes(data: bytes, preset: str = DEFAULT_PRESET) -> tuple[np.ndarray | None, ValidationResult, float]:

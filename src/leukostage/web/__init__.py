@@ -1,0 +1,94 @@
+"""The web app and HTTP API: an application factory, two blueprints (the page and the API), one config.
+
+Every setting lives in :func:`create_app`'s defaults. Each can be overridden by an environment variable
+``LEUKOSTAGE_<KEY>`` (values parsed as JSON where they can be, e.g. ``LEUKOSTAGE_MAX_CONTENT_LENGTH=5000000``) and,
+in tests, by ``test_config``. The model is loaded here, once per process: under gunicorn that is once per worker,
+after the fork (no ``--preload``), so no ONNX Runtime thread pool is shared across a fork.
+
+The serving path imports numpy, OpenCV, ONNX Runtime and Flask only: never torch.
+"""
+from __future__ import annotations
+
+import io
+import os
+from typing import IO
+
+from flask import Flask, Request
+
+from ..imaging import MAX_BYTES
+from ..predict import Predictor, default_model_path
+from ..validate import DEFAULT_PRESET, PRESETS
+
+PREDICTOR_KEY = "leukostage.predictor"  # where the loaded model lives: app.extensions[PREDICTOR_KEY]
+
+
+class InMemoryRequest(Request):
+    """Keeps every uploaded file part in memory (Werkzeug spools large parts to a temporary file by default).
+
+    The request body is capped by ``MAX_CONTENT_LENGTH`` before any part is read, so memory stays bounded, and no
+    upload ever touches the disk, under a client-supplied name or any other.
+    """
+
+    def _get_file_stream(self, total_content_length: int | None, content_type: str | None,
+                         filename: str | None = None, content_length: int | None = None) -> IO[bytes]:
+        return io.BytesIO()
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    """Build the app: config, the model (loaded once), blueprints, error handlers, security headers.
+
+    Args:
+        test_config: overrides applied last (tests pass e.g. ``MODEL_PATH`` or a small ``MAX_CONTENT_LENGTH``).
+
+    Raises:
+        FileNotFoundError: the model or its card is missing.
+        ValueError: an unknown validation preset, or a model whose classes do not match this version.
+    """
+    app = Flask(__name__)
+    app.config.from_mapping(
+        MODEL_PATH=str(default_model_path()),  # $LEUKOSTAGE_MODEL, else the shipped models/paper.onnx
+        MAX_CONTENT_LENGTH=MAX_BYTES,  # whole request body, bytes; larger uploads get 413
+        MAX_FILES=32,  # files per /api/v1/predict request
+        ORT_THREADS=None,  # ONNX Runtime intra-op threads; None = all cores. `serve` sets cores // workers
+        VALIDATION_PRESET=DEFAULT_PRESET,
+        DRAIN_LIMIT=64 * 1024 * 1024,  # after a 413, read at most this much of the refused body (clean close)
+    )
+    app.config.from_prefixed_env("LEUKOSTAGE")
+    if test_config is not None:
+        app.config.from_mapping(test_config)
+    if app.config["VALIDATION_PRESET"] not in PRESETS:
+        raise ValueError(f"unknown VALIDATION_PRESET {app.config['VALIDATION_PRESET']!r}; "
+                         f"expected one of {', '.join(PRESETS)}")
+
+    app.request_class = InMemoryRequest
+    app.json.sort_keys = False  # keep the field order of `leukostage predict --json`
+
+    threads = app.config["ORT_THREADS"]
+    app.extensions[PREDICTOR_KEY] = Predictor.load(app.config["MODEL_PATH"], threads=int(threads) if threads else None)
+
+    from . import api, pages
+
+    app.register_blueprint(pages.bp)
+    app.register_blueprint(api.bp)
+    api.register_error_handlers(app)
+    app.after_request(api.security_headers)
+    return app
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None, model: str | None = None,
+          debug: bool = False) -> int:
+    """Run the app: gunicorn with ``workers`` processes, or Flask's development server with ``debug``.
+
+    See :mod:`leukostage.web.server`.
+    """
+    from .server import serve as _serve
+
+    return _serve(host=host, port=port, workers=workers, model=model, debug=debug)
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (the affinity mask, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

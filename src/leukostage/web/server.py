@@ -1,0 +1,119 @@
+"""Running the app: gunicorn in production, Flask's development server with ``--debug``.
+
+Each gunicorn worker builds its own app (and so loads its own ONNX session) after the fork. Workers share the cores,
+so each gets ``max(1, cores // workers)`` ONNX Runtime and OpenCV threads: N workers never start more compute
+threads than there are cores. Extra gunicorn settings (access log, TLS, max requests) can be passed in
+``GUNICORN_CMD_ARGS``, as for the ``gunicorn`` command.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import shlex
+from pathlib import Path
+
+from gunicorn.app.base import BaseApplication
+
+from . import cpu_count
+
+TIMEOUT_S = 30  # a worker silent for this long is killed and replaced
+GRACEFUL_TIMEOUT_S = 10  # on SIGTERM, finish requests in flight for at most this long
+
+
+def threads_per_worker(workers: int, cores: int | None = None) -> int:
+    """Compute threads for each of ``workers`` processes so that together they do not oversubscribe the cores."""
+    return max(1, (cores or cpu_count()) // workers)
+
+
+def bind_address(host: str, port: int) -> str:
+    """gunicorn's bind string; IPv6 literals need brackets."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def gunicorn_options(host: str, port: int, workers: int) -> dict:
+    """The gunicorn settings ``serve`` uses (a dict, so tests can check them without starting a server)."""
+    return {
+        "bind": bind_address(host, port),
+        "workers": workers,
+        "worker_class": "sync",  # CPU-bound requests: one at a time per worker, the rest wait in the backlog
+        "preload_app": False,  # load the model in each worker, after the fork
+        "timeout": TIMEOUT_S,
+        "graceful_timeout": GRACEFUL_TIMEOUT_S,
+        "errorlog": "-",
+        "loglevel": "info",
+        "proc_name": "leukostage",
+    }
+
+
+class GunicornApp(BaseApplication):
+    """gunicorn run from Python, so ``leukostage serve`` needs no shell command or config file."""
+
+    def __init__(self, options: dict, threads: int):
+        self.options = options
+        self.threads = threads
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+        extra = os.environ.get("GUNICORN_CMD_ARGS")
+        if extra:
+            parsed = self.cfg.parser().parse_args(shlex.split(extra))
+            for key, value in vars(parsed).items():
+                if value is not None and key != "args":
+                    self.cfg.set(key.lower(), value)
+
+    def load(self):
+        """Called in each worker after the fork: pin the thread pools, then build the app (loading the model)."""
+        import cv2
+
+        from . import create_app
+
+        cv2.setNumThreads(self.threads)
+        return create_app({"ORT_THREADS": self.threads})
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None, model: str | None = None,
+          debug: bool = False) -> int:
+    """Serve the page and the API until interrupted.
+
+    Args:
+        workers: gunicorn worker processes (default: the number of cores).
+        model: ONNX model path (default: $LEUKOSTAGE_MODEL, else models/paper.onnx); passed to the workers in
+            $LEUKOSTAGE_MODEL.
+        debug: Flask's development server with the interactive debugger; only on a loopback address.
+
+    Raises:
+        ValueError: ``workers`` below 1, or ``debug`` on an address other hosts can reach.
+        FileNotFoundError: the model file is missing.
+    """
+    from ..predict import default_model_path
+
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
+    model_path = Path(model) if model else default_model_path()
+    if not model_path.is_file():
+        raise FileNotFoundError(f"model file {model_path} not found; train and export one, or pass --model")
+    os.environ["LEUKOSTAGE_MODEL"] = str(model_path.resolve())
+
+    if debug:
+        if not _is_loopback(host):
+            raise ValueError(f"--debug runs Werkzeug's interactive debugger; bind it to 127.0.0.1, not {host}")
+        from . import create_app
+
+        create_app().run(host=host, port=port, debug=True)
+        return 0
+
+    workers = workers or cpu_count()
+    threads = threads_per_worker(workers)
+    GunicornApp(gunicorn_options(host, port, workers), threads).run()
+    return 0

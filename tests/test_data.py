@@ -1,0 +1,111 @@
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from leukostage.classes import CLASSES
+from leukostage.data import (BLOCK_SIZE, discover, file_number, load_arrays, load_masks, make_split,
+                             segmented_twin, split_summary)
+from leukostage.imaging import load_image, preprocess, to_unit_range
+
+
+@pytest.fixture(scope="module")
+def dataset(data_dir):
+    return discover(data_dir)
+
+
+def _tiny_tree(root: Path, taleqani: Path, per_class: int = 3) -> Path:
+    for c in CLASSES:
+        (root / c.folder).mkdir(parents=True)
+        for f in sorted((taleqani / c.folder).glob("*.jpg"))[:per_class]:
+            shutil.copy(f, root / c.folder / f.name)
+    return root
+
+
+def test_discovers_the_four_class_folders(dataset):
+    assert len(dataset) == 2607
+    assert np.bincount(dataset.labels).tolist() == [404, 788, 770, 645]
+
+
+def test_missing_class_folder_is_named(tmp_path, taleqani):
+    root = _tiny_tree(tmp_path, taleqani)
+    shutil.rmtree(root / "cancerous" / "mid")
+    with pytest.raises(FileNotFoundError, match="cancerous/mid"):
+        discover(root)
+
+
+def test_non_image_files_are_skipped_with_a_warning(tmp_path, taleqani):
+    root = _tiny_tree(tmp_path, taleqani)
+    (root / "normal" / "notes.txt").write_text("not an image")
+    with pytest.warns(UserWarning, match="notes.txt"):
+        ds = discover(root)
+    assert len(ds) == 12
+
+
+def test_fingerprint_changes_when_content_changes(tmp_path, taleqani):
+    root = _tiny_tree(tmp_path, taleqani)
+    before = discover(root).fingerprint
+    victim = next((root / "normal").glob("*.jpg"))
+    victim.write_bytes(victim.read_bytes() + b"\0")
+    assert discover(root).fingerprint != before
+
+
+@pytest.mark.parametrize("method", ["random", "blocked"])
+def test_splits_are_stratified_disjoint_and_keep_duplicates_together(dataset, method):
+    split = make_split(dataset, method, seed=42)
+    parts = [set(v.tolist()) for v in split.values()]
+    assert sum(len(p) for p in parts) == len(dataset)
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    side = {}
+    for name, idx in split.items():
+        for i in idx:
+            side.setdefault(dataset.digests[i], set()).add(name)
+    assert len(side) < len(dataset)  # the 40 byte-identical pairs exist ...
+    assert all(len(s) == 1 for s in side.values())  # ... and never straddle
+    counts = split_summary(dataset, split)
+    for c in CLASSES:
+        total = sum(counts[p][c.key] for p in counts)
+        assert 0.10 <= counts["test"][c.key] / total <= 0.20
+    assert make_split(dataset, method, 42)["test"].tolist() == split["test"].tolist()  # seeded
+
+
+def test_blocked_split_keeps_runs_of_consecutive_numbers_on_one_side(dataset):
+    split = make_split(dataset, "blocked", seed=42)
+    test = set(split["test"].tolist())
+    for label in range(len(CLASSES)):
+        members = sorted(np.flatnonzero(dataset.labels == label), key=lambda i: file_number(dataset.paths[i]))
+        sides = [i in test for i in members]
+        switches = sum(a != b for a, b in zip(sides, sides[1:]))
+        # whole blocks move, so the number of switches is bounded by the number of test blocks, not test images
+        assert switches <= 2 * (sum(sides) // (BLOCK_SIZE // 2) + 1)
+
+
+def test_random_and_blocked_test_sets_differ(dataset):
+    assert make_split(dataset, "random", 42)["test"].tolist() != make_split(dataset, "blocked", 42)["test"].tolist()
+
+
+def test_training_and_inference_preprocessing_give_identical_tensors(dataset, tmp_path):
+    cached = load_arrays(dataset, progress=False)
+    for i in (0, 777, 2606):
+        train_tensor = to_unit_range(cached[i])
+        serve_tensor = preprocess(load_image(dataset.paths[i]))
+        assert train_tensor.dtype == serve_tensor.dtype == np.float32
+        assert np.array_equal(train_tensor, serve_tensor)
+
+
+def test_cache_is_keyed_by_fingerprint(tmp_path, taleqani):
+    root = _tiny_tree(tmp_path / "d", taleqani, per_class=2)
+    ds = discover(root)
+    arr = load_arrays(ds, cache_dir=tmp_path / "cache", progress=False)
+    assert arr.shape == (8, 128, 128, 3) and arr.dtype == np.uint8
+    assert (tmp_path / "cache" / f"arrays-{ds.fingerprint}-128.npy").exists()
+
+
+def test_masks_come_from_segmented_twins(dataset):
+    twin = segmented_twin(dataset.paths[0])
+    assert twin.exists() and "segmented" in twin.parts
+    masks = load_masks(dataset)
+    share = masks.mean()
+    assert masks.shape == (len(dataset), 128, 128)
+    assert 0.02 < share < 0.4  # cells are a minority of the field

@@ -1,0 +1,81 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from leukostage.data import discover, make_split
+from leukostage.export import choose_uncertain_threshold, export_model, export_onnx, onnx_probabilities
+from leukostage.imaging import load_image, preprocess
+from leukostage.model import ModelConfig, build_model, config_dict
+
+
+@pytest.fixture(scope="module")
+def random_model():
+    torch.manual_seed(0)
+    model = build_model()
+    for m in model.modules():  # non-trivial BatchNorm statistics, so parity covers them
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(random_model, data_dir, tmp_path_factory):
+    ds = discover(data_dir)
+    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
+    torch.save({"model": random_model.state_dict(), "model_config": config_dict(ModelConfig()), "train_config": {},
+                "meta": {"fingerprint": ds.fingerprint, "split": "random", "seed": 42}, "epoch": 1}, path)
+    return path
+
+
+def _real_batch(taleqani, n=6):
+    files = sorted(taleqani.glob("*/*.jpg"))[:3] + sorted(taleqani.glob("cancerous/*/*.jpg"))[:n - 3]
+    return np.stack([preprocess(load_image(f)) for f in files])
+
+
+def test_onnx_matches_torch_on_real_images(random_model, taleqani, tmp_path):
+    path = export_onnx(random_model, tmp_path / "m.onnx")
+    batch = _real_batch(taleqani)
+    with torch.no_grad():
+        ref = torch.softmax(random_model(torch.from_numpy(batch).permute(0, 3, 1, 2)), 1).numpy()
+    got = onnx_probabilities(path, batch)
+    assert np.abs(got - ref).max() < 1e-4
+    assert np.allclose(got.sum(1), 1.0, atol=1e-5)
+    assert onnx_probabilities(path, batch[:1]).shape == (1, 4)  # dynamic batch
+
+
+def test_exported_gradients_equal_autograd(random_model, taleqani, tmp_path):
+    import onnxruntime as ort
+
+    path = export_onnx(random_model, tmp_path / "m.onnx")
+    batch = _real_batch(taleqani, 4)
+    probs, feats, grads = ort.InferenceSession(str(path)).run(None, {"image": batch})
+    x = torch.from_numpy(batch).permute(0, 3, 1, 2)
+    f = random_model.forward_features(x).detach().requires_grad_(True)
+    logits = random_model.forward_head(f)
+    for k in range(4):
+        (g,) = torch.autograd.grad(logits[:, k].sum(), f, retain_graph=True)
+        assert np.allclose(grads[:, k], g.numpy(), atol=1e-6)
+    assert np.allclose(feats, f.detach().numpy(), atol=1e-4)
+
+
+def test_export_model_writes_card_with_provenance_and_threshold(checkpoint, data_dir, tmp_path):
+    card = export_model(checkpoint, tmp_path / "x.onnx", data=data_dir)
+    saved = json.loads((tmp_path / "x.card.json").read_text())
+    assert saved == card
+    assert [c["key"] for c in card["classes"]] == ["normal", "early", "mid", "advanced"]
+    assert card["input"]["shape"] == ["batch", 128, 128, 3]
+    assert card["training"]["split"] == "random" and card["training"]["seed"] == 42
+    assert card["metrics"]["random_test"]["n"] == len(make_split(discover(data_dir), "random", 42)["test"])
+    assert 0.4 <= card["decision"]["uncertain_below"] <= 0.95
+    assert "not a diagnosis" in card["intended_use"]
+
+
+def test_uncertain_threshold_is_the_smallest_meeting_the_target():
+    y = np.zeros(100, int)
+    conf = np.linspace(0.3, 1.0, 100)
+    probs = np.stack([conf, 1 - conf, 0 * conf, 0 * conf], 1)
+    probs[:20, 0], probs[:20, 1] = 0.45, 0.55  # 20 wrong predictions, all at top probability 0.55
+    assert choose_uncertain_threshold(y, probs) == pytest.approx(0.6)

@@ -1,0 +1,38 @@
+import csv
+import json
+
+import pytest
+
+from leukostage.train import TrainConfig, load_checkpoint, resolve_precision, train
+
+
+@pytest.fixture(scope="module")
+def smoke_run(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(data=str(data_dir), out=str(out), epochs=1, limit_per_class=16, batch_size=16)
+    return out, train(cfg, progress=False)
+
+
+def test_one_epoch_smoke_training_writes_checkpoint_log_and_curves(smoke_run):
+    out, summary = smoke_run
+    for name in ("best.pt", "log.csv", "curves.png", "run.json", "split.json"):
+        assert (out / name).stat().st_size > 0
+    rows = list(csv.DictReader((out / "log.csv").read_text().splitlines()))
+    assert len(rows) == 1 and float(rows[0]["seconds"]) > 0
+    assert summary["split"] == "random" and summary["seed"] == 42 and len(summary["fingerprint"]) == 16
+    assert json.loads((out / "run.json").read_text())["epochs_run"] == 1
+
+
+def test_checkpoint_rebuilds_the_model_exactly(smoke_run):
+    out, _ = smoke_run
+    model, ckpt = load_checkpoint(out / "best.pt")
+    assert ckpt["model_config"]["arch"] == "paper"
+    assert ckpt["meta"]["split_counts"]["train"]["normal"] == 16
+    assert not model.training
+
+
+def test_unknown_recipe_and_precision_are_refused(data_dir, tmp_path):
+    with pytest.raises(ValueError, match="paper, robust"):
+        train(TrainConfig(data=str(data_dir), out=str(tmp_path), recipe="magic"), progress=False)
+    with pytest.raises(ValueError, match="auto, bf16, fp32"):
+        resolve_precision("fp8")
