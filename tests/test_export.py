@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from leukostage.data import discover, make_split
-from leukostage.export import choose_uncertain_threshold, export_model, export_onnx, onnx_probabilities
+from leukostage.export import (choose_uncertain_threshold, export_model, export_onnx, fit_temperature,
+                               onnx_probabilities)
 from leukostage.imaging import load_image, preprocess
 from leukostage.model import ModelConfig, build_model, config_dict
 
@@ -70,6 +71,7 @@ def test_export_model_writes_card_with_provenance_and_threshold(checkpoint, data
     assert card["training"]["split"] == "random" and card["training"]["seed"] == 42
     assert card["metrics"]["random_test"]["n"] == len(make_split(discover(data_dir), "random", 42)["test"])
     assert 0.4 <= card["decision"]["uncertain_below"] <= 0.95
+    assert card["calibration"]["fitted_on"].startswith("random split, val")
     assert "not a diagnosis" in card["intended_use"]
 
 
@@ -79,3 +81,20 @@ def test_uncertain_threshold_is_the_smallest_meeting_the_target():
     probs = np.stack([conf, 1 - conf, 0 * conf, 0 * conf], 1)
     probs[:20, 0], probs[:20, 1] = 0.45, 0.55  # 20 wrong predictions, all at top probability 0.55
     assert choose_uncertain_threshold(y, probs) == pytest.approx(0.6)
+
+
+def test_temperature_is_applied_in_the_graph(random_model, taleqani, tmp_path):
+    batch = _real_batch(taleqani, 3)
+    path = export_onnx(random_model, tmp_path / "t.onnx", temperature=2.5)
+    with torch.no_grad():
+        logits = random_model(torch.from_numpy(batch).permute(0, 3, 1, 2))
+    assert np.abs(onnx_probabilities(path, batch) - torch.softmax(logits / 2.5, 1).numpy()).max() < 1e-4
+
+
+def test_fit_temperature_softens_overconfident_logits():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 400)
+    logits = rng.normal(size=(400, 4))
+    logits[np.arange(400), y] += 1.0  # weakly informative ...
+    assert fit_temperature(y, logits * 10) > 4  # ... so ten-fold sharpened logits need a high temperature
+    assert 0.5 < fit_temperature(y, logits) < 2

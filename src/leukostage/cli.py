@@ -48,11 +48,16 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--part", default="test", choices=("train", "val", "test"))
     p.add_argument("--seed", type=int, default=None, help="default: the model's training seed")
     p.add_argument("--out", default=None, help="report folder (default: reports/<model>-<split>)")
+    p.add_argument("--external", nargs="+", default=None, metavar="DIR",
+                   help="instead: run the serving pipeline on image folders outside the training data")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_model
+    from .evaluate import evaluate_model, score_external
 
+    if args.external:
+        print(json.dumps(score_external(args.model, args.external, args.out), indent=2))
+        return 0
     out = evaluate_model(args.model, args.data, split=args.split, part=args.part, seed=args.seed, out=args.out)
     print(json.dumps(out, indent=2))
     return 0
@@ -159,6 +164,75 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(host=args.host, port=args.port, workers=args.workers, model=args.model, debug=args.debug)
 
 
+def _add_explain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("explain", help="Grad-CAM heat maps: <stem>.gradcam.png (overlay) + <stem>.gradcam.npy")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
+    p.add_argument("--model", default=None, help="ONNX model (default: the shipped models/paper.onnx)")
+    p.add_argument("--class", dest="class_key", default=None, metavar="KEY",
+                   help="class to explain (default: the predicted class)")
+    p.add_argument("--out", required=True, help="folder for the heat maps (created if missing)")
+    p.add_argument("--json", action="store_true", help="one JSON list, one object per input, in input order")
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESETS, help="validation preset")
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .classes import class_info
+    from .explain import explain_image, save_explanation
+    from .predict import Predictor, analyse_path
+
+    if args.class_key is not None:
+        class_info(args.class_key)  # a bad key fails before any work, listing the valid keys
+    predictor = Predictor.load(args.model)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    results: list[dict] = []
+    used: set[str] = set()
+    for item in expand_inputs(args.images):
+        if isinstance(item, dict):
+            results.append(item)
+            continue
+        analysis = analyse_path(item, predictor, args.preset)
+        result = analysis.result
+        if result["valid"]:
+            exp = explain_image(predictor, analysis.rgb, args.class_key)
+            stem, n = Path(item).stem, 2
+            while stem in used:  # same file name from two folders: keep both
+                stem, n = f"{Path(item).stem}-{n}", n + 1
+            used.add(stem)
+            png, npy = save_explanation(args.out, stem, analysis.rgb, exp.heatmap)
+            result = {**result, "explained_class": exp.class_key, "gradcam_png": str(png), "gradcam_npy": str(npy)}
+        results.append(result)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            if r.get("valid"):
+                print(f"{r['file']}\tGrad-CAM for {r['explained_class']} (prediction {r['label']}, confidence "
+                      f"{r['confidence']:.3f})\t{r['gradcam_png']}")
+            else:
+                print(f"{r['file']}\tREJECTED [{r['code']}]\t{r['reason']}")
+        print(f"\n{DISCLAIMER}", file=sys.stderr)
+    return 0 if all(r["valid"] for r in results) else 1
+
+
+def _add_audit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("audit", help="shortcut audit on the model's test split: Grad-CAM on cells, accuracy with "
+                       "scale bar masked, background replaced, colour shifted; writes metrics.json + report.md")
+    p.add_argument("--model", required=True, help="a run's best.pt, or an exported .onnx")
+    p.add_argument("--data", default=str(default_data_dir()), help="dataset folder (needs segmented/ beside original/)")
+    p.add_argument("--split", default=None, choices=SPLIT_METHODS,
+                   help="default: the split the model was trained on (any other is refused)")
+    p.add_argument("--out", default=None, help="report folder (default: reports/audit-<model>-<split>)")
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .audit import run_audit
+
+    doc = run_audit(args.model, args.data, split=args.split, out=args.out)
+    print(json.dumps({"report": doc["meta"]["report"], "drops_points": doc["drops_points"], "checks": doc["checks"]},
+                     indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="leukostage",
@@ -171,11 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(sub)
     _add_validate(sub)
     _add_serve(sub)
+    _add_explain(sub)
+    _add_audit(sub)
     return parser
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export, "predict": cmd_predict,
-            "validate": cmd_validate, "serve": cmd_serve}
+            "validate": cmd_validate, "serve": cmd_serve,
+            "explain": cmd_explain, "audit": cmd_audit}
 
 
 def main(argv: list[str] | None = None) -> int:

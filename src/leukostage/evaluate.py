@@ -178,3 +178,50 @@ def evaluate_model(
     out = Path(out) if out else Path("reports") / f"{Path(model_path).stem}-{split}-{part}"
     write_report(out, metrics, meta, f"{Path(model_path).name} on the {split} split ({part})")
     return {"report": str(out), "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "n": metrics["n"]}
+
+
+def score_external(model_path: str | Path, folders: list[str | Path], out: str | Path | None = None) -> dict:
+    """Run the full serving pipeline (validation included) on images from outside the training data.
+
+    These folders have no ALL labels (e.g. normal cells from another laboratory), so this reports what the model
+    does there, not an accuracy: how many pass validation, the predicted-class distribution, the share marked
+    uncertain, and the mean confidence.
+    """
+    from collections import Counter
+
+    from .imaging import IMAGE_SUFFIXES
+    from .predict import Predictor, analyse_path
+
+    predictor = Predictor.load(model_path)
+    summary: dict[str, dict] = {}
+    for folder in folders:
+        files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise FileNotFoundError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        results = [analyse_path(f, predictor).result for f in files]
+        valid = [r for r in results if r["valid"]]
+        labels = Counter(r["label"] for r in valid)
+        top = Counter(r["top_class"] for r in valid)
+        summary[Path(folder).name] = {
+            "n": len(files),
+            "rejected_by_validator": len(files) - len(valid),
+            "rejection_codes": dict(Counter(r["code"] for r in results if not r["valid"])),
+            "decided_labels": dict(labels),
+            "top_class": {k: top.get(k, 0) for k in CLASS_KEYS},
+            "share_top_class_normal": top.get("normal", 0) / len(valid) if valid else float("nan"),
+            "mean_confidence": float(np.mean([r["confidence"] for r in valid])) if valid else float("nan"),
+        }
+    out = Path(out) if out else Path("reports") / f"{Path(model_path).stem}-external"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps({"model": str(model_path), "folders": summary}, indent=2) + "\n")
+    lines = [f"# {Path(model_path).name} on images outside the training data", "",
+             "No ALL labels exist for these images (normal blood from other laboratories); the honest expectation "
+             "is that they are rejected or called Normal. Full serving pipeline, validation included.", "",
+             "| folder | images | rejected by validator | top class normal / early / mid / advanced | uncertain | "
+             "mean confidence |", "|---|---|---|---|---|---|"]
+    for name, s in summary.items():
+        tops = " / ".join(str(s["top_class"][k]) for k in CLASS_KEYS)
+        lines.append(f"| {name} | {s['n']} | {s['rejected_by_validator']} | {tops} | "
+                     f"{s['decided_labels'].get('uncertain', 0)} | {s['mean_confidence']:.3f} |")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return summary

@@ -29,9 +29,10 @@ OPSET = 18
 class ServingGraph(nn.Module):
     """Wraps a PaperCNN-like model (``forward_features`` + an MLP ``head``) for export."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, temperature: float = 1.0):
         super().__init__()
         self.model = model
+        self.temperature = float(temperature)  # softmax(logits / T): T fitted on validation data calibrates
         self.linears = [m for m in model.head if isinstance(m, nn.Linear)]
 
     def forward(self, x: torch.Tensor):
@@ -49,14 +50,14 @@ class ServingGraph(nn.Module):
         for lin, mask in zip(reversed(self.linears[:-1]), reversed(masks)):
             grad = (grad * mask.unsqueeze(1)) @ lin.weight
         grad = grad.reshape(n, -1, h, w, c).permute(0, 1, 4, 2, 3)  # (N, K, C, h, w)
-        return torch.softmax(logits, dim=1), feats, grad
+        return torch.softmax(logits / self.temperature, dim=1), feats, grad
 
 
-def export_onnx(model: nn.Module, path: str | Path, image_size: int = IMAGE_SIZE) -> Path:
+def export_onnx(model: nn.Module, path: str | Path, image_size: int = IMAGE_SIZE, temperature: float = 1.0) -> Path:
     """Write a single-file ONNX model with a dynamic batch dimension."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    graph = ServingGraph(model.eval()).eval()
+    graph = ServingGraph(model.eval(), temperature).eval()
     dummy = torch.rand(2, image_size, image_size, 3)
     torch.onnx.export(
         graph,
@@ -125,6 +126,21 @@ def onnx_probabilities(onnx_path: str | Path, batch: np.ndarray) -> np.ndarray:
     return sess.run(["probabilities"], {"image": batch.astype(np.float32)})[0]
 
 
+TEMPERATURE_GRID = tuple(np.round(np.exp(np.linspace(np.log(0.25), np.log(8.0), 61)), 4))
+
+
+def fit_temperature(y_val: np.ndarray, logits_val: np.ndarray) -> float:
+    """Temperature scaling (Guo et al. 2017): the T minimising validation NLL of softmax(logits / T)."""
+
+    def nll(t: float) -> float:
+        z = logits_val / t
+        z = z - z.max(1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+        return float(-logp[np.arange(len(y_val)), y_val].mean())
+
+    return float(min(TEMPERATURE_GRID, key=nll))
+
+
 UNCERTAIN_TARGET_ACCURACY = 0.99  # selective accuracy the uncertainty threshold aims for, on validation data
 UNCERTAIN_GRID = tuple(np.round(np.arange(0.40, 0.96, 0.05), 2))
 
@@ -139,40 +155,61 @@ def choose_uncertain_threshold(y_val: np.ndarray, probs_val: np.ndarray) -> floa
     return float(UNCERTAIN_GRID[-1])
 
 
+def _summary(m: dict) -> dict:
+    return {**{k: m[k] for k in ("n", "accuracy", "macro_f1", "roc_auc_ovr", "ece")},
+            "recall": {k: v["recall"] for k, v in m["per_class"].items()}}
+
+
 def export_model(checkpoint: str | Path, out: str | Path, name: str | None = None,
                  metrics_files: list[str] | None = None, data: str | Path | None = None) -> dict:
-    """Checkpoint -> ONNX + card. Scores the model's own val (threshold) and test (metrics) parts when data is given."""
+    """Checkpoint -> ONNX + card.
+
+    With the training data, the model's own split is rebuilt: the val part fits the softmax temperature and the
+    uncertainty threshold, the test part gives the card's metrics (never used for choosing anything).
+    ``metrics_files`` (reports of other runs, e.g. the blocked split) are copied into the card with their provenance.
+
+    Raises:
+        ValueError: ``data`` is not the data the model was trained on (fingerprint mismatch).
+    """
     from .data import discover, load_arrays, make_split
     from .evaluate import compute_metrics
-    from .train import load_checkpoint
+    from .train import load_checkpoint, to_input
 
     model, ckpt = load_checkpoint(checkpoint)
-    out = export_onnx(model, out, ckpt["model_config"]["image_size"])
+    size = ckpt["model_config"]["image_size"]
+    meta = ckpt["meta"]
     metrics: dict = {}
-    decision = {"uncertain_below": 0.5, "chosen_on": "default"}
-    if data is not None:
+    decision = {"uncertain_below": 0.5, "chosen_on": "default (no data given)"}
+    calibration = {"temperature": 1.0, "fitted_on": "not fitted (no data given)"}
+    if data is None:
+        out = export_onnx(model, out, size)
+    else:
         ds = discover(data)
-        meta = ckpt["meta"]
-        if ds.fingerprint == meta["fingerprint"]:
-            split = make_split(ds, meta["split"], meta["seed"])
-            images = load_arrays(ds, progress=False)
-            val_probs = onnx_probabilities(out, images[split["val"]].astype(np.float32) / 255.0)
-            t = choose_uncertain_threshold(ds.labels[split["val"]], val_probs)
-            decision = {"uncertain_below": t, "chosen_on": f"{meta['split']} split, val part",
-                        "target_selective_accuracy": UNCERTAIN_TARGET_ACCURACY}
-            test_probs = onnx_probabilities(out, images[split["test"]].astype(np.float32) / 255.0)
-            m = compute_metrics(ds.labels[split["test"]], test_probs)
-            metrics[f"{meta['split']}_test"] = {k: m[k] for k in ("n", "accuracy", "macro_f1", "roc_auc_ovr", "ece")}
-            metrics[f"{meta['split']}_test"]["recall"] = {k: v["recall"] for k, v in m["per_class"].items()}
+        if ds.fingerprint != meta["fingerprint"]:
+            raise ValueError(f"data fingerprint {ds.fingerprint} is not the model's training data ({meta['fingerprint']})")
+        split = make_split(ds, meta["split"], meta["seed"])
+        images = load_arrays(ds, progress=False)
+        x_val, y_val = images[split["val"]], ds.labels[split["val"]]
+        with torch.no_grad():
+            logits_val = torch.cat([model(to_input(x_val[i : i + 128])) for i in range(0, len(x_val), 128)]).numpy()
+        temperature = fit_temperature(y_val, logits_val)
+        calibration = {"temperature": temperature, "fitted_on": f"{meta['split']} split, val part (NLL)"}
+        out = export_onnx(model, out, size, temperature=temperature)
+        val_probs = onnx_probabilities(out, x_val.astype(np.float32) / 255.0)
+        decision = {"uncertain_below": choose_uncertain_threshold(y_val, val_probs),
+                    "chosen_on": f"{meta['split']} split, val part",
+                    "target_selective_accuracy": UNCERTAIN_TARGET_ACCURACY}
+        test_probs = onnx_probabilities(out, images[split["test"]].astype(np.float32) / 255.0)
+        metrics[f"{meta['split']}_test"] = _summary(compute_metrics(ds.labels[split["test"]], test_probs))
     for f in metrics_files or []:
         doc = json.loads(Path(f).read_text())
-        m, meta = doc["metrics"], doc["meta"]
-        metrics[f"{meta['split']}_{meta['part']}"] = {
-            **{k: m[k] for k in ("n", "accuracy", "macro_f1", "roc_auc_ovr", "ece")},
-            "recall": {k: v["recall"] for k, v in m["per_class"].items()},
-            "model": meta["model"], "seed": meta["seed"], "data_fingerprint": meta["data_fingerprint"],
+        other = doc["meta"]
+        metrics[f"{other['split']}_{other['part']}"] = {
+            **_summary(doc["metrics"]),
+            **{k: other[k] for k in ("model", "seed", "data_fingerprint")},
         }
     card = build_card(name or Path(out).stem, ckpt, metrics)
     card["decision"] = decision
+    card["calibration"] = calibration
     write_card(card, out)
     return card
