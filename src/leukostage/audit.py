@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from .classes import CLASS_KEYS, CLASSES
-from .data import Dataset, discover, make_split
+from .data import MASK_THRESHOLD, Dataset, cell_mask, discover, make_split, segmented_twin
 from .explain import gradcam, overlay, upsample
 from .imaging import load_image, preprocess
 from .predict import Predictor
@@ -32,7 +32,6 @@ from .predict import Predictor
 SCALE_BAR_CORNER = "bottom_right"
 CORNER_FRAC = 0.15
 CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right")
-MASK_THRESHOLD = 20  # segmented/ JPEGs: a pixel whose brightest channel exceeds this is a cell (JPEG ringing stays below)
 NEUTRAL_BACKGROUND = (224, 224, 224)  # grey at about the mean brightness of the smears' backgrounds
 MIN_AREA_FOR_RATIO = 0.01  # per-image mass/area ratios are only averaged over masks covering at least 1% of the image
 BATCH = 32
@@ -45,29 +44,19 @@ TARGETS = {  # the issue's acceptance targets for a shipped model
 
 
 # --- masks and perturbations (pure functions on 8-bit RGB) ---------------------------------------------------------
-def cell_mask(segmented_rgb: np.ndarray, threshold: int = MASK_THRESHOLD) -> np.ndarray:
-    """Cell pixels of a ``segmented/`` image: the non-black ones (the dataset authors blacked out the background)."""
-    return np.asarray(segmented_rgb).max(axis=2) > threshold
-
-
-def segmented_path(original: str | Path, image_root: str | Path) -> Path:
-    """The ``segmented/`` twin of an ``original/`` image: same class folder, same file name.
+def load_mask(original: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """The boolean cell mask of an original image, from its ``segmented/`` twin (same class folder, same name).
 
     Raises:
         FileNotFoundError: the twin is missing.
+        ValueError: the twin's size differs from ``shape`` (the original's).
     """
-    original, image_root = Path(original), Path(image_root)
-    twin = image_root.parent / "segmented" / original.relative_to(image_root)
+    twin = segmented_twin(Path(original))
     if not twin.is_file():
         raise FileNotFoundError(f"segmented twin {twin} of {original} not found; the audit needs the segmented/ folder")
-    return twin
-
-
-def load_mask(original: str | Path, image_root: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """The boolean cell mask of an original image, from its segmented twin (checked to have the same size)."""
-    mask = cell_mask(load_image(segmented_path(original, image_root)))
+    mask = cell_mask(load_image(twin))
     if shape is not None and mask.shape != tuple(shape):
-        raise ValueError(f"segmented twin of {original} is {mask.shape}, the original is {tuple(shape)}")
+        raise ValueError(f"segmented twin {twin} is {mask.shape[::-1]} px, the original is {tuple(shape)[::-1]} px")
     return mask
 
 
@@ -109,7 +98,8 @@ def mask_corners(rgb: np.ndarray, frac: float = CORNER_FRAC, corners: Iterable[s
     return out
 
 
-def replace_background(rgb: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = NEUTRAL_BACKGROUND) -> np.ndarray:
+def replace_background(rgb: np.ndarray, mask: np.ndarray,
+                       colour: tuple[int, int, int] = NEUTRAL_BACKGROUND) -> np.ndarray:
     """Keep the cell pixels, paint everything else one fixed colour."""
     _check_rgb(rgb)
     _check_mask(rgb, mask)
@@ -210,7 +200,7 @@ def class_background_tints(ds: Dataset, indices: np.ndarray) -> dict[str, list[f
     for i in indices:
         rgb = load_image(ds.paths[i])
         key = CLASS_KEYS[ds.labels[i]]
-        sums[key] += background_mean(rgb, load_mask(ds.paths[i], ds.root, rgb.shape[:2]))
+        sums[key] += background_mean(rgb, load_mask(ds.paths[i], rgb.shape[:2]))
         counts[key] += 1
     return {k: (sums[k] / max(counts[k], 1)).round(3).tolist() for k in CLASS_KEYS}
 
@@ -231,24 +221,27 @@ def cell_attention(heats: list[np.ndarray], masks: list[np.ndarray], y: np.ndarr
         corner.append(heat_mass_share(h, region))
     corner_arr = np.array(corner)
 
+    def mean(values: np.ndarray) -> float:
+        return float(values.mean()) if values.size else float("nan")
+
     def block(sel: np.ndarray) -> dict:
         ok = sel & ~np.isnan(mass)
         usable = ok & (area >= MIN_AREA_FOR_RATIO)
-        m, a = float(mass[ok].mean()), float(area[ok].mean())
+        m, a = mean(mass[ok]), mean(area[ok])
         return {
             "n": int(sel.sum()),
             "mean_mass_share_on_cells": m,
             "mean_cell_area_share": a,
             "ratio_of_means": m / a if a > 0 else float("nan"),
-            "mean_per_image_ratio": float((mass[usable] / area[usable]).mean()) if usable.any() else float("nan"),
+            "mean_per_image_ratio": mean(mass[usable] / area[usable]),
             "n_images_in_per_image_ratio": int(usable.sum()),
             "n_all_zero_maps": int((sel & np.isnan(mass)).sum()),
-            "mean_mass_share_in_scale_bar_corner": float(np.nanmean(corner_arr[sel])),
+            "mean_mass_share_in_scale_bar_corner": mean(corner_arr[ok]),
         }
 
     per_class = {k: block(y == c) for c, k in enumerate(CLASS_KEYS)}
     overall = block(np.ones(len(y), bool))
-    overall["macro_ratio_of_means"] = float(np.mean([v["ratio_of_means"] for v in per_class.values()]))
+    overall["macro_ratio_of_means"] = mean(np.array([v["ratio_of_means"] for v in per_class.values() if v["n"]]))
     rows, cols = corner_box(heats[0].shape, CORNER_FRAC, SCALE_BAR_CORNER)
     overall["scale_bar_corner_area_share"] = float(np.zeros(heats[0].shape)[rows, cols].size / heats[0].size)
     return {"overall": overall, "per_class": per_class}
@@ -283,7 +276,7 @@ def run_audit(model_path: str | Path, data: str | Path, split: str | None = None
 
     tints = class_background_tints(ds, parts["train"])
     originals = [load_image(ds.paths[i]) for i in test]
-    masks = [load_mask(ds.paths[i], ds.root, im.shape[:2]) for i, im in zip(test, originals)]
+    masks = [load_mask(ds.paths[i], im.shape[:2]) for i, im in zip(test, originals)]
 
     with tempfile.TemporaryDirectory() as tmp:
         predictor = load_predictor(model_path, tmp)
@@ -291,7 +284,7 @@ def run_audit(model_path: str | Path, data: str | Path, split: str | None = None
         variants: dict[str, Callable[[int], np.ndarray]] = {
             "scale_bar_masked": lambda i: mask_corners(originals[i]),
             "background_neutral": lambda i: replace_background(originals[i], masks[i]),
-            "segmented": lambda i: load_image(segmented_path(ds.paths[test[i]], ds.root)),
+            "segmented": lambda i: load_image(segmented_twin(ds.paths[test[i]])),
             "white_balanced": lambda i: white_balance(originals[i], masks[i]),
         }
         for key in CLASS_KEYS:
@@ -336,6 +329,7 @@ def run_audit(model_path: str | Path, data: str | Path, split: str | None = None
         "part": "test",
         "n_test": int(len(test)),
         "n_train_for_tints": int(len(parts["train"])),
+        "report": str(out),
         "command": f"leukostage audit --model {model_path} --data {data} --split {split} --out {out}",
         "settings": {"scale_bar_corner": SCALE_BAR_CORNER, "corner_frac": CORNER_FRAC, "mask_threshold": MASK_THRESHOLD,
                      "neutral_background": list(NEUTRAL_BACKGROUND), "min_area_for_ratio": MIN_AREA_FOR_RATIO},
@@ -391,10 +385,12 @@ def report_markdown(doc: dict) -> str:
         "white_balanced": "(e) white-balanced (background scaled to neutral grey)",
     }
     lines = [
-        f"# Shortcut audit: {Path(meta['model']).name} on the {meta['split']} split (test part)", "",
+        f"# Shortcut audit: {audit_name(meta['model'])} ({Path(meta['model']).name}) on the {meta['split']} split "
+        "(test part)", "",
         *(f"- {k}: {v}" for k, v in meta.items() if k != "settings"),
         f"- settings: {json.dumps(meta['settings'])}",
-        f"- baseline from `leukostage evaluate` (same split guard): accuracy {doc['baseline_evaluate']['accuracy']:.4f}",
+        f"- baseline from `leukostage evaluate` (same split guard): accuracy "
+        f"{doc['baseline_evaluate']['accuracy']:.4f}",
         "",
         "## Accuracy under perturbations", "",
         "| test images | accuracy | drop (points) | macro-F1 | " + " | ".join(f"recall {names[k]}" for k in CLASS_KEYS)
@@ -419,8 +415,9 @@ def report_markdown(doc: dict) -> str:
     ]
     for c, row in ot["recall_by_true_class_and_tint_source"].items():
         lines.append(f"| {names[c]} | " + " | ".join(f"{row[k]:.3f}" for k in CLASS_KEYS) + " |")
+    tints = doc["class_background_tints_train"]
     lines += ["", "Mean background colour (RGB) per class, training part: "
-              + "; ".join(f"{names[k]} {tuple(round(v) for v in rgb)}" for k, rgb in doc["class_background_tints_train"].items()),
+              + "; ".join(f"{names[k]} {tuple(round(v) for v in rgb)}" for k, rgb in tints.items()),
               "", "## Where the Grad-CAM heat lies (predicted class, original test images)", "",
               "| class | images | heat mass on cells | cell area share | ratio of means | mean per-image ratio (n) "
               "| heat mass in scale-bar corner |", "|---|---|---|---|---|---|---|"]

@@ -1,0 +1,194 @@
+"""Grad-CAM on the serving path (numpy over the ONNX outputs) against a torch-autograd reference, plus the CLI verb.
+
+The model is the trained checkpoint of the current run when there is one (runs/ is not in the repository), else a
+seeded random model: the parity under test does not depend on the weights, only on the maths.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import os
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from leukostage.classes import CLASS_KEYS
+from leukostage.explain import explain_image, explain_rgb, gradcam, overlay, overlay_png_base64, save_explanation
+from leukostage.imaging import load_image, preprocess
+from leukostage.predict import Predictor
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINT = Path(os.environ.get("LEUKOSTAGE_TEST_CHECKPOINT", ROOT / "runs" / "paper-random" / "best.pt"))
+
+
+def _load_checkpoint_bytes(path: Path, tries: int = 5):
+    """A checkpoint that a running training job may be rewriting: read it whole, retry on a torn read."""
+    import torch
+
+    for attempt in range(tries):
+        try:
+            return torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=False)
+        except Exception:  # noqa: BLE001 - a half-written file fails in several ways
+            if attempt == tries - 1:
+                raise
+            time.sleep(1.0)
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="module")
+def torch_model():
+    """(model in eval mode, checkpoint-like dict)."""
+    torch = pytest.importorskip("torch")
+    from leukostage.model import ModelConfig, build_model, config_dict
+
+    if CHECKPOINT.is_file():
+        ckpt = _load_checkpoint_bytes(CHECKPOINT)
+        mc = ckpt["model_config"]
+        model = build_model(ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in mc.items()}))
+        model.load_state_dict(ckpt["model"])
+        return model.eval(), ckpt
+    torch.manual_seed(0)
+    model = build_model()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    return model.eval(), {"model_config": config_dict(ModelConfig())}
+
+
+@pytest.fixture(scope="module")
+def onnx_model(torch_model, tmp_path_factory) -> Path:
+    from leukostage.export import build_card, export_onnx, write_card
+
+    model, ckpt = torch_model
+    path = export_onnx(model, tmp_path_factory.mktemp("explain") / "m.onnx")
+    write_card(build_card("test", ckpt, {}, command="test"), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def served(onnx_model) -> Predictor:
+    return Predictor.load(onnx_model)
+
+
+@pytest.fixture(scope="module")
+def pbc_image(data_dir) -> Path:
+    """A non-square genuine smear (360 x 363) from another lab: checks 'original resolution' properly."""
+    return sorted((data_dir / "pbc_sample" / "lymphocyte").glob("*.jpg"))[0]
+
+
+def torch_gradcam(model, rgb: np.ndarray, class_index: int | None) -> tuple[np.ndarray, int]:
+    """The reference: autograd through the torch head, same Grad-CAM formula, same upsampling."""
+    import torch
+
+    x = torch.from_numpy(preprocess(rgb))[None].permute(0, 3, 1, 2)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+    feats = feats.detach().requires_grad_(True)
+    logits = model.forward_head(feats)
+    k = int(logits.argmax(1)) if class_index is None else class_index
+    (grads,) = torch.autograd.grad(logits[0, k], feats)
+    alpha = grads.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((alpha * feats).sum(dim=1))[0].detach().numpy()
+    cam = cam / cam.max() if cam.max() > 0 else cam
+    return cv2.resize(cam.astype(np.float32), (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR), k
+
+
+def test_gradcam_matches_torch_autograd_on_real_images(torch_model, served, sample_smears, pbc_image):
+    model, _ = torch_model
+    images = [load_image(p) for p in [*sample_smears.values(), pbc_image]]
+    compared = 0
+    for rgb in images:
+        for key in (None, *CLASS_KEYS):
+            exp = explain_image(served, rgb, key)
+            ref, k = torch_gradcam(model, rgb, None if key is None else CLASS_KEYS.index(key))
+            assert exp.class_key == CLASS_KEYS[k]
+            if ref.max() == 0:  # no positive evidence for this class: both must say so
+                assert exp.heatmap.max() < 1e-3
+                continue
+            r = np.corrcoef(exp.heatmap.ravel(), ref.ravel())[0, 1]
+            assert r >= 0.99, f"Pearson {r:.4f} for class {CLASS_KEYS[k]}"
+            compared += 1
+    assert compared >= len(images)  # at least the predicted class of every image was compared
+
+
+def test_gradcam_formula_edge_cases():
+    feats = np.random.default_rng(0).random((3, 4, 5, 5)).astype(np.float32)
+    grads = np.ones_like(feats)
+    cam = gradcam(feats, grads)
+    assert cam.shape == (3, 5, 5) and cam.dtype == np.float32
+    assert np.allclose(cam.max(axis=(1, 2)), 1.0) and cam.min() >= 0
+    zero = gradcam(feats[0], -grads[0])  # only negative evidence: an all-zero map, not NaN
+    assert zero.shape == (5, 5) and not np.isnan(zero).any() and zero.max() == 0
+    with pytest.raises(ValueError, match="must share one"):
+        gradcam(feats, grads[:, :2])
+
+
+def test_heatmap_is_float32_in_unit_range_at_original_size(served, pbc_image):
+    rgb = load_image(pbc_image)
+    exp = explain_image(served, rgb)
+    assert exp.heatmap.shape == rgb.shape[:2] != (128, 128)
+    assert exp.heatmap.dtype == np.float32
+    assert 0.0 <= exp.heatmap.min() and exp.heatmap.max() <= 1.0
+    assert exp.heatmap.max() == 0 or exp.heatmap.max() > 0.9  # normalised to peak 1 (or no positive evidence)
+    assert exp.class_key == CLASS_KEYS[int(np.argmax(exp.probabilities))]
+
+
+def test_bad_class_key_lists_the_valid_keys(served, pbc_image):
+    with pytest.raises(ValueError, match="expected one of normal, early, mid, advanced"):
+        explain_image(served, load_image(pbc_image), "stage4")
+
+
+def test_overlay_and_base64_png(served, pbc_image):
+    rgb = load_image(pbc_image)
+    heat = explain_image(served, rgb).heatmap
+    blended = overlay(rgb, heat)
+    assert blended.shape == rgb.shape and blended.dtype == np.uint8
+    assert not np.array_equal(blended, rgb)
+    png = base64.b64decode(overlay_png_base64(rgb, heat))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR).shape == rgb.shape
+    doc = explain_rgb(served, rgb, "mid")
+    assert doc["class"] == "mid" and doc["media_type"] == "image/png" and doc["overlay_png_base64"]
+    with pytest.raises(ValueError, match="must match"):
+        overlay(rgb, heat[:-1])
+
+
+def test_save_explanation_writes_png_and_npy(tmp_path):
+    rgb = np.full((40, 60, 3), 200, np.uint8)
+    heat = np.linspace(0, 1, 40 * 60, dtype=np.float32).reshape(40, 60)
+    png, npy = save_explanation(tmp_path / "new", "x", rgb, heat)
+    assert png.name == "x.gradcam.png" and npy.name == "x.gradcam.npy"
+    assert np.array_equal(np.load(npy), heat)
+
+
+def test_cli_explain_writes_both_files_and_reports_bad_inputs(onnx_model, pbc_image, tmp_path, capsys):
+    from leukostage.cli import main
+
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    out = tmp_path / "maps"
+    # the paper preset (colour rule only) keeps this test independent of the validator's calibration file
+    rc = main(["explain", "--model", str(onnx_model), "--preset", "paper", "--class", "early", "--out", str(out),
+               str(bad), str(pbc_image)])
+    stdout = capsys.readouterr().out
+    assert rc == 1  # one input failed; the other was still explained
+    assert "broken.jpg\tREJECTED [unreadable]" in stdout
+    h, w = load_image(pbc_image).shape[:2]
+    png = cv2.imread(str(out / f"{pbc_image.stem}.gradcam.png"))
+    heat = np.load(out / f"{pbc_image.stem}.gradcam.npy")
+    assert png.shape == (h, w, 3)
+    assert heat.shape == (h, w) and heat.dtype == np.float32 and 0 <= heat.min() and heat.max() <= 1
+    assert "Grad-CAM for early" in stdout
+    assert sorted(p.name for p in out.iterdir()) == [f"{pbc_image.stem}.gradcam.npy", f"{pbc_image.stem}.gradcam.png"]
+
+
+def test_cli_explain_bad_class_key(onnx_model, pbc_image, tmp_path, capsys):
+    from leukostage.cli import main
+
+    rc = main(["explain", "--model", str(onnx_model), "--class", "stage4", "--out", str(tmp_path), str(pbc_image)])
+    assert rc == 2
+    assert "unknown class 'stage4'; expected one of normal, early, mid, advanced" in capsys.readouterr().err
