@@ -52,6 +52,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         ORT_THREADS=None,  # ONNX Runtime intra-op threads; None = all cores. `serve` sets cores // workers
         VALIDATION_PRESET=DEFAULT_PRESET,
         DRAIN_LIMIT=64 * 1024 * 1024,  # after a 413, read at most this much of the refused body (clean close)
+        WARM_UP=True,  # run the validator and the model once at start: config errors fail here, not per request
     )
     app.config.from_prefixed_env("LEUKOSTAGE")
     if test_config is not None:
@@ -64,15 +65,28 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.json.sort_keys = False  # keep the field order of `leukostage predict --json`
 
     threads = app.config["ORT_THREADS"]
-    app.extensions[PREDICTOR_KEY] = Predictor.load(app.config["MODEL_PATH"], threads=int(threads) if threads else None)
+    predictor = Predictor.load(app.config["MODEL_PATH"], threads=int(threads) if threads else None)
+    if app.config["WARM_UP"]:
+        warm_up(predictor, app.config["VALIDATION_PRESET"])
+    app.extensions[PREDICTOR_KEY] = predictor
 
-    from . import api, pages
+    from . import api, pages, responses
 
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
-    api.register_error_handlers(app)
-    app.after_request(api.security_headers)
+    responses.register_error_handlers(app)
+    app.after_request(responses.security_headers)
     return app
+
+
+def warm_up(predictor: Predictor, preset: str) -> None:
+    """One pass through the validator (loads its calibration) and the model (allocates ONNX Runtime's buffers)."""
+    import numpy as np
+
+    from ..validate import validate_image
+
+    validate_image(np.full((64, 64, 3), 255, np.uint8), preset)
+    predictor.predict_proba(np.zeros((1, predictor.image_size, predictor.image_size, 3), np.float32))
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None, model: str | None = None,

@@ -42,20 +42,24 @@ def gunicorn_options(host: str, port: int, workers: int) -> dict:
         "errorlog": "-",
         "loglevel": "info",
         "proc_name": "leukostage",
+        "control_socket_disable": True,  # gunicorn >= 27: no shared ~/.gunicorn/gunicorn.ctl between instances
     }
+
+
+OPTIONAL_SETTINGS = {"control_socket_disable"}  # skipped where the installed gunicorn predates them
 
 
 class GunicornApp(BaseApplication):
     """gunicorn run from Python, so ``leukostage serve`` needs no shell command or config file."""
 
-    def __init__(self, options: dict, threads: int):
+    def __init__(self, options: dict):
         self.options = options
-        self.threads = threads
         super().__init__()
 
     def load_config(self) -> None:
         for key, value in self.options.items():
-            self.cfg.set(key, value)
+            if key in self.cfg.settings or key not in OPTIONAL_SETTINGS:
+                self.cfg.set(key, value)
         extra = os.environ.get("GUNICORN_CMD_ARGS")
         if extra:
             parsed = self.cfg.parser().parse_args(shlex.split(extra))
@@ -64,13 +68,14 @@ class GunicornApp(BaseApplication):
                     self.cfg.set(key.lower(), value)
 
     def load(self):
-        """Called in each worker after the fork: pin the thread pools, then build the app (loading the model)."""
+        """Called in each worker after the fork: size OpenCV's thread pool, then build the app (loading the model
+        with $LEUKOSTAGE_ORT_THREADS threads)."""
         import cv2
 
         from . import create_app
 
-        cv2.setNumThreads(self.threads)
-        return create_app({"ORT_THREADS": self.threads})
+        cv2.setNumThreads(int(os.environ["LEUKOSTAGE_ORT_THREADS"]))
+        return create_app()
 
 
 def _is_loopback(host: str) -> bool:
@@ -100,20 +105,21 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None,
 
     if workers is not None and workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
+    if debug and not _is_loopback(host):
+        raise ValueError(f"--debug runs Werkzeug's interactive debugger; bind it to 127.0.0.1, not {host}")
     model_path = Path(model) if model else default_model_path()
     if not model_path.is_file():
         raise FileNotFoundError(f"model file {model_path} not found; train and export one, or pass --model")
-    os.environ["LEUKOSTAGE_MODEL"] = str(model_path.resolve())
+    os.environ["LEUKOSTAGE_MODEL"] = str(model_path.resolve())  # read by create_app in each worker
 
     if debug:
-        if not _is_loopback(host):
-            raise ValueError(f"--debug runs Werkzeug's interactive debugger; bind it to 127.0.0.1, not {host}")
         from . import create_app
 
         create_app().run(host=host, port=port, debug=True)
         return 0
 
     workers = workers or cpu_count()
-    threads = threads_per_worker(workers)
-    GunicornApp(gunicorn_options(host, port, workers), threads).run()
+    # An operator's explicit $LEUKOSTAGE_ORT_THREADS wins; the workers read it in create_app.
+    os.environ.setdefault("LEUKOSTAGE_ORT_THREADS", str(threads_per_worker(workers)))
+    GunicornApp(gunicorn_options(host, port, workers)).run()
     return 0

@@ -1,0 +1,118 @@
+"""The HTTP API: thin views over :func:`leukostage.predict.analyse_bytes`, the function the CLI uses too.
+
+``POST /predict`` answers one image with the object ``leukostage predict --json`` prints for it, plus ``model`` and
+``timing_ms``; a rejected image becomes an error status (see ``responses.STATUS_BY_CODE``). ``POST /api/v1/predict``
+answers many images with a list, rejected ones included as ``valid: false`` entries.
+"""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, request
+from werkzeug.datastructures import FileStorage
+
+from ..predict import Analysis, Predictor, analyse_bytes
+from . import PREDICTOR_KEY
+from .openapi import build_spec
+from .responses import NOT_A_SMEAR_STATUS, STATUS_BY_CODE, ApiError
+
+bp = Blueprint("api", __name__)
+
+MAX_NAME_CHARS = 255  # the client's file name is echoed back (never used as a path); keep it short
+EMPTY_REASON = "The file is empty; choose an image file (JPEG, PNG, TIFF or BMP)."
+
+
+def predictor() -> Predictor:
+    return current_app.extensions[PREDICTOR_KEY]
+
+
+class Upload:
+    """One uploaded file part, read into memory (see ``InMemoryRequest``): the client's name and the bytes."""
+
+    def __init__(self, part: FileStorage):
+        self.named = bool(part.filename)
+        self.name = (part.filename or "upload")[:MAX_NAME_CHARS]  # echoed back, never used as a path
+        self.data = part.read()
+
+    def analyse(self) -> Analysis | None:
+        """The shared pipeline on these bytes; None when the file is empty."""
+        if not self.data:
+            return None
+        return analyse_bytes(self.data, self.name, predictor(), current_app.config["VALIDATION_PRESET"])
+
+
+def _payload(analysis: Analysis) -> dict:
+    """A prediction as the API returns it: the CLI's object, the model that made it, and where the time went."""
+    # ``?explain=1`` is reserved for the Grad-CAM overlay (leukostage.explain.explain_rgb(predictor(),
+    # analysis.rgb) under the key "explanation"); until that is wired in, the parameter is accepted and ignored.
+    return {**analysis.result, "model": predictor().info, "timing_ms": analysis.timing_ms}
+
+
+def _uploads(field: str) -> list[Upload]:
+    """The file parts of ``field``, without the nameless empty part browsers send when no file was chosen."""
+    uploads = [Upload(part) for part in request.files.getlist(field)]
+    return [u for u in uploads if u.data or u.named]
+
+
+def _no_file(field: str) -> ApiError:
+    return ApiError(400, "no_file", f"No file in the request: send the image as multipart/form-data in the field "
+                                    f"'{field}' (JPEG, PNG, TIFF or BMP).")
+
+
+@bp.post("/predict")
+def predict_one():
+    """One image in the multipart field ``file``: 200 with the prediction, or an error status."""
+    uploads = _uploads("file")
+    if not uploads:
+        raise _no_file("file")
+    if len(uploads) > 1:
+        raise ApiError(400, "too_many_files",
+                       f"/predict takes one file; {len(uploads)} were sent. Use /api/v1/predict for several.")
+    analysis = uploads[0].analyse()
+    if analysis is None:
+        raise ApiError(400, "empty_file", EMPTY_REASON)
+    result = analysis.result
+    if not result["valid"]:
+        extra = {"checks": result["checks"]} if result.get("checks") else {}
+        raise ApiError(STATUS_BY_CODE.get(result["code"], NOT_A_SMEAR_STATUS), result["code"], result["reason"],
+                       **extra)
+    return jsonify(_payload(analysis))
+
+
+@bp.post("/api/v1/predict")
+def predict_many():
+    """One or many images in the multipart field ``files``: 200 with one entry per file, in order."""
+    uploads = _uploads("files")
+    if not uploads:
+        raise _no_file("files")
+    limit = current_app.config["MAX_FILES"]
+    if len(uploads) > limit:
+        raise ApiError(400, "too_many_files", f"{len(uploads)} files were sent; at most {limit} per request.")
+    out = []
+    for upload in uploads:
+        analysis = upload.analyse()
+        if analysis is None:
+            out.append({"file": upload.name, "valid": False, "code": "empty_file", "reason": EMPTY_REASON})
+        elif analysis.result["valid"]:
+            out.append(_payload(analysis))
+        else:
+            out.append({**analysis.result, "timing_ms": analysis.timing_ms})
+    return jsonify(out)
+
+
+@bp.get("/api/v1/health")
+def health():
+    """200 once this worker's model is loaded (it is loaded before the app serves anything)."""
+    loaded = current_app.extensions.get(PREDICTOR_KEY)
+    if loaded is None:
+        raise ApiError(503, "model_not_loaded", "The model is not loaded yet; retry shortly.")
+    return jsonify({"status": "ok", "model": loaded.info})
+
+
+@bp.get("/api/v1/model")
+def model_card():
+    """The model card: how the model was trained, its metrics, its intended use."""
+    return jsonify(predictor().card)
+
+
+@bp.get("/api/v1/openapi.json")
+def openapi():
+    return jsonify(build_spec(current_app.config, predictor().info))

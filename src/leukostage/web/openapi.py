@@ -1,0 +1,143 @@
+"""The OpenAPI 3.1 description of the page and the API, built from the same constants the views use."""
+from __future__ import annotations
+
+from .. import __version__
+from ..classes import CLASS_KEYS, DISCLAIMER, UNCERTAIN_KEY
+from ..imaging import MAX_PIXELS, MIN_SIDE
+from .responses import STATUS_BY_CODE, megabytes
+
+_REF = "#/components/schemas/"
+
+
+def _json(schema_name: str, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": _REF + schema_name}}}}
+
+
+def _error(description: str) -> dict:
+    return _json("Error", description)
+
+
+def _upload_body(field: str, many: bool) -> dict:
+    file_schema = {"type": "string", "format": "binary"}
+    prop = {"type": "array", "items": file_schema, "minItems": 1} if many else file_schema
+    return {"required": True, "content": {"multipart/form-data": {
+        "schema": {"type": "object", "required": [field], "properties": {field: prop}}}}}
+
+
+def build_spec(config, model_info: dict) -> dict:
+    """The spec for this app's config (upload limits) and loaded model (named in the description)."""
+    limit = megabytes(config["MAX_CONTENT_LENGTH"])
+    codes_415 = ", ".join(c for c, s in STATUS_BY_CODE.items() if s == 415)
+    probabilities = {"type": "object", "required": list(CLASS_KEYS),
+                     "properties": {k: {"type": "number", "minimum": 0, "maximum": 1} for k in CLASS_KEYS}}
+    check = {"type": "object", "properties": {"value": {"type": "number"}, "threshold": {},
+                                              "passed": {"type": "boolean"}}}
+    timing = {"type": "object", "description": "Server-side milliseconds per stage (a rejected image has decode, "
+                                               "validate and total only).",
+              "properties": {k: {"type": "number"} for k in ("decode", "validate", "preprocess", "inference",
+                                                             "total")}}
+    schemas = {
+        "Prediction": {
+            "type": "object",
+            "description": "The object `leukostage predict --json` prints for the image, plus model and timing_ms.",
+            "required": ["file", "valid", "label", "display_label", "confidence", "top_class", "probabilities",
+                         "model", "timing_ms"],
+            "properties": {
+                "file": {"type": "string", "description": "The uploaded file's name, echoed back."},
+                "valid": {"const": True},
+                "label": {"enum": [*CLASS_KEYS, UNCERTAIN_KEY],
+                          "description": "The class, or `uncertain` when the top probability is below the model "
+                                         "card's decision threshold."},
+                "display_label": {"type": "string", "description": "The seed paper's stage name."},
+                "dataset_label": {"type": ["string", "null"],
+                                  "description": "The dataset's B-ALL subtype (flow cytometry); null if uncertain."},
+                "confidence": {"type": "number"},
+                "top_class": {"enum": list(CLASS_KEYS)},
+                "probabilities": probabilities,
+                "checks": {"type": "object", "additionalProperties": {"$ref": _REF + "Check"}},
+                "model": {"$ref": _REF + "ModelInfo"},
+                "timing_ms": {"$ref": _REF + "Timing"},
+            },
+        },
+        "Rejection": {
+            "type": "object",
+            "description": "A file of a batch that was not analysed: the validator's code and reason.",
+            "required": ["file", "valid", "code", "reason"],
+            "properties": {"file": {"type": "string"}, "valid": {"const": False}, "code": {"type": "string"},
+                           "reason": {"type": "string"},
+                           "checks": {"type": "object", "additionalProperties": {"$ref": _REF + "Check"}},
+                           "timing_ms": {"$ref": _REF + "Timing"}},
+        },
+        "Error": {
+            "type": "object", "required": ["error"],
+            "properties": {"error": {
+                "type": "object", "required": ["code", "message"],
+                "properties": {
+                    "code": {"type": "string", "examples": ["no_file", "empty_file", "too_large", "unreadable",
+                                                            "low_saturation", "internal_error"]},
+                    "message": {"type": "string", "description": "What was wrong and how to fix it."},
+                    "checks": {"type": "object", "additionalProperties": {"$ref": _REF + "Check"},
+                               "description": "On 422: the validator's measurements and thresholds."},
+                }}},
+        },
+        "Check": check,
+        "Timing": timing,
+        "ModelInfo": {"type": "object", "properties": {"name": {"type": "string"}, "version": {"type": "string"}}},
+        "Health": {"type": "object", "properties": {"status": {"const": "ok"}, "model": {"$ref": _REF + "ModelInfo"}}},
+    }
+    upload_errors = {
+        "500": _error("`internal_error`: a fault in the server (logged); never the answer to a bad upload."),
+        "400": _error("No file (`no_file`), an empty file (`empty_file`) or too many files (`too_many_files`)."),
+        "413": _error(f"`too_large`: the request body is over {limit}, or an image has over "
+                      f"{MAX_PIXELS // 1_000_000} megapixels (checked on the header, before decoding). "
+                      "`form_too_large`: too many form parts or an oversized text field."),
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "leukostage",
+            "version": __version__,
+            "summary": "Blood smear ALL subtype classification. " + DISCLAIMER,
+            "description": f"Serving model {model_info['name']} {model_info['version']}. Every error is JSON "
+                           "`{\"error\": {\"code\", \"message\"}}`; no response is cached.",
+        },
+        "paths": {
+            "/": {"get": {"summary": "The upload page (HTML, CSS and JS served by this app, no external resources).",
+                          "responses": {"200": {"description": "The page.", "content": {"text/html": {}}}}}},
+            "/predict": {"post": {
+                "summary": "Classify one image (validation runs first).",
+                "parameters": [{"name": "explain", "in": "query", "required": False, "schema": {"type": "string"},
+                                "description": "Reserved for a Grad-CAM overlay; ignored in this version."}],
+                "requestBody": _upload_body("file", many=False),
+                "responses": {
+                    "200": _json("Prediction", "The prediction."),
+                    **upload_errors,
+                    "415": _error(f"Not a supported image, decided by content ({codes_415}); accepted: JPEG, PNG, "
+                                  "TIFF, BMP, a single still image."),
+                    "422": _error("A readable image that is not a usable blood smear photograph: the validator's code "
+                                  "(e.g. low_saturation, abnormal_brightness, no_stain_profile, not_blood_smear) and "
+                                  f"reason, with its checks; also `too_small` (a side under {MIN_SIDE} pixels)."),
+                },
+            }},
+            "/api/v1/predict": {"post": {
+                "summary": "Classify one or many images; each file gets an entry, in upload order.",
+                "requestBody": _upload_body("files", many=True),
+                "responses": {
+                    "200": {"description": "One entry per file: a prediction, or a rejection (valid: false).",
+                            "content": {"application/json": {"schema": {"type": "array", "items": {"oneOf": [
+                                {"$ref": _REF + "Prediction"}, {"$ref": _REF + "Rejection"}]}}}}},
+                    **upload_errors,
+                },
+            }},
+            "/api/v1/health": {"get": {"summary": "Readiness: 200 once the model is loaded.",
+                                       "responses": {"200": _json("Health", "Ready."),
+                                                     "503": _error("The model is not loaded.")}}},
+            "/api/v1/model": {"get": {"summary": "The model card (training data, split, metrics, intended use).",
+                                      "responses": {"200": {"description": "The card.",
+                                                            "content": {"application/json": {}}}}}},
+            "/api/v1/openapi.json": {"get": {"summary": "This description.",
+                                             "responses": {"200": {"description": "OpenAPI 3.1",
+                                                                   "content": {"application/json": {}}}}}},
+        },
+        "components": {"schemas": schemas},
+    }

@@ -1,0 +1,117 @@
+"""Every error as JSON ``{"error": {"code", "message"}}`` with the right status, and security headers on every response.
+
+No handler here ever shows a stack trace: an unexpected exception is logged and answered with a generic 500.
+"""
+from __future__ import annotations
+
+from flask import Flask, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+# The page loads its own script, style sheet and fonts only (it must work offline); previews are blob: URLs.
+PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+            "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+API_CSP = "default-src 'none'; frame-ancestors 'none'; sandbox"
+
+# What the validator's codes mean over HTTP. Anything not listed (the colour and content checks, and codes the
+# validator may add later) is a readable image that is not a usable smear: 422.
+STATUS_BY_CODE = {
+    "unreadable": 415,  # not an image we can read (by content, whatever the name or declared type)
+    "unsupported_format": 415,  # GIF, WebP
+    "animated": 415,
+    "too_large": 413,  # more pixels than imaging.MAX_PIXELS (decompression-bomb guard)
+    "too_small": 422,  # a readable image with too few pixels to analyse
+}
+NOT_A_SMEAR_STATUS = 422
+
+
+class ApiError(Exception):
+    """An error a view raises to answer with ``status`` and the JSON error body."""
+
+    def __init__(self, status: int, code: str, message: str, **extra):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+
+def megabytes(n: int) -> str:
+    return f"{n / 2**20:.3g} MB"
+
+
+def error_response(status: int, code: str, message: str, **extra) -> tuple[Response, int]:
+    return jsonify({"error": {"code": code, "message": message, **extra}}), status
+
+
+def _drain_refused_body() -> None:
+    """Read (and drop) the rest of a refused upload, up to DRAIN_LIMIT.
+
+    Closing a connection with unread request data makes the kernel send a reset, and the client may then lose the
+    413 instead of reading it. Bodies of unknown length are drained only when the server marks the input as
+    terminated (gunicorn does), since reading a raw socket past the body would block.
+    """
+    stream = request.environ.get("wsgi.input")
+    length = request.content_length
+    if stream is None or (length is None and not request.environ.get("wsgi.input_terminated")):
+        return
+    remaining = current_app.config["DRAIN_LIMIT"] if length is None else min(length, current_app.config["DRAIN_LIMIT"])
+    try:
+        while remaining > 0:
+            chunk = stream.read(min(1 << 16, remaining))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+    except (OSError, ValueError):  # the client went away: nothing left to answer
+        pass
+
+
+def _api_error(exc: ApiError):
+    return error_response(exc.status, exc.code, exc.message, **exc.extra)
+
+
+def _too_large(exc: RequestEntityTooLarge):
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    length = request.content_length
+    _drain_refused_body()
+    if length is not None and length <= limit:  # Werkzeug's form limits, not the body size
+        return error_response(413, "form_too_large", "The form has too many parts or an oversized text field; send "
+                                                     "only the image, as a file field.")
+    return error_response(413, "too_large", f"The upload is larger than {megabytes(limit)}; send a smaller image file.")
+
+
+def _http_error(exc: HTTPException):
+    response = exc.get_response()  # keeps headers such as Allow on 405
+    code = (exc.name or "http_error").lower().replace(" ", "_")
+    response.set_data(jsonify({"error": {"code": code, "message": exc.description}}).get_data())
+    response.mimetype = "application/json"
+    return response
+
+
+def _unexpected(exc: Exception):
+    if isinstance(exc, HTTPException):
+        return _http_error(exc)
+    current_app.logger.exception("unhandled error on %s %s", request.method, request.path)
+    return error_response(500, "internal_error", "The server failed to process this request; the error was logged.")
+
+
+def register_error_handlers(app: Flask) -> None:
+    app.register_error_handler(ApiError, _api_error)
+    app.register_error_handler(RequestEntityTooLarge, _too_large)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)
+
+
+def security_headers(response: Response) -> Response:
+    """Headers for every response: a CSP (strict for the page, stricter for data), no sniffing, no framing, and
+    no caching of anything but the static files (results are never stored by browsers or proxies)."""
+    headers = response.headers
+    headers["Content-Security-Policy"] = PAGE_CSP if response.mimetype == "text/html" else API_CSP
+    headers["X-Content-Type-Options"] = "nosniff"
+    headers["X-Frame-Options"] = "DENY"
+    headers["Referrer-Policy"] = "no-referrer"
+    headers["Cross-Origin-Opener-Policy"] = "same-origin"
+    headers["Cross-Origin-Resource-Policy"] = "same-origin"
+    headers["Permissions-Policy"] = "camera=(), microphone=(), geolocation=()"
+    if request.endpoint != "static":
+        headers["Cache-Control"] = "no-store"
+    return response

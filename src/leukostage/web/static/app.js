@@ -1,0 +1,230 @@
+// leukostage page: choose or drop an image, preview it, upload it to /predict, show the result or the rejection.
+// Plain script, no libraries, no external requests (the page must work offline and under a strict CSP).
+"use strict";
+
+(function () {
+  document.documentElement.classList.add("js");
+
+  const $ = (id) => document.getElementById(id);
+  const config = JSON.parse($("page-config").textContent);
+  const classes = Object.fromEntries(config.classes.map((c) => [c.key, c]));
+
+  const form = $("upload-form");
+  const input = $("file-input");
+  const dropZone = $("drop-zone");
+  const preview = $("preview");
+  const previewImage = $("preview-image");
+  const previewName = $("preview-name");
+  const progress = $("progress");
+  const progressBar = $("progress-bar");
+  const progressText = $("progress-text");
+  const result = $("result");
+  const rejection = $("rejection");
+
+  let previewUrl = null;
+  let busy = false;
+
+  const STATUS_TITLES = {
+    400: "No image received",
+    413: "File too large",
+    415: "Not a supported image",
+    422: "Not a usable blood smear photograph",
+  };
+
+  function percent(p) {
+    return (100 * p).toFixed(1) + "%";
+  }
+
+  function megabytes(n) {
+    if (n < 1048576) return Math.max(1, Math.round(n / 1024)) + " kB";
+    return (n / 1048576).toPrecision(3).replace(/\.0+$|(\.\d*?)0+$/, "$1") + " MB";
+  }
+
+  function showPreview(file) {
+    if (previewUrl) URL.revokeObjectURL(previewUrl);
+    previewUrl = URL.createObjectURL(file);
+    previewImage.hidden = false;
+    previewImage.src = previewUrl;
+    previewImage.alt = "Preview of " + file.name;
+    previewName.textContent = file.name + " (" + megabytes(file.size) + ")";
+    preview.hidden = false;
+  }
+
+  // Browsers cannot show TIFF: say so instead of a broken image.
+  previewImage.addEventListener("error", () => {
+    previewImage.hidden = true;
+    previewName.textContent += ": no preview for this format";
+  });
+
+  function setProgress(fraction, text) {
+    progress.hidden = false;
+    if (fraction === null) progressBar.removeAttribute("value"); // indeterminate while the server works
+    else progressBar.value = Math.round(100 * fraction);
+    progressText.textContent = text;
+  }
+
+  function paintBadge(el, key) {
+    const info = classes[key] || classes.uncertain;
+    el.textContent = info.display_name;
+    el.dataset.label = key;
+    el.style.backgroundColor = info.colour;
+    el.style.color = info.text_colour;
+  }
+
+  function bar(fill, meter, fraction, colour) {
+    fill.style.width = percent(fraction);
+    fill.style.backgroundColor = colour;
+    meter.setAttribute("aria-valuenow", (100 * fraction).toFixed(1));
+    meter.setAttribute("aria-valuetext", percent(fraction));
+  }
+
+  function showResult(r) {
+    paintBadge($("badge"), r.label);
+    const uncertain = r.label === "uncertain";
+    $("subtype").textContent = uncertain
+      ? "no class asserted"
+      : "dataset subtype: " + r.dataset_label;
+    const note = $("uncertain-note");
+    note.hidden = !uncertain;
+    if (uncertain) {
+      const top = classes[r.top_class];
+      note.textContent = "The model is not confident enough to name a class. Its most likely class, " +
+        top.display_name + " (" + top.dataset_label + "), has probability " + percent(r.confidence) + ".";
+    }
+
+    const badgeInfo = classes[r.label] || classes.uncertain;
+    bar($("confidence-bar"), $("confidence-meter"), r.confidence, badgeInfo.colour);
+    $("confidence-value").textContent = percent(r.confidence);
+
+    const list = $("class-bars");
+    list.replaceChildren();
+    for (const info of config.classes) {
+      if (!(info.key in r.probabilities)) continue;
+      const p = r.probabilities[info.key];
+      const li = document.createElement("li");
+      li.className = "class-bar";
+      li.dataset.key = info.key;
+      const label = document.createElement("span");
+      label.className = "bar-label";
+      label.id = "prob-label-" + info.key;
+      label.textContent = info.display_name;
+      const sub = document.createElement("small");
+      sub.textContent = info.dataset_label;
+      label.append(document.createElement("br"), sub);
+      const track = document.createElement("div");
+      track.className = "bar-track";
+      track.setAttribute("role", "meter");
+      track.setAttribute("aria-valuemin", "0");
+      track.setAttribute("aria-valuemax", "100");
+      track.setAttribute("aria-labelledby", label.id);
+      const fill = document.createElement("div");
+      fill.className = "bar-fill";
+      track.append(fill);
+      bar(fill, track, p, info.colour);
+      const value = document.createElement("span");
+      value.className = "bar-value";
+      value.textContent = percent(p);
+      li.append(label, track, value);
+      list.append(li);
+    }
+
+    const t = r.timing_ms || {};
+    const parts = ["decode", "validate", "preprocess", "inference"]
+      .filter((k) => k in t)
+      .map((k) => k + " " + t[k].toFixed(1));
+    $("timing").textContent = "Server time " + (t.total || 0).toFixed(1) + " ms (" + parts.join(", ") +
+      ") · model " + r.model.name + " " + r.model.version;
+
+    rejection.hidden = true;
+    result.hidden = false;
+    result.focus();
+  }
+
+  function showRejection(status, error) {
+    $("rejection-heading").textContent = STATUS_TITLES[status] || "Not analysed";
+    $("rejection-reason").textContent = error.message;
+    $("rejection-code").textContent = error.code + (status ? " (HTTP " + status + ")" : "");
+    const table = $("rejection-checks");
+    const body = table.tBodies[0];
+    body.replaceChildren();
+    const checks = error.checks || {};
+    for (const [name, c] of Object.entries(checks)) {
+      const row = body.insertRow();
+      const threshold = Array.isArray(c.threshold) ? c.threshold.join(" to ") : "at least " + c.threshold;
+      for (const text of [name.replace(/_/g, " "), String(c.value), threshold, c.passed ? "yes" : "no"]) {
+        row.insertCell().textContent = text;
+      }
+    }
+    table.hidden = Object.keys(checks).length === 0;
+    result.hidden = true;
+    rejection.hidden = false;
+    rejection.focus();
+  }
+
+  function analyse(file) {
+    if (!file || busy) return;
+    showPreview(file);
+    if (file.size > config.max_bytes) {
+      showRejection(413, {
+        code: "too_large",
+        message: "The file is " + megabytes(file.size) + "; at most " + megabytes(config.max_bytes) + " are accepted.",
+      });
+      return;
+    }
+    busy = true;
+    result.hidden = true;
+    rejection.hidden = true;
+    setProgress(0, "Uploading…");
+
+    const data = new FormData();
+    data.append("file", file, file.name);
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", form.action);
+    xhr.responseType = "json";
+    xhr.upload.addEventListener("progress", (e) => {
+      if (!e.lengthComputable) return;
+      setProgress(e.loaded / e.total, "Uploading… " + Math.round((100 * e.loaded) / e.total) + "%");
+    });
+    xhr.upload.addEventListener("load", () => setProgress(null, "Analysing…"));
+    xhr.addEventListener("load", () => {
+      const body = xhr.response;
+      if (xhr.status === 200 && body && body.valid) showResult(body);
+      else if (body && body.error) showRejection(xhr.status, body.error);
+      else showRejection(xhr.status, { code: "http_" + xhr.status, message: "The server answered unexpectedly." });
+    });
+    xhr.addEventListener("error", () =>
+      showRejection(0, { code: "network_error", message: "The server could not be reached. Try again." }));
+    xhr.addEventListener("loadend", () => {
+      busy = false;
+      progress.hidden = true;
+    });
+    xhr.send(data);
+  }
+
+  input.addEventListener("change", () => {
+    analyse(input.files[0]);
+    input.value = ""; // choosing the same file again analyses it again
+  });
+
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    analyse(input.files[0]);
+  });
+
+  for (const type of ["dragenter", "dragover"]) {
+    dropZone.addEventListener(type, (e) => {
+      e.preventDefault();
+      dropZone.classList.add("dragging");
+    });
+  }
+  for (const type of ["dragleave", "drop"]) {
+    dropZone.addEventListener(type, () => dropZone.classList.remove("dragging"));
+  }
+  dropZone.addEventListener("drop", (e) => {
+    e.preventDefault();
+    if (e.dataTransfer && e.dataTransfer.files.length) analyse(e.dataTransfer.files[0]);
+  });
+  // A file dropped beside the zone should not navigate away from the page.
+  window.addEventListener("dragover", (e) => e.preventDefault());
+  window.addEventListener("drop", (e) => e.preventDefault());
+})();

@@ -1,0 +1,465 @@
+"""The web app through Flask's test client: every route, every error status, the headers, the page's assets."""
+from __future__ import annotations
+
+import html as html_lib
+import io
+import json
+import re
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from leukostage import cli
+from leukostage.classes import CLASSES, DISCLAIMER, UNCERTAIN_COLOUR
+from leukostage.validate import validate_bytes, validate_path
+from leukostage.web import PREDICTOR_KEY, create_app
+from leukostage.web.pages import text_colour
+from leukostage.web.server import bind_address, gunicorn_options, serve, threads_per_worker
+from web_server import multipart, smear_candidates
+
+WEB = Path(__file__).resolve().parents[1] / "src" / "leukostage" / "web"
+
+
+# --- inputs, made in code ------------------------------------------------------------------------------------------
+def png(rgb: np.ndarray) -> bytes:
+    return cv2.imencode(".png", rgb)[1].tobytes()
+
+
+def blank_white() -> bytes:
+    """The simplest non-smear: a flat white field (no colour, no stain)."""
+    return png(np.full((256, 256, 3), 255, np.uint8))
+
+
+def grey_text() -> bytes:
+    """A flat grey page with text on it, as a JPEG: a readable image that is not a smear."""
+    img = np.full((240, 320, 3), 200, np.uint8)
+    cv2.putText(img, "not a smear", (20, 120), cv2.FONT_HERSHEY_SIMPLEX, 1.2, (30, 30, 30), 2)
+    return cv2.imencode(".jpg", img)[1].tobytes()
+
+
+def png_bomb(side: int = 8000) -> bytes:
+    """A real PNG of side x side black pixels (64 megapixels) that compresses to about 60 kB."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    z = zlib.compressobj(9)
+    row = b"\x00" * (side + 1)  # filter byte + one grey byte per pixel
+    idat = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+    ihdr = side.to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+GIF_STILL = b"GIF89a\x20\x00\x20\x00\x80\x00\x00" + b"\x00" * 6 + b"\x21\xf9\x04\x00\x00\x00\x00\x00;"
+GIF_ANIMATED = GIF_STILL[:-1] + b"\x21\xf9\x04\x00\x0a\x00\x00\x00;"
+WEBP = b"RIFF\x24\x00\x00\x00WEBPVP8 " + b"\x00" * 24
+PDF = b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
+
+
+# --- fixtures ------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def app(model_path):
+    return create_app({"TESTING": True, "MODEL_PATH": str(model_path), "ORT_THREADS": 1})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture(scope="module")
+def smear_path(app, data_dir) -> Path:
+    """A genuine smear the app's validator accepts."""
+    for path in smear_candidates(data_dir):
+        if validate_path(path, app.config["VALIDATION_PRESET"]).valid:
+            return path
+    pytest.fail(f"the validator rejects every candidate smear under {data_dir}")
+
+
+@pytest.fixture(scope="module")
+def smear(smear_path) -> bytes:
+    return smear_path.read_bytes()
+
+
+def upload(client, data: bytes, name: str = "image.jpg", field: str = "file", path: str = "/predict"):
+    """POST one file. The body is built here: Werkzeug's test client leaks a temporary file for large form data."""
+    body, content_type = multipart(field, [(name, data)])
+    return client.post(path, data=body, content_type=content_type)
+
+
+# --- GET / and the static assets ------------------------------------------------------------------------------------
+def test_page_renders_with_disclaimer_and_class_colours(client):
+    r = client.get("/")
+    assert r.status_code == 200 and r.mimetype == "text/html"
+    html = r.get_data(as_text=True)
+    assert "Research decision support, not a diagnosis" in html
+    text = re.sub(r"<[^>]+>", "", html_lib.unescape(html))
+    assert DISCLAIMER in text and text.count("Research decision support, not a diagnosis") == 2  # notice, result
+    config = json.loads(re.search(r'<script type="application/json" id="page-config">(.*?)</script>', html,
+                                  re.S).group(1))
+    colours = {c["key"]: c["colour"] for c in config["classes"]}
+    assert colours == {**{c.key: c.colour for c in CLASSES}, "uncertain": UNCERTAIN_COLOUR}
+    assert config["max_bytes"] == 20 * 1024 * 1024
+
+
+@pytest.mark.parametrize("path", ["/", "/static/app.js", "/static/style.css"])
+def test_page_and_assets_load_nothing_from_elsewhere(client, path):
+    """The page must work offline: no CDN, no external fonts, no absolute URLs at all."""
+    with client.get(path) as r:
+        assert r.status_code == 200
+        assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", r.get_data(as_text=True), re.I)
+
+
+def test_page_has_no_inline_script_or_style(client):
+    """The CSP allows only the app's own files, so inline code would be blocked; keep none."""
+    html = client.get("/").get_data(as_text=True)
+    assert not re.search(r"<script(?![^>]*(src=|application/json))", html)
+    assert not re.search(r"\sstyle=|<style|\son[a-z]+=", html)
+
+
+@pytest.mark.parametrize("background", [c.colour for c in CLASSES] + [UNCERTAIN_COLOUR])
+def test_badge_text_is_readable(background):
+    def lum(hex_colour):
+        from leukostage.web.pages import _luminance
+        return _luminance(hex_colour)
+
+    fg = text_colour(background)
+    hi, lo = sorted((lum(fg), lum(background)), reverse=True)
+    assert (hi + 0.05) / (lo + 0.05) >= 4.5  # WCAG AA for normal text
+
+
+# --- POST /predict --------------------------------------------------------------------------------------------------
+def test_predict_returns_the_cli_object_plus_model_and_timing(client, app, smear, smear_path, model_path, capsys):
+    r = upload(client, smear, name=smear_path.name)
+    assert r.status_code == 200, r.json
+    body = r.json
+    assert body["valid"] is True and body["file"] == smear_path.name
+    assert body["model"] == app.extensions[PREDICTOR_KEY].info
+    assert set(body["timing_ms"]) == {"decode", "validate", "preprocess", "inference", "total"}
+    assert abs(sum(body["probabilities"].values()) - 1) < 1e-4
+
+    assert cli.main(["predict", "--json", "--model", str(model_path), "--preset", app.config["VALIDATION_PRESET"],
+                     str(smear_path)]) == 0
+    (from_cli,) = json.loads(capsys.readouterr().out)
+    expected = {**from_cli, "file": smear_path.name}
+    assert {k: v for k, v in body.items() if k not in ("model", "timing_ms")} == expected
+
+
+def test_the_format_is_decided_by_content_not_name_or_type(client, smear):
+    r = client.post("/predict", data={"file": (io.BytesIO(smear), "notes.txt", "text/plain")},
+                    content_type="multipart/form-data")
+    assert r.status_code == 200 and r.json["valid"] is True
+    r = client.post("/predict", data={"file": (io.BytesIO(b"plain text, not pixels"), "photo.jpg", "image/jpeg")},
+                    content_type="multipart/form-data")
+    assert r.status_code == 415 and r.json["error"]["code"] == "unreadable"
+
+
+def test_client_file_name_is_only_echoed(client, smear, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = upload(client, smear, name="../../evil.jpg")
+    assert r.status_code == 200 and r.json["file"] == "../../evil.jpg"
+    assert list(tmp_path.iterdir()) == [] and not (tmp_path.parent.parent / "evil.jpg").exists()
+
+
+def test_uploads_stay_in_memory(app, smear):
+    """Werkzeug spools parts over 500 kB to temporary files by default; this app keeps them in memory."""
+    body, content_type = multipart("file", [("big.jpg", smear + b"\x00" * 600_000)])
+    with app.test_request_context("/predict", method="POST", data=body, content_type=content_type):
+        from flask import request
+
+        assert isinstance(request.files["file"].stream, io.BytesIO)
+
+
+def test_explain_parameter_is_accepted(client, smear):
+    r = upload(client, smear, path="/predict?explain=1")
+    assert r.status_code == 200 and r.json["valid"] is True
+
+
+# Bad inputs with the status and code they must produce (None: the validator's own verdict, checked below).
+BAD_UPLOADS = [
+    pytest.param(lambda s: b"", 400, "empty_file", id="empty"),
+    pytest.param(lambda s: b"not an image at all", 415, "unreadable", id="garbage"),
+    pytest.param(lambda s: PDF, 415, "unreadable", id="pdf"),
+    pytest.param(lambda s: s[: len(s) // 2], 415, "unreadable", id="truncated-jpeg"),
+    pytest.param(lambda s: s[:300], 415, "unreadable", id="jpeg-header-only"),
+    pytest.param(lambda s: GIF_STILL, 415, "unsupported_format", id="gif"),
+    pytest.param(lambda s: GIF_ANIMATED, 415, "animated", id="animated-gif"),
+    pytest.param(lambda s: WEBP, 415, "unsupported_format", id="webp"),
+    pytest.param(lambda s: png_bomb(), 413, "too_large", id="decompression-bomb"),
+    pytest.param(lambda s: png(np.full((16, 16, 3), 128, np.uint8)), 422, "too_small", id="too-small"),
+    pytest.param(lambda s: blank_white(), 422, None, id="blank-white"),
+    pytest.param(lambda s: grey_text(), 422, None, id="grey-text"),
+]
+
+
+@pytest.mark.parametrize("make, status, code", BAD_UPLOADS)
+def test_bad_upload_gets_json_error_with_status(client, app, smear, make, status, code):
+    data = make(smear)
+    r = upload(client, data)
+    assert r.status_code == status
+    assert r.mimetype == "application/json"
+    error = r.json["error"]
+    assert set(error) >= {"code", "message"} and error["message"]
+    if code is None:  # a readable non-smear: the validator's code, reason and checks, unchanged
+        verdict = validate_bytes(data, app.config["VALIDATION_PRESET"])[1]
+        assert not verdict.valid
+        assert (error["code"], error["message"]) == (verdict.code, verdict.reason)
+        assert error["checks"] == verdict.checks_dict()
+    else:
+        assert error["code"] == code
+    assert "Traceback" not in r.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("kwargs, code", [
+    ({"data": {}, "content_type": "multipart/form-data"}, "no_file"),
+    ({"data": {"image": (io.BytesIO(b"x"), "a.jpg")}, "content_type": "multipart/form-data"}, "no_file"),
+    ({"data": {"file": "a form field, not a file"}, "content_type": "multipart/form-data"}, "no_file"),
+    ({"data": {"file": (io.BytesIO(b""), "")}, "content_type": "multipart/form-data"}, "no_file"),  # nothing chosen
+    ({"json": {"file": "aGVsbG8="}}, "no_file"),
+    ({"data": b"\xff\xd8\xff raw bytes", "content_type": "image/jpeg"}, "no_file"),
+], ids=["no-fields", "wrong-field", "text-field", "browser-empty-part", "json-body", "raw-body"])
+def test_missing_file_is_400(client, kwargs, code):
+    r = client.post("/predict", **kwargs)
+    assert r.status_code == 400
+    assert r.json["error"]["code"] == code and "'file'" in r.json["error"]["message"]
+
+
+def test_two_files_on_predict_is_400(client, smear):
+    r = client.post("/predict", data={"file": [(io.BytesIO(smear), "a.jpg"), (io.BytesIO(smear), "b.jpg")]},
+                    content_type="multipart/form-data")
+    assert r.status_code == 400 and r.json["error"]["code"] == "too_many_files"
+    assert "/api/v1/predict" in r.json["error"]["message"]
+
+
+def test_upload_over_the_default_limit_is_413(client):
+    r = upload(client, b"\xff\xd8\xff" + b"\x00" * (20 * 1024 * 1024))
+    assert r.status_code == 413
+    assert r.json["error"] == {"code": "too_large",
+                               "message": "The upload is larger than 20 MB; send a smaller image file."}
+
+
+def test_upload_limit_is_configurable(client, app, smear, monkeypatch):
+    monkeypatch.setitem(app.config, "MAX_CONTENT_LENGTH", len(smear) // 2)
+    r = upload(client, smear)
+    assert r.status_code == 413 and r.json["error"]["code"] == "too_large"
+
+
+@pytest.mark.parametrize("body", [
+    b"".join(b'--xx\r\nContent-Disposition: form-data; name="f%d"\r\n\r\nv\r\n' % i for i in range(1500)),
+    b'--xx\r\nContent-Disposition: form-data; name="file"\r\n\r\n' + b"a" * 600_000 + b"\r\n",
+], ids=["too-many-parts", "huge-text-field"])
+def test_form_limits_are_413_with_their_own_code(client, body):
+    r = client.post("/predict", data=body + b"--xx--\r\n", content_type="multipart/form-data; boundary=xx")
+    assert r.status_code == 413 and r.json["error"]["code"] == "form_too_large"
+
+
+@pytest.mark.parametrize("body, content_type", [
+    (b"abc", "multipart/form-data"),
+    (b'--xx\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\nabc',
+     "multipart/form-data; boundary=xx"),
+    (b"file=abc", "application/x-www-form-urlencoded"),
+], ids=["no-boundary", "unterminated", "urlencoded"])
+def test_malformed_forms_are_400(client, body, content_type):
+    r = client.post("/predict", data=body, content_type=content_type)
+    assert r.status_code == 400 and r.json["error"]["code"] == "no_file"
+
+
+def test_wrong_method_and_unknown_route_are_json(client):
+    r = client.get("/predict")
+    assert r.status_code == 405 and r.json["error"]["code"] == "method_not_allowed"
+    assert "POST" in r.headers["Allow"]
+    r = client.get("/no/such/page")
+    assert r.status_code == 404 and r.json["error"]["code"] == "not_found"
+
+
+def test_unexpected_failure_is_a_bare_json_500(model_path):
+    app = create_app({"MODEL_PATH": str(model_path), "ORT_THREADS": 1, "WARM_UP": False})
+
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("secret internals")
+
+    r = app.test_client().get("/boom")
+    assert r.status_code == 500
+    assert r.json == {"error": {"code": "internal_error",
+                                "message": "The server failed to process this request; the error was logged."}}
+    assert "secret" not in r.get_data(as_text=True)
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+
+
+# --- POST /api/v1/predict -------------------------------------------------------------------------------------------
+def test_batch_returns_one_entry_per_file_in_order(client, smear):
+    files = [(io.BytesIO(smear), "smear.jpg"), (io.BytesIO(b"garbage"), "garbage.jpg"),
+             (io.BytesIO(blank_white()), "white.png"), (io.BytesIO(b""), "empty.jpg"),
+             (io.BytesIO(smear), "again.jpg")]
+    r = client.post("/api/v1/predict", data={"files": files}, content_type="multipart/form-data")
+    assert r.status_code == 200
+    out = r.json
+    assert [e["file"] for e in out] == ["smear.jpg", "garbage.jpg", "white.png", "empty.jpg", "again.jpg"]
+    assert [e["valid"] for e in out] == [True, False, False, False, True]
+    assert out[0]["model"]["name"] and set(out[0]["timing_ms"]) >= {"inference", "total"}
+    assert out[1]["code"] == "unreadable" and out[3]["code"] == "empty_file"
+    assert out[2]["reason"] and out[2]["checks"]
+    assert out[0]["probabilities"] == out[4]["probabilities"]
+
+
+def test_batch_of_one_matches_predict(client, smear):
+    one = upload(client, smear).json
+    (batch,) = upload(client, smear, field="files", path="/api/v1/predict").json
+    drop = ("timing_ms",)
+    assert {k: v for k, v in batch.items() if k not in drop} == {k: v for k, v in one.items() if k not in drop}
+
+
+def test_batch_without_files_is_400(client, smear):
+    r = client.post("/api/v1/predict", data={}, content_type="multipart/form-data")
+    assert r.status_code == 400 and r.json["error"]["code"] == "no_file" and "'files'" in r.json["error"]["message"]
+    r = upload(client, smear, field="file", path="/api/v1/predict")  # the single-image field name
+    assert r.status_code == 400
+
+
+def test_batch_file_count_is_limited(client, app, smear, monkeypatch):
+    monkeypatch.setitem(app.config, "MAX_FILES", 2)
+    files = [(io.BytesIO(smear), f"{k}.jpg") for k in range(3)]
+    r = client.post("/api/v1/predict", data={"files": files}, content_type="multipart/form-data")
+    assert r.status_code == 400 and r.json["error"]["code"] == "too_many_files"
+
+
+def test_batch_over_the_size_limit_is_413(client, app, smear, monkeypatch):
+    monkeypatch.setitem(app.config, "MAX_CONTENT_LENGTH", 3 * len(smear))
+    files = [(io.BytesIO(smear), f"{k}.jpg") for k in range(4)]
+    r = client.post("/api/v1/predict", data={"files": files}, content_type="multipart/form-data")
+    assert r.status_code == 413 and r.json["error"]["code"] == "too_large"
+
+
+# --- health, model card, OpenAPI ------------------------------------------------------------------------------------
+def test_health(client, app):
+    r = client.get("/api/v1/health")
+    assert r.status_code == 200
+    assert r.json == {"status": "ok", "model": app.extensions[PREDICTOR_KEY].info}
+
+
+def test_health_is_503_without_a_model(app, monkeypatch):
+    monkeypatch.delitem(app.extensions, PREDICTOR_KEY)
+    r = app.test_client().get("/api/v1/health")
+    assert r.status_code == 503 and r.json["error"]["code"] == "model_not_loaded"
+
+
+def test_model_card(client, app):
+    r = client.get("/api/v1/model")
+    assert r.status_code == 200 and r.json == app.extensions[PREDICTOR_KEY].card
+    assert r.json["intended_use"]
+
+
+def test_openapi_describes_every_route_and_status(client, app):
+    r = client.get("/api/v1/openapi.json")
+    assert r.status_code == 200
+    spec = r.json
+    assert spec["openapi"].startswith("3.1")
+    routes = {(rule.rule, m.lower()) for rule in app.url_map.iter_rules() if rule.endpoint != "static"
+              for m in rule.methods - {"HEAD", "OPTIONS"}}
+    documented = {(path, m) for path, ops in spec["paths"].items() for m in ops}
+    assert routes == documented
+    assert set(spec["paths"]["/predict"]["post"]["responses"]) == {"200", "400", "413", "415", "422", "500"}
+    assert set(spec["paths"]["/api/v1/predict"]["post"]["responses"]) == {"200", "400", "413", "500"}
+    refs = set(re.findall(r'"#/components/schemas/(\w+)"', r.get_data(as_text=True)))
+    assert refs <= set(spec["components"]["schemas"])
+
+
+# --- headers on every response --------------------------------------------------------------------------------------
+RESPONSES = {
+    "page": lambda c, s: c.get("/"),
+    "prediction": lambda c, s: upload(c, s),
+    "415": lambda c, s: upload(c, b"garbage"),
+    "422": lambda c, s: upload(c, blank_white()),
+    "413": lambda c, s: upload(c, b"\x00" * (21 * 1024 * 1024)),
+    "404": lambda c, s: c.get("/nope"),
+    "health": lambda c, s: c.get("/api/v1/health"),
+    "batch": lambda c, s: upload(c, s, field="files", path="/api/v1/predict"),
+}
+
+
+@pytest.mark.parametrize("name", RESPONSES)
+def test_security_headers_on_every_response(client, smear, name):
+    r = RESPONSES[name](client, smear)
+    h = r.headers
+    assert h["X-Content-Type-Options"] == "nosniff"
+    assert h["Cache-Control"] == "no-store"
+    assert h["X-Frame-Options"] == "DENY"
+    csp = h["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in csp and "unsafe" not in csp
+    if name == "page":
+        assert "default-src 'none'" in csp and "script-src 'self'" in csp and "style-src 'self'" in csp
+    else:
+        assert csp.startswith("default-src 'none'") and "script-src" not in csp
+
+
+def test_static_files_get_the_safety_headers_and_may_be_cached(client):
+    with client.get("/static/app.js") as r:
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
+        assert "no-store" not in r.headers.get("Cache-Control", "")
+
+
+# --- the factory and serve() ----------------------------------------------------------------------------------------
+def test_threads_come_from_the_environment_serve_sets(model_path, monkeypatch):
+    monkeypatch.setenv("LEUKOSTAGE_ORT_THREADS", "1")  # what `serve` sets for each worker: cores // workers
+    app = create_app({"MODEL_PATH": str(model_path), "WARM_UP": False})
+    options = app.extensions[PREDICTOR_KEY].session.get_session_options()
+    assert options.intra_op_num_threads == 1
+
+
+def test_config_from_environment(model_path, monkeypatch):
+    monkeypatch.setenv("LEUKOSTAGE_MAX_CONTENT_LENGTH", "12345")
+    app = create_app({"MODEL_PATH": str(model_path), "WARM_UP": False})
+    assert app.config["MAX_CONTENT_LENGTH"] == 12345
+
+
+def test_factory_refuses_bad_config(model_path, tmp_path):
+    with pytest.raises(ValueError, match="expected one of default, paper"):
+        create_app({"MODEL_PATH": str(model_path), "VALIDATION_PRESET": "lenient"})
+    with pytest.raises(FileNotFoundError, match="not found"):
+        create_app({"MODEL_PATH": str(tmp_path / "none.onnx")})
+
+
+@pytest.mark.parametrize("workers, cores, threads", [(1, 2, 2), (2, 2, 1), (4, 2, 1), (3, 8, 2), (1, 1, 1)])
+def test_threads_per_worker_do_not_oversubscribe(workers, cores, threads):
+    assert threads_per_worker(workers, cores) == threads
+    assert workers * threads <= max(cores, workers)
+
+
+def test_gunicorn_options():
+    opts = gunicorn_options("127.0.0.1", 8000, 3)
+    assert opts["bind"] == "127.0.0.1:8000" and opts["workers"] == 3
+    assert opts["preload_app"] is False  # the model is loaded in each worker, after the fork
+    assert bind_address("::1", 8000) == "[::1]:8000"
+
+
+def test_serve_refuses_bad_arguments(model_path, tmp_path):
+    with pytest.raises(ValueError, match="interactive debugger"):
+        serve(host="0.0.0.0", model=str(model_path), debug=True)
+    with pytest.raises(ValueError, match="at least 1"):
+        serve(workers=0, model=str(model_path))
+    with pytest.raises(FileNotFoundError):
+        serve(model=str(tmp_path / "missing.onnx"))
+
+
+def test_cli_serve_reports_a_missing_model(tmp_path, capsys):
+    assert cli.main(["serve", "--model", str(tmp_path / "missing.onnx")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_serving_path_never_imports_torch(model_path):
+    code = (
+        "import sys\n"
+        "from leukostage.web import create_app\n"
+        "from leukostage import cli\n"
+        f"app = create_app({{'MODEL_PATH': {str(model_path)!r}, 'ORT_THREADS': 1}})\n"
+        "app.test_client().get('/api/v1/health')\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

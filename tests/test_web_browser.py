@@ -1,0 +1,183 @@
+"""The page in a real browser: Debian's chromium driven by Playwright against `leukostage serve` (gunicorn).
+
+Only 127.0.0.1 is contacted; any other request the page makes fails the test (it must work offline). Screenshots go
+to test-artifacts/ (gitignored).
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from leukostage.classes import BY_KEY, CLASS_KEYS, UNCERTAIN_COLOUR, UNCERTAIN_KEY
+from web_server import LiveServer, post, smear_candidates
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+TIMEOUT_MS = 20_000
+
+
+def _unavailable(message: str):
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def rgb_css(hex_colour: str) -> str:
+    r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgb({r}, {g}, {b})"
+
+
+@pytest.fixture(scope="module")
+def server(model_path):
+    ARTIFACTS.mkdir(exist_ok=True)
+    with LiveServer(model_path, workers=1, log=ARTIFACTS / "browser-server.log") as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).is_file():
+        _unavailable(f"{CHROMIUM} is missing: run `make browser` (apt-get install -y chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("playwright is not installed: pip install -e '.[test]'")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    """A fresh page that records console errors (CSP violations show there) and refuses non-local requests."""
+    context = browser.new_context(viewport={"width": 1000, "height": 900})
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    pg.problems = []
+    expected = re.compile(r"Failed to load resource: the server responded with a status of 4\d\d")  # a rejection
+    pg.on("console", lambda m: m.type == "error" and not expected.match(m.text) and pg.problems.append(m.text))
+    pg.on("pageerror", lambda e: pg.problems.append(str(e)))
+
+    def only_local(route):
+        if route.request.url.startswith(server.url + "/") or route.request.url.startswith("blob:"):
+            route.continue_()
+        else:
+            pg.problems.append(f"external request {route.request.url}")
+            route.abort()
+
+    pg.route("**/*", only_local)
+    pg.goto(server.url + "/")
+    yield pg
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def smear_file(server, data_dir) -> Path:
+    """A genuine smear the server accepts (asked over the API, so the test follows the validator's preset)."""
+    for path in smear_candidates(data_dir):
+        if post(server.port, "/predict", "file", [(path.name, path.read_bytes())])[0] == 200:
+            return path
+    pytest.fail(f"the server rejects every candidate smear under {data_dir}")
+
+
+@pytest.fixture
+def white_file(tmp_path) -> Path:
+    path = tmp_path / "blank-white.png"
+    cv2.imwrite(str(path), np.full((300, 400, 3), 255, np.uint8))
+    return path
+
+
+def test_smear_shows_badge_confidence_and_class_bars(page, smear_file):
+    assert "not a diagnosis" in page.inner_text(".notice")
+    page.set_input_files("#file-input", str(smear_file))
+    page.wait_for_selector("#result:not([hidden])")
+    assert page.is_visible("#preview-image")
+    assert page.is_hidden("#progress")
+
+    badge = page.locator("#badge")
+    label = badge.get_attribute("data-label")
+    assert label in (*CLASS_KEYS, UNCERTAIN_KEY)
+    colour = BY_KEY[label].colour if label in BY_KEY else UNCERTAIN_COLOUR
+    assert badge.evaluate("el => getComputedStyle(el).backgroundColor") == rgb_css(colour)
+    expected_name = BY_KEY[label].display_name if label in BY_KEY else "Uncertain"
+    assert badge.inner_text().strip() == expected_name
+    subtype = page.inner_text("#subtype")
+    assert (BY_KEY[label].dataset_label in subtype) if label in BY_KEY else "no class asserted" in subtype
+
+    bars = page.locator(".class-bar")
+    assert bars.count() == 4
+    assert [bars.nth(k).get_attribute("data-key") for k in range(4)] == list(CLASS_KEYS)
+    values = [float(bars.nth(k).locator(".bar-track").get_attribute("aria-valuenow")) for k in range(4)]
+    assert abs(sum(values) - 100) < 0.5
+    widths = [bars.nth(k).locator(".bar-fill").evaluate("el => el.getBoundingClientRect().width") for k in range(4)]
+    track = bars.nth(0).locator(".bar-track").evaluate("el => el.clientWidth")
+    for v, w in zip(values, widths):
+        assert abs(w - track * v / 100) <= 2  # each bar is drawn at its probability
+    confidence = float(page.get_attribute("#confidence-meter", "aria-valuenow"))
+    assert abs(confidence - max(values)) < 0.1
+    assert re.search(r"Server time \d+\.\d ms \(decode", page.inner_text("#timing"))
+    assert "not a diagnosis" in page.inner_text("#result")
+
+    page.screenshot(path=str(ARTIFACTS / "web-smear.png"), full_page=True)
+    assert page.problems == []
+
+
+def test_non_smear_shows_the_validators_reason(page, server, white_file):
+    status, body = post(server.port, "/predict", "file", [(white_file.name, white_file.read_bytes())])
+    assert status == 422
+    error = body["error"]
+    page.set_input_files("#file-input", str(white_file))
+    page.wait_for_selector("#rejection:not([hidden])")
+    assert page.is_hidden("#result")
+    assert page.inner_text("#rejection-heading") == "Not a usable blood smear photograph"
+    assert page.inner_text("#rejection-reason") == error["message"]
+    assert error["code"] in page.inner_text("#rejection-code")
+    assert page.locator("#rejection-checks tbody tr").count() == len(error["checks"])
+    page.screenshot(path=str(ARTIFACTS / "web-non-smear.png"), full_page=True)
+    assert page.problems == []
+
+
+def test_unsupported_file_is_refused_with_a_reason(page, tmp_path):
+    path = tmp_path / "notes.jpg"
+    path.write_bytes(b"this is text, not a JPEG")
+    page.set_input_files("#file-input", str(path))
+    page.wait_for_selector("#rejection:not([hidden])")
+    assert page.inner_text("#rejection-heading") == "Not a supported image"
+    assert "unreadable" in page.inner_text("#rejection-code")
+
+
+def test_phone_width_has_no_horizontal_scroll(browser, server, smear_file):
+    context = browser.new_context(viewport={"width": 360, "height": 740}, device_scale_factor=2, is_mobile=True)
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    pg.goto(server.url + "/")
+    pg.set_input_files("#file-input", str(smear_file))
+    pg.wait_for_selector("#result:not([hidden])")
+    assert pg.evaluate("document.documentElement.scrollWidth") <= 360
+    pg.screenshot(path=str(ARTIFACTS / "web-phone.png"), full_page=True)
+    context.close()
+
+
+def test_keyboard_reaches_the_file_picker(page, smear_file):
+    for _ in range(10):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == "file-input":
+            break
+    else:
+        pytest.fail("the file input cannot be reached with Tab")
+    outline = page.evaluate("getComputedStyle(document.getElementById('drop-zone')).outlineStyle")
+    assert outline == "solid"  # focus is visible on the drop zone
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Space")
+    chooser.value.set_files(str(smear_file))
+    page.wait_for_selector("#result:not([hidden])")
+    assert page.evaluate("document.activeElement.id") == "result"  # focus moves to the result for screen readers
