@@ -36,3 +36,35 @@ def test_unknown_recipe_and_precision_are_refused(data_dir, tmp_path):
         train(TrainConfig(data=str(data_dir), out=str(tmp_path), recipe="magic"), progress=False)
     with pytest.raises(ValueError, match="auto, bf16, fp32"):
         resolve_precision("fp8")
+
+
+def test_interrupt_ends_training_early_but_keeps_checkpoint_and_summary(data_dir, tmp_path, monkeypatch):
+    from leukostage import train as train_module
+
+    real_epoch, calls = train_module.train_one_epoch, []
+
+    def interrupted_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", interrupted_second_epoch)
+    cfg = TrainConfig(data=str(data_dir), out=str(tmp_path), epochs=50, limit_per_class=8, batch_size=16)
+    summary = train(cfg, progress=False)
+    assert summary["stopped_by"] == "interrupted" and summary["epochs_run"] == 1 and summary["best_epoch"] == 1
+    assert (tmp_path / "best.pt").exists() and (tmp_path / "curves.png").exists()
+
+
+def test_sigterm_becomes_an_interrupt_while_training():
+    import os
+    import signal
+
+    from leukostage.train import _sigterm_as_interrupt
+
+    with pytest.raises(KeyboardInterrupt), _sigterm_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+        import time
+
+        time.sleep(5)  # the signal arrives before this ends
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -1,11 +1,14 @@
 """Training: setup, batches, evaluation, learning-rate schedule, one loop, checkpoint. Reads top to bottom."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import platform
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -103,7 +106,6 @@ def plot_curves(log_rows: list[dict], path: Path) -> None:
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
     """Train one model; writes best.pt, log.csv, curves.png and run.json into cfg.out. Returns the run summary."""
-    from tqdm import tqdm
 
     # --- setup -----------------------------------------------------------------------------------------------
     out = Path(cfg.out)
@@ -118,8 +120,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     ds: Dataset = discover(cfg.data)
     images = load_arrays(ds, progress=progress)
     split = _subset(make_split(ds, cfg.split, cfg.seed), ds.labels, cfg.limit_per_class)
-    x_train, y_train = images[split["train"]], ds.labels[split["train"]]
     m_train = load_masks(ds)[split["train"]] if colour else None
+    data_train = (images[split["train"]], ds.labels[split["train"]], m_train)
     x_val, y_val = images[split["val"]], ds.labels[split["val"]]
     mcfg = ModelConfig(arch=cfg.arch)
     model = build_model(mcfg).to(memory_format=torch.channels_last)
@@ -147,74 +149,103 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     fields = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
     rows: list[dict] = []
     best_loss, best_epoch, since_best = math.inf, 0, 0
-    with log_path.open("w", newline="") as fh:
+    stopped_by = "max epochs"
+    with log_path.open("w", newline="") as fh, _sigterm_as_interrupt():
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
-        # --- one loop ----------------------------------------------------------------------------------------
-        for epoch in range(1, cfg.epochs + 1):
-            t0 = time.perf_counter()
-            model.train()
-            order = torch.randperm(len(x_train), generator=gen).numpy()
-            total_loss, total_correct, seen = 0.0, 0, 0
-            batches = range(0, len(order), cfg.batch_size)
-            bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not progress, leave=False)
-            for start in bar:
-                idx = order[start : start + cfg.batch_size]
-                x = to_input(x_train[idx])
-                if colour is not None:
-                    x = randomise_background(x, torch.from_numpy(m_train[idx]).float()[:, None], colour, gen)
-                x = augment_batch(x, cfg.augment, gen)
-                y = torch.from_numpy(y_train[idx])
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    logits = model(x)
-                loss = F.cross_entropy(logits.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total_loss += loss.item() * len(idx)
-                total_correct += int((logits.argmax(1) == y).sum())
-                seen += len(idx)
-                bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{total_correct / seen:.3f}")
-            # --- evaluate, schedule, checkpoint ------------------------------------------------------------------
-            val_probs = predict_proba(model, x_val, bf16=bf16)
-            val_loss = float(F.nll_loss(torch.log(torch.from_numpy(val_probs).clamp_min(1e-7)), torch.from_numpy(y_val)))
-            val_acc = float((val_probs.argmax(1) == y_val).mean())
-            row = {
-                "epoch": epoch,
-                "train_loss": round(total_loss / seen, 5),
-                "train_acc": round(total_correct / seen, 5),
-                "val_loss": round(val_loss, 5),
-                "val_acc": round(val_acc, 5),
-                "lr": optimizer.param_groups[0]["lr"],
-                "seconds": round(time.perf_counter() - t0, 2),
-            }
-            rows.append(row)
-            writer.writerow(row)
-            fh.flush()
-            print(
-                    f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  acc {row['train_acc']:.4f}  "
-                    f"val_loss {val_loss:.4f}  val_acc {val_acc:.4f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s",
-                    flush=True,
-                )
-            scheduler.step(val_loss)
-            if val_loss < best_loss:
-                best_loss, best_epoch, since_best = val_loss, epoch, 0
-                torch.save(
-                    {"model": model.state_dict(), "model_config": config_dict(mcfg), "train_config": _jsonable(cfg),
-                     "meta": meta, "epoch": epoch},
-                    out / "best.pt",
-                )
-            else:
-                since_best += 1
-                if since_best >= cfg.early_stop_patience:
-                    print(f"early stopping: no val-loss improvement for {since_best} epochs", flush=True)
-                    break
-    # --- restore best, summarise ---------------------------------------------------------------------------------
+        # --- one loop (Ctrl-C or SIGTERM ends it early; the best checkpoint is already on disk) ---------------
+        try:
+            for epoch in range(1, cfg.epochs + 1):
+                t0 = time.perf_counter()
+                desc = f"epoch {epoch}/{cfg.epochs}"
+                train_loss, train_acc = train_one_epoch(model, optimizer, data_train, cfg, colour, gen, bf16,
+                                                        desc if progress else None)
+                val_probs = predict_proba(model, x_val, bf16=bf16)
+                val_loss = float(F.nll_loss(torch.log(torch.from_numpy(val_probs).clamp_min(1e-7)),
+                                            torch.from_numpy(y_val)))
+                row = {"epoch": epoch, "train_loss": round(train_loss, 5), "train_acc": round(train_acc, 5),
+                       "val_loss": round(val_loss, 5), "val_acc": round(float((val_probs.argmax(1) == y_val).mean()), 5),
+                       "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 2)}
+                rows.append(row)
+                writer.writerow(row)
+                fh.flush()
+                print(f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  acc {row['train_acc']:.4f}  val_loss "
+                      f"{row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s",
+                      flush=True)
+                # --- schedule, checkpoint, early stopping --------------------------------------------------------
+                scheduler.step(val_loss)
+                if val_loss < best_loss:
+                    best_loss, best_epoch, since_best = val_loss, epoch, 0
+                    torch.save({"model": model.state_dict(), "model_config": config_dict(mcfg),
+                                "train_config": _jsonable(cfg), "meta": meta, "epoch": epoch}, out / "best.pt")
+                else:
+                    since_best += 1
+                    if since_best >= cfg.early_stop_patience:
+                        stopped_by = "early stopping"
+                        print(f"early stopping: no val-loss improvement for {since_best} epochs", flush=True)
+                        break
+        except KeyboardInterrupt:
+            stopped_by = "interrupted"
+            print(f"interrupted: the best checkpoint (epoch {best_epoch}) is kept", flush=True)
+    # --- summarise (best.pt holds the best weights: EarlyStopping's restore_best_weights) -------------------------
+    return finalize_run(out, rows, {**meta, "best_epoch": best_epoch, "best_val_loss": best_loss,
+                                    "stopped_by": stopped_by})
+
+
+def train_one_epoch(model, optimizer, data_train, cfg: TrainConfig, colour: ColourConfig | None,
+                    gen: torch.Generator, bf16: bool, desc: str | None) -> tuple[float, float]:
+    """One pass over the shuffled training images with augmentation; returns mean loss and accuracy."""
+    from tqdm import tqdm
+
+    x_train, y_train, m_train = data_train
+    model.train()
+    order = torch.randperm(len(x_train), generator=gen).numpy()
+    total_loss, total_correct, seen = 0.0, 0, 0
+    bar = tqdm(range(0, len(order), cfg.batch_size), desc=desc, unit="batch", disable=desc is None, leave=False)
+    for start in bar:
+        idx = order[start : start + cfg.batch_size]
+        x = to_input(x_train[idx])
+        if colour is not None:
+            x = randomise_background(x, torch.from_numpy(m_train[idx]).float()[:, None], colour, gen)
+        x = augment_batch(x, cfg.augment, gen)
+        y = torch.from_numpy(y_train[idx])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * len(idx)
+        total_correct += int((logits.argmax(1) == y).sum())
+        seen += len(idx)
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{total_correct / seen:.3f}")
+    return total_loss / seen, total_correct / seen
+
+
+def finalize_run(out: Path, rows: list[dict], summary: dict) -> dict:
+    """Curves PNG and run.json from the epoch log (also usable on a run that was stopped from outside)."""
     plot_curves(rows, out / "curves.png")
-    summary = {**meta, "best_epoch": best_epoch, "best_val_loss": best_loss, "epochs_run": len(rows),
-               "median_epoch_seconds": float(np.median([r["seconds"] for r in rows]))}
+    summary = {**summary, "epochs_run": len(rows),
+               "median_epoch_seconds": float(np.median([r["seconds"] for r in rows])) if rows else None}
     (out / "run.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Treat SIGTERM like Ctrl-C while training (main thread only), so a stopped run still writes its summary."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _jsonable(cfg: TrainConfig) -> dict:
