@@ -1,6 +1,7 @@
 """The web app through Flask's test client: every route, every error status, the headers, the page's assets."""
 from __future__ import annotations
 
+import base64
 import html as html_lib
 import io
 import json
@@ -15,7 +16,9 @@ import numpy as np
 import pytest
 
 from leukostage import cli
-from leukostage.classes import CLASSES, DISCLAIMER, UNCERTAIN_COLOUR
+from leukostage.classes import BY_KEY, CLASS_KEYS, CLASSES, DISCLAIMER, UNCERTAIN_COLOUR
+from leukostage.explain import METHOD
+from leukostage.imaging import decode_image
 from leukostage.validate import validate_bytes, validate_path
 from leukostage.web import PREDICTOR_KEY, create_app
 from leukostage.web.pages import text_colour
@@ -174,9 +177,91 @@ def test_uploads_stay_in_memory(app, smear):
         assert isinstance(request.files["file"].stream, io.BytesIO)
 
 
-def test_explain_parameter_is_accepted(client, smear):
+# --- ?explain: the Grad-CAM overlay -----------------------------------------------------------------------------------
+def overlay_shape(explanation: dict) -> tuple[int, ...]:
+    """The (H, W, 3) of the explanation's overlay; fails unless it is base64 of a PNG."""
+    data = base64.b64decode(explanation["overlay_png_base64"], validate=True)
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED).shape
+
+
+def test_explain_adds_a_png_overlay_of_the_original_size(client, smear):
+    plain = upload(client, smear).json
+    assert "explanation" not in plain
     r = upload(client, smear, path="/predict?explain=1")
-    assert r.status_code == 200 and r.json["valid"] is True
+    assert r.status_code == 200, r.json
+    body = r.json
+    e = body["explanation"]
+    info = BY_KEY[body["top_class"]]  # the predicted class by default, even when the label is uncertain
+    assert {k: v for k, v in e.items() if k != "overlay_png_base64"} == {
+        "method": METHOD, "class": info.key, "display_class": info.display_name,
+        "dataset_label": info.dataset_label, "media_type": "image/png"}
+    assert overlay_shape(e) == decode_image(smear).shape  # original resolution, not the model's input size
+    drop = ("explanation", "timing_ms")
+    assert {k: v for k, v in body.items() if k not in drop} == {k: v for k, v in plain.items() if k not in drop}
+    timing = body["timing_ms"]
+    assert timing["explain"] > 0 and timing["total"] >= timing["inference"] + timing["explain"]
+
+
+@pytest.mark.parametrize("value, on", [("1", True), ("true", True), ("YES", True), ("0", False), ("false", False),
+                                       ("on", False), ("", False)])
+def test_explain_values(client, smear, value, on):
+    r = upload(client, smear, path=f"/predict?explain={value}")
+    assert r.status_code == 200 and ("explanation" in r.json) is on
+
+
+def test_class_parameter_explains_another_class(client, smear):
+    top = upload(client, smear).json["top_class"]
+    other = next(k for k in CLASS_KEYS if k != top)
+    r = upload(client, smear, path=f"/predict?explain=1&class={other}")
+    assert r.status_code == 200 and r.json["top_class"] == top
+    assert r.json["explanation"]["class"] == other
+    assert r.json["explanation"]["display_class"] == BY_KEY[other].display_name
+
+
+@pytest.mark.parametrize("path, field", [("/predict", "file"), ("/api/v1/predict", "files")])
+@pytest.mark.parametrize("query", ["explain=1&class=stage4", "explain=1&class=Early", "class=nope"])
+def test_unknown_class_is_400_listing_the_keys(client, smear, path, field, query):
+    r = upload(client, smear, field=field, path=f"{path}?{query}")
+    assert r.status_code == 400 and r.mimetype == "application/json"
+    error = r.json["error"]
+    assert error["code"] == "bad_class"
+    assert all(k in error["message"] for k in CLASS_KEYS)
+
+
+@pytest.mark.parametrize("make", [blank_white, grey_text], ids=["blank-white", "grey-text"])
+def test_non_smear_gets_no_explanation(client, make):
+    r = upload(client, make(), path="/predict?explain=1")
+    assert r.status_code == 422 and set(r.json) == {"error"} and "explanation" not in r.json["error"]
+
+
+def test_batch_explains_each_valid_file_only(client, smear):
+    files = [(io.BytesIO(smear), "smear.jpg"), (io.BytesIO(blank_white()), "white.png"),
+             (io.BytesIO(b"garbage"), "garbage.jpg"), (io.BytesIO(b""), "empty.jpg")]
+    r = client.post("/api/v1/predict?explain=1", data={"files": files}, content_type="multipart/form-data")
+    assert r.status_code == 200
+    assert [e["valid"] for e in r.json] == [True, False, False, False]
+    assert ["explanation" in e for e in r.json] == [True, False, False, False]
+    assert overlay_shape(r.json[0]["explanation"]) == decode_image(smear).shape
+    (plain,) = upload(client, smear, field="files", path="/api/v1/predict").json
+    assert "explanation" not in plain
+
+
+def test_explain_of_a_model_without_gradcam_outputs_is_501(app, client, smear, monkeypatch):
+    monkeypatch.setattr(app.extensions[PREDICTOR_KEY], "outputs", ["probabilities"])
+    r = upload(client, smear, path="/predict?explain=1")
+    assert r.status_code == 501 and r.json["error"]["code"] == "explain_unavailable"
+    assert upload(client, smear).status_code == 200  # predictions still work
+    html = client.get("/").get_data(as_text=True)
+    assert '"explain": false' in html  # so the page does not ask for it
+
+
+def test_page_asks_for_explanations_and_has_the_view_switch(client):
+    html = client.get("/").get_data(as_text=True)
+    assert '"explain": true' in html
+    assert re.search(r'<button type="button" id="view-original" aria-pressed="true"[^>]*>Original</button>', html)
+    assert re.search(r'<button type="button" id="view-heatmap" aria-pressed="false"[^>]*>Heat map</button>', html)
+    assert 'id="heatmap-image"' in html and 'id="heatmap-caption"' in html
 
 
 # Bad inputs with the status and code they must produce (None: the validator's own verdict, checked below).
@@ -363,10 +448,26 @@ def test_openapi_describes_every_route_and_status(client, app):
               for m in rule.methods - {"HEAD", "OPTIONS"}}
     documented = {(path, m) for path, ops in spec["paths"].items() for m in ops}
     assert routes == documented
-    assert set(spec["paths"]["/predict"]["post"]["responses"]) == {"200", "400", "413", "415", "422", "500"}
-    assert set(spec["paths"]["/api/v1/predict"]["post"]["responses"]) == {"200", "400", "413", "500"}
+    assert set(spec["paths"]["/predict"]["post"]["responses"]) == {"200", "400", "413", "415", "422", "500", "501"}
+    assert set(spec["paths"]["/api/v1/predict"]["post"]["responses"]) == {"200", "400", "413", "500", "501"}
     refs = set(re.findall(r'"#/components/schemas/(\w+)"', r.get_data(as_text=True)))
     assert refs <= set(spec["components"]["schemas"])
+
+
+def test_openapi_documents_explain(client):
+    spec = client.get("/api/v1/openapi.json").json
+    for path in ("/predict", "/api/v1/predict"):
+        op = spec["paths"][path]["post"]
+        params = {p["name"]: p for p in op["parameters"]}
+        assert set(params) == {"explain", "class"} and all(p["in"] == "query" for p in params.values())
+        assert params["class"]["schema"]["enum"] == list(CLASS_KEYS)
+        assert all(v in params["explain"]["description"] for v in ("`1`", "`true`", "`yes`"))
+        assert "bad_class" in op["responses"]["400"]["description"]
+    schemas = spec["components"]["schemas"]
+    assert schemas["Prediction"]["properties"]["explanation"] == {"$ref": "#/components/schemas/Explanation"}
+    assert "explanation" not in schemas["Prediction"]["required"]
+    assert set(schemas["Explanation"]["required"]) == set(schemas["Explanation"]["properties"])
+    assert "explain" in schemas["Timing"]["properties"]
 
 
 # --- headers on every response --------------------------------------------------------------------------------------
@@ -393,6 +494,7 @@ def test_security_headers_on_every_response(client, smear, name):
     assert "frame-ancestors 'none'" in csp and "unsafe" not in csp
     if name == "page":
         assert "default-src 'none'" in csp and "script-src 'self'" in csp and "style-src 'self'" in csp
+        assert "img-src 'self' blob: data:;" in csp  # the preview (blob:) and the Grad-CAM overlay (data:) only
     else:
         assert csp.startswith("default-src 'none'") and "script-src" not in csp
 

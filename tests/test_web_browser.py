@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from leukostage.classes import BY_KEY, CLASS_KEYS, UNCERTAIN_COLOUR, UNCERTAIN_KEY
+from leukostage.imaging import decode_image
 from web_server import LiveServer, post, smear_candidates
 
 pytestmark = pytest.mark.browser
@@ -131,6 +132,40 @@ def test_smear_shows_badge_confidence_and_class_bars(page, smear_file):
     assert page.problems == []
 
 
+def test_heat_map_switch_shows_the_gradcam_overlay(page, smear_file):
+    page.set_input_files("#file-input", str(smear_file))
+    page.wait_for_selector("#result:not([hidden])")
+    original, heat = page.locator("#view-original"), page.locator("#view-heatmap")
+    assert page.is_visible("#view-switch")
+    assert page.get_attribute("#view-switch", "role") == "group"
+    assert (original.get_attribute("aria-pressed"), heat.get_attribute("aria-pressed")) == ("true", "false")
+    assert page.is_visible("#preview-image") and page.is_hidden("#heatmap-image") and page.is_hidden("#heatmap-caption")
+
+    heat.focus()
+    page.keyboard.press("Enter")  # a real button: keyboard operable
+    assert (original.get_attribute("aria-pressed"), heat.get_attribute("aria-pressed")) == ("false", "true")
+    assert page.is_hidden("#preview-image") and page.is_visible("#heatmap-image")
+    page.wait_for_function("(img => img.complete && img.naturalWidth > 0)(document.getElementById('heatmap-image'))")
+    image = page.locator("#heatmap-image")
+    assert image.get_attribute("src").startswith("data:image/png;base64,")
+    height, width = decode_image(smear_file.read_bytes()).shape[:2]
+    assert image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [width, height]  # original size
+    bars = page.locator(".class-bar .bar-track")
+    values = [float(bars.nth(k).get_attribute("aria-valuenow")) for k in range(4)]
+    top = BY_KEY[CLASS_KEYS[values.index(max(values))]]  # the predicted class is the one explained
+    caption = page.inner_text("#heatmap-caption")
+    assert f"evidence for {top.display_name} lies" in caption
+    assert "Grad-CAM, not a segmentation" in caption and "not diagnostic" in caption
+    assert "heat map" in image.get_attribute("alt") and top.display_name in image.get_attribute("alt")
+    page.screenshot(path=str(ARTIFACTS / "web-gradcam.png"), full_page=True)
+
+    original.focus()
+    page.keyboard.press("Space")
+    assert (original.get_attribute("aria-pressed"), heat.get_attribute("aria-pressed")) == ("true", "false")
+    assert page.is_visible("#preview-image") and page.is_hidden("#heatmap-image") and page.is_hidden("#heatmap-caption")
+    assert page.problems == []
+
+
 def test_non_smear_shows_the_validators_reason(page, server, white_file):
     status, body = post(server.port, "/predict", "file", [(white_file.name, white_file.read_bytes())])
     assert status == 422
@@ -142,6 +177,7 @@ def test_non_smear_shows_the_validators_reason(page, server, white_file):
     assert page.inner_text("#rejection-reason") == error["message"]
     assert error["code"] in page.inner_text("#rejection-code")
     assert page.locator("#rejection-checks tbody tr").count() == len(error["checks"])
+    assert page.is_hidden("#view-switch") and page.is_hidden("#heatmap-image")  # no explanation for a rejection
     page.screenshot(path=str(ARTIFACTS / "web-non-smear.png"), full_page=True)
     assert page.problems == []
 

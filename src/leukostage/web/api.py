@@ -3,12 +3,21 @@
 ``POST /predict`` answers one image with the object ``leukostage predict --json`` prints for it, plus ``model`` and
 ``timing_ms``; a rejected image becomes an error status (see ``responses.STATUS_BY_CODE``). ``POST /api/v1/predict``
 answers many images with a list, rejected ones included as ``valid: false`` entries.
+
+Both take ``?explain=1`` (also ``true`` or ``yes``; any other value is off): each valid prediction then carries an
+``explanation``, the Grad-CAM overlay of :func:`leukostage.explain.explain_rgb` on the decoded image at its original
+resolution. ``?class=<key>`` explains that class instead of the predicted one; an unknown key is a 400 ``bad_class``.
 """
 from __future__ import annotations
+
+import time
+from typing import NamedTuple
 
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.datastructures import FileStorage
 
+from ..classes import class_info
+from ..explain import explain_rgb
 from ..predict import Analysis, Predictor, analyse_bytes
 from . import PREDICTOR_KEY
 from .openapi import build_spec
@@ -18,6 +27,8 @@ bp = Blueprint("api", __name__)
 
 MAX_NAME_CHARS = 255  # the client's file name is echoed back (never used as a path); keep it short
 EMPTY_REASON = "The file is empty; choose an image file (JPEG, PNG, TIFF or BMP)."
+EXPLAIN_ON = frozenset({"1", "true", "yes"})  # ?explain= values that ask for Grad-CAM (case-insensitive)
+GRADCAM_OUTPUTS = frozenset({"features", "gradients"})  # graph outputs Grad-CAM needs (see leukostage.export)
 
 
 def predictor() -> Predictor:
@@ -39,11 +50,52 @@ class Upload:
         return analyse_bytes(self.data, self.name, predictor(), current_app.config["VALIDATION_PRESET"])
 
 
-def _payload(analysis: Analysis) -> dict:
-    """A prediction as the API returns it: the CLI's object, the model that made it, and where the time went."""
-    # ``?explain=1`` is reserved for the Grad-CAM overlay (leukostage.explain.explain_rgb(predictor(),
-    # analysis.rgb) under the key "explanation"); until that is wired in, the parameter is accepted and ignored.
-    return {**analysis.result, "model": predictor().info, "timing_ms": analysis.timing_ms}
+def can_explain(loaded: Predictor) -> bool:
+    """Whether the model's graph has the Grad-CAM outputs (every model `leukostage export` writes has them)."""
+    return GRADCAM_OUTPUTS <= set(loaded.outputs)
+
+
+class Explain(NamedTuple):
+    """What the query string asks for: Grad-CAM or not, and for which class (None: the predicted one)."""
+
+    on: bool
+    class_key: str | None
+
+    @classmethod
+    def from_request(cls) -> "Explain":
+        """Parse ``?explain=`` and ``?class=``. Call it after the body is read (an early error response with the
+        upload still unread can reach the client as a connection reset).
+
+        Raises:
+            ApiError: 400 ``bad_class`` for an unknown class key (checked even without ``explain``, to catch typos);
+                501 ``explain_unavailable`` when Grad-CAM is asked of a model without its outputs.
+        """
+        on = request.args.get("explain", "").strip().lower() in EXPLAIN_ON
+        key = request.args.get("class") or None
+        if key is not None:
+            try:
+                key = class_info(key).key
+            except ValueError as exc:
+                raise ApiError(400, "bad_class", f"The 'class' parameter: {exc}.") from None
+        if on and not can_explain(predictor()):
+            raise ApiError(501, "explain_unavailable", "This model was exported without the Grad-CAM outputs; "
+                                                       "ask without explain, or re-export it with leukostage export.")
+        return cls(on, key)
+
+
+def _payload(analysis: Analysis, explain: Explain) -> dict:
+    """A prediction as the API returns it: the CLI's object, the model that made it, where the time went, and with
+    ``explain`` the Grad-CAM overlay (its time is counted in ``timing_ms`` as ``explain`` and in ``total``)."""
+    payload = {**analysis.result, "model": predictor().info, "timing_ms": analysis.timing_ms}
+    if explain.on:
+        t0 = time.perf_counter()
+        payload["explanation"] = explain_rgb(predictor(), analysis.rgb, explain.class_key)
+        ms = (time.perf_counter() - t0) * 1000
+        timing = dict(analysis.timing_ms)
+        timing["explain"] = round(ms, 3)
+        timing["total"] = round(timing.get("total", 0.0) + ms, 3)
+        payload["timing_ms"] = timing
+    return payload
 
 
 def _uploads(field: str) -> list[Upload]:
@@ -61,6 +113,7 @@ def _no_file(field: str) -> ApiError:
 def predict_one():
     """One image in the multipart field ``file``: 200 with the prediction, or an error status."""
     uploads = _uploads("file")
+    explain = Explain.from_request()
     if not uploads:
         raise _no_file("file")
     if len(uploads) > 1:
@@ -74,13 +127,14 @@ def predict_one():
         extra = {"checks": result["checks"]} if result.get("checks") else {}
         raise ApiError(STATUS_BY_CODE.get(result["code"], NOT_A_SMEAR_STATUS), result["code"], result["reason"],
                        **extra)
-    return jsonify(_payload(analysis))
+    return jsonify(_payload(analysis, explain))
 
 
 @bp.post("/api/v1/predict")
 def predict_many():
     """One or many images in the multipart field ``files``: 200 with one entry per file, in order."""
     uploads = _uploads("files")
+    explain = Explain.from_request()
     if not uploads:
         raise _no_file("files")
     limit = current_app.config["MAX_FILES"]
@@ -92,7 +146,7 @@ def predict_many():
         if analysis is None:
             out.append({"file": upload.name, "valid": False, "code": "empty_file", "reason": EMPTY_REASON})
         elif analysis.result["valid"]:
-            out.append(_payload(analysis))
+            out.append(_payload(analysis, explain))
         else:
             out.append({**analysis.result, "timing_ms": analysis.timing_ms})
     return jsonify(out)

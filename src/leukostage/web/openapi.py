@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .. import __version__
 from ..classes import CLASS_KEYS, DISCLAIMER, UNCERTAIN_KEY
+from ..explain import METHOD
 from ..imaging import MAX_PIXELS, MIN_SIDE
 from .responses import STATUS_BY_CODE, megabytes
 
@@ -24,6 +25,18 @@ def _upload_body(field: str, many: bool) -> dict:
         "schema": {"type": "object", "required": [field], "properties": {field: prop}}}}}
 
 
+def _explain_parameters() -> list[dict]:
+    """``?explain`` and ``?class``, the same on both prediction routes (parsed by ``api.Explain``)."""
+    return [
+        {"name": "explain", "in": "query", "required": False, "schema": {"type": "string", "examples": ["1"]},
+         "description": "`1`, `true` or `yes` (any case): add a Grad-CAM `explanation` to each valid prediction. "
+                        "Any other value, or none, leaves it out. Rejected images never get one."},
+        {"name": "class", "in": "query", "required": False, "schema": {"enum": list(CLASS_KEYS)},
+         "description": "With `explain`: the class whose evidence the heat map shows (default: the predicted, top "
+                        "class). An unknown key is a 400 `bad_class`, with or without `explain`."},
+    ]
+
+
 def build_spec(config, model_info: dict) -> dict:
     """The spec for this app's config (upload limits) and loaded model (named in the description)."""
     limit = megabytes(config["MAX_CONTENT_LENGTH"])
@@ -33,13 +46,15 @@ def build_spec(config, model_info: dict) -> dict:
     check = {"type": "object", "properties": {"value": {"type": "number"}, "threshold": {},
                                               "passed": {"type": "boolean"}}}
     timing = {"type": "object", "description": "Server-side milliseconds per stage (a rejected image has decode, "
-                                               "validate and total only).",
+                                               "validate and total only; `explain`, Grad-CAM, only when asked, and "
+                                               "then included in total).",
               "properties": {k: {"type": "number"} for k in ("decode", "validate", "preprocess", "inference",
-                                                             "total")}}
+                                                             "explain", "total")}}
     schemas = {
         "Prediction": {
             "type": "object",
-            "description": "The object `leukostage predict --json` prints for the image, plus model and timing_ms.",
+            "description": "The object `leukostage predict --json` prints for the image, plus model and timing_ms "
+                           "(and explanation when asked with `explain`).",
             "required": ["file", "valid", "label", "display_label", "confidence", "top_class", "probabilities",
                          "model", "timing_ms"],
             "properties": {
@@ -57,6 +72,24 @@ def build_spec(config, model_info: dict) -> dict:
                 "checks": {"type": "object", "additionalProperties": {"$ref": _REF + "Check"}},
                 "model": {"$ref": _REF + "ModelInfo"},
                 "timing_ms": {"$ref": _REF + "Timing"},
+                "explanation": {"$ref": _REF + "Explanation"},
+            },
+        },
+        "Explanation": {
+            "type": "object",
+            "description": "Present only with `explain`: where the model's evidence for one class lies (Grad-CAM, "
+                           "not a segmentation, not diagnostic), drawn over the uploaded image at its original size.",
+            "required": ["method", "class", "display_class", "dataset_label", "media_type", "overlay_png_base64"],
+            "properties": {
+                "method": {"type": "string", "examples": [METHOD]},
+                "class": {"enum": list(CLASS_KEYS), "description": "The explained class: `class` if given, else the "
+                                                                   "top class (also when the label is uncertain)."},
+                "display_class": {"type": "string"},
+                "dataset_label": {"type": "string"},
+                "media_type": {"const": "image/png"},
+                "overlay_png_base64": {"type": "string", "contentEncoding": "base64", "contentMediaType": "image/png",
+                                       "description": "The image with the heat map blended over it (viridis), a PNG "
+                                                      "of the upload's width and height, base64-encoded."},
             },
         },
         "Rejection": {
@@ -87,7 +120,9 @@ def build_spec(config, model_info: dict) -> dict:
     }
     upload_errors = {
         "500": _error("`internal_error`: a fault in the server (logged); never the answer to a bad upload."),
-        "400": _error("No file (`no_file`), an empty file (`empty_file`) or too many files (`too_many_files`)."),
+        "400": _error("No file (`no_file`), an empty file (`empty_file`), too many files (`too_many_files`) or an "
+                      "unknown `class` (`bad_class`; the message lists the valid keys)."),
+        "501": _error("`explain_unavailable`: `explain` was asked of a model exported without the Grad-CAM outputs."),
         "413": _error(f"`too_large`: the request body is over {limit}, or an image has over "
                       f"{MAX_PIXELS // 1_000_000} megapixels (checked on the header, before decoding). "
                       "`form_too_large`: too many form parts or an oversized text field."),
@@ -106,8 +141,7 @@ def build_spec(config, model_info: dict) -> dict:
                           "responses": {"200": {"description": "The page.", "content": {"text/html": {}}}}}},
             "/predict": {"post": {
                 "summary": "Classify one image (validation runs first).",
-                "parameters": [{"name": "explain", "in": "query", "required": False, "schema": {"type": "string"},
-                                "description": "Reserved for a Grad-CAM overlay; ignored in this version."}],
+                "parameters": _explain_parameters(),
                 "requestBody": _upload_body("file", many=False),
                 "responses": {
                     "200": _json("Prediction", "The prediction."),
@@ -121,6 +155,7 @@ def build_spec(config, model_info: dict) -> dict:
             }},
             "/api/v1/predict": {"post": {
                 "summary": "Classify one or many images; each file gets an entry, in upload order.",
+                "parameters": _explain_parameters(),
                 "requestBody": _upload_body("files", many=True),
                 "responses": {
                     "200": {"description": "One entry per file: a prediction, or a rejection (valid: false).",

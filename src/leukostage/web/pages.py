@@ -6,6 +6,7 @@ from flask import Blueprint, current_app, render_template
 from ..classes import CLASSES, DISCLAIMER, UNCERTAIN_COLOUR, UNCERTAIN_DISPLAY_NAME, UNCERTAIN_KEY
 from ..imaging import SUPPORTED_FORMATS
 from . import PREDICTOR_KEY
+from .api import can_explain
 from .responses import megabytes
 
 bp = Blueprint("pages", __name__)
@@ -27,12 +28,14 @@ def text_colour(background: str) -> str:
 
 
 def page_config() -> dict:
-    """What the script needs: class names and badge colours (from classes.py, the one source), limits."""
+    """What the script needs: class names and badge colours (from classes.py, the one source), limits, and whether
+    the model can explain its predictions (Grad-CAM outputs in its graph)."""
     badges = [{"key": c.key, "display_name": c.display_name, "dataset_label": c.dataset_label,
                "colour": c.colour, "text_colour": text_colour(c.colour)} for c in CLASSES]
     badges.append({"key": UNCERTAIN_KEY, "display_name": UNCERTAIN_DISPLAY_NAME, "dataset_label": None,
                    "colour": UNCERTAIN_COLOUR, "text_colour": text_colour(UNCERTAIN_COLOUR)})
-    return {"classes": badges, "max_bytes": current_app.config["MAX_CONTENT_LENGTH"]}
+    return {"classes": badges, "max_bytes": current_app.config["MAX_CONTENT_LENGTH"],
+            "explain": can_explain(current_app.extensions[PREDICTOR_KEY])}
 
 
 @bp.get("/")

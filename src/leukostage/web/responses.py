@@ -7,7 +7,8 @@ from __future__ import annotations
 from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-# The page loads its own script, style sheet and fonts only (it must work offline); previews are blob: URLs.
+# The page loads its own script, style sheet and fonts only (it must work offline). Images: the preview is a blob:
+# URL of the chosen file, the Grad-CAM overlay a data: URL from the JSON answer; nothing else is allowed.
 PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
             "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 API_CSP = "default-src 'none'; frame-ancestors 'none'; sandbox"

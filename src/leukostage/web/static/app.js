@@ -1,4 +1,5 @@
-// leukostage page: choose or drop an image, preview it, upload it to /predict, show the result or the rejection.
+// leukostage page: choose or drop an image, preview it, upload it to /predict, show the result or the rejection,
+// and the Grad-CAM heat map beside the preview (an Original / Heat map switch) when the model can explain.
 // Plain script, no libraries, no external requests (the page must work offline and under a strict CSP).
 "use strict";
 
@@ -15,6 +16,11 @@
   const preview = $("preview");
   const previewImage = $("preview-image");
   const previewName = $("preview-name");
+  const viewSwitch = $("view-switch");
+  const viewOriginal = $("view-original");
+  const viewHeatmap = $("view-heatmap");
+  const heatmapImage = $("heatmap-image");
+  const heatmapCaption = $("heatmap-caption");
   const progress = $("progress");
   const progressBar = $("progress-bar");
   const progressText = $("progress-text");
@@ -22,6 +28,8 @@
   const rejection = $("rejection");
 
   let previewUrl = null;
+  let previewBroken = false; // the browser cannot show this format (TIFF); the heat map (a PNG) still can
+  let fileName = "";
   let busy = false;
 
   const STATUS_TITLES = {
@@ -40,9 +48,45 @@
     return (n / 1048576).toPrecision(3).replace(/\.0+$|(\.\d*?)0+$/, "$1") + " MB";
   }
 
+  // Original or heat map: one image at a time, the switch's buttons say which (aria-pressed).
+  function setView(heat) {
+    viewOriginal.setAttribute("aria-pressed", String(!heat));
+    viewHeatmap.setAttribute("aria-pressed", String(heat));
+    heatmapImage.hidden = !heat;
+    heatmapCaption.hidden = !heat;
+    previewImage.hidden = heat || previewBroken;
+  }
+
+  function clearExplanation() {
+    viewSwitch.hidden = true;
+    setView(false);
+    heatmapImage.removeAttribute("src");
+    heatmapImage.alt = "";
+    heatmapCaption.textContent = "";
+  }
+
+  function showExplanation(e) {
+    if (!e || !e.overlay_png_base64) {
+      clearExplanation();
+      return;
+    }
+    heatmapImage.src = "data:image/png;base64," + e.overlay_png_base64;
+    heatmapImage.alt = "Grad-CAM heat map for " + e.display_class + " over " + fileName;
+    heatmapCaption.textContent = "Where the model's evidence for " + e.display_class +
+      " lies — Grad-CAM, not a segmentation; not diagnostic.";
+    viewSwitch.hidden = false;
+    setView(previewBroken);
+  }
+
+  viewOriginal.addEventListener("click", () => setView(false));
+  viewHeatmap.addEventListener("click", () => setView(true));
+
   function showPreview(file) {
     if (previewUrl) URL.revokeObjectURL(previewUrl);
     previewUrl = URL.createObjectURL(file);
+    previewBroken = false;
+    fileName = file.name;
+    clearExplanation();
     previewImage.hidden = false;
     previewImage.src = previewUrl;
     previewImage.alt = "Preview of " + file.name;
@@ -52,6 +96,7 @@
 
   // Browsers cannot show TIFF: say so instead of a broken image.
   previewImage.addEventListener("error", () => {
+    previewBroken = true;
     previewImage.hidden = true;
     previewName.textContent += ": no preview for this format";
   });
@@ -129,11 +174,12 @@
     }
 
     const t = r.timing_ms || {};
-    const parts = ["decode", "validate", "preprocess", "inference"]
+    const parts = ["decode", "validate", "preprocess", "inference", "explain"]
       .filter((k) => k in t)
       .map((k) => k + " " + t[k].toFixed(1));
     $("timing").textContent = "Server time " + (t.total || 0).toFixed(1) + " ms (" + parts.join(", ") +
       ") · model " + r.model.name + " " + r.model.version;
+    showExplanation(r.explanation);
 
     rejection.hidden = true;
     result.hidden = false;
@@ -156,6 +202,7 @@
       }
     }
     table.hidden = Object.keys(checks).length === 0;
+    clearExplanation();
     result.hidden = true;
     rejection.hidden = false;
     rejection.focus();
@@ -178,8 +225,10 @@
 
     const data = new FormData();
     data.append("file", file, file.name);
+    const url = new URL(form.action);
+    if (config.explain) url.searchParams.set("explain", "1"); // the Grad-CAM overlay comes with the prediction
     const xhr = new XMLHttpRequest();
-    xhr.open("POST", form.action);
+    xhr.open("POST", url);
     xhr.responseType = "json";
     xhr.upload.addEventListener("progress", (e) => {
       if (!e.lengthComputable) return;
