@@ -1,7 +1,7 @@
 import torch
 
-from leukostage.augment import (AugmentConfig, ColourConfig, augment_batch, random_affine_matrices,
-                                randomise_background)
+from leukostage.augment import (AugmentConfig, ColourConfig, augment_batch, background_colour,
+                                random_affine_matrices, randomise_background)
 
 
 def test_identity_config_leaves_images_unchanged():
@@ -34,27 +34,29 @@ def test_augmentation_is_random_per_image_and_seeded():
     assert not torch.allclose(a[0], a[1])
 
 
-def test_background_randomisation_moves_background_towards_near_neutral_targets():
-    x = torch.zeros(64, 3, 16, 16)
-    x[:, 0], x[:, 1], x[:, 2] = 0.75, 0.70, 0.72  # a pink-tinted background
-    masks = torch.zeros(64, 1, 16, 16)
-    masks[:, :, 4:8, 4:8] = 1
-    x[:, :, 4:8, 4:8] = torch.tensor([0.5, 0.2, 0.6])[:, None, None]
-    cfg = ColourConfig(brightness=(0.6, 0.8), apply_p=1.0, replace_p=0.0)  # targets below 1: no clipping
-    out = randomise_background(x, masks, cfg, torch.Generator().manual_seed(0))
+def _smear_like(n: int) -> torch.Tensor:
+    x = torch.zeros(n, 3, 16, 16)
+    x[:, 0], x[:, 1], x[:, 2] = 0.75, 0.70, 0.72  # a pink-tinted bright background ...
+    x[:, :, 4:8, 4:8] = torch.tensor([0.5, 0.2, 0.6])[:, None, None]  # ... and one dark purple cell
+    return x
+
+
+def test_background_colour_ignores_the_dark_cells():
+    assert torch.allclose(background_colour(_smear_like(2), 0.6), torch.tensor([[0.75, 0.70, 0.72]] * 2))
+
+
+def test_background_randomisation_moves_background_to_random_near_neutral_targets():
+    x = _smear_like(64)
+    cfg = ColourConfig(brightness=(0.6, 0.8), apply_p=1.0)  # targets below 1: no clipping
+    out = randomise_background(x, cfg, torch.Generator().manual_seed(0))
     bg = out[:, :, 0, 0]
     spread = bg.max(1).values / bg.min(1).values
     assert spread.max() <= (1 + cfg.tint) / (1 - cfg.tint) + 1e-4  # near-neutral backgrounds
     assert bg.std(0).mean() > 0.02  # and different from image to image
     # cells keep their colour relationships: same per-channel gain as the background
-    ratio = out[:, :, 5, 5] / x[:, :, 5, 5]
-    assert torch.allclose(ratio, bg / x[:, :, 0, 0], atol=1e-4)
+    assert torch.allclose(out[:, :, 5, 5] / x[:, :, 5, 5], bg / x[:, :, 0, 0], atol=1e-4)
 
 
-def test_background_replacement_keeps_cell_pixels():
-    x = torch.rand(16, 3, 16, 16)
-    masks = (torch.rand(16, 1, 16, 16) > 0.7).float()
-    cfg = ColourConfig(apply_p=0.0, replace_p=1.0)
-    out = randomise_background(x, masks, cfg, torch.Generator().manual_seed(0))
-    assert torch.equal(out * masks, x * masks)
-    assert not torch.allclose(out * (1 - masks), x * (1 - masks))
+def test_background_randomisation_can_be_switched_off_per_image():
+    x = _smear_like(8)
+    assert torch.equal(randomise_background(x, ColourConfig(apply_p=0.0)), x)

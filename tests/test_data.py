@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from leukostage.classes import CLASSES
-from leukostage.data import (BLOCK_SIZE, discover, file_number, load_arrays, load_masks, make_split,
+from leukostage.data import (BLOCK_SIZE, cell_mask, discover, file_number, load_arrays, make_split,
                              segmented_twin, split_summary)
 from leukostage.imaging import load_image, preprocess, to_unit_range
 
@@ -102,10 +102,8 @@ def test_cache_is_keyed_by_fingerprint(tmp_path, taleqani):
     assert (tmp_path / "cache" / f"arrays-{ds.fingerprint}-128.npy").exists()
 
 
-def test_masks_come_from_segmented_twins(dataset):
+def test_cell_masks_come_from_segmented_twins(dataset):
     twin = segmented_twin(dataset.paths[0])
-    assert twin.exists() and "segmented" in twin.parts
-    masks = load_masks(dataset)
-    share = masks.mean()
-    assert masks.shape == (len(dataset), 128, 128)
+    assert twin.exists() and "segmented" in twin.parts and twin.name == dataset.paths[0].name
+    share = cell_mask(load_image(twin)).mean()
     assert 0.02 < share < 0.4  # cells are a minority of the field

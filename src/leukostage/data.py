@@ -196,20 +196,3 @@ MASK_THRESHOLD = 20  # a segmented pixel brighter than this (max over channels) 
 def cell_mask(segmented_rgb: np.ndarray) -> np.ndarray:
     """Boolean cell mask from a segmented twin (cells on black)."""
     return segmented_rgb.max(axis=2) > MASK_THRESHOLD
-
-
-def load_masks(ds: Dataset, size: int = IMAGE_SIZE, cache_dir: str | Path | None = None) -> np.ndarray:
-    """Cell masks (N, size, size) uint8 from the segmented twins, cached like the images."""
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    file = cache / f"masks-{ds.fingerprint}-{size}.npy"
-    if file.exists():
-        return np.load(file)
-    out = np.empty((len(ds), size, size), np.uint8)
-    for i, path in enumerate(ds.paths):
-        twin = segmented_twin(path)
-        if not twin.exists():
-            raise FileNotFoundError(f"segmented twin {twin} of {path} is missing (needed for cell masks)")
-        out[i] = cell_mask(resize_for_model(load_image(twin), size))
-    cache.mkdir(parents=True, exist_ok=True)
-    np.save(file, out)
-    return out

@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from . import __version__
 from .augment import AugmentConfig, ColourConfig, augment_batch, randomise_background
 from .classes import CLASS_KEYS
-from .data import Dataset, discover, load_arrays, load_masks, make_split, split_summary
+from .data import Dataset, discover, load_arrays, make_split, split_summary
 from .model import ModelConfig, build_model, config_dict
 
 PRECISIONS = ("auto", "bf16", "fp32")
-# paper: Table 3 only. robust: Table 3 plus background-tint randomisation and background replacement (shortcut fix).
+# paper: Table 3 only. robust: Table 3 plus background colour randomisation (the shortcut fix; see augment.py).
 RECIPES: dict[str, ColourConfig | None] = {"paper": None, "robust": ColourConfig()}
 
 
@@ -120,8 +120,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     ds: Dataset = discover(cfg.data)
     images = load_arrays(ds, progress=progress)
     split = _subset(make_split(ds, cfg.split, cfg.seed), ds.labels, cfg.limit_per_class)
-    m_train = load_masks(ds)[split["train"]] if colour else None
-    data_train = (images[split["train"]], ds.labels[split["train"]], m_train)
+    data_train = (images[split["train"]], ds.labels[split["train"]])
     x_val, y_val = images[split["val"]], ds.labels[split["val"]]
     mcfg = ModelConfig(arch=cfg.arch)
     model = build_model(mcfg).to(memory_format=torch.channels_last)
@@ -197,7 +196,7 @@ def train_one_epoch(model, optimizer, data_train, cfg: TrainConfig, colour: Colo
     """One pass over the shuffled training images with augmentation; returns mean loss and accuracy."""
     from tqdm import tqdm
 
-    x_train, y_train, m_train = data_train
+    x_train, y_train = data_train
     model.train()
     order = torch.randperm(len(x_train), generator=gen).numpy()
     total_loss, total_correct, seen = 0.0, 0, 0
@@ -206,7 +205,7 @@ def train_one_epoch(model, optimizer, data_train, cfg: TrainConfig, colour: Colo
         idx = order[start : start + cfg.batch_size]
         x = to_input(x_train[idx])
         if colour is not None:
-            x = randomise_background(x, torch.from_numpy(m_train[idx]).float()[:, None], colour, gen)
+            x = randomise_background(x, colour, gen)
         x = augment_batch(x, cfg.augment, gen)
         y = torch.from_numpy(y_train[idx])
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
