@@ -149,6 +149,27 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0 if all(r["valid"] for r in results) else 1
 
 
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate-validator", help="fit the input validator on real data (validator.json) and write "
+                       "its held-out report (reports/validation/report.md + metrics.json)")
+    p.add_argument("--data", default=str(default_data_dir()), help="data folder (default: $LEUKOSTAGE_DATA)")
+    p.add_argument("--seed", type=int, default=42, help="split and generator seed (--report-only: the JSON's)")
+    p.add_argument("--out", default=None, help="validator JSON (default: the packaged leukostage/validator.json)")
+    p.add_argument("--report", default="reports/validation", help="report folder")
+    p.add_argument("--report-only", action="store_true", help="score the existing JSON without refitting")
+    p.add_argument("--no-ablations", action="store_true", help="skip the leave-one-source-out refits")
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import CalibrationConfig, run, summary
+    from .validate import VALIDATOR_PATH
+
+    metrics = run(CalibrationConfig(data=args.data, seed=args.seed), args.out or VALIDATOR_PATH, args.report,
+                  refit=not args.report_only, ablations=not args.no_ablations)
+    print(json.dumps(summary(metrics), indent=1))
+    return 0
+
+
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve the web app and HTTP API (gunicorn; --debug: Flask dev server)")
     p.add_argument("--host", default="127.0.0.1")
@@ -247,12 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_explain(sub)
     _add_audit(sub)
+    _add_calibrate(sub)
     return parser
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export, "predict": cmd_predict,
             "validate": cmd_validate, "serve": cmd_serve,
-            "explain": cmd_explain, "audit": cmd_audit}
+            "explain": cmd_explain, "audit": cmd_audit, "calibrate-validator": cmd_calibrate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,8 @@ VALIDATOR_PATH = Path(__file__).with_name("validator.json")
 ANALYSIS_SIDE = 128  # the default preset looks at a copy whose long side is this many pixels (speed, scale)
 MIN_ANALYSIS_SIDE = 8  # short side floor for very elongated images
 
+LAYER_ORDER = (("saturation", "low_saturation"), ("brightness", "abnormal_brightness"),
+               ("stain_ratio", "no_stain_profile"), ("smear_score", "not_blood_smear"))
 MESSAGES = {
     "low_saturation": "Image lacks colour saturation",
     "abnormal_brightness": "Abnormal brightness levels",
@@ -207,10 +209,35 @@ def _names() -> tuple[str, ...]:
 FEATURE_NAMES = _names()
 
 
-def _quantiles_u8(channel: np.ndarray, qs: tuple[float, ...]) -> list[float]:
-    """Quantiles of an 8-bit channel from its histogram (much cheaper than sorting)."""
-    cdf = np.cumsum(np.bincount(channel.ravel(), minlength=256))
-    return [float(np.searchsorted(cdf, q * (cdf[-1] - 1) + 1)) for q in qs]
+_LEVELS = np.arange(256, dtype=np.float64)
+
+
+def _histogram_stats(channel: np.ndarray, qs: tuple[float, ...]) -> tuple[float, float, np.ndarray]:
+    """Mean, standard deviation and quantiles of an 8-bit channel from one histogram (exact and cheap)."""
+    hist = np.bincount(channel.ravel(), minlength=256).astype(np.float64)
+    n = hist.sum()
+    mean = float(hist @ _LEVELS) / n
+    std = float(np.sqrt(max(float(hist @ (_LEVELS * _LEVELS)) / n - mean * mean, 0.0)))
+    return mean, std, np.searchsorted(np.cumsum(hist), np.asarray(qs) * (n - 1) + 1).astype(np.float64)
+
+
+def _mean(x: np.ndarray) -> float:
+    """Mean of an integer array, summed exactly in float64."""
+    return float(x.mean(dtype=np.float64)) if x.size else 0.0
+
+
+def _gradient(channel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Integer Sobel derivatives of an 8-bit channel and their float64 magnitude (exact, hence reproducible)."""
+    gx = cv2.Sobel(channel, cv2.CV_16S, 1, 0, ksize=3).astype(np.int32)
+    gy = cv2.Sobel(channel, cv2.CV_16S, 0, 1, ksize=3).astype(np.int32)
+    return gx, gy, np.sqrt((gx * gx + gy * gy).astype(np.float64))
+
+
+def _l1_gradient(channel: np.ndarray) -> float:
+    """Mean |d/dx| + |d/dy| of an 8-bit channel (integer Sobel), per 255."""
+    gx = cv2.Sobel(channel, cv2.CV_16S, 1, 0, ksize=3)
+    gy = cv2.Sobel(channel, cv2.CV_16S, 0, 1, ksize=3)
+    return (_mean(np.abs(gx)) + _mean(np.abs(gy))) / 255
 
 
 def _blob_features(dark: np.ndarray, n: int) -> list[float]:
@@ -235,9 +262,12 @@ def _blob_features(dark: np.ndarray, n: int) -> list[float]:
     ]
 
 
-def content_features(small: np.ndarray) -> np.ndarray:
-    """Cheap colour, texture and blob statistics of a downscaled RGB image (see :data:`FEATURE_NAMES`)."""
-    hsv = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)
+def content_features(small: np.ndarray, hsv: np.ndarray | None = None) -> np.ndarray:
+    """Cheap colour, texture and blob statistics of a downscaled RGB image (see :data:`FEATURE_NAMES`).
+
+    Integer inputs and exact sums throughout, so the same image gives the same features, bit for bit.
+    """
+    hsv = cv2.cvtColor(small, cv2.COLOR_RGB2HSV) if hsv is None else hsv
     lab = cv2.cvtColor(small, cv2.COLOR_RGB2LAB)
     n = small.shape[0] * small.shape[1]
     hue, sat, val = hsv[:, :, 0].ravel(), hsv[:, :, 1].ravel(), hsv[:, :, 2].ravel()
@@ -246,47 +276,40 @@ def content_features(small: np.ndarray) -> np.ndarray:
     f += list(np.bincount(np.minimum(hue // 15, 11), weights=sat / 255.0, minlength=12) / n)
     f += list(np.bincount(sat >> 5, minlength=8) / n)
     f += list(np.bincount(val >> 5, minlength=8) / n)
-    L = lab[:, :, 0]
-    for k in range(3):
-        ch = lab[:, :, k]
-        f += [float(ch.mean()) / 255.0, float(ch.std()) / 255.0]
-        f += [q / 255.0 for q in _quantiles_u8(ch, (0.05, 0.5, 0.95))]
+    L, a, b = lab[:, :, 0], lab[:, :, 1], lab[:, :, 2]
+    for k, ch in enumerate((L, a, b)):
+        mean, std, q = _histogram_stats(ch, (0.05, 0.5, 0.95, 0.2, 0.8))
+        f += [mean / 255, std / 255, *(q[:3] / 255)]
+        if k == 0:
+            lo, hi = q[3], q[4]
     # the background (brightest fifth) and the stain (darkest fifth): their chemistry, not just their average
-    lo, hi = _quantiles_u8(L, (0.2, 0.8))
     bright, dark = L >= hi, L <= lo
-    a, b = lab[:, :, 1].astype(np.float32), lab[:, :, 2].astype(np.float32)
-    Lf = L.astype(np.float32)
-    f += [(float(a[bright].mean()) - 128) / 128, (float(b[bright].mean()) - 128) / 128, float(Lf[bright].std()) / 255]
-    f += [(float(a[dark].mean()) - 128) / 128, (float(b[dark].mean()) - 128) / 128, float(Lf[dark].mean()) / 255]
-    # texture: photographs of smears are smooth-edged blobs with sensor noise; drawings and UIs are flat and axis-aligned
-    gx = cv2.Sobel(Lf, cv2.CV_32F, 1, 0, ksize=3)
-    gy = cv2.Sobel(Lf, cv2.CV_32F, 0, 1, ksize=3)
-    mag = cv2.magnitude(gx, gy)
-    mag8 = np.clip(mag * 0.25, 0, 255).astype(np.uint8)
-    f += [float(mag.mean()) / 255, float(mag.std()) / 255]
-    f += [q * 4 / 255 for q in _quantiles_u8(mag8, (0.5, 0.9, 0.99))]
-    f += [float((mag < 2.0).mean())]
+    f += [(_mean(a[bright]) - 128) / 128, (_mean(b[bright]) - 128) / 128, float(L[bright].std(dtype=np.float64)) / 255]
+    f += [(_mean(a[dark]) - 128) / 128, (_mean(b[dark]) - 128) / 128, _mean(L[dark]) / 255]
+    # texture: smear photographs are smooth-edged blobs with sensor noise; drawings and UIs are flat, axis-aligned
+    gx, gy, mag = _gradient(L)
+    mag_mean = float(mag.mean())
+    mag8 = np.minimum(mag * 0.25, 255).astype(np.uint8)
+    _, _, q = _histogram_stats(mag8, (0.5, 0.9, 0.99))
+    f += [mag_mean / 255, float(mag.std()) / 255, *(q * 4 / 255), float((mag < 2.0).mean())]
     lap = cv2.Laplacian(L, cv2.CV_16S, ksize=1)
-    f += [float((lap == 0).mean()), float(np.abs(lap).mean()) / 255]
-    half = cv2.resize(Lf, (max(2, L.shape[1] // 2), max(2, L.shape[0] // 2)), interpolation=cv2.INTER_AREA)
-    coarse = cv2.magnitude(cv2.Sobel(half, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(half, cv2.CV_32F, 0, 1, ksize=3))
-    f += [float(np.log((mag.mean() + 1.0) / (coarse.mean() + 1.0)))]
-    f += [float((cv2.Canny(L, 50, 150) > 0).mean())]
-    strong = mag > max(8.0, _quantiles_u8(mag8, (0.9,))[0] * 4.0)  # the strongest tenth of the edges
+    f += [float((lap == 0).mean()), _mean(np.abs(lap)) / 255]
+    half = cv2.resize(L, (max(2, L.shape[1] // 2), max(2, L.shape[0] // 2)), interpolation=cv2.INTER_AREA)
+    f += [float(np.log((mag_mean + 1.0) / (_gradient(half)[2].mean() + 1.0)))]
+    f += [float(np.count_nonzero(mag >= 100.0)) / n]  # share of sharp edges
+    strong = mag > max(8.0, q[1] * 4.0)  # the strongest tenth of the edges
     ax, ay = np.abs(gx[strong]), np.abs(gy[strong])
-    f += [float((np.minimum(ax, ay) < 0.2 * np.maximum(ax, ay)).mean()) if ax.size else 0.0]
-    for ch in (a, b):
-        f += [float(cv2.magnitude(cv2.Sobel(ch, cv2.CV_32F, 1, 0, ksize=3),
-                                  cv2.Sobel(ch, cv2.CV_32F, 0, 1, ksize=3)).mean()) / 255]
+    f += [float((5 * np.minimum(ax, ay) < np.maximum(ax, ay)).mean()) if ax.size else 0.0]
+    f += [_l1_gradient(a), _l1_gradient(b)]
     # palette: drawings, screenshots and flat fills use few colours
-    q = (small >> 4).astype(np.int32)
-    counts = np.bincount(((q[:, :, 0] << 8) | (q[:, :, 1] << 4) | q[:, :, 2]).ravel(), minlength=4096)
-    top = np.partition(counts, -3)[-3:]
+    q4 = (small >> 4).astype(np.int32)
+    counts = np.bincount(((q4[:, :, 0] << 8) | (q4[:, :, 1] << 4) | q4[:, :, 2]).ravel(), minlength=4096)
+    top = np.sort(counts)[-3:]
     f += [float(np.count_nonzero(counts)) / min(n, 4096), float(top.sum()) / n, float(top.max()) / n]
     # blobs: Otsu on lightness separates cells from background in a smear
     level, mask = cv2.threshold(L, 0, 255, cv2.THRESH_BINARY_INV + cv2.THRESH_OTSU)
     fg_sel = mask > 0
-    sep = float(Lf[~fg_sel].mean() - Lf[fg_sel].mean()) / 255 if 0 < fg_sel.sum() < n else 0.0
+    sep = (_mean(L[~fg_sel]) - _mean(L[fg_sel])) / 255 if 0 < fg_sel.sum() < n else 0.0
     f += [float(level) / 255, sep]
     f += _blob_features(mask, n)
     h2 = hsv[:, :, 0]
@@ -297,25 +320,30 @@ def content_features(small: np.ndarray) -> np.ndarray:
 
 
 # --- the gate -------------------------------------------------------------------------------------------------------
-def validate_image(rgb: np.ndarray, preset: str = DEFAULT_PRESET) -> ValidationResult:
-    """Run the pixel-level layers (colour, then content) on a decoded 8-bit RGB image.
+def run_checks(rgb: np.ndarray, preset: Preset) -> ValidationResult:
+    """Run a preset's pixel-level layers (colour, then content) on a decoded 8-bit RGB image.
 
     Every check of the preset is computed and reported; the verdict's code is the first failure in layer order.
+    """
+    small = rgb if preset.analysis_side is None else analysis_image(rgb, preset.analysis_side)
+    hsv = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)
+    checks = colour_checks(hsv, preset.colour)
+    if preset.content is not None:
+        score = preset.content.score(content_features(small, hsv))
+        checks["smear_score"] = Check(score, preset.content.threshold, score >= preset.content.threshold)
+    for name, code in LAYER_ORDER:
+        if name in checks and not checks[name].passed:
+            return ValidationResult(False, code, MESSAGES[code], checks)
+    return ValidationResult(True, None, None, checks)
+
+
+def validate_image(rgb: np.ndarray, preset: str = DEFAULT_PRESET) -> ValidationResult:
+    """Validate a decoded 8-bit RGB image with a named preset.
 
     Raises:
         ValueError: unknown preset.
     """
-    p = get_preset(preset)
-    small = rgb if p.analysis_side is None else analysis_image(rgb, p.analysis_side)
-    checks = colour_checks(cv2.cvtColor(small, cv2.COLOR_RGB2HSV), p.colour)
-    if p.content is not None:
-        score = p.content.score(content_features(small))
-        checks["smear_score"] = Check(score, p.content.threshold, score >= p.content.threshold)
-    for name, code in (("saturation", "low_saturation"), ("brightness", "abnormal_brightness"),
-                       ("stain_ratio", "no_stain_profile"), ("smear_score", "not_blood_smear")):
-        if name in checks and not checks[name].passed:
-            return ValidationResult(False, code, MESSAGES[code], checks)
-    return ValidationResult(True, None, None, checks)
+    return run_checks(rgb, get_preset(preset))
 
 
 def validate_bytes(data: bytes, preset: str = DEFAULT_PRESET) -> tuple[np.ndarray | None, ValidationResult, float]:

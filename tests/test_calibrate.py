@@ -1,0 +1,155 @@
+"""The calibration machinery in small: splits, thresholds, the exported MLP, the negative generators, the report."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from leukostage import negatives
+from leukostage.calibrate import (GENUINE_SOURCES, augment_smear, choose_threshold, derive_colour_rule, fit_mlp,
+                                  genuine_split, model_scores, report_markdown, sample_weights)
+from leukostage.data import discover, make_split
+
+
+def test_genuine_split_is_deterministic_disjoint_and_uses_the_project_split(data_dir):
+    a, b = genuine_split(data_dir, 42), genuine_split(data_dir, 42)
+    assert a == b
+    for source in GENUINE_SOURCES:
+        cal, held = set(a[source]["calibration"]), set(a[source]["heldout"])
+        assert cal and held and not cal & held
+    ds = discover(data_dir)
+    assert a["taleqani"]["heldout"] == [ds.paths[i] for i in make_split(ds, "random", 42)["test"]]
+    assert genuine_split(data_dir, 1)["bccd_smears"] != a["bccd_smears"]
+
+
+def test_colour_rule_sits_beyond_every_calibration_smear():
+    stats = np.array([[10.0, 190.0, 0.02], [60.0, 250.0, 0.5], [30.0, 200.0, 0.1]])
+    rule = derive_colour_rule(stats)
+    assert rule.min_saturation <= 8.0 and rule.min_brightness <= 152 and rule.min_stain_ratio <= 0.016
+    assert 250 < rule.max_brightness <= 255
+    assert (rule.hue_low, rule.hue_high) == (120, 180)
+
+
+def test_threshold_keeps_the_target_share_of_every_source():
+    rng = np.random.default_rng(0)
+    scores = np.r_[rng.uniform(0.9, 1.0, 1000), rng.uniform(0.3, 1.0, 200)]
+    kind = np.array(["a"] * 1000 + ["b"] * 200)
+    t = choose_threshold(scores, kind, 0.995)
+    for k in ("a", "b"):
+        assert (scores[kind == k] >= t).mean() >= 0.995
+    assert t < 0.4  # set by the weaker source
+
+
+def test_sample_weights_balance_sources_and_categories():
+    label = np.array([1, 1, 1, 1, 0, 0, 0])
+    kind = np.array(["a", "a", "a", "b", "x", "y", "y"])
+    w = sample_weights(label, kind)
+    assert w[:3].sum() == pytest.approx(w[3]) and w[4] == pytest.approx(w[5:].sum())
+    assert w[label == 1].sum() == pytest.approx(w[label == 0].sum())
+
+
+def test_exported_mlp_scores_like_scikit_learn():
+    from sklearn.neural_network import MLPClassifier
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 6))
+    y = (x[:, 0] + 0.5 * x[:, 1] ** 2 > 0.5).astype(int)
+    model = fit_mlp(x, y, np.ones(len(y)), (8,), 1e-3, 0)
+    ours = model_scores(model, x[:20])
+    ref = MLPClassifier(hidden_layer_sizes=(8,), alpha=1e-3, solver="lbfgs", max_iter=3000, random_state=0)
+    mean, scale = np.asarray(model["mean"]), np.asarray(model["scale"])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref.fit((x - mean) / scale, y, sample_weight=np.ones(len(y)))
+    assert np.allclose(ours, ref.predict_proba((x[:20] - mean) / scale)[:, 1], atol=1e-9)
+
+
+def test_augmented_smear_is_an_rgb_image():
+    img = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    out = augment_smear(img, np.random.default_rng(1))
+    assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 3 and min(out.shape[:2]) >= 48
+
+
+@pytest.fixture(scope="module")
+def sources(data_dir):
+    smear = np.full((200, 200, 3), (230, 220, 235), np.uint8)
+    smear[50:90, 50:90] = (120, 60, 160)
+    return negatives.load_sources("calibration", data_dir, (smear,))
+
+
+@pytest.mark.parametrize("category", negatives.CATEGORIES)
+def test_generators_are_deterministic_rgb(category, sources):
+    assert negatives.available(category, sources)
+    a = negatives.generate(category, 3, 5, sources)
+    b = negatives.generate(category, 3, 5, sources)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    for img in a:
+        assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3 and min(img.shape[:2]) >= 40
+
+
+def test_generator_errors_are_specific(sources):
+    with pytest.raises(ValueError, match="landscape"):
+        negatives.generate("sunsets", 1, 0, sources)
+    with pytest.raises(ValueError, match="part"):
+        negatives.load_sources("training")
+    no_smears = negatives.Sources(photos=sources.photos)
+    assert not negatives.available("greyscale_microscopy", no_smears)
+    with pytest.raises(ValueError, match="smears"):
+        negatives.generate("greyscale_microscopy", 3, 0, no_smears)
+
+
+def test_tissue_halves_do_not_overlap(data_dir):
+    from leukostage.imaging import load_image
+
+    cal = negatives.load_sources("calibration", data_dir)
+    held = negatives.load_sources("heldout", data_dir)
+    for name, a, b in (("he_histology_1.png", cal.he, held.he), ("ihc_histology.png", cal.ihc, held.ihc)):
+        assert np.array_equal(np.hstack([a[0], b[0]]), load_image(data_dir / "not_blood" / name))
+
+
+def test_report_renders_every_group():
+    row = lambda group, key, share: {"group": group, "n": 10,  # noqa: E731
+                                     "paper": {key: 0.5, "codes": {}}, "default": {key: share, "codes": {"x": 1}}}
+    metrics = {
+        "command": "leukostage calibrate-validator --data d --seed 42",
+        "targets": {"genuine": 0.99, "table7": 1.0, "hard": 0.95},
+        "table": {"taleqani": row("genuine", "accepted", 1.0), "dark": row("table7", "rejected", 1.0),
+                  "tissue_he": row("hard", "rejected", 0.9), "hue_shifted": row("extra", "rejected", 0.8)},
+        "ablations": {},
+        "thresholds": {"paper": {"min_saturation": 20, "min_brightness": 30, "max_brightness": 240, "hue_low": 120,
+                                 "hue_high": 180, "min_stain_ratio": 0.05},
+                       "default": {"min_saturation": 6, "min_brightness": 150, "max_brightness": 255, "hue_low": 120,
+                                   "hue_high": 180, "min_stain_ratio": 0.01, "smear_score": 0.9}},
+        "heldout_negative_sources": {"photos": ["chelsea"], "textures": ["gravel"], "documents": ["text"],
+                                     "tissue": "right halves", "microscopy": "right half", "seed": 1042},
+    }
+    text = report_markdown(metrics)
+    assert "| taleqani | 10 | 50.0% | 100.0% | yes |" in text
+    assert "| tissue_he | 10 | 50.0% | 90.0% | **no** |" in text
+    assert "Extra negatives" in text
+
+
+@pytest.mark.slow
+def test_run_end_to_end_on_a_small_slice(data_dir, tmp_path, monkeypatch):
+    """The whole command on a few files per source: JSON written and loadable, report regenerable from it."""
+    from leukostage import calibrate
+    from leukostage.calibrate import CalibrationConfig, run
+    from leukostage.validate import get_preset, load_calibration
+
+    full = genuine_split(data_dir, 42)
+    small = {s: {part: files[:: max(1, len(files) // 12)][:12] for part, files in parts.items()}
+             for s, parts in full.items()}
+    monkeypatch.setattr(calibrate, "genuine_split", lambda data, seed: small)
+    cfg = CalibrationConfig(data=str(data_dir), negatives_per_category=4, heldout_per_category=2,
+                            genuine_per_source=16, folds=2)
+    path = tmp_path / "validator.json"
+    metrics = run(cfg, path, tmp_path / "report", refit=True, ablations=False)
+    assert load_calibration(path)["config"]["negatives_per_category"] == 4
+    assert get_preset("default", path).content.threshold == metrics["thresholds"]["default"]["smear_score"]
+    assert set(metrics["table"]) == set(GENUINE_SOURCES) | set(negatives.CATEGORIES)
+    assert (tmp_path / "report" / "report.md").read_text().startswith("# Input validation")
+    again = run(CalibrationConfig(data=str(data_dir), seed=0), path, tmp_path / "again", refit=False,
+                ablations=False)
+    assert again["config"]["seed"] == 42  # --report-only scores the JSON with the seed it was made with
+    assert again["table"] == metrics["table"]
