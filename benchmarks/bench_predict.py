@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 from pathlib import Path
 
 import cv2
@@ -21,6 +19,7 @@ import numpy as np
 from leukostage.data import default_data_dir
 from leukostage.imaging import decode_image, preprocess
 from leukostage.predict import Predictor, default_model_path
+from timing import median_ms  # benchmarks/timing.py
 
 
 def sample_jpeg() -> bytes:
@@ -32,17 +31,6 @@ def sample_jpeg() -> bytes:
     rng = np.random.default_rng(0)
     ok, buf = cv2.imencode(".jpg", rng.integers(0, 255, (224, 224, 3), dtype=np.uint8))
     return buf.tobytes()
-
-
-def median_ms(fn, repeats: int, warmup: int = 10) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -19,8 +19,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import time
 
 import cv2
 import numpy as np
@@ -28,6 +26,7 @@ import numpy as np
 from leukostage.data import default_data_dir
 from leukostage.imaging import decode_image
 from leukostage.validate import validate_bytes, validate_image
+from timing import median_ms  # benchmarks/timing.py
 
 
 def sample_jpeg() -> bytes:
@@ -41,17 +40,6 @@ def sample_jpeg() -> bytes:
     for _ in range(120):
         cv2.circle(img, (int(rng.integers(0, 640)), int(rng.integers(0, 480))), 30, (200, 150, 190), -1)
     return cv2.imencode(".jpg", img)[1].tobytes()
-
-
-def median_ms(fn, repeats: int, warmup: int = 20) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -71,11 +59,11 @@ def main() -> None:
     assert validate_image(rgb).valid, "the benchmark image should be a valid smear"
 
     ms = {
-        "cvtColor": median_ms(lambda: cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV), args.repeats),
-        "paper": median_ms(lambda: validate_image(rgb, "paper"), args.repeats),
-        "default": median_ms(lambda: validate_image(rgb, "default"), args.repeats),
-        "decode": median_ms(lambda: decode_image(data), args.repeats),
-        "decode+default": median_ms(lambda: validate_bytes(data, "default"), args.repeats),
+        "cvtColor": median_ms(lambda: cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV), args.repeats, warmup=20),
+        "paper": median_ms(lambda: validate_image(rgb, "paper"), args.repeats, warmup=20),
+        "default": median_ms(lambda: validate_image(rgb, "default"), args.repeats, warmup=20),
+        "decode": median_ms(lambda: decode_image(data), args.repeats, warmup=20),
+        "decode+default": median_ms(lambda: validate_bytes(data, "default"), args.repeats, warmup=20),
     }
     result = {
         "image": "640x480 RGB",
