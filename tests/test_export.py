@@ -97,4 +97,5 @@ def test_fit_temperature_softens_overconfident_logits():
     logits = rng.normal(size=(400, 4))
     logits[np.arange(400), y] += 1.0  # weakly informative ...
     assert fit_temperature(y, logits * 10) > 4  # ... so ten-fold sharpened logits need a high temperature
-    assert 0.5 < fit_temperature(y, logits) < 2
+    assert 1.0 <= fit_temperature(y, logits) < 2
+    assert fit_temperature(y, np.eye(4)[y] * 50) == 1.0  # never sharpens, even when sharper would lower the NLL
