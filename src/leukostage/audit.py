@@ -186,11 +186,9 @@ def gradcam_images(predictor: Predictor, images: list[np.ndarray]) -> tuple[list
 
 # --- the audit -------------------------------------------------------------------------------------------------------
 def _summary(y: np.ndarray, probs: np.ndarray) -> dict:
-    from .evaluate import compute_metrics
+    from .evaluate import compute_metrics, headline_metrics
 
-    m = compute_metrics(y, probs)
-    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
-            "recall": {k: v["recall"] for k, v in m["per_class"].items()}}
+    return headline_metrics(compute_metrics(y, probs), ("accuracy", "macro_f1"))
 
 
 def class_background_tints(ds: Dataset, indices: np.ndarray) -> dict[str, list[float]]:

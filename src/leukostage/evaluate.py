@@ -49,6 +49,14 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict:
     }
 
 
+HEADLINE = ("n", "accuracy", "macro_f1", "roc_auc_ovr", "ece")
+
+
+def headline_metrics(metrics: dict, keys: tuple[str, ...] = HEADLINE) -> dict:
+    """The few numbers a card or an audit table carries: the chosen scalars plus recall per class."""
+    return {**{k: metrics[k] for k in keys}, "recall": {k: v["recall"] for k, v in metrics["per_class"].items()}}
+
+
 def plot_confusion(matrix: list[list[int]], path: Path, title: str) -> None:
     import matplotlib
 
@@ -118,7 +126,7 @@ def model_provenance(model_path: str | Path) -> dict:
 
         meta = torch.load(path, map_location="cpu", weights_only=False)["meta"]
         return {"split": meta["split"], "seed": meta["seed"], "fingerprint": meta["fingerprint"]}
-    from .export import card_path_for
+    from .predict import card_path_for
 
     training = json.loads(card_path_for(path).read_text())["training"]
     return {"split": training["split"], "seed": training["seed"], "fingerprint": training["data_fingerprint"]}

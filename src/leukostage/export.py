@@ -20,7 +20,9 @@ from torch import nn
 
 from . import __version__
 from .classes import CLASSES
+from .evaluate import headline_metrics
 from .imaging import IMAGE_SIZE
+from .predict import card_path_for
 
 OUTPUT_NAMES = ("probabilities", "features", "gradients")
 OPSET = 18
@@ -109,13 +111,9 @@ def build_card(name: str, ckpt: dict, metrics: dict, command: str | None = None)
 
 
 def write_card(card: dict, onnx_path: str | Path) -> Path:
-    card_path = Path(onnx_path).with_suffix("").with_suffix(".card.json")
+    card_path = card_path_for(onnx_path)
     card_path.write_text(json.dumps(card, indent=2) + "\n")
     return card_path
-
-
-def card_path_for(onnx_path: str | Path) -> Path:
-    return Path(onnx_path).with_suffix("").with_suffix(".card.json")
 
 
 def onnx_probabilities(onnx_path: str | Path, batch: np.ndarray) -> np.ndarray:
@@ -157,11 +155,6 @@ def choose_uncertain_threshold(y_val: np.ndarray, probs_val: np.ndarray) -> floa
     return float(UNCERTAIN_GRID[-1])
 
 
-def _summary(m: dict) -> dict:
-    return {**{k: m[k] for k in ("n", "accuracy", "macro_f1", "roc_auc_ovr", "ece")},
-            "recall": {k: v["recall"] for k, v in m["per_class"].items()}}
-
-
 def export_model(checkpoint: str | Path, out: str | Path, name: str | None = None,
                  metrics_files: list[str] | None = None, data: str | Path | None = None) -> dict:
     """Checkpoint -> ONNX + card.
@@ -197,17 +190,18 @@ def export_model(checkpoint: str | Path, out: str | Path, name: str | None = Non
         temperature = fit_temperature(y_val, logits_val)
         calibration = {"temperature": temperature, "fitted_on": f"{meta['split']} split, val part (NLL)"}
         out = export_onnx(model, out, size, temperature=temperature)
-        val_probs = onnx_probabilities(out, x_val.astype(np.float32) / 255.0)
+        # one ONNX Runtime session scores both parts: the exported file, exactly as it will be served
+        probs = onnx_probabilities(out, images[np.concatenate([split["val"], split["test"]])].astype(np.float32) / 255.0)
+        val_probs, test_probs = probs[: len(split["val"])], probs[len(split["val"]) :]
         decision = {"uncertain_below": choose_uncertain_threshold(y_val, val_probs),
                     "chosen_on": f"{meta['split']} split, val part",
                     "target_selective_accuracy": UNCERTAIN_TARGET_ACCURACY}
-        test_probs = onnx_probabilities(out, images[split["test"]].astype(np.float32) / 255.0)
-        metrics[f"{meta['split']}_test"] = _summary(compute_metrics(ds.labels[split["test"]], test_probs))
+        metrics[f"{meta['split']}_test"] = headline_metrics(compute_metrics(ds.labels[split["test"]], test_probs))
     for f in metrics_files or []:
         doc = json.loads(Path(f).read_text())
         other = doc["meta"]
         metrics[f"{other['split']}_{other['part']}"] = {
-            **_summary(doc["metrics"]),
+            **headline_metrics(doc["metrics"]),
             **{k: other[k] for k in ("model", "seed", "data_fingerprint")},
         }
     card = build_card(name or Path(out).stem, ckpt, metrics)

@@ -20,6 +20,11 @@ MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 DEFAULT_MODEL = MODELS_DIR / "paper.onnx"
 
 
+def card_path_for(model_path: str | Path) -> Path:
+    """The model card beside an ONNX file: models/paper.onnx -> models/paper.card.json."""
+    return Path(model_path).with_suffix("").with_suffix(".card.json")
+
+
 def default_model_path() -> Path:
     """$LEUKOSTAGE_MODEL, else the shipped models/paper.onnx."""
     return Path(os.environ.get("LEUKOSTAGE_MODEL", DEFAULT_MODEL))
@@ -56,7 +61,7 @@ class Predictor:
         import onnxruntime as ort
 
         path = Path(path) if path is not None else default_model_path()
-        card_path = path.with_suffix("").with_suffix(".card.json")
+        card_path = card_path_for(path)
         if not path.is_file():
             raise FileNotFoundError(f"model file {path} not found; train and export one, or pass --model")
         if not card_path.is_file():
