@@ -16,6 +16,7 @@ from leukostage.audit import (
     replace_background,
     retint_background,
     scale_channels,
+    tone_curve,
     white_balance,
 )
 
@@ -96,6 +97,15 @@ def test_scale_channels_clips_and_checks_input():
     assert (out[0, 0] == (255, 200, 100)).all()
     with pytest.raises(ValueError, match="8-bit RGB"):
         scale_channels(np.zeros((2, 2), np.uint8), np.ones(3))
+
+
+def test_tone_curve_brightens_mid_tones_and_keeps_black_and_white(smear):
+    rgb, _ = smear
+    assert np.array_equal(tone_curve(rgb, 1.0), rgb)
+    out = tone_curve(rgb, 0.8)
+    assert (out >= rgb).all() and (out[7, 7] > rgb[7, 7]).all()
+    ends = np.array([[[0, 255, 0]]], np.uint8)
+    assert np.array_equal(tone_curve(ends, 0.8), ends)
 
 
 def test_heat_mass_share_and_cell_attention():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from leukostage.classes import CLASSES
-from leukostage.data import (BLOCK_SIZE, cell_mask, discover, file_number, load_arrays, make_split,
+from leukostage.data import (BLOCK_SIZE, cell_mask, stain_mask, discover, file_number, load_arrays, make_split,
                              segmented_twin, split_summary)
 from leukostage.imaging import load_image, preprocess, to_unit_range
 
@@ -107,3 +107,26 @@ def test_cell_masks_come_from_segmented_twins(dataset):
     assert twin.exists() and "segmented" in twin.parts and twin.name == dataset.paths[0].name
     share = cell_mask(load_image(twin)).mean()
     assert 0.02 < share < 0.4  # cells are a minority of the field
+
+
+def test_stain_mask_finds_a_purple_cell_on_any_tinted_slide():
+    yy, xx = np.mgrid[:96, :96]
+    disc = (yy - 40) ** 2 + (xx - 50) ** 2 < 15**2
+    for slide in ((235, 225, 200), (200, 215, 240), (230, 230, 230)):
+        rgb = np.empty((96, 96, 3), np.uint8)
+        rgb[:] = slide
+        rgb[disc] = (110, 60, 170)
+        mask = stain_mask(rgb)
+        assert (mask & disc).sum() / (mask | disc).sum() > 0.9, slide
+
+
+def test_stain_mask_of_an_empty_slide_is_empty():
+    assert not stain_mask(np.full((64, 64, 3), (225, 215, 230), np.uint8)).any()
+
+
+def test_stain_mask_covers_the_white_cells_of_a_real_smear(sample_smears):
+    """The training-time cell prior must find most of what the dataset authors segmented as cells."""
+    rgb = load_image(sample_smears["early"])
+    mask, theirs = stain_mask(rgb), cell_mask(load_image(segmented_twin(sample_smears["early"])))
+    assert 0.01 < mask.mean() < 0.5
+    assert (mask & theirs).sum() / theirs.sum() > 0.6

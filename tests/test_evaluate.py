@@ -1,9 +1,12 @@
 import json
+import shutil
 
+import cv2
 import numpy as np
 import pytest
 
-from leukostage.evaluate import compute_metrics, expected_calibration_error, write_report
+from leukostage.classes import CLASS_KEYS
+from leukostage.evaluate import compute_metrics, expected_calibration_error, score_external, write_report
 
 
 def test_perfect_and_confused_predictions():
@@ -38,3 +41,26 @@ def test_report_files(tmp_path):
     assert doc["meta"]["seed"] == 42 and doc["metrics"]["accuracy"] == 1.0
     assert "Pro-B ALL" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "confusion_matrix.png").stat().st_size > 1000
+
+
+def test_external_scoring_counts_rejections_and_breaks_results_down_by_subfolder(model_path, data_dir, tmp_path):
+    pbc = tmp_path / "pbc"
+    for kind in ("lymphocyte", "neutrophil"):
+        (pbc / kind).mkdir(parents=True)
+        for f in sorted((data_dir / "pbc_sample" / kind).glob("*.jpg"))[:2]:
+            shutil.copy(f, pbc / kind / f.name)
+    cv2.imwrite(str(pbc / "lymphocyte" / "blank.png"), np.full((200, 200, 3), 255, np.uint8))
+    summary = score_external(model_path, [pbc], out=tmp_path / "report")
+    s = summary["pbc"]
+    assert s["n"] == 5 and s["rejected_by_validator"] == 1
+    assert sum(s["top_class"].values()) == 4 and list(s["top_class"]) == list(CLASS_KEYS)
+    assert {k: v["n"] for k, v in s["by_subfolder"].items()} == {"lymphocyte": 3, "neutrophil": 2}
+    assert s["by_subfolder"]["lymphocyte"]["rejected_by_validator"] == 1
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "| pbc/lymphocyte | 3 | 1 |" in report
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["folders"]["pbc"]["n"] == 5
+
+
+def test_external_scoring_of_an_empty_folder_says_so(model_path, tmp_path):
+    with pytest.raises(FileNotFoundError, match="holds no images"):
+        score_external(model_path, [tmp_path])

@@ -81,14 +81,15 @@ def pbc_image(data_dir) -> Path:
 
 
 def torch_gradcam(model, rgb: np.ndarray, class_index: int | None) -> tuple[np.ndarray, int]:
-    """The reference: autograd through the torch head, same Grad-CAM formula, same upsampling."""
+    """The reference: autograd from the class logit back through the head and the max pool to the last conv layer,
+    the textbook Grad-CAM formula, the same upsampling."""
     import torch
 
     x = torch.from_numpy(preprocess(rgb))[None].permute(0, 3, 1, 2)
     with torch.no_grad():
-        feats = model.forward_features(x)
-    feats = feats.detach().requires_grad_(True)
-    logits = model.forward_head(feats)
+        maps, _ = model.forward_maps(x)
+    feats = maps.detach().requires_grad_(True)
+    logits = model.forward_head(model.blocks[-1].pool(feats))
     k = int(logits.argmax(1)) if class_index is None else class_index
     (grads,) = torch.autograd.grad(logits[0, k], feats)
     alpha = grads.mean(dim=(2, 3), keepdim=True)
@@ -123,8 +124,11 @@ def test_gradcam_formula_edge_cases():
     assert np.allclose(cam.max(axis=(1, 2)), 1.0) and cam.min() >= 0
     zero = gradcam(feats[0], -grads[0])  # only negative evidence: an all-zero map, not NaN
     assert zero.shape == (5, 5) and not np.isnan(zero).any() and zero.max() == 0
-    with pytest.raises(ValueError, match="must share one"):
+    with pytest.raises(ValueError, match="must share their"):
         gradcam(feats, grads[:, :2])
+    # gradients given at a max-pooled resolution: only their per-channel sums matter
+    pooled = np.full((3, 4, 2, 2), 0.25 * 25 / 4, np.float32)
+    assert np.allclose(gradcam(feats, pooled), cam)
 
 
 def test_heatmap_is_float32_in_unit_range_at_original_size(served, pbc_image):

@@ -54,12 +54,24 @@ def test_exported_gradients_equal_autograd(random_model, taleqani, tmp_path):
     batch = _real_batch(taleqani, 4)
     probs, feats, grads = ort.InferenceSession(str(path)).run(None, {"image": batch})
     x = torch.from_numpy(batch).permute(0, 3, 1, 2)
-    f = random_model.forward_features(x).detach().requires_grad_(True)
+    maps, f = random_model.forward_maps(x)
+    f = f.detach().requires_grad_(True)
     logits = random_model.forward_head(f)
     for k in range(4):
         (g,) = torch.autograd.grad(logits[:, k].sum(), f, retain_graph=True)
         assert np.allclose(grads[:, k], g.numpy(), atol=1e-6)
-    assert np.allclose(feats, f.detach().numpy(), atol=1e-4)
+    assert feats.shape == (4, 256, 16, 16)  # the last conv layer, before pooling: Grad-CAM's layer
+    assert np.allclose(feats, maps.detach().numpy(), atol=1e-4)
+
+
+def test_colour_normalised_model_exports_with_parity(taleqani, tmp_path):
+    torch.manual_seed(1)
+    model = build_model(ModelConfig(colour_norm=True)).eval()
+    path = export_onnx(model, tmp_path / "n.onnx")
+    batch = _real_batch(taleqani)
+    with torch.no_grad():
+        ref = torch.softmax(model(torch.from_numpy(batch).permute(0, 3, 1, 2)), 1).numpy()
+    assert np.abs(onnx_probabilities(path, batch) - ref).max() < 1e-4
 
 
 def test_export_model_writes_card_with_provenance_and_threshold(checkpoint, data_dir, tmp_path):

@@ -1,11 +1,12 @@
 import pytest
 import torch
 
-from leukostage.model import ModelConfig, build_model, count_trainable
+from leukostage.model import ColourNormalise, ModelConfig, build_model, count_trainable
 
 
 def test_trainable_parameters_match_table_4():
     assert count_trainable(build_model()) == 5_401_188
+    assert count_trainable(build_model(ModelConfig(colour_norm=True))) == 5_401_188  # normalisation adds none
 
 
 def test_output_shape_after_each_block():
@@ -37,3 +38,34 @@ def test_forward_is_features_then_head():
 def test_unknown_architecture_lists_valid_names():
     with pytest.raises(ValueError, match="expected one of paper"):
         build_model(ModelConfig(arch="resnet9000"))
+
+
+def test_forward_maps_are_the_last_conv_layer_before_pooling():
+    model = build_model().eval()
+    x = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        maps, pooled = model.forward_maps(x)
+        assert tuple(maps.shape) == (2, 256, 16, 16) and tuple(pooled.shape) == (2, 256, 8, 8)
+        assert torch.equal(pooled, model.forward_features(x))
+        assert torch.equal(pooled, torch.nn.functional.max_pool2d(maps, 2))
+
+
+def test_colour_normalised_model_ignores_per_channel_gains():
+    """A white-balance or lamp change multiplies each channel: the normalised model must not see it."""
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, 128, 128) * 0.8
+    gains = torch.tensor([0.8, 1.15, 0.9])[None, :, None, None]
+    normalised, plain = build_model(ModelConfig(colour_norm=True)).eval(), build_model().eval()
+    with torch.no_grad():
+        for model, changed in ((normalised, False), (plain, True)):
+            a, b = model.forward_features(x), model.forward_features(x * gains)
+            assert bool((a - b).abs().max() > 1e-3 * a.abs().max()) is changed
+
+
+def test_colour_normalise_puts_the_background_level_on_neutral_grey():
+    x = torch.zeros(1, 3, 20, 20)
+    x[:, :, :, :] = torch.tensor([0.8, 0.6, 0.7])[:, None, None]  # tinted slide
+    x[:, :, :5, :5] = 0.1  # a dark cell
+    out = ColourNormalise(image_size=20, quantile=0.9, level=0.9)(x)
+    assert torch.allclose(out[0, :, 10, 10], torch.full((3,), 0.9))
+    assert torch.allclose(out[0, :, 0, 0], 0.1 * 0.9 / torch.tensor([0.8, 0.6, 0.7]))

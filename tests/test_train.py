@@ -2,8 +2,9 @@ import csv
 import json
 
 import pytest
+import torch
 
-from leukostage.train import TrainConfig, load_checkpoint, resolve_precision, train
+from leukostage.train import RECIPES, TrainConfig, cell_attention_loss, load_checkpoint, resolve_precision, train
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +69,30 @@ def test_sigterm_becomes_an_interrupt_while_training():
 
         time.sleep(5)  # the signal arrives before this ends
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_robust_recipe_trains_a_colour_normalised_model_and_records_its_recipe(data_dir, tmp_path):
+    cfg = TrainConfig(data=str(data_dir), out=str(tmp_path), recipe="robust", epochs=1, limit_per_class=8,
+                      batch_size=16)
+    summary = train(cfg, progress=False)
+    model, ckpt = load_checkpoint(tmp_path / "best.pt")
+    assert ckpt["model_config"]["colour_norm"] is True
+    assert summary["recipe_config"]["attention_weight"] == RECIPES["robust"].attention_weight > 0
+    assert summary["recipe_config"]["stain"]["scale"] > 0
+
+
+def _attention_case(cells_at: tuple[slice, slice]) -> torch.Tensor:
+    maps = torch.zeros(1, 1, 4, 4)
+    maps[0, 0, :2, :2] = 1.0  # all positive evidence in the top-left quarter
+    maps.requires_grad_(True)
+    pooled = torch.nn.functional.max_pool2d(maps, 2)
+    logits = torch.stack([pooled.flatten(1).sum(1), -pooled.flatten(1).sum(1)], 1)
+    cells = torch.zeros(1, 1, 8, 8)
+    cells[0, 0, cells_at[0], cells_at[1]] = 1.0
+    return cell_attention_loss(logits, torch.tensor([0]), maps, pooled, cells).detach()
+
+
+def test_cell_attention_loss_is_the_evidence_share_outside_the_cells():
+    assert float(_attention_case((slice(0, 4), slice(0, 4)))) == pytest.approx(0.0, abs=1e-5)
+    assert float(_attention_case((slice(4, 8), slice(4, 8)))) == pytest.approx(1.0, abs=1e-5)
+    assert float(_attention_case((slice(0, 2), slice(0, 4)))) == pytest.approx(0.5, abs=1e-5)

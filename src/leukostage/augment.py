@@ -54,37 +54,35 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
 
 
 @dataclass(frozen=True)
-class ColourConfig:
-    """Shortcut-breaking augmentation (not in the paper). The Taleqani classes differ in background tint and
-    illumination (acquisition sessions), so a model can learn those instead of cells. Each training image has its
-    channels rescaled so that its background (the brightest pixels of a bright-field photo) lands on a random
-    near-neutral colour: after this, background colour carries no class information."""
+class StainConfig:
+    """Stain-space jitter (Tellez et al. 2018), not in the paper: labs stain and photograph differently, and the
+    model's colour normalisation removes only per-channel gains. Each image's optical density is split into three
+    stain components (scikit-image's H-E-DAB basis, a generic mixing basis rather than a Giemsa model); each
+    component is scaled by 1 +- ``scale`` and shifted by +- ``shift`` before recombining."""
 
-    brightness: tuple[float, float] = (0.75, 1.0)  # target background brightness
-    tint: float = 0.08  # +- per-channel deviation of the target background from neutral
+    scale: float = 0.15
+    shift: float = 0.03
     apply_p: float = 0.9
-    background_quantile: float = 0.6  # pixels brighter (mean over channels) than this quantile count as background
+
+
+# scikit-image's rgb_from_hed (Ruifrok & Johnston): rows are the optical-density colours of the three stains
+RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+MIN_INTENSITY = 1.0 / 255.0  # keeps log() finite on black pixels
 
 
 def _uniform(shape: tuple[int, ...], lo: float, hi: float, generator: torch.Generator | None) -> torch.Tensor:
     return torch.rand(shape, generator=generator) * (hi - lo) + lo
 
 
-def background_colour(x: torch.Tensor, quantile: float) -> torch.Tensor:
-    """(N, 3) mean colour of each image's brightest pixels: the empty slide in a bright-field smear photo.
-
-    Needs no segmentation (the dataset's own masks are nearly empty for one class)."""
-    lum = x.mean(1).flatten(1)  # (N, H*W)
-    threshold = torch.quantile(lum, quantile, dim=1, keepdim=True)
-    bg = (lum >= threshold).float().unsqueeze(1)  # (N, 1, H*W)
-    return (x.flatten(2) * bg).sum(2) / bg.sum(2).clamp_min(1.0)
-
-
-def randomise_background(x: torch.Tensor, cfg: ColourConfig, generator: torch.Generator | None = None) -> torch.Tensor:
-    """x: (N, 3, H, W) in [0, 1]. Per image, one gain per channel moves the background to a random target colour."""
+def stain_jitter(x: torch.Tensor, cfg: StainConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """x: (N, 3, H, W) in [0, 1] -> the same images with randomly changed stain amounts, in [0, 1]."""
     n = x.shape[0]
-    target = _uniform((n, 1), *cfg.brightness, generator) * _uniform((n, 3), 1 - cfg.tint, 1 + cfg.tint, generator)
-    gains = (target / background_colour(x, cfg.background_quantile).clamp_min(0.05)).clamp(0.5, 2.0)
-    apply = (torch.rand(n, 1, generator=generator) < cfg.apply_p).float()
-    gains = apply * gains + (1 - apply)
-    return (x * gains[:, :, None, None]).clamp(0.0, 1.0)
+    basis = RGB_FROM_HED / RGB_FROM_HED.norm(dim=1, keepdim=True)
+    od = -torch.log(x.clamp_min(MIN_INTENSITY)).permute(0, 2, 3, 1)  # (N, H, W, 3)
+    stains = od @ torch.linalg.inv(basis)
+    scale = _uniform((n, 1, 1, 3), 1 - cfg.scale, 1 + cfg.scale, generator)
+    shift = _uniform((n, 1, 1, 3), -cfg.shift, cfg.shift, generator)
+    keep = (torch.rand(n, 1, 1, 1, generator=generator) >= cfg.apply_p).float()
+    scale, shift = keep + (1 - keep) * scale, (1 - keep) * shift
+    jittered = torch.exp(-((stains * scale + shift) @ basis)).permute(0, 3, 1, 2)
+    return jittered.clamp(0.0, 1.0)

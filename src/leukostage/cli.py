@@ -18,7 +18,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", default="paper")
     p.add_argument("--split", default="random", choices=SPLIT_METHODS)
     p.add_argument("--recipe", default="paper", choices=("paper", "robust"),
-                   help="paper: Table 3 augmentation; robust: plus background tint randomisation (shortcut fix)")
+                   help="paper: Table 3 augmentation; robust: plus colour normalisation in the model, stain "
+                   "jitter and a cell-attention loss (the shortcut fix, see leukostage.train.RECIPES)")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--batch-size", type=int, default=32)
@@ -66,7 +67,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a checkpoint to ONNX + model card, with test-split metrics")
     p.add_argument("--checkpoint", required=True, help="a run's best.pt")
-    p.add_argument("--out", default="models/paper.onnx")
+    p.add_argument("--out", required=True, help="ONNX file to write, e.g. models/robust.onnx (the card goes beside it)")
     p.add_argument("--name", default=None, help="model name in the card (default: the file stem)")
     p.add_argument("--data", default=str(default_data_dir()), help="to score the test split(s) for the card")
     p.add_argument("--metrics", nargs="*", default=[], help="metrics.json files to copy into the card")
@@ -83,7 +84,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify images (validation runs first)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
-    p.add_argument("--model", default=None, help="ONNX model (default: the shipped models/paper.onnx)")
+    p.add_argument("--model", default=None, help="ONNX model (default: the shipped models/robust.onnx)")
     p.add_argument("--json", action="store_true", help="one JSON list, one object per input, in input order")
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESETS, help="validation preset")
 
@@ -188,7 +189,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _add_explain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("explain", help="Grad-CAM heat maps: <stem>.gradcam.png (overlay) + <stem>.gradcam.npy")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
-    p.add_argument("--model", default=None, help="ONNX model (default: the shipped models/paper.onnx)")
+    p.add_argument("--model", default=None, help="ONNX model (default: the shipped models/robust.onnx)")
     p.add_argument("--class", dest="class_key", default=None, metavar="KEY",
                    help="class to explain (default: the predicted class)")
     p.add_argument("--out", required=True, help="folder for the heat maps (created if missing)")

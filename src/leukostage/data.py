@@ -8,10 +8,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from .classes import CLASS_KEYS, CLASSES
-from .imaging import IMAGE_SIZE, IMAGE_SUFFIXES, ImageError, load_image, resize_for_model
+from .imaging import BACKGROUND_LEVEL, BACKGROUND_QUANTILE, IMAGE_SIZE, IMAGE_SUFFIXES, ImageError, load_image, resize_for_model
 
 DEFAULT_DATA = Path("../shared/data")
 SPLIT_FRACTIONS = (0.70, 0.15, 0.15)  # train, val, test
@@ -196,3 +197,25 @@ MASK_THRESHOLD = 20  # a segmented pixel brighter than this (max over channels) 
 def cell_mask(segmented_rgb: np.ndarray) -> np.ndarray:
     """Boolean cell mask from a segmented twin (cells on black)."""
     return segmented_rgb.max(axis=2) > MASK_THRESHOLD
+
+
+# Training-time cell prior for every class, from colour alone. The dataset's own segmentation misses most Pro-B
+# (Advanced) blasts, so it cannot guide training; stained nuclei and blast cytoplasm are far more saturated than the
+# slide and the red cells once the background is made neutral.
+STAIN_MASK_MIN_CHROMA = 0.18  # floor of the per-image Otsu threshold on chroma (max - min channel)
+
+
+def stain_mask(rgb_uint8: np.ndarray) -> np.ndarray:
+    """Boolean mask of strongly stained pixels (white cells) in an 8-bit RGB smear photo.
+
+    Channels are divided by their 90th percentile (the empty slide), chroma is thresholded per image (Otsu, with a
+    floor so a field without white cells stays nearly empty), and a 3x3 opening removes red-cell rims and specks.
+    """
+    x = rgb_uint8.astype(np.float32) / 255.0
+    background = np.quantile(x.reshape(-1, 3), BACKGROUND_QUANTILE, axis=0)
+    x = x * (BACKGROUND_LEVEL / np.maximum(background, 0.02))  # what ColourNormalise does in the model
+    chroma = x.max(axis=2) - x.min(axis=2)
+    levels = np.clip(chroma * 255.0, 0, 255).astype(np.uint8)
+    otsu, _ = cv2.threshold(levels, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    mask = (chroma > max(STAIN_MASK_MIN_CHROMA, otsu / 255.0)).astype(np.uint8)
+    return cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)

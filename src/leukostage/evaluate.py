@@ -201,24 +201,35 @@ def score_external(model_path: str | Path, folders: list[str | Path], out: str |
     from .predict import Predictor, analyse_path
 
     predictor = Predictor.load(model_path)
+
+    def tally(results: list[dict]) -> dict:
+        valid = [r for r in results if r["valid"]]
+        top = Counter(r["top_class"] for r in valid)
+        return {
+            "n": len(results),
+            "rejected_by_validator": len(results) - len(valid),
+            "rejection_codes": dict(Counter(r["code"] for r in results if not r["valid"])),
+            "decided_labels": dict(Counter(r["label"] for r in valid)),
+            "top_class": {k: top.get(k, 0) for k in CLASS_KEYS},
+            "share_top_class_normal": top.get("normal", 0) / len(valid) if valid else float("nan"),
+            "mean_confidence": float(np.mean([r["confidence"] for r in valid])) if valid else float("nan"),
+        }
+
     summary: dict[str, dict] = {}
     for folder in folders:
         files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise FileNotFoundError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         results = [analyse_path(f, predictor).result for f in files]
-        valid = [r for r in results if r["valid"]]
-        labels = Counter(r["label"] for r in valid)
-        top = Counter(r["top_class"] for r in valid)
-        summary[Path(folder).name] = {
-            "n": len(files),
-            "rejected_by_validator": len(files) - len(valid),
-            "rejection_codes": dict(Counter(r["code"] for r in results if not r["valid"])),
-            "decided_labels": dict(labels),
-            "top_class": {k: top.get(k, 0) for k in CLASS_KEYS},
-            "share_top_class_normal": top.get("normal", 0) / len(valid) if valid else float("nan"),
-            "mean_confidence": float(np.mean([r["confidence"] for r in valid])) if valid else float("nan"),
-        }
+        summary[Path(folder).name] = tally(results)
+        # sub-folders (e.g. PBC's cell types) say which kinds of image the answers come from
+        groups: dict[str, list[dict]] = {}
+        for f, r in zip(files, results):
+            rel = f.relative_to(folder).parts
+            if len(rel) > 1:
+                groups.setdefault(rel[0], []).append(r)
+        if groups:
+            summary[Path(folder).name]["by_subfolder"] = {k: tally(v) for k, v in sorted(groups.items())}
     out = Path(out) if out else Path("reports") / f"{Path(model_path).stem}-external"
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps({"model": str(model_path), "folders": summary}, indent=2) + "\n")
@@ -227,7 +238,9 @@ def score_external(model_path: str | Path, folders: list[str | Path], out: str |
              "is that they are rejected or called Normal. Full serving pipeline, validation included.", "",
              "| folder | images | rejected by validator | top class normal / early / mid / advanced | uncertain | "
              "mean confidence |", "|---|---|---|---|---|---|"]
-    for name, s in summary.items():
+    rows = [(name, s) for name, s in summary.items()]
+    rows += [(f"{name}/{sub}", t) for name, s in summary.items() for sub, t in s.get("by_subfolder", {}).items()]
+    for name, s in rows:
         tops = " / ".join(str(s["top_class"][k]) for k in CLASS_KEYS)
         lines.append(f"| {name} | {s['n']} | {s['rejected_by_validator']} | {tops} | "
                      f"{s['decided_labels'].get('uncertain', 0)} | {s['mean_confidence']:.3f} |")

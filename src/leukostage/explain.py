@@ -1,7 +1,8 @@
 """Grad-CAM and overlays on the serving path: numpy and OpenCV only, no torch.
 
-The ONNX graph (see :mod:`leukostage.export`) returns the last convolutional block's feature maps and the exact
-gradient of every class logit with respect to them, so Grad-CAM here is a weighted sum and a resize.
+The ONNX graph (see :mod:`leukostage.export`) returns the last convolutional layer's activations and the exact
+gradient of every class logit with respect to their max-pooled version (whose spatial sum is that of the gradient
+with respect to the activations), so Grad-CAM here is a weighted sum and a resize.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from .predict import Predictor
 
 OVERLAY_ALPHA = 0.45  # weight of the heat-map colours in the blend
 COLORMAP = cv2.COLORMAP_VIRIDIS  # perceptually uniform, readable in greyscale and by colour-blind readers
-METHOD = "Grad-CAM on the last convolutional block, for the explained class"
+METHOD = "Grad-CAM on the last convolutional layer (before its pooling), for the explained class"
 
 
 class Explanation(NamedTuple):
@@ -34,19 +35,20 @@ def gradcam(features: np.ndarray, gradients: np.ndarray) -> np.ndarray:
     A map with no positive evidence stays all zero rather than dividing by zero.
 
     Args:
-        features: (..., C, h, w) activations of the last convolutional block.
-        gradients: same shape, d(class logit) / d(features).
+        features: (..., C, h, w) activations of the explained layer.
+        gradients: (..., C, h', w'), d(class logit) / d(features), or with respect to a max pooling of the features
+            (same spatial sum, so the same map after scaling).
 
     Returns:
         float32 (..., h, w) in [0, 1].
     """
     features = np.asarray(features, np.float32)
     gradients = np.asarray(gradients, np.float32)
-    if features.shape != gradients.shape or features.ndim < 3:
+    if features.ndim < 3 or features.shape[:-2] != gradients.shape[:-2]:
         raise ValueError(
-            f"features {features.shape} and gradients {gradients.shape} must share one (..., C, h, w) shape"
+            f"features {features.shape} and gradients {gradients.shape} must share their (..., C) leading shape"
         )
-    alpha = gradients.mean(axis=(-2, -1), keepdims=True)
+    alpha = gradients.sum(axis=(-2, -1), keepdims=True) / (features.shape[-2] * features.shape[-1])
     cam = np.maximum((alpha * features).sum(axis=-3), 0.0)
     peak = cam.max(axis=(-2, -1), keepdims=True)
     return np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0).astype(np.float32)

@@ -1,10 +1,12 @@
 """Export: a trained checkpoint -> one ONNX file (dynamic batch) + a model card JSON beside it.
 
 The ONNX graph takes what :func:`leukostage.imaging.preprocess` returns, batched: (N, 128, 128, 3) float32 in [0, 1].
-It returns ``probabilities`` (N, 4), and for Grad-CAM without torch: ``features`` (N, C, h, w), the last
-convolutional block's output, and ``gradients`` (N, 4, C, h, w), the gradient of each class logit with respect to
-those features. The dense head is piecewise linear (ReLU), so that gradient is an exact closed form computed in the
-graph itself: W1^T diag(relu'(z1)) W2^T diag(relu'(z2)) w3[c].
+It returns ``probabilities`` (N, 4), and for Grad-CAM without torch: ``features`` (N, C, 16, 16), the last
+convolutional layer's activations (before its 2x2 max pool), and ``gradients`` (N, 4, C, 8, 8), the gradient of each
+class logit with respect to the pooled features the head reads. Max pooling hands each of those gradients to exactly
+one position of ``features``, so their spatial sum is the spatial sum of the gradient with respect to ``features``:
+all Grad-CAM's channel weights need. The dense head is piecewise linear (ReLU), so the gradient is an exact closed
+form computed in the graph itself: W1^T diag(relu'(z1)) W2^T diag(relu'(z2)) w3[c].
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ class ServingGraph(nn.Module):
         self.linears = [m for m in model.head if isinstance(m, nn.Linear)]
 
     def forward(self, x: torch.Tensor):
-        feats = self.model.forward_features(x.permute(0, 3, 1, 2))  # NHWC -> NCHW
+        maps, feats = self.model.forward_maps(x.permute(0, 3, 1, 2))  # NHWC -> NCHW
         n, c, h, w = feats.shape
         act = feats.permute(0, 2, 3, 1).reshape(n, -1)  # channels-last flatten, as the head expects
         masks = []
@@ -52,7 +54,7 @@ class ServingGraph(nn.Module):
         for lin, mask in zip(reversed(self.linears[:-1]), reversed(masks)):
             grad = (grad * mask.unsqueeze(1)) @ lin.weight
         grad = grad.reshape(n, -1, h, w, c).permute(0, 1, 4, 2, 3)  # (N, K, C, h, w)
-        return torch.softmax(logits / self.temperature, dim=1), feats, grad
+        return torch.softmax(logits / self.temperature, dim=1), maps, grad
 
 
 def export_onnx(model: nn.Module, path: str | Path, image_size: int = IMAGE_SIZE, temperature: float = 1.0) -> Path:

@@ -17,6 +17,11 @@ IMAGE_SIZE = 128  # Table 4 input: 128 x 128 x 3
 MIN_SIDE = 32  # smaller images carry too little to analyse
 MAX_PIXELS = 50_000_000  # decompression-bomb guard, checked on the header before decoding
 MAX_BYTES = 20 * 1024 * 1024  # default upload / file size limit
+# Background level of a bright-field smear: the empty slide is the brightest part of the picture and covers far more
+# than 10 % of any field, so each channel's 90th percentile estimates it without segmentation (used by the model's
+# colour normalisation and the training-time stain mask).
+BACKGROUND_QUANTILE = 0.9
+BACKGROUND_LEVEL = 0.9  # where colour normalisation puts each channel's background level (a light neutral grey)
 SUPPORTED_FORMATS = ("jpeg", "png", "tiff", "bmp")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 

@@ -1,7 +1,8 @@
 """Architectures as plain torch modules (training path only).
 
 ``forward`` = ``forward_features`` (the convolutional blocks) then ``forward_head`` (the dense classifier):
-the split that Grad-CAM and the ONNX export with feature maps need.
+the split that Grad-CAM and the ONNX export with feature maps need. ``forward_maps`` also returns the last
+convolutional layer's activations before its pooling (16x16 at 128 px input), the layer Grad-CAM explains.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from .classes import CLASS_KEYS
-from .imaging import IMAGE_SIZE
+from .imaging import BACKGROUND_LEVEL, BACKGROUND_QUANTILE, IMAGE_SIZE
 
 
 @dataclass
@@ -23,6 +24,29 @@ class ModelConfig:
     dense: tuple[int, ...] = (256, 128)
     conv_dropout: float = 0.25
     dense_dropout: float = 0.5
+    colour_norm: bool = False  # ColourNormalise in front of the blocks (no parameters; False = the paper's input)
+
+
+
+class ColourNormalise(nn.Module):
+    """Per image and channel, scale so the background level (a high percentile) lands on one neutral grey.
+
+    Why: the Taleqani classes were photographed in different sessions, each with its own background tint and
+    illumination, which a CNN learns instead of cells. A per-channel gain (white balance, lamp colour, exposure)
+    multiplies every percentile of that channel by the same factor, so this division removes it exactly: the
+    network never sees the acquisition tint. Part of the model, so ONNX and serving apply it unchanged.
+    """
+
+    def __init__(self, image_size: int = IMAGE_SIZE, quantile: float = BACKGROUND_QUANTILE,
+                 level: float = BACKGROUND_LEVEL):
+        super().__init__()
+        self.level = level
+        self.k = max(1, round((1.0 - quantile) * image_size * image_size))  # a constant, so the ONNX graph has one
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(2)  # (N, C, H*W)
+        background = flat.topk(self.k, dim=-1).values[..., -1:]  # the k-th brightest value: TopK exports to ONNX
+        return x * (self.level / background.clamp_min(0.02)).unsqueeze(-1)
 
 
 class ConvBlock(nn.Sequential):
@@ -39,16 +63,29 @@ class ConvBlock(nn.Sequential):
             nn.Dropout(dropout),
         )
 
+    def convolve(self, x: torch.Tensor) -> torch.Tensor:
+        """The block up to its pooling: the activations Grad-CAM reads (its gradient passes the max pool intact)."""
+        for layer in list(self)[:5]:
+            x = layer(x)
+        return x
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in list(self)[5:]:
+            x = layer(x)
+        return x
+
 
 class PaperCNN(nn.Module):
     """The seed paper's CNN (Table 4): 5,401,188 trainable parameters at 128x128 input.
 
     Takes (N, 3, H, W) floats in [0, 1]; returns logits (softmax is applied by the loss and at export).
+    With ``colour_norm`` the input first passes :class:`ColourNormalise` (no parameters: the count is unchanged).
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
+        self.normalise = ColourNormalise(cfg.image_size) if cfg.colour_norm else nn.Identity()
         chans = (3, *cfg.filters)
         self.blocks = nn.Sequential(*(ConvBlock(a, b, cfg.conv_dropout) for a, b in zip(chans, chans[1:])))
         side = cfg.image_size // 2 ** len(cfg.filters)  # 128 -> 8
@@ -60,8 +97,14 @@ class PaperCNN(nn.Module):
         layers.append(nn.Linear(width, cfg.num_classes))
         self.head = nn.Sequential(*layers)
 
+    def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(last conv layer's activations (N, 256, 16, 16), pooled features the head reads (N, 256, 8, 8))."""
+        h = self.blocks[:-1](self.normalise(x))
+        maps = self.blocks[-1].convolve(h)
+        return maps, self.blocks[-1].pool(maps)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(x)  # (N, 256, 8, 8)
+        return self.forward_maps(x)[1]  # (N, 256, 8, 8)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         # Keras flattens channels-last (H, W, C); match it so the head's weights mean the same thing.

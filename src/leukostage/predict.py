@@ -17,16 +17,16 @@ from .imaging import ImageError, preprocess, read_bytes
 from .validate import DEFAULT_PRESET, validate_bytes
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
-DEFAULT_MODEL = MODELS_DIR / "paper.onnx"
+DEFAULT_MODEL = MODELS_DIR / "robust.onnx"
 
 
 def card_path_for(model_path: str | Path) -> Path:
-    """The model card beside an ONNX file: models/paper.onnx -> models/paper.card.json."""
+    """The model card beside an ONNX file: models/robust.onnx -> models/robust.card.json."""
     return Path(model_path).with_suffix("").with_suffix(".card.json")
 
 
 def default_model_path() -> Path:
-    """$LEUKOSTAGE_MODEL, else the shipped models/paper.onnx."""
+    """$LEUKOSTAGE_MODEL, else the shipped models/robust.onnx."""
     return Path(os.environ.get("LEUKOSTAGE_MODEL", DEFAULT_MODEL))
 
 

@@ -18,14 +18,28 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
-from .augment import AugmentConfig, ColourConfig, augment_batch, randomise_background
+from .augment import AugmentConfig, StainConfig, augment_batch, stain_jitter
 from .classes import CLASS_KEYS
-from .data import Dataset, discover, load_arrays, make_split, split_summary
+from .data import Dataset, discover, load_arrays, make_split, split_summary, stain_mask
 from .model import ModelConfig, build_model, config_dict
 
 PRECISIONS = ("auto", "bf16", "fp32")
-# paper: Table 3 only. robust: Table 3 plus background colour randomisation (the shortcut fix; see augment.py).
-RECIPES: dict[str, ColourConfig | None] = {"paper": None, "robust": ColourConfig()}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a training run adds to the paper. The shortcut audit (leukostage.audit) found the paper's recipe reading
+    the acquisition tint; ``robust`` is the fix, one lever per field."""
+
+    colour_norm: bool = False  # the model divides out per-channel gains (model.ColourNormalise)
+    stain: StainConfig | None = None  # stain-space jitter (augment.stain_jitter)
+    attention_weight: float = 0.0  # weight of cell_attention_loss: Grad-CAM mass off the stained cells costs
+
+
+RECIPES: dict[str, Recipe] = {
+    "paper": Recipe(),  # Table 3 augmentation only, as published
+    "robust": Recipe(colour_norm=True, stain=StainConfig(), attention_weight=1.0),
+}
 
 
 @dataclass
@@ -115,14 +129,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     precision = resolve_precision(cfg.precision)
     if cfg.recipe not in RECIPES:
         raise ValueError(f"unknown recipe {cfg.recipe!r}; expected one of {', '.join(RECIPES)}")
-    colour = RECIPES[cfg.recipe]
+    recipe = RECIPES[cfg.recipe]
     bf16 = precision == "bf16"
     ds: Dataset = discover(cfg.data)
     images = load_arrays(ds, progress=progress)
     split = _subset(make_split(ds, cfg.split, cfg.seed), ds.labels, cfg.limit_per_class)
-    data_train = (images[split["train"]], ds.labels[split["train"]])
+    x_train = images[split["train"]]
+    masks = np.stack([stain_mask(im) for im in x_train]) if recipe.attention_weight > 0 else None
+    data_train = (x_train, ds.labels[split["train"]], masks)
     x_val, y_val = images[split["val"]], ds.labels[split["val"]]
-    mcfg = ModelConfig(arch=cfg.arch)
+    mcfg = ModelConfig(arch=cfg.arch, colour_norm=recipe.colour_norm)
     model = build_model(mcfg).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -133,6 +149,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         "fingerprint": ds.fingerprint,
         "split": cfg.split,
         "recipe": cfg.recipe,
+        "recipe_config": json.loads(json.dumps(asdict(recipe))),
         "seed": cfg.seed,
         "split_counts": split_summary(ds, split),
         "precision": precision,
@@ -157,7 +174,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             for epoch in range(1, cfg.epochs + 1):
                 t0 = time.perf_counter()
                 desc = f"epoch {epoch}/{cfg.epochs}"
-                train_loss, train_acc = train_one_epoch(model, optimizer, data_train, cfg, colour, gen, bf16,
+                train_loss, train_acc = train_one_epoch(model, optimizer, data_train, cfg, recipe, gen, bf16,
                                                         desc if progress else None)
                 val_probs = predict_proba(model, x_val, bf16=bf16)
                 val_loss = float(F.nll_loss(torch.log(torch.from_numpy(val_probs).clamp_min(1e-7)),
@@ -191,12 +208,28 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                                     "stopped_by": stopped_by})
 
 
-def train_one_epoch(model, optimizer, data_train, cfg: TrainConfig, colour: ColourConfig | None,
-                    gen: torch.Generator, bf16: bool, desc: str | None) -> tuple[float, float]:
+def cell_attention_loss(logits: torch.Tensor, y: torch.Tensor, maps: torch.Tensor, pooled: torch.Tensor,
+                        cells: torch.Tensor) -> torch.Tensor:
+    """Mean share of each image's Grad-CAM mass (true class) that falls outside the stained cells.
+
+    The channel weights are the gradient of the class logit through the dense head only (detached, so this costs
+    one small backward pass); the loss then moves positive evidence in the last conv layer onto the cells.
+    ``cells``: (N, 1, H, W) cell-pixel fractions, warped with the images.
+    """
+    score = logits.gather(1, y[:, None]).sum()
+    grad = torch.autograd.grad(score, pooled, retain_graph=True)[0]
+    alpha = grad.float().sum((2, 3), keepdim=True).detach()  # max pooling passes each gradient to one map position
+    cam = torch.relu((alpha * maps.float()).sum(1))  # (N, h, w)
+    outside = 1.0 - F.adaptive_avg_pool2d(cells, cam.shape[-2:])[:, 0]
+    return ((cam * outside).sum((1, 2)) / (cam.sum((1, 2)) + 1e-6)).mean()
+
+
+def train_one_epoch(model, optimizer, data_train, cfg: TrainConfig, recipe: Recipe, gen: torch.Generator,
+                    bf16: bool, desc: str | None) -> tuple[float, float]:
     """One pass over the shuffled training images with augmentation; returns mean loss and accuracy."""
     from tqdm import tqdm
 
-    x_train, y_train = data_train
+    x_train, y_train, masks = data_train
     model.train()
     order = torch.randperm(len(x_train), generator=gen).numpy()
     total_loss, total_correct, seen = 0.0, 0, 0
@@ -204,13 +237,19 @@ def train_one_epoch(model, optimizer, data_train, cfg: TrainConfig, colour: Colo
     for start in bar:
         idx = order[start : start + cfg.batch_size]
         x = to_input(x_train[idx])
-        if colour is not None:
-            x = randomise_background(x, colour, gen)
+        if masks is not None:  # the cell masks ride along as a 4th channel, so they get the same warp
+            x = torch.cat([x, torch.from_numpy(masks[idx]).float()[:, None]], 1)
         x = augment_batch(x, cfg.augment, gen)
+        x, cells = x[:, :3], x[:, 3:]
+        if recipe.stain is not None:
+            x = stain_jitter(x, recipe.stain, gen)
         y = torch.from_numpy(y_train[idx])
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x)
+            maps, pooled = model.forward_maps(x)
+            logits = model.forward_head(pooled)
         loss = F.cross_entropy(logits.float(), y)
+        if masks is not None:
+            loss = loss + recipe.attention_weight * cell_attention_loss(logits, y, maps, pooled, cells)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
