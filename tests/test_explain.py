@@ -118,17 +118,15 @@ def test_gradcam_matches_torch_autograd_on_real_images(torch_model, served, samp
 
 def test_gradcam_formula_edge_cases():
     feats = np.random.default_rng(0).random((3, 4, 5, 5)).astype(np.float32)
-    grads = np.ones_like(feats)
-    cam = gradcam(feats, grads)
+    weights = np.ones((3, 4), np.float32)
+    cam = gradcam(feats, weights)
     assert cam.shape == (3, 5, 5) and cam.dtype == np.float32
     assert np.allclose(cam.max(axis=(1, 2)), 1.0) and cam.min() >= 0
-    zero = gradcam(feats[0], -grads[0])  # only negative evidence: an all-zero map, not NaN
+    assert np.allclose(cam, feats.sum(1) / feats.sum(1).max(axis=(1, 2), keepdims=True))
+    zero = gradcam(feats[0], -weights[0])  # only negative evidence: an all-zero map, not NaN
     assert zero.shape == (5, 5) and not np.isnan(zero).any() and zero.max() == 0
-    with pytest.raises(ValueError, match="must share their"):
-        gradcam(feats, grads[:, :2])
-    # gradients given at a max-pooled resolution: only their per-channel sums matter
-    pooled = np.full((3, 4, 2, 2), 0.25 * 25 / 4, np.float32)
-    assert np.allclose(gradcam(feats, pooled), cam)
+    with pytest.raises(ValueError, match="one weight per channel"):
+        gradcam(feats, weights[:, :2])
 
 
 def test_heatmap_is_float32_in_unit_range_at_original_size(served, pbc_image):

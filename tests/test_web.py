@@ -247,6 +247,30 @@ def test_batch_explains_each_valid_file_only(client, smear):
     assert "explanation" not in plain
 
 
+class CountingSession:
+    """Delegates to an ONNX Runtime session and counts inferences."""
+
+    def __init__(self, session):
+        self.session, self.runs = session, 0
+
+    def run(self, *args, **kwargs):
+        self.runs += 1
+        return self.session.run(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+def test_explained_prediction_runs_the_model_once(app, client, smear, monkeypatch):
+    counter = CountingSession(app.extensions[PREDICTOR_KEY].session)
+    monkeypatch.setattr(app.extensions[PREDICTOR_KEY], "session", counter)
+    explained = upload(client, smear, path="/predict?explain=1").json
+    assert counter.runs == 1 and "explanation" in explained
+    other = upload(client, smear, path="/predict?explain=1&class=normal").json
+    assert counter.runs == 2 and other["explanation"]["class"] == "normal"
+    assert other["probabilities"] == explained["probabilities"]
+
+
 def test_explain_of_a_model_without_gradcam_outputs_is_501(app, client, smear, monkeypatch):
     monkeypatch.setattr(app.extensions[PREDICTOR_KEY], "outputs", ["probabilities"])
     r = upload(client, smear, path="/predict?explain=1")

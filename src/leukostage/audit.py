@@ -186,7 +186,7 @@ def gradcam_images(predictor: Predictor, images: list[np.ndarray]
         chunk = images[i : i + BATCH]
         out = predictor.run_all(np.stack([preprocess(im, predictor.image_size) for im in chunk]))
         top = out["probabilities"].argmax(1)
-        cams = gradcam(out["features"], out["gradients"][np.arange(len(chunk)), top])
+        cams = gradcam(out["features"], out["weights"][np.arange(len(chunk)), top])
         heats += [upsample(cam, *im.shape[:2]) for cam, im in zip(cams, chunk)]
         probs.append(out["probabilities"])
     return heats, np.concatenate(probs), tuple(cams.shape[-2:])

@@ -1,8 +1,8 @@
 """Grad-CAM and overlays on the serving path: numpy and OpenCV only, no torch.
 
-The ONNX graph (see :mod:`leukostage.export`) returns the last convolutional layer's activations and the exact
-gradient of every class logit with respect to their max-pooled version (whose spatial sum is that of the gradient
-with respect to the activations), so Grad-CAM here is a weighted sum and a resize.
+The ONNX graph (see :mod:`leukostage.export`) returns the last convolutional layer's activations and, for every
+class, Grad-CAM's channel weights (the spatial mean of the exact gradient of the class logit with respect to those
+activations), so Grad-CAM here is a weighted sum and a resize.
 """
 from __future__ import annotations
 
@@ -28,7 +28,10 @@ class Explanation(NamedTuple):
     probabilities: np.ndarray  # float32 (4,), in CLASS_KEYS order
 
 
-def gradcam(features: np.ndarray, gradients: np.ndarray) -> np.ndarray:
+GRADCAM_OUTPUTS = frozenset({"features", "weights"})  # the graph outputs Grad-CAM needs (see leukostage.export)
+
+
+def gradcam(features: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Grad-CAM maps from feature maps and the gradient of one class score with respect to them.
 
     alpha_c = spatial mean of the gradient of channel c; map = relu(sum_c alpha_c * A_c), scaled to max 1.
@@ -36,20 +39,16 @@ def gradcam(features: np.ndarray, gradients: np.ndarray) -> np.ndarray:
 
     Args:
         features: (..., C, h, w) activations of the explained layer.
-        gradients: (..., C, h', w'), d(class logit) / d(features), or with respect to a max pooling of the features
-            (same spatial sum, so the same map after scaling).
+        weights: (..., C), alpha: the spatial mean of d(class logit) / d(features), as the graph returns it.
 
     Returns:
         float32 (..., h, w) in [0, 1].
     """
     features = np.asarray(features, np.float32)
-    gradients = np.asarray(gradients, np.float32)
-    if features.ndim < 3 or features.shape[:-2] != gradients.shape[:-2]:
-        raise ValueError(
-            f"features {features.shape} and gradients {gradients.shape} must share their (..., C) leading shape"
-        )
-    alpha = gradients.sum(axis=(-2, -1), keepdims=True) / (features.shape[-2] * features.shape[-1])
-    cam = np.maximum((alpha * features).sum(axis=-3), 0.0)
+    weights = np.asarray(weights, np.float32)
+    if features.ndim < 3 or features.shape[:-2] != weights.shape:
+        raise ValueError(f"features {features.shape} need one weight per channel, (..., C); got weights {weights.shape}")
+    cam = np.maximum((weights[..., None, None] * features).sum(axis=-3), 0.0)
     peak = cam.max(axis=(-2, -1), keepdims=True)
     return np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0).astype(np.float32)
 
@@ -71,28 +70,30 @@ def resolve_class(class_key: str | None, probabilities: np.ndarray) -> int:
     return CLASS_KEYS.index(class_info(class_key).key)
 
 
-def explain_image(predictor: Predictor, rgb: np.ndarray, class_key: str | None = None) -> Explanation:
+def explain_image(predictor: Predictor, rgb: np.ndarray, class_key: str | None = None,
+                  outputs: dict[str, np.ndarray] | None = None) -> Explanation:
     """Grad-CAM for one 8-bit RGB image at its original resolution.
 
     Args:
-        predictor: a loaded model whose graph returns ``features`` and ``gradients``.
+        predictor: a loaded model whose graph returns ``features`` and ``weights``.
         rgb: (H, W, 3) uint8, as decoded by :func:`leukostage.imaging.decode_image`.
         class_key: the class to explain (default: the predicted class).
+        outputs: the graph's outputs for this image (batch of one) when the caller already ran it.
 
     Raises:
         ValueError: unknown class key, or a model exported without the Grad-CAM outputs.
     """
     if class_key is not None:
         class_info(class_key)  # fail before inference, with the list of valid keys
-    missing = {"features", "gradients"} - set(predictor.outputs)
+    missing = GRADCAM_OUTPUTS - set(predictor.outputs)
     if missing:
         raise ValueError(
             f"model {predictor.path} has no {', '.join(sorted(missing))} output; re-export it with leukostage export"
         )
-    out = predictor.run_all(preprocess(rgb, predictor.image_size)[None])
+    out = outputs if outputs is not None else predictor.run_all(preprocess(rgb, predictor.image_size)[None])
     probs = out["probabilities"][0]
     k = resolve_class(class_key, probs)
-    cam = gradcam(out["features"][0], out["gradients"][0, k])
+    cam = gradcam(out["features"][0], out["weights"][0, k])
     return Explanation(upsample(cam, rgb.shape[0], rgb.shape[1]), CLASS_KEYS[k], probs)
 
 
@@ -125,13 +126,13 @@ def overlay_png_base64(rgb: np.ndarray, heat: np.ndarray, alpha: float = OVERLAY
 
 
 def explain_rgb(predictor: Predictor, rgb: np.ndarray, class_key: str | None = None,
-                alpha: float = OVERLAY_ALPHA) -> dict:
+                alpha: float = OVERLAY_ALPHA, outputs: dict[str, np.ndarray] | None = None) -> dict:
     """The JSON-ready explanation the web API adds to a result when asked (``?explain=1``).
 
     Raises:
         ValueError: unknown class key (lists the valid ones).
     """
-    exp = explain_image(predictor, rgb, class_key)
+    exp = explain_image(predictor, rgb, class_key, outputs)
     info = BY_KEY[exp.class_key]
     return {
         "method": METHOD,

@@ -2,11 +2,12 @@
 
 The ONNX graph takes what :func:`leukostage.imaging.preprocess` returns, batched: (N, 128, 128, 3) float32 in [0, 1].
 It returns ``probabilities`` (N, 4), and for Grad-CAM without torch: ``features`` (N, C, 16, 16), the last
-convolutional layer's activations (before its 2x2 max pool), and ``gradients`` (N, 4, C, 8, 8), the gradient of each
-class logit with respect to the pooled features the head reads. Max pooling hands each of those gradients to exactly
-one position of ``features``, so their spatial sum is the spatial sum of the gradient with respect to ``features``:
-all Grad-CAM's channel weights need. The dense head is piecewise linear (ReLU), so the gradient is an exact closed
-form computed in the graph itself: W1^T diag(relu'(z1)) W2^T diag(relu'(z2)) w3[c].
+convolutional layer's activations (before its 2x2 max pool), and ``weights`` (N, 4, C), Grad-CAM's channel weights
+for every class: the spatial mean of d logit_k / d features. Max pooling hands each gradient of the pooled features
+to one position of ``features``, so that mean is the pooled gradient's sum over positions divided by 16x16. The
+dense head is piecewise linear (ReLU), so the gradient is an exact closed form,
+w3[k] diag(relu'(z2)) W2 diag(relu'(z1)) W1, and summing it over positions only needs W1 summed over positions
+(a C x 256 constant): a few thousand multiply-adds per image instead of the full (4, C, 8, 8) gradient.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from .evaluate import headline_metrics
 from .imaging import IMAGE_SIZE
 from .predict import card_path_for
 
-OUTPUT_NAMES = ("probabilities", "features", "gradients")
+OUTPUT_NAMES = ("probabilities", "features", "weights")
 OPSET = 18
 
 
@@ -38,6 +39,10 @@ class ServingGraph(nn.Module):
         self.model = model
         self.temperature = float(temperature)  # softmax(logits / T): T fitted on validation data calibrates
         self.linears = [m for m in model.head if isinstance(m, nn.Linear)]
+        # W1 summed over the pooled positions, (units, C): a constant of the graph, not work done per image
+        side, channels = model.cfg.image_size // 2 ** len(model.cfg.filters), model.cfg.filters[-1]
+        first = self.linears[0].weight.detach().reshape(-1, side * side, channels).sum(1)
+        self.register_buffer("first_summed", first, persistent=False)
 
     def forward(self, x: torch.Tensor):
         maps, feats = self.model.forward_maps(x.permute(0, 3, 1, 2))  # NHWC -> NCHW
@@ -49,12 +54,14 @@ class ServingGraph(nn.Module):
             masks.append((z > 0).to(z.dtype))
             act = torch.relu(z)
         logits = self.linears[-1](act)
-        # d logit_k / d flat = w_last[k] * m_L @ W_L * ... * m_1 @ W_1  -> (N, K, F)
+        # d logit_k / d (first hidden layer's input) = w_last[k] * m_L @ W_L ... * m_1  -> (N, K, units of layer 1)
         grad = self.linears[-1].weight.unsqueeze(0).expand(n, -1, -1)
-        for lin, mask in zip(reversed(self.linears[:-1]), reversed(masks)):
+        for lin, mask in zip(reversed(self.linears[1:-1]), reversed(masks[1:])):
             grad = (grad * mask.unsqueeze(1)) @ lin.weight
-        grad = grad.reshape(n, -1, h, w, c).permute(0, 1, 4, 2, 3)  # (N, K, C, h, w)
-        return torch.softmax(logits / self.temperature, dim=1), maps, grad
+        grad = grad * masks[0].unsqueeze(1)
+        # ... @ W1 gives d logit_k / d flat (h, w, C); summed over (h, w) that is grad @ W1 summed over positions
+        weights = (grad @ self.first_summed) / (maps.shape[-2] * maps.shape[-1])  # mean over the maps' positions
+        return torch.softmax(logits / self.temperature, dim=1), maps, weights
 
 
 def export_onnx(model: nn.Module, path: str | Path, image_size: int = IMAGE_SIZE, temperature: float = 1.0) -> Path:

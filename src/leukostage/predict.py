@@ -82,7 +82,7 @@ class Predictor:
         return self.session.run(["probabilities"], {"image": np.ascontiguousarray(batch, np.float32)})[0]
 
     def run_all(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Every graph output (probabilities, features, gradients) for Grad-CAM."""
+        """Every graph output (probabilities, features, weights) for Grad-CAM."""
         values = self.session.run(self.outputs, {"image": np.ascontiguousarray(batch, np.float32)})
         return dict(zip(self.outputs, values))
 
@@ -120,10 +120,15 @@ class Analysis:
     result: dict
     timing_ms: dict = field(default_factory=dict)
     rgb: np.ndarray | None = None
+    outputs: dict[str, np.ndarray] | None = None  # every graph output, kept when the caller will explain the image
 
 
-def analyse_bytes(data: bytes, name: str, predictor: Predictor, preset: str = DEFAULT_PRESET) -> Analysis:
-    """The whole pipeline for one image. Never raises for bad input: failures become ``valid: false`` results."""
+def analyse_bytes(data: bytes, name: str, predictor: Predictor, preset: str = DEFAULT_PRESET,
+                  all_outputs: bool = False) -> Analysis:
+    """The whole pipeline for one image. Never raises for bad input: failures become ``valid: false`` results.
+
+    ``all_outputs`` keeps the graph's Grad-CAM outputs too, so explaining the image needs no second inference.
+    """
     t0 = time.perf_counter()
     rgb, verdict, decode_ms = validate_bytes(data, preset=preset)
     t1 = time.perf_counter()
@@ -133,14 +138,15 @@ def analyse_bytes(data: bytes, name: str, predictor: Predictor, preset: str = DE
         return Analysis({"file": name, **verdict.to_dict()}, timing, rgb)
     x = preprocess(rgb, predictor.image_size)[None]
     t2 = time.perf_counter()
-    probs = predictor.predict_proba(x)[0]
+    outputs = predictor.run_all(x) if all_outputs else None
+    probs = outputs["probabilities"][0] if outputs else predictor.predict_proba(x)[0]
     t3 = time.perf_counter()
     timing.update(preprocess=round((t2 - t1) * 1000, 3), inference=round((t3 - t2) * 1000, 3),
                   total=round((t3 - t0) * 1000, 3))
     result = {"file": name, "valid": True, **result_fields(probs, predictor.uncertain_below)}
     if verdict.checks:
         result["checks"] = verdict.checks_dict()
-    return Analysis(result, timing, rgb)
+    return Analysis(result, timing, rgb, outputs)
 
 
 def analyse_path(path: str | Path, predictor: Predictor, preset: str = DEFAULT_PRESET) -> Analysis:

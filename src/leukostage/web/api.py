@@ -17,7 +17,7 @@ from flask import Blueprint, current_app, jsonify, request
 from werkzeug.datastructures import FileStorage
 
 from ..classes import class_info
-from ..explain import explain_rgb
+from ..explain import GRADCAM_OUTPUTS, explain_rgb
 from ..predict import Analysis, Predictor, analyse_bytes
 from . import PREDICTOR_KEY
 from .openapi import build_spec
@@ -28,7 +28,6 @@ bp = Blueprint("api", __name__)
 MAX_NAME_CHARS = 255  # the client's file name is echoed back (never used as a path); keep it short
 EMPTY_REASON = "The file is empty; choose an image file (JPEG, PNG, TIFF or BMP)."
 EXPLAIN_ON = frozenset({"1", "true", "yes"})  # ?explain= values that ask for Grad-CAM (case-insensitive)
-GRADCAM_OUTPUTS = frozenset({"features", "gradients"})  # graph outputs Grad-CAM needs (see leukostage.export)
 
 
 def predictor() -> Predictor:
@@ -43,11 +42,11 @@ class Upload:
         self.name = (part.filename or "upload")[:MAX_NAME_CHARS]  # echoed back, never used as a path
         self.data = part.read()
 
-    def analyse(self) -> Analysis | None:
-        """The shared pipeline on these bytes; None when the file is empty."""
+    def analyse(self, explain: bool = False) -> Analysis | None:
+        """The shared pipeline on these bytes (keeping Grad-CAM's outputs when it will explain); None when empty."""
         if not self.data:
             return None
-        return analyse_bytes(self.data, self.name, predictor(), current_app.config["VALIDATION_PRESET"])
+        return analyse_bytes(self.data, self.name, predictor(), current_app.config["VALIDATION_PRESET"], explain)
 
 
 def can_explain(loaded: Predictor) -> bool:
@@ -89,7 +88,7 @@ def _payload(analysis: Analysis, explain: Explain) -> dict:
     payload = {**analysis.result, "model": predictor().info, "timing_ms": analysis.timing_ms}
     if explain.on:
         t0 = time.perf_counter()
-        payload["explanation"] = explain_rgb(predictor(), analysis.rgb, explain.class_key)
+        payload["explanation"] = explain_rgb(predictor(), analysis.rgb, explain.class_key, outputs=analysis.outputs)
         ms = (time.perf_counter() - t0) * 1000
         timing = dict(analysis.timing_ms)
         timing["explain"] = round(ms, 3)
@@ -119,7 +118,7 @@ def predict_one():
     if len(uploads) > 1:
         raise ApiError(400, "too_many_files",
                        f"/predict takes one file; {len(uploads)} were sent. Use /api/v1/predict for several.")
-    analysis = uploads[0].analyse()
+    analysis = uploads[0].analyse(explain.on)
     if analysis is None:
         raise ApiError(400, "empty_file", EMPTY_REASON)
     result = analysis.result
@@ -142,7 +141,7 @@ def predict_many():
         raise ApiError(400, "too_many_files", f"{len(uploads)} files were sent; at most {limit} per request.")
     out = []
     for upload in uploads:
-        analysis = upload.analyse()
+        analysis = upload.analyse(explain.on)
         if analysis is None:
             out.append({"file": upload.name, "valid": False, "code": "empty_file", "reason": EMPTY_REASON})
         elif analysis.result["valid"]:
