@@ -83,6 +83,7 @@ def test_export_model_writes_card_with_provenance_and_threshold(checkpoint, data
     assert saved == card
     assert [c["key"] for c in card["classes"]] == ["normal", "early", "mid", "advanced"]
     assert card["input"]["shape"] == ["batch", 128, 128, 3]
+    assert card["preprocessing"]["colour_normalisation"] == "none"  # a paper-architecture model without it
     assert card["training"]["split"] == "random" and card["training"]["seed"] == 42
     assert card["metrics"]["random_test"]["n"] == len(make_split(discover(data_dir), "random", 42)["test"])
     assert 0.4 <= card["decision"]["uncertain_below"] <= 0.95

@@ -24,7 +24,7 @@ from torch import nn
 from . import __version__
 from .classes import CLASSES
 from .evaluate import headline_metrics
-from .imaging import IMAGE_SIZE
+from .imaging import BACKGROUND_LEVEL, BACKGROUND_QUANTILE, IMAGE_SIZE
 from .predict import card_path_for
 
 OUTPUT_NAMES = ("probabilities", "features", "weights")
@@ -100,7 +100,9 @@ def build_card(name: str, ckpt: dict, metrics: dict, command: str | None = None)
                   "layout": "NHWC", "color": "RGB"},
         "outputs": list(OUTPUT_NAMES),
         "preprocessing": {"resize": [mc["image_size"], mc["image_size"]], "interpolation": "area (shrink), linear "
-                          "(enlarge)", "scale": "1/255", "function": "leukostage.imaging.preprocess"},
+                          "(enlarge)", "scale": "1/255", "function": "leukostage.imaging.preprocess",
+                          "colour_normalisation": f"in the graph: each channel x {BACKGROUND_LEVEL} / its "
+                          f"{BACKGROUND_QUANTILE * 100:.0f}th percentile" if mc.get("colour_norm") else "none"},
         "architecture": mc,
         "training": {
             "data": "Taleqani ALL image dataset (CC BY 4.0), original/ images",
@@ -109,6 +111,7 @@ def build_card(name: str, ckpt: dict, metrics: dict, command: str | None = None)
             "seed": meta.get("seed"),
             "split_counts": meta.get("split_counts"),
             "best_epoch": ckpt.get("epoch"),
+            "recipe": meta.get("recipe_config"),
             "config": ckpt.get("train_config"),
             "precision": meta.get("precision"),
             "command": meta.get("command"),
