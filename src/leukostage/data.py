@@ -12,7 +12,8 @@ import cv2
 import numpy as np
 
 from .classes import CLASS_KEYS, CLASSES
-from .imaging import BACKGROUND_LEVEL, BACKGROUND_QUANTILE, IMAGE_SIZE, IMAGE_SUFFIXES, ImageError, load_image, resize_for_model
+from .imaging import (BACKGROUND_LEVEL, BACKGROUND_QUANTILE, IMAGE_SIZE, IMAGE_SUFFIXES, MIN_BACKGROUND_LEVEL,
+                      ImageError, load_image, resize_for_model)
 
 DEFAULT_DATA = Path("../shared/data")
 SPLIT_FRACTIONS = (0.70, 0.15, 0.15)  # train, val, test
@@ -213,7 +214,7 @@ def stain_mask(rgb_uint8: np.ndarray) -> np.ndarray:
     """
     x = rgb_uint8.astype(np.float32) / 255.0
     background = np.quantile(x.reshape(-1, 3), BACKGROUND_QUANTILE, axis=0)
-    x = x * (BACKGROUND_LEVEL / np.maximum(background, 0.02))  # what ColourNormalise does in the model
+    x = x * (BACKGROUND_LEVEL / np.maximum(background, MIN_BACKGROUND_LEVEL))  # what ColourNormalise does in the model
     chroma = x.max(axis=2) - x.min(axis=2)
     levels = np.clip(chroma * 255.0, 0, 255).astype(np.uint8)
     otsu, _ = cv2.threshold(levels, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)

@@ -47,7 +47,9 @@ def gradcam(features: np.ndarray, weights: np.ndarray) -> np.ndarray:
     features = np.asarray(features, np.float32)
     weights = np.asarray(weights, np.float32)
     if features.ndim < 3 or features.shape[:-2] != weights.shape:
-        raise ValueError(f"features {features.shape} need one weight per channel, (..., C); got weights {weights.shape}")
+        raise ValueError(
+            f"features {features.shape} need one weight per channel, (..., C); got weights {weights.shape}"
+        )
     cam = np.maximum((weights[..., None, None] * features).sum(axis=-3), 0.0)
     peak = cam.max(axis=(-2, -1), keepdims=True)
     return np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0).astype(np.float32)

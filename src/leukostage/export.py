@@ -40,7 +40,7 @@ class ServingGraph(nn.Module):
         self.temperature = float(temperature)  # softmax(logits / T): T fitted on validation data calibrates
         self.linears = [m for m in model.head if isinstance(m, nn.Linear)]
         # W1 summed over the pooled positions, (units, C): a constant of the graph, not work done per image
-        side, channels = model.cfg.image_size // 2 ** len(model.cfg.filters), model.cfg.filters[-1]
+        channels, side, _ = model.feature_shape
         first = self.linears[0].weight.detach().reshape(-1, side * side, channels).sum(1)
         self.register_buffer("first_summed", first, persistent=False)
 

@@ -22,6 +22,7 @@ MAX_BYTES = 20 * 1024 * 1024  # default upload / file size limit
 # colour normalisation and the training-time stain mask).
 BACKGROUND_QUANTILE = 0.9
 BACKGROUND_LEVEL = 0.9  # where colour normalisation puts each channel's background level (a light neutral grey)
+MIN_BACKGROUND_LEVEL = 0.02  # a (near-)black channel is scaled as if its background were this dark, not divided by 0
 SUPPORTED_FORMATS = ("jpeg", "png", "tiff", "bmp")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 

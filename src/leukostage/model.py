@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .classes import CLASS_KEYS
-from .imaging import BACKGROUND_LEVEL, BACKGROUND_QUANTILE, IMAGE_SIZE
+from .imaging import BACKGROUND_LEVEL, BACKGROUND_QUANTILE, IMAGE_SIZE, MIN_BACKGROUND_LEVEL
 
 
 @dataclass
@@ -25,7 +25,6 @@ class ModelConfig:
     conv_dropout: float = 0.25
     dense_dropout: float = 0.5
     colour_norm: bool = False  # ColourNormalise in front of the blocks (no parameters; False = the paper's input)
-
 
 
 class ColourNormalise(nn.Module):
@@ -46,11 +45,13 @@ class ColourNormalise(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.flatten(2)  # (N, C, H*W)
         background = flat.topk(self.k, dim=-1).values[..., -1:]  # the k-th brightest value: TopK exports to ONNX
-        return x * (self.level / background.clamp_min(0.02)).unsqueeze(-1)
+        return x * (self.level / background.clamp_min(MIN_BACKGROUND_LEVEL)).unsqueeze(-1)
 
 
 class ConvBlock(nn.Sequential):
     """Table 4 block: 2x (Conv3x3 'same' + ReLU), BatchNorm, MaxPool 2x2, Dropout."""
+
+    POOL_AT = 5  # layers before this index convolve (conv, ReLU, conv, ReLU, BatchNorm); the rest pool
 
     def __init__(self, c_in: int, c_out: int, dropout: float):
         super().__init__(
@@ -65,12 +66,12 @@ class ConvBlock(nn.Sequential):
 
     def convolve(self, x: torch.Tensor) -> torch.Tensor:
         """The block up to its pooling: the activations Grad-CAM reads (its gradient passes the max pool intact)."""
-        for layer in list(self)[:5]:
+        for layer in list(self)[: self.POOL_AT]:
             x = layer(x)
         return x
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in list(self)[5:]:
+        for layer in list(self)[self.POOL_AT :]:
             x = layer(x)
         return x
 
@@ -89,6 +90,7 @@ class PaperCNN(nn.Module):
         chans = (3, *cfg.filters)
         self.blocks = nn.Sequential(*(ConvBlock(a, b, cfg.conv_dropout) for a, b in zip(chans, chans[1:])))
         side = cfg.image_size // 2 ** len(cfg.filters)  # 128 -> 8
+        self.feature_shape = (cfg.filters[-1], side, side)  # what forward_features returns per image: (C, h, w)
         layers: list[nn.Module] = [nn.Flatten()]
         width = cfg.filters[-1] * side * side  # 16384
         for units in cfg.dense:

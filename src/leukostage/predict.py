@@ -139,7 +139,7 @@ def analyse_bytes(data: bytes, name: str, predictor: Predictor, preset: str = DE
     x = preprocess(rgb, predictor.image_size)[None]
     t2 = time.perf_counter()
     outputs = predictor.run_all(x) if all_outputs else None
-    probs = outputs["probabilities"][0] if outputs else predictor.predict_proba(x)[0]
+    probs = outputs["probabilities"][0] if outputs is not None else predictor.predict_proba(x)[0]
     t3 = time.perf_counter()
     timing.update(preprocess=round((t2 - t1) * 1000, 3), inference=round((t3 - t2) * 1000, 3),
                   total=round((t3 - t0) * 1000, 3))

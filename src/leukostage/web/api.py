@@ -103,21 +103,28 @@ def _uploads(field: str) -> list[Upload]:
     return [u for u in uploads if u.data or u.named]
 
 
-def _no_file(field: str) -> ApiError:
-    return ApiError(400, "no_file", f"No file in the request: send the image as multipart/form-data in the field "
-                                    f"'{field}' (JPEG, PNG, TIFF or BMP).")
+def _read_request(field: str, limit: int, too_many: str) -> tuple[list[Upload], Explain]:
+    """The uploads of ``field`` and the explain options, read in that order (body first, see ``Explain``).
+
+    Raises:
+        ApiError: 400 ``no_file`` without an upload; 400 ``too_many_files`` (``too_many``, formatted with the count
+            as ``n``) over ``limit``; the errors of :meth:`Explain.from_request`.
+    """
+    uploads = _uploads(field)
+    explain = Explain.from_request()
+    if not uploads:
+        raise ApiError(400, "no_file", f"No file in the request: send the image as multipart/form-data in the field "
+                                       f"'{field}' (JPEG, PNG, TIFF or BMP).")
+    if len(uploads) > limit:
+        raise ApiError(400, "too_many_files", too_many.format(n=len(uploads)))
+    return uploads, explain
 
 
 @bp.post("/predict")
 def predict_one():
     """One image in the multipart field ``file``: 200 with the prediction, or an error status."""
-    uploads = _uploads("file")
-    explain = Explain.from_request()
-    if not uploads:
-        raise _no_file("file")
-    if len(uploads) > 1:
-        raise ApiError(400, "too_many_files",
-                       f"/predict takes one file; {len(uploads)} were sent. Use /api/v1/predict for several.")
+    uploads, explain = _read_request("file", 1,
+                                     "/predict takes one file; {n} were sent. Use /api/v1/predict for several.")
     analysis = uploads[0].analyse(explain.on)
     if analysis is None:
         raise ApiError(400, "empty_file", EMPTY_REASON)
@@ -132,13 +139,8 @@ def predict_one():
 @bp.post("/api/v1/predict")
 def predict_many():
     """One or many images in the multipart field ``files``: 200 with one entry per file, in order."""
-    uploads = _uploads("files")
-    explain = Explain.from_request()
-    if not uploads:
-        raise _no_file("files")
     limit = current_app.config["MAX_FILES"]
-    if len(uploads) > limit:
-        raise ApiError(400, "too_many_files", f"{len(uploads)} files were sent; at most {limit} per request.")
+    uploads, explain = _read_request("files", limit, f"{{n}} files were sent; at most {limit} per request.")
     out = []
     for upload in uploads:
         analysis = upload.analyse(explain.on)
