@@ -46,6 +46,32 @@ def model_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def shipped_torch_model(model_path):
+    """The shipped model as a torch module, rebuilt from its ONNX initializers and card (no checkpoint is shipped):
+    lets torch references (autograd Grad-CAM, parity) run on the real trained weights in CI.
+
+    Returns (model in eval mode, softmax temperature from the card).
+    """
+    torch = pytest.importorskip("torch")
+    import json
+
+    import onnx
+    from onnx import numpy_helper
+
+    from leukostage.model import ModelConfig, build_model
+    from leukostage.predict import card_path_for
+
+    card = json.loads(card_path_for(model_path).read_text())
+    fields = ModelConfig.__dataclass_fields__
+    arch = {k: tuple(v) if isinstance(v, list) else v for k, v in card["architecture"].items() if k in fields}
+    model = build_model(ModelConfig(**arch))
+    weights = {i.name.removeprefix("model."): numpy_helper.to_array(i) for i in onnx.load(model_path).graph.initializer}
+    state = {k: torch.from_numpy(weights[k].copy()) for k in model.state_dict() if not k.endswith("num_batches_tracked")}
+    model.load_state_dict(state, strict=False)
+    return model.eval(), float(card["calibration"]["temperature"])
+
+
+@pytest.fixture(scope="session")
 def predictor(model_path):
     from leukostage.predict import Predictor
 

@@ -1,7 +1,8 @@
 """Grad-CAM on the serving path (numpy over the ONNX outputs) against a torch-autograd reference, plus the CLI verb.
 
-The model is the trained checkpoint of the current run when there is one (runs/ is not in the repository), else a
-seeded random model: the parity under test does not depend on the weights, only on the maths.
+Each test runs twice: on the shipped model (its torch weights rebuilt from the ONNX file, so the reference is the
+model users get) and on a freshly exported one (the trained checkpoint of the current run when there is one, since
+runs/ is not in the repository, else a seeded random model), which exercises the export itself.
 """
 from __future__ import annotations
 
@@ -38,12 +39,14 @@ def _load_checkpoint_bytes(path: Path, tries: int = 5):
     raise AssertionError("unreachable")
 
 
-@pytest.fixture(scope="module")
-def torch_model():
-    """(model in eval mode, checkpoint-like dict)."""
+@pytest.fixture(scope="module", params=["shipped", "exported"])
+def torch_model(request):
+    """(model in eval mode, checkpoint-like dict or None for the shipped model)."""
     torch = pytest.importorskip("torch")
     from leukostage.model import ModelConfig, build_model, config_dict
 
+    if request.param == "shipped":
+        return request.getfixturevalue("shipped_torch_model")[0], None
     if CHECKPOINT.is_file():
         ckpt = _load_checkpoint_bytes(CHECKPOINT)
         mc = ckpt["model_config"]
@@ -60,10 +63,12 @@ def torch_model():
 
 
 @pytest.fixture(scope="module")
-def onnx_model(torch_model, tmp_path_factory) -> Path:
+def onnx_model(torch_model, model_path, tmp_path_factory) -> Path:
     from leukostage.export import build_card, export_onnx, write_card
 
     model, ckpt = torch_model
+    if ckpt is None:
+        return model_path
     path = export_onnx(model, tmp_path_factory.mktemp("explain") / "m.onnx")
     write_card(build_card("test", ckpt, {}, command="test"), path)
     return path

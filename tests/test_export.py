@@ -47,6 +47,16 @@ def test_onnx_matches_torch_on_real_images(random_model, taleqani, tmp_path):
     assert onnx_probabilities(path, batch[:1]).shape == (1, 4)  # dynamic batch
 
 
+def test_shipped_onnx_is_the_torch_module_with_its_weights(shipped_torch_model, model_path, taleqani):
+    model, temperature = shipped_torch_model
+    batch = _real_batch(taleqani, n=8)
+    with torch.no_grad():
+        ref = torch.softmax(model(torch.from_numpy(batch).permute(0, 3, 1, 2)) / temperature, 1).numpy()
+    got = onnx_probabilities(model_path, batch)
+    assert np.abs(got - ref).max() < 1e-4
+    assert len(set(got.argmax(1))) > 1  # trained weights, not a constant answer
+
+
 def test_exported_gradcam_weights_equal_autograd(random_model, taleqani, tmp_path):
     """weights[k, c] must be the spatial mean of d logit_k / d maps, the gradient taken back through the max pool."""
     import onnxruntime as ort
