@@ -1,5 +1,8 @@
-"""Shortcut-audit building blocks: the perturbations on small synthetic images, the masks on a real one."""
+"""Shortcut audit: the perturbations on small synthetic images, the masks on a real one, and the whole audit on the
+shipped model against the issue targets and its committed report."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,3 +156,25 @@ def test_audit_refuses_a_split_the_model_was_not_trained_on(data_dir, tmp_path):
     torch.save({"meta": {"split": "random", "seed": 42, "fingerprint": "whatever"}}, ckpt)
     with pytest.raises(ValueError, match="trained on the random split"):
         run_audit(ckpt, data_dir, split="blocked", out=tmp_path / "audit")
+
+
+def test_shipped_model_meets_the_targets_and_reproduces_its_committed_report(model_path, data_dir, tmp_path):
+    """The whole audit (~1 min) on the shipped model: every issue target holds, and the numbers in the committed report
+    come back (to one test image, in case another CPU rounds a borderline image the other way)."""
+    import json
+
+    from leukostage.audit import run_audit
+    from leukostage.predict import card_path_for
+
+    card = json.loads(card_path_for(model_path).read_text())
+    committed = Path("reports") / card["name"] / card["training"]["split"] / "audit" / "metrics.json"
+    expected = json.loads((Path(__file__).resolve().parents[1] / committed).read_text())
+
+    doc = run_audit(model_path, data_dir, out=tmp_path / "audit", examples=False)
+    assert doc["meta"]["split"] == card["training"]["split"] and doc["meta"]["n_test"] == expected["meta"]["n_test"]
+    assert all(doc["checks"].values()), doc["checks"]
+    one_image = 100.0 / doc["meta"]["n_test"] + 1e-9
+    for name, drop in expected["drops_points"].items():
+        assert doc["drops_points"][name] == pytest.approx(drop, abs=one_image), name
+    got, want = doc["cell_attention"]["overall"], expected["cell_attention"]["overall"]
+    assert got["ratio_of_means"] == pytest.approx(want["ratio_of_means"], rel=0.01)
