@@ -58,13 +58,11 @@ def shipped_torch_model(model_path):
     import onnx
     from onnx import numpy_helper
 
-    from leukostage.model import ModelConfig, build_model
+    from leukostage.model import build_model, config_from_dict
     from leukostage.predict import card_path_for
 
     card = json.loads(card_path_for(model_path).read_text())
-    fields = ModelConfig.__dataclass_fields__
-    arch = {k: tuple(v) if isinstance(v, list) else v for k, v in card["architecture"].items() if k in fields}
-    model = build_model(ModelConfig(**arch))
+    model = build_model(config_from_dict(card["architecture"]))
     weights = {i.name.removeprefix("model."): numpy_helper.to_array(i) for i in onnx.load(model_path).graph.initializer}
     state = {k: torch.from_numpy(weights[k].copy()) for k in model.state_dict() if not k.endswith("num_batches_tracked")}
     model.load_state_dict(state, strict=False)

@@ -43,14 +43,13 @@ def _load_checkpoint_bytes(path: Path, tries: int = 5):
 def torch_model(request):
     """(model in eval mode, checkpoint-like dict or None for the shipped model)."""
     torch = pytest.importorskip("torch")
-    from leukostage.model import ModelConfig, build_model, config_dict
+    from leukostage.model import ModelConfig, build_model, config_dict, config_from_dict
 
     if request.param == "shipped":
         return request.getfixturevalue("shipped_torch_model")[0], None
     if CHECKPOINT.is_file():
         ckpt = _load_checkpoint_bytes(CHECKPOINT)
-        mc = ckpt["model_config"]
-        model = build_model(ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in mc.items()}))
+        model = build_model(config_from_dict(ckpt["model_config"]))
         model.load_state_dict(ckpt["model"])
         return model.eval(), ckpt
     torch.manual_seed(0)

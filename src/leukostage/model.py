@@ -135,3 +135,8 @@ def count_trainable(model: nn.Module) -> int:
 
 def config_dict(cfg: ModelConfig) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+
+
+def config_from_dict(d: dict) -> ModelConfig:
+    """The inverse of :func:`config_dict`, for configs stored in checkpoints and model cards (JSON has no tuples)."""
+    return ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})

@@ -21,7 +21,7 @@ from . import __version__
 from .augment import AugmentConfig, StainConfig, augment_batch, stain_jitter
 from .classes import CLASS_KEYS
 from .data import Dataset, discover, load_arrays, make_split, split_summary, stain_mask
-from .model import ModelConfig, build_model, config_dict
+from .model import ModelConfig, build_model, config_dict, config_from_dict
 
 PRECISIONS = ("auto", "bf16", "fp32")
 
@@ -294,9 +294,7 @@ def _jsonable(cfg: TrainConfig) -> dict:
 def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
     """Rebuild a model exactly from a checkpoint (its stored config), in eval mode."""
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    mc = ckpt["model_config"]
-    mcfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in mc.items()})
-    model = build_model(mcfg)
+    model = build_model(config_from_dict(ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     model.eval()
     return model, ckpt
