@@ -36,11 +36,16 @@ def _real_batch(taleqani, n=6):
     return np.stack([preprocess(load_image(f)) for f in files])
 
 
+def _torch_probabilities(model, batch: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """The reference for parity: the torch module on the same NHWC batch, softmax(logits / T)."""
+    with torch.no_grad():
+        return torch.softmax(model(torch.from_numpy(batch).permute(0, 3, 1, 2)) / temperature, 1).numpy()
+
+
 def test_onnx_matches_torch_on_real_images(random_model, taleqani, tmp_path):
     path = export_onnx(random_model, tmp_path / "m.onnx")
     batch = _real_batch(taleqani)
-    with torch.no_grad():
-        ref = torch.softmax(random_model(torch.from_numpy(batch).permute(0, 3, 1, 2)), 1).numpy()
+    ref = _torch_probabilities(random_model, batch)
     got = onnx_probabilities(path, batch)
     assert np.abs(got - ref).max() < 1e-4
     assert np.allclose(got.sum(1), 1.0, atol=1e-5)
@@ -50,8 +55,7 @@ def test_onnx_matches_torch_on_real_images(random_model, taleqani, tmp_path):
 def test_shipped_onnx_is_the_torch_module_with_its_weights(shipped_torch_model, model_path, taleqani):
     model, temperature = shipped_torch_model
     batch = _real_batch(taleqani, n=8)
-    with torch.no_grad():
-        ref = torch.softmax(model(torch.from_numpy(batch).permute(0, 3, 1, 2)) / temperature, 1).numpy()
+    ref = _torch_probabilities(model, batch, temperature)
     got = onnx_probabilities(model_path, batch)
     assert np.abs(got - ref).max() < 1e-4
     assert len(set(got.argmax(1))) > 1  # trained weights, not a constant answer
@@ -82,9 +86,7 @@ def test_colour_normalised_model_exports_with_parity(taleqani, tmp_path):
     model = build_model(ModelConfig(colour_norm=True)).eval()
     path = export_onnx(model, tmp_path / "n.onnx")
     batch = _real_batch(taleqani)
-    with torch.no_grad():
-        ref = torch.softmax(model(torch.from_numpy(batch).permute(0, 3, 1, 2)), 1).numpy()
-    assert np.abs(onnx_probabilities(path, batch) - ref).max() < 1e-4
+    assert np.abs(onnx_probabilities(path, batch) - _torch_probabilities(model, batch)).max() < 1e-4
 
 
 def test_export_model_writes_card_with_provenance_and_threshold(checkpoint, data_dir, tmp_path):
@@ -112,9 +114,7 @@ def test_uncertain_threshold_is_the_smallest_meeting_the_target():
 def test_temperature_is_applied_in_the_graph(random_model, taleqani, tmp_path):
     batch = _real_batch(taleqani, 3)
     path = export_onnx(random_model, tmp_path / "t.onnx", temperature=2.5)
-    with torch.no_grad():
-        logits = random_model(torch.from_numpy(batch).permute(0, 3, 1, 2))
-    assert np.abs(onnx_probabilities(path, batch) - torch.softmax(logits / 2.5, 1).numpy()).max() < 1e-4
+    assert np.abs(onnx_probabilities(path, batch) - _torch_probabilities(random_model, batch, 2.5)).max() < 1e-4
 
 
 def test_fit_temperature_softens_overconfident_logits():

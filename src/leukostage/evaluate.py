@@ -238,7 +238,7 @@ def score_external(model_path: str | Path, folders: list[str | Path], out: str |
              "is that they are rejected or called Normal. Full serving pipeline, validation included.", "",
              "| folder | images | rejected by validator | top class normal / early / mid / advanced | uncertain | "
              "mean confidence |", "|---|---|---|---|---|---|"]
-    rows = [(name, s) for name, s in summary.items()]
+    rows = list(summary.items())
     rows += [(f"{name}/{sub}", t) for name, s in summary.items() for sub, t in s.get("by_subfolder", {}).items()]
     for name, s in rows:
         tops = " / ".join(str(s["top_class"][k]) for k in CLASS_KEYS)
