@@ -8,7 +8,7 @@ stopped at the end; --url measures a server that is already running. Each reques
 sync workers close after every response). The image is one the validator accepts, so every request runs the model.
 Other load on the machine (e.g. a training job) slows every number: the report includes the load average.
 
-    python benchmarks/bench_http.py [--model models/robust.onnx] [--workers N] [--seconds 10] [--json out.json]
+    python benchmarks/bench_http.py [--model src/leukostage/models/robust.onnx] [--workers N] [--seconds 10] [--json out.json]
 """
 from __future__ import annotations
 

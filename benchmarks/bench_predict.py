@@ -4,7 +4,7 @@ Per-image latency = decode + preprocess + inference of one 224x224 JPEG at batch
 throughput = images per second at batch 32 (inference on preprocessed tensors). Torch uses the same architecture
 in eval mode, channels-last (weights do not change the timing); it needs the `train` extra.
 
-    python benchmarks/bench_predict.py [--model models/robust.onnx] [--repeats 200] [--json out.json]
+    python benchmarks/bench_predict.py [--model src/leukostage/models/robust.onnx] [--repeats 200] [--json out.json]
 """
 from __future__ import annotations
 

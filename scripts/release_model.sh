@@ -5,7 +5,7 @@
 set -euo pipefail
 name=$1 random_run=$2 blocked_report=$3
 data=${LEUKOSTAGE_DATA:-../shared/data}
-.venv/bin/leukostage export --checkpoint "$random_run/best.pt" --out "models/$name.onnx" --name "$name" \
+.venv/bin/leukostage export --checkpoint "$random_run/best.pt" --out "src/leukostage/models/$name.onnx" --name "$name" \
   --data "$data" --metrics "$blocked_report/metrics.json"
-.venv/bin/leukostage evaluate --model "models/$name.onnx" --external "$data/pbc_sample" "$data/bccd_smears" \
+.venv/bin/leukostage evaluate --model "src/leukostage/models/$name.onnx" --external "$data/pbc_sample" "$data/bccd_smears" \
   --out "reports/$name/external"

@@ -84,7 +84,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify images (validation runs first)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
-    p.add_argument("--model", default=None, help="ONNX model (default: the shipped models/robust.onnx)")
+    p.add_argument("--model", default=None, help="ONNX model (default: the model shipped in the package)")
     p.add_argument("--json", action="store_true", help="one JSON list, one object per input, in input order")
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESETS, help="validation preset")
 
@@ -189,7 +189,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _add_explain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("explain", help="Grad-CAM heat maps: <stem>.gradcam.png (overlay) + <stem>.gradcam.npy")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
-    p.add_argument("--model", default=None, help="ONNX model (default: the shipped models/robust.onnx)")
+    p.add_argument("--model", default=None, help="ONNX model (default: the model shipped in the package)")
     p.add_argument("--class", dest="class_key", default=None, metavar="KEY",
                    help="class to explain (default: the predicted class)")
     p.add_argument("--out", required=True, help="folder for the heat maps (created if missing)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from importlib import resources
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +17,9 @@ from .classes import BY_KEY, CLASS_KEYS, UNCERTAIN_DISPLAY_NAME, UNCERTAIN_KEY
 from .imaging import ImageError, preprocess, read_bytes
 from .validate import DEFAULT_PRESET, validate_bytes
 
-MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
-DEFAULT_MODEL = MODELS_DIR / "robust.onnx"
+MODELS_DIR = Path(str(resources.files("leukostage") / "models"))  # package data: present in a wheel install too
+DEFAULT_MODEL_NAME = "robust"
+DEFAULT_MODEL = MODELS_DIR / f"{DEFAULT_MODEL_NAME}.onnx"
 
 
 def card_path_for(model_path: str | Path) -> Path:
@@ -26,7 +28,7 @@ def card_path_for(model_path: str | Path) -> Path:
 
 
 def default_model_path() -> Path:
-    """$LEUKOSTAGE_MODEL, else the shipped models/robust.onnx."""
+    """$LEUKOSTAGE_MODEL, else the model shipped inside the package (``DEFAULT_MODEL_NAME``)."""
     return Path(os.environ.get("LEUKOSTAGE_MODEL", DEFAULT_MODEL))
 
 

@@ -46,7 +46,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     """
     app = Flask(__name__)
     app.config.from_mapping(
-        MODEL_PATH=str(default_model_path()),  # $LEUKOSTAGE_MODEL, else the shipped models/robust.onnx
+        MODEL_PATH=str(default_model_path()),  # $LEUKOSTAGE_MODEL, else the model shipped in the package
         MAX_CONTENT_LENGTH=MAX_BYTES,  # whole request body, bytes; larger uploads get 413
         MAX_FILES=32,  # files per /api/v1/predict request
         ORT_THREADS=None,  # ONNX Runtime intra-op threads; None = all cores. `serve` sets cores // workers

@@ -93,7 +93,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None,
 
     Args:
         workers: gunicorn worker processes (default: the number of cores).
-        model: ONNX model path (default: $LEUKOSTAGE_MODEL, else models/robust.onnx); passed to the workers in
+        model: ONNX model path (default: $LEUKOSTAGE_MODEL, else the model shipped in the package); passed to the workers in
             $LEUKOSTAGE_MODEL.
         debug: Flask's development server with the interactive debugger; only on a loopback address.
 
