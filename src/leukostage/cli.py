@@ -6,7 +6,9 @@ import json
 import sys
 from pathlib import Path
 
+from .batch.discover import expand_inputs  # folders at any depth; the same discovery as `batch`
 from .classes import DISCLAIMER
+from .cli_batch import add_batch, cmd_batch
 from .data import SPLIT_METHODS, default_data_dir
 from .validate import DEFAULT_PRESET, PRESETS
 
@@ -87,24 +89,6 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="ONNX model (default: the model shipped in the package)")
     p.add_argument("--json", action="store_true", help="one JSON list, one object per input, in input order")
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESETS, help="validation preset")
-
-
-def expand_inputs(items: list[str]) -> list[str | dict]:
-    """Folders become their image files (sorted); a folder with none becomes an error entry."""
-    from .imaging import IMAGE_SUFFIXES
-
-    out: list[str | dict] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            files = sorted(str(f) for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-            if not files:
-                out.append({"file": item, "valid": False, "code": "unreadable",
-                            "reason": f"{item} is a folder with no images ({', '.join(IMAGE_SUFFIXES)})"})
-            out.extend(files)
-        else:
-            out.append(item)
-    return out
 
 
 def _table(results: list[dict]) -> str:
@@ -270,12 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_explain(sub)
     _add_audit(sub)
     _add_calibrate(sub)
+    add_batch(sub)
     return parser
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export, "predict": cmd_predict,
             "validate": cmd_validate, "serve": cmd_serve,
-            "explain": cmd_explain, "audit": cmd_audit, "calibrate-validator": cmd_calibrate}
+            "explain": cmd_explain, "audit": cmd_audit, "calibrate-validator": cmd_calibrate,
+            "batch": cmd_batch}
 
 
 def main(argv: list[str] | None = None) -> int:
