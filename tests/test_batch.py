@@ -48,7 +48,7 @@ def png_bytes(width: int, height: int, rows: int = 1) -> bytes:
             + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
 
 
-# --- fixtures ------------------------------------------------------------------------------------------------------
+# --- fixtures ---------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def table2(tmp_path_factory, taleqani) -> Path:
     """A Table 2 layout (normal/, cancerous/early/ ...) of links to 2 real images per class."""
@@ -89,7 +89,7 @@ def tree_10k(tmp_path_factory, real_files) -> Path:
     return make_tree(tmp_path_factory.mktemp("t10k"), 10_000, real_files)
 
 
-# --- discovery -----------------------------------------------------------------------------------------------------
+# --- discovery --------------------------------------------------------------------------------------------------------
 def test_discovery_recursive_hidden_skipped_links_once_and_lists(tmp_path, real_files):
     (tmp_path / "a" / "b").mkdir(parents=True)
     (tmp_path / "a" / "b" / "x.jpg").write_bytes(b"")
@@ -181,7 +181,7 @@ def test_flatten_is_generic():
     assert set(flat) <= set(COLUMN_NAMES)
 
 
-# --- streaming, memory, resume --------------------------------------------------------------------------------------
+# --- streaming, memory, resume ----------------------------------------------------------------------------------------
 def _client_peak_bytes(tree: Path, out: Path) -> tuple[int, dict]:
     tracemalloc.start()
     try:
@@ -257,7 +257,7 @@ def test_repair_tail_cuts_a_torn_line(tmp_path):
     assert out.read_text() == '{"file": "a"}\n'
 
 
-# --- hostile archive ---------------------------------------------------------------------------------------------------
+# --- hostile archive --------------------------------------------------------------------------------------------------
 def test_hostile_archive_gives_a_coded_row_per_entry_and_finishes(tmp_path, real_files):
     bad = tmp_path / "hostile"
     bad.mkdir()
@@ -321,7 +321,7 @@ def test_unreadable_file_gives_a_coded_row(real_files):
     assert "Permission denied" in row["reason"]
 
 
-# --- CLI errors and the serving-path rule ------------------------------------------------------------------------------
+# --- CLI errors and the serving-path rule -----------------------------------------------------------------------------
 def test_existing_output_needs_resume_and_unknown_suffix_needs_format(table2, tmp_path):
     out = tmp_path / "r.jsonl"
     out.write_text('{"file": "x"}\n')
@@ -341,7 +341,7 @@ def test_batch_never_imports_torch(table2, tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
-# --- Dask ----------------------------------------------------------------------------------------------------------------
+# --- Dask -------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def dask_cluster():
     import distributed

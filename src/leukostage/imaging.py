@@ -238,7 +238,7 @@ def read_bytes(path: str | Path, max_bytes: int = MAX_BYTES) -> bytes:
     try:
         if not p.exists():
             if p.is_symlink():
-                raise ImageError("unreadable", f"{p} is a broken symbolic link (its target {os.readlink(p)} is missing).")
+                raise ImageError("unreadable", f"{p} is a broken symbolic link (to {os.readlink(p)}, now missing).")
             raise ImageError("unreadable", f"No such file: {p}")
         if p.is_dir():
             raise ImageError("unreadable", f"{p} is a folder, not an image file.")

@@ -55,9 +55,10 @@ def format_for(out: str | Path, fmt: str | None) -> str:
     return guessed
 
 
-# --- flattening (csv, parquet) ---------------------------------------------------------------------------------------
+# --- flattening (csv, parquet) ----------------------------------------------------------------------------------------
 def _flat_name(parent: str, child: str) -> str:
-    """domain.score -> domain_score, domain.in_domain -> in_domain (no stutter), probabilities.mid -> probabilities_mid."""
+    """domain.score -> domain_score, domain.in_domain -> in_domain (no stutter), probabilities.mid ->
+    probabilities_mid."""
     return child if parent in child else f"{parent}_{child}"
 
 
@@ -81,7 +82,7 @@ def flatten(row: dict) -> dict:
     return flat
 
 
-# --- writers -----------------------------------------------------------------------------------------------------------
+# --- writers ----------------------------------------------------------------------------------------------------------
 class RowWriter(Protocol):
     def write(self, rows: list[dict]) -> None: ...
     def close(self) -> None: ...
@@ -231,7 +232,7 @@ def open_writer(out: Path, fmt: str, resume: bool) -> RowWriter:
     return JsonlWriter(out) if fmt == "jsonl" else CsvWriter(out)
 
 
-# --- what is done (for --resume) ---------------------------------------------------------------------------------------
+# --- what is done (for --resume) --------------------------------------------------------------------------------------
 def _journal_lines(path: Path) -> Iterator[str]:
     """Complete lines of a JSONL file (a torn last line after a kill is not a row)."""
     if not path.is_file():
@@ -284,7 +285,7 @@ class DoneIndex:
             hashes += bytes.fromhex(sha) if sha else bytes(32)  # 32 zero bytes: a row without content (unreadable)
         order = np.argsort(np.array(keys, np.uint64), kind="stable")
         self.keys = np.array(keys, np.uint64)[order]
-        self.hashes = np.frombuffer(bytes(hashes), np.uint8).reshape(-1, 32)[order] if keys else np.zeros((0, 32), np.uint8)
+        self.hashes = np.frombuffer(bytes(hashes), np.uint8).reshape(-1, 32)[order]
 
     def __len__(self) -> int:
         return len(self.keys)
