@@ -131,6 +131,16 @@ def _with_resume(stream: Iterable[BatchInput | dict], done: DoneIndex, pre: list
         yield item._replace(resumed=True, previous_sha256=sha) if found else item
 
 
+def _write_chunk(rows: list[dict], writer, tally: Tally) -> None:
+    """Append a chunk's new rows (one write, flushed) and count them; resume markers are counted, not written."""
+    fresh = [r for r in rows if not r.get(SKIPPED)]
+    if fresh:
+        writer.write(fresh)
+    for r in fresh:
+        tally.add(r)
+    tally.skipped += len(rows) - len(fresh)
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -158,18 +168,10 @@ def run_batch(cfg: BatchConfig) -> dict:
         chunks = _chunks(_with_resume(iter_inputs(cfg.inputs), done, pre), cfg.chunk_size)
         results = engine.map_chunks(chunks)
         for rows in results:
-            if pre:
-                rows, pre[:] = pre + rows, []
-            fresh = [r for r in rows if not r.get(SKIPPED)]
-            writer.write(fresh)
-            for r in fresh:
-                tally.add(r)
-            tally.skipped += len(rows) - len(fresh)
+            rows, pre[:] = pre + rows, []  # error entries ride along with the next chunk
+            _write_chunk(rows, writer, tally)
             progress.update(len(rows))
-        if pre:  # only error entries, no chunk to ride along with
-            writer.write(pre)
-            for r in pre:
-                tally.add(r)
+        _write_chunk(pre, writer, tally)  # error entries with no chunk after them
     except KeyboardInterrupt:
         interrupted = True
     except BrokenProcessPool as exc:
