@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from leukostage.batch import BatchConfig, BatchInput, expand_inputs, iter_inputs, run_batch
+from leukostage.batch import BatchConfig, BatchError, BatchInput, expand_inputs, iter_inputs, run_batch
 from leukostage.batch.score import score_input
 from leukostage.batch.writers import COLUMN_NAMES, DoneIndex, flatten, repair_tail
 from leukostage.classes import CLASSES
@@ -378,3 +378,10 @@ def test_dask_worker_killed_mid_run_loses_no_row_and_duplicates_none(dask_cluste
     files = [r["file"] for r in read_jsonl(out)]
     assert killed_at < 2_000
     assert len(files) == 2_000 and len(set(files)) == 2_000
+
+
+def test_dask_worker_without_the_model_is_a_clear_error(dask_cluster, table2, tmp_path):
+    cluster, _ = dask_cluster
+    with pytest.raises(BatchError, match="same path"):
+        run_batch(BatchConfig([str(table2)], tmp_path / "d.jsonl", scheduler=cluster.scheduler_address,
+                              model=str(tmp_path / "missing.onnx"), progress=False))

@@ -121,7 +121,10 @@ class DaskEngine:
         client = self._client()
         try:
             workers = client.scheduler_info()["workers"]
-            client.register_plugin(ModelPlugin(self.model, dask_threads_on_hosts(workers)), name=ModelPlugin.name)
+            try:
+                client.register_plugin(ModelPlugin(self.model, dask_threads_on_hosts(workers)), name=ModelPlugin.name)
+            except FileNotFoundError as exc:
+                raise _model_missing(exc) from exc
             self.info = {"workers": len(workers), "threads": sum(int(w.get("nthreads", 1)) for w in workers.values())}
             in_flight = max(2, self.info["threads"] * IN_FLIGHT_PER_WORKER)
             run = uuid.uuid4().hex[:8]
@@ -141,7 +144,11 @@ class DaskEngine:
         try:
             rows = future.result()
         except FileNotFoundError as exc:
-            raise BatchError(f"a Dask worker could not load the model: {exc}. Every worker needs leukostage "
-                             "installed and the model at the same path (--model)") from exc
+            raise _model_missing(exc) from exc
         future.release()
         return rows
+
+
+def _model_missing(exc: FileNotFoundError) -> BatchError:
+    return BatchError(f"a Dask worker could not load the model: {exc}. Every worker needs leukostage installed and "
+                      "the model at the same path (--model, or $LEUKOSTAGE_MODEL in the worker's environment)")
