@@ -113,7 +113,11 @@ class PaperCNN(nn.Module):
         """(last conv layer's activations (N, 256, 16, 16), pooled features the head reads (N, 256, 8, 8))."""
         h = self.blocks[:-1](self.normalise(x))
         maps = self.blocks[-1].convolve(h)
-        return maps, self.blocks[-1].pool(maps)
+        return maps, self.pool_maps(maps)
+
+    def pool_maps(self, maps: torch.Tensor) -> torch.Tensor:
+        """Grad-CAM's layer -> the features the head reads (the last block's max pool; dropout is off in eval)."""
+        return self.blocks[-1].pool(maps)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_maps(x)[1]  # (N, 256, 8, 8)
@@ -211,7 +215,11 @@ class EfficientNetLite0(nn.Module):
     def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = (self.normalise(x) - LITE_INPUT_MEAN) / LITE_INPUT_STD
         maps = self.conv_head(self.blocks(self.stem(x)))  # (N, 1280, 7, 7)
-        return maps, F.adaptive_avg_pool2d(maps, 1)  # (N, 1280, 1, 1)
+        return maps, self.pool_maps(maps)
+
+    def pool_maps(self, maps: torch.Tensor) -> torch.Tensor:
+        """Grad-CAM's layer -> the features the head reads: the global average (N, 1280, 1, 1)."""
+        return F.adaptive_avg_pool2d(maps, 1)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_maps(x)[1]
