@@ -280,7 +280,8 @@ def export_model(checkpoint: str | Path, out: str | Path, name: str | None = Non
         with torch.no_grad():
             logits_val = torch.cat([model(to_input(x_val[i : i + 64])) for i in range(0, len(x_val), 64)]).numpy()
         temperature = fit_temperature(y_val, logits_val)
-        calibration = {"temperature": temperature, "fitted_on": f"{meta['split']} split, val part (NLL)",
+        calibration = {"temperature": temperature,
+                       "fitted_on": f"{meta['split']} split, val part (NLL, floored at the add-one val accuracy)",
                        "grid": [min(TEMPERATURE_GRID), max(TEMPERATURE_GRID)]}
         domain = None
         if int(np.prod(model.feature_shape)) <= DOMAIN_MAX_DIMS:
