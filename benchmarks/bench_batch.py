@@ -53,7 +53,7 @@ def dask_rates(root: Path, tmp: Path, repeats: int, workers: int) -> dict:
 
     rates = {}
     for n in sorted({1, workers}):
-        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
                           host="127.0.0.1") as cluster:
             images_per_second(root, tmp, 1, scheduler=cluster.scheduler_address)  # warm: plugin loads the model
             rates[n] = images_per_second(root, tmp, repeats, scheduler=cluster.scheduler_address)

@@ -346,7 +346,8 @@ def test_batch_never_imports_torch(table2, tmp_path):
 def dask_cluster():
     import distributed
 
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    # dashboard on any free port: a fixed 8787 clashes with other clusters on the machine (a warning, so an error)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                                   host="127.0.0.1") as cluster, distributed.Client(cluster) as client:
         yield cluster, client
 
