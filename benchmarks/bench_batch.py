@@ -1,10 +1,11 @@
 """Batch throughput: one local worker process against N, in the same run (and, with --dask, a local Dask cluster of
 1 worker against N), on real 224x224 Taleqani JPEGs.
 
-Each configuration scores the same archive (links to the first --images JPEGs of the data folder) into a fresh JSONL
-file; the figure is the median images/s over --repeats runs, pool start-up included (what a user waits for).
+Each configuration scores the same archive (--images links to JPEGs spread over the data folder) into a fresh JSONL
+file; the figure is the median images/s over --repeats rounds, each round running every configuration in turn (so a
+change in the machine's other load hits them alike), local pool start-up included (what a user waits for).
 
-    python benchmarks/bench_batch.py [--images 400] [--workers N] [--repeats 3] [--dask] [--json out.json]
+    python benchmarks/bench_batch.py [--images 1000] [--workers N] [--repeats 3] [--dask] [--json out.json]
 """
 from __future__ import annotations
 
@@ -35,34 +36,43 @@ def archive(folder: Path, n: int) -> Path:
     return folder
 
 
-def images_per_second(root: Path, tmp: Path, repeats: int, **engine) -> float:
-    """Median images/s of ``repeats`` full runs (start-up included)."""
-    rates = []
-    for i in range(repeats):
-        out = tmp / f"run-{time.time_ns()}-{i}.jsonl"
-        t0 = time.perf_counter()
-        summary = run_batch(BatchConfig([str(root)], out, progress=False, **engine))
-        rates.append(summary["rows_written"] / (time.perf_counter() - t0))
-    return statistics.median(rates)
+def one_run(root: Path, tmp: Path, **engine) -> tuple[float, float]:
+    """One full run over the archive: images/s (start-up included) and seconds until the first chunk came back."""
+    out = tmp / f"run-{time.time_ns()}.jsonl"
+    t0 = time.perf_counter()
+    summary = run_batch(BatchConfig([str(root)], out, progress=False, **engine))
+    return summary["rows_written"] / (time.perf_counter() - t0), summary["seconds_to_first_chunk"]
 
 
-def dask_rates(root: Path, tmp: Path, repeats: int, workers: int) -> dict:
-    """Images/s on a local Dask cluster of 1 worker and of ``workers`` workers (1 thread each; cluster start-up
-    excluded: a cluster is started once and serves many batches)."""
+def alternating(root: Path, tmp: Path, repeats: int, engines: dict[int, dict]) -> dict[int, tuple[float, float]]:
+    """Median (images/s, seconds to the first chunk) per engine over ``repeats`` rounds that run every engine in
+    turn, so a change in the machine's other load hits all of them alike."""
+    runs: dict[int, list[tuple[float, float]]] = {n: [] for n in engines}
+    for _ in range(repeats):
+        for n, engine in engines.items():
+            runs[n].append(one_run(root, tmp, **engine))
+    return {n: (statistics.median(r for r, _ in v), statistics.median(f for _, f in v)) for n, v in runs.items()}
+
+
+def dask_rates(root: Path, tmp: Path, repeats: int, workers: int) -> dict[int, tuple[float, float]]:
+    """Images/s on a local Dask cluster of 1 worker and one of ``workers`` workers (1 thread each), both up for the
+    whole measurement (cluster start-up excluded: a cluster is started once and serves many batches)."""
     from distributed import LocalCluster
 
-    rates = {}
-    for n in sorted({1, workers}):
-        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                          host="127.0.0.1") as cluster:
-            images_per_second(root, tmp, 1, scheduler=cluster.scheduler_address)  # warm: plugin loads the model
-            rates[n] = images_per_second(root, tmp, repeats, scheduler=cluster.scheduler_address)
-    return rates
+    clusters = {n: LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                host="127.0.0.1") for n in sorted({1, workers})}
+    try:
+        engines = {n: {"scheduler": c.scheduler_address} for n, c in clusters.items()}
+        alternating(root, tmp, 1, engines)  # warm: each worker's plugin loads the model
+        return alternating(root, tmp, repeats, engines)
+    finally:
+        for c in clusters.values():
+            c.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=400)
+    parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=cpu_count())
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dask", action="store_true", help="also a local Dask cluster, 1 worker vs --workers")
@@ -71,20 +81,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="leukostage-bench-batch-") as tmp:
         tmp = Path(tmp)
         root = archive(tmp / "archive", args.images)
-        one = images_per_second(root, tmp, args.repeats, workers=1)
-        many = images_per_second(root, tmp, args.repeats, workers=args.workers)
+        local = alternating(root, tmp, args.repeats, {1: {"workers": 1}, args.workers: {"workers": args.workers}})
+        (one, start_one), (many, start_many) = local[1], local[args.workers]
         results = {
             "local": {"images_per_second_1_worker": round(one, 1),
                       f"images_per_second_{args.workers}_workers": round(many, 1),
-                      "speedup": round(many / one, 2)},
+                      "speedup": round(many / one, 2),
+                      "seconds_to_first_chunk": {"1_worker": start_one, f"{args.workers}_workers": start_many}},
             "setup": {"images": args.images, "repeats": args.repeats, "cores": cpu_count(),
                       "input": "224x224 JPEG (Taleqani), read + hash + decode + validate + infer + write JSONL"},
         }
         if args.dask:
             rates = dask_rates(root, tmp, args.repeats, args.workers)
-            results["dask_local_cluster"] = {f"images_per_second_{n}_workers": round(r, 1) for n, r in rates.items()}
+            dask = {n: r for n, (r, _) in rates.items()}
+            results["dask_local_cluster"] = {f"images_per_second_{n}_workers": round(r, 1) for n, r in dask.items()}
+            results["dask_local_cluster"]["speedup"] = round(dask[args.workers] / dask[1], 2)
             results["dask_local_cluster"]["added_by_each_worker"] = round(
-                (rates[args.workers] - rates[1]) / max(1, args.workers - 1), 1)
+                (dask[args.workers] - dask[1]) / max(1, args.workers - 1), 1)
     print(json.dumps(results, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

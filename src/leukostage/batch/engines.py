@@ -5,6 +5,7 @@ flat; both yield each chunk's rows exactly once, in completion order, to the cal
 """
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import signal
@@ -61,7 +62,7 @@ class LocalEngine:
         pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_local_worker)
         pending: set = set()
         try:
-            for chunk in _prepend(first, chunks):
+            for chunk in itertools.chain([first], chunks):
                 pending.add(pool.submit(score_chunk, chunk, self.model, self.preset, self.threads))
                 if len(pending) >= self.workers * IN_FLIGHT_PER_WORKER:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -71,11 +72,6 @@ class LocalEngine:
                 yield from (f.result() for f in done)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _prepend(first, rest: Iterator) -> Iterator:
-    yield first
-    yield from rest
 
 
 def dask_threads_on_hosts(workers_info: dict) -> dict[str, int]:

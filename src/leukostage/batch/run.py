@@ -44,6 +44,7 @@ class Tally:
 
     written: int = 0
     skipped: int = 0
+    first_chunk_at: float | None = None  # perf_counter when the first chunk came back (start-up is before it)
     labels: Counter = field(default_factory=Counter)
     uncertain_by_reason: Counter = field(default_factory=Counter)
     refused_by_code: Counter = field(default_factory=Counter)
@@ -133,6 +134,8 @@ def _with_resume(stream: Iterable[BatchInput | dict], done: DoneIndex, pre: list
 
 def _write_chunk(rows: list[dict], writer, tally: Tally) -> None:
     """Append a chunk's new rows (one write, flushed) and count them; resume markers are counted, not written."""
+    if tally.first_chunk_at is None and rows:
+        tally.first_chunk_at = time.perf_counter()
     fresh = [r for r in rows if not r.get(SKIPPED)]
     if fresh:
         writer.write(fresh)
@@ -183,11 +186,12 @@ def run_batch(cfg: BatchConfig) -> dict:
         progress.close()
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
-    return summary(tally, time.perf_counter() - t0, interrupted, out, fmt, engine.describe())
+    return summary(tally, t0, interrupted, out, fmt, engine.describe())
 
 
-def summary(tally: Tally, seconds: float, interrupted: bool, out: Path, fmt: str, engine: dict) -> dict:
-    """The run in numbers: what was written, per label and per refusal code, and how fast."""
+def summary(tally: Tally, t0: float, interrupted: bool, out: Path, fmt: str, engine: dict) -> dict:
+    """The run in numbers: what was written, per label and per refusal code, and how fast (``t0``: the start)."""
+    seconds = time.perf_counter() - t0
     return {
         "out": str(out), "format": fmt, "interrupted": interrupted,
         "rows_written": tally.written, "skipped_already_done": tally.skipped,
@@ -196,6 +200,7 @@ def summary(tally: Tally, seconds: float, interrupted: bool, out: Path, fmt: str
         "uncertain_by_reason": dict(sorted(tally.uncertain_by_reason.items())),
         "refused_by_code": dict(sorted(tally.refused_by_code.items())),
         "seconds": round(seconds, 3),
+        "seconds_to_first_chunk": round(tally.first_chunk_at - t0, 3) if tally.first_chunk_at else None,
         "images_per_second": round(tally.written / seconds, 2) if seconds > 0 else None,
         "peak_rss_mb_client": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         **engine,
