@@ -5,7 +5,7 @@ from urllib.parse import urlparse
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from .engines import cpu_count, threads_per_worker
+from .engines import cpu_count, limit_opencv_threads, threads_per_worker
 from .score import load_predictor
 
 
@@ -22,5 +22,6 @@ class ModelPlugin(WorkerPlugin):
 
     def setup(self, worker) -> None:
         host = urlparse(worker.address).hostname or ""
-        load_predictor(self.model, threads_per_worker(self.threads_on_hosts.get(host) or worker.state.nthreads,
-                                                      cpu_count()))
+        threads = threads_per_worker(self.threads_on_hosts.get(host) or worker.state.nthreads, cpu_count())
+        limit_opencv_threads(threads)
+        load_predictor(self.model, threads)

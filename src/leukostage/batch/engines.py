@@ -34,10 +34,19 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
     return max(1, (cores or cpu_count()) // max(1, workers))
 
 
-def _init_local_worker() -> None:
+def limit_opencv_threads(threads: int) -> None:
+    """OpenCV's own thread pool (decoding, resizing, the validator's filters) gets the worker's share of the cores
+    too: N workers each running a pool as wide as the machine would fight over the same cores."""
+    import cv2
+
+    cv2.setNumThreads(threads)
+
+
+def _init_local_worker(threads: int) -> None:
     """Ctrl-C is the parent's to handle (it stops the run cleanly); the model loads on the first image to infer and
     stays for the life of the process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    limit_opencv_threads(threads)
 
 
 class LocalEngine:
@@ -59,7 +68,8 @@ class LocalEngine:
         if first is None:
             return
         ctx = multiprocessing.get_context("spawn")  # no fork of a parent holding threads (progress bar, counter)
-        pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_local_worker)
+        pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_local_worker,
+                                   initargs=(self.threads,))
         pending: set = set()
         try:
             for chunk in itertools.chain([first], chunks):
