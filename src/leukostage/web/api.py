@@ -6,7 +6,9 @@ answers many images with a list, rejected ones included as ``valid: false`` entr
 
 Both take ``?explain=1`` (also ``true`` or ``yes``; any other value is off): each valid prediction then carries an
 ``explanation``, the Grad-CAM overlay of :func:`leukostage.explain.explain_rgb` on the decoded image at its original
-resolution. ``?class=<key>`` explains that class instead of the predicted one; an unknown key is a 400 ``bad_class``.
+resolution. ``?class=<key>`` explains that class instead of the predicted one (key in any case, or display name), and
+implies ``explain``; an unknown class is a 400 ``bad_class``, and ``class`` with ``explain`` set to off is a 400
+``class_without_explain``.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import NamedTuple
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.datastructures import FileStorage
 
-from ..classes import class_info
+from ..classes import parse_class
 from ..explain import GRADCAM_OUTPUTS, explain_rgb
 from ..predict import Analysis, Predictor, analyse_bytes
 from . import PREDICTOR_KEY
@@ -62,20 +64,29 @@ class Explain(NamedTuple):
 
     @classmethod
     def from_request(cls) -> "Explain":
-        """Parse ``?explain=`` and ``?class=``. Call it after the body is read (an early error response with the
+        """Parse ``?explain=`` and ``?class=``; ``class`` alone implies ``explain`` (asking which class's evidence
+        to show is asking for the heat map). Call it after the body is read (an early error response with the
         upload still unread can reach the client as a connection reset).
 
         Raises:
-            ApiError: 400 ``bad_class`` for an unknown class key (checked even without ``explain``, to catch typos);
+            ApiError: 400 ``bad_class`` for an unknown class (checked even without ``explain``, to catch typos);
+                400 ``class_without_explain`` when ``class`` comes with ``explain`` explicitly off;
                 501 ``explain_unavailable`` when Grad-CAM is asked of a model without its outputs.
         """
-        on = request.args.get("explain", "").strip().lower() in EXPLAIN_ON
+        asked = request.args.get("explain")
+        on = asked is not None and asked.strip().lower() in EXPLAIN_ON
         key = request.args.get("class") or None
         if key is not None:
             try:
-                key = class_info(key).key
+                key = parse_class(key).key
             except ValueError as exc:
                 raise ApiError(400, "bad_class", f"The 'class' parameter: {exc}.") from None
+            if asked is None:
+                on = True
+            elif not on:
+                raise ApiError(400, "class_without_explain",
+                               f"'class={key}' chooses which class the heat map explains, but explain={asked!r} "
+                               "turns the heat map off; drop one of the two (explain=1 or no explain at all).")
         if on and not can_explain(predictor()):
             raise ApiError(501, "explain_unavailable", "This model was exported without the Grad-CAM outputs; "
                                                        "ask without explain, or re-export it with leukostage export.")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .. import __version__
-from ..classes import CLASS_KEYS, DISCLAIMER, UNCERTAIN_KEY
+from ..classes import CLASS_KEYS, CLASSES, DISCLAIMER, UNCERTAIN_KEY
 from ..explain import METHOD
 from ..imaging import MAX_PIXELS, MIN_SIDE
 from .responses import STATUS_BY_CODE, megabytes
@@ -31,9 +31,12 @@ def _explain_parameters() -> list[dict]:
         {"name": "explain", "in": "query", "required": False, "schema": {"type": "string", "examples": ["1"]},
          "description": "`1`, `true` or `yes` (any case): add a Grad-CAM `explanation` to each valid prediction. "
                         "Any other value, or none, leaves it out. Rejected images never get one."},
-        {"name": "class", "in": "query", "required": False, "schema": {"enum": list(CLASS_KEYS)},
-         "description": "With `explain`: the class whose evidence the heat map shows (default: the predicted, top "
-                        "class). An unknown key is a 400 `bad_class`, with or without `explain`."},
+        {"name": "class", "in": "query", "required": False,
+         "schema": {"type": "string", "examples": list(CLASS_KEYS) + [CLASSES[2].display_name]},
+         "description": "The class whose evidence the heat map shows (default: the predicted, top class): a key ("
+                        f"{', '.join(CLASS_KEYS)}) in any case, or a display name ("
+                        f"{', '.join(c.display_name for c in CLASSES)}). Implies `explain`; with `explain` set to "
+                        "an off value it is a 400 `class_without_explain`. An unknown class is a 400 `bad_class`."},
     ]
 
 
@@ -121,7 +124,8 @@ def build_spec(config, model_info: dict) -> dict:
     upload_errors = {
         "500": _error("`internal_error`: a fault in the server (logged); never the answer to a bad upload."),
         "400": _error("No file (`no_file`), an empty file (`empty_file`), too many files (`too_many_files`) or an "
-                      "unknown `class` (`bad_class`; the message lists the valid keys)."),
+                      "unknown `class` (`bad_class`; the message lists the valid keys), or `class` with `explain` turned off "
+                      "(`class_without_explain`)."),
         "501": _error("`explain_unavailable`: `explain` was asked of a model exported without the Grad-CAM outputs."),
         "413": _error(f"`too_large`: the request body is over {limit}, or an image has over "
                       f"{MAX_PIXELS // 1_000_000} megapixels (checked on the header, before decoding). "
