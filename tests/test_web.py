@@ -17,7 +17,7 @@ import pytest
 
 from leukostage import cli
 from leukostage.classes import BY_KEY, CLASS_KEYS, CLASSES, DISCLAIMER, UNCERTAIN_COLOUR
-from leukostage.explain import METHOD
+from leukostage.explain import METHOD, colour_scale_info
 from leukostage.imaging import decode_image
 from leukostage.validate import validate_bytes, validate_path
 from leukostage.web import PREDICTOR_KEY, create_app
@@ -193,10 +193,12 @@ def test_explain_adds_a_png_overlay_of_the_original_size(client, smear):
     body = r.json
     e = body["explanation"]
     info = BY_KEY[body["top_class"]]  # the predicted class by default, even when the label is uncertain
+    height, width = decode_image(smear).shape[:2]  # under EXPLAIN_MAX_SIDE: the original resolution
     assert {k: v for k, v in e.items() if k != "overlay_png_base64"} == {
         "method": METHOD, "class": info.key, "display_class": info.display_name,
-        "dataset_label": info.dataset_label, "media_type": "image/png"}
-    assert overlay_shape(e) == decode_image(smear).shape  # original resolution, not the model's input size
+        "dataset_label": info.dataset_label, "media_type": "image/png", "width": width, "height": height,
+        "colour_scale": colour_scale_info()}
+    assert overlay_shape(e) == (height, width, 3)  # not the model's input size
     drop = ("explanation", "timing_ms")
     assert {k: v for k, v in body.items() if k not in drop} == {k: v for k, v in plain.items() if k not in drop}
     timing = body["timing_ms"]
