@@ -2,8 +2,8 @@
 
 Valid smears, non-smears, garbage, oversize bodies and truncated JPEGs, shuffled. Required: no 5xx, no dropped
 connection, every status as documented, the same workers at the end (none crashed), and each worker's resident memory
-grown by less than 50 MB. The upload limit is lowered to 2 MB for this run so that the 200 oversize requests stay
-cheap on loopback; the 413 path is the same as at the default 20 MB.
+grown by less than 50 MB. The per-file limit is lowered to 2 MiB for this run so that the 200 oversize requests stay
+cheap on loopback; the 413 path is the same as at the default 20 MiB.
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def inputs(server, data_dir) -> dict[str, tuple[bytes, int]]:
 @pytest.fixture(scope="module")
 def server(model_path, tmp_path_factory):
     log = tmp_path_factory.mktemp("robustness") / "server.log"
-    with LiveServer(model_path, workers=2, env={"LEUKOSTAGE_MAX_CONTENT_LENGTH": str(LIMIT)}, log=log) as live:
+    with LiveServer(model_path, workers=2, env={"LEUKOSTAGE_MAX_FILE_BYTES": str(LIMIT)}, log=log) as live:
         yield live
 
 
@@ -106,4 +106,4 @@ def test_far_oversize_uploads_get_a_clean_413(server):
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(one, range(12)))
     assert [status for status, _ in results] == [413] * 12, results
-    assert all(body["error"]["code"] == "too_large" for _, body in results)
+    assert all(body["error"]["code"] == "file_too_large" for _, body in results)

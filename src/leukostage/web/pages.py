@@ -4,10 +4,9 @@ from __future__ import annotations
 from flask import Blueprint, current_app, render_template
 
 from ..classes import CLASSES, DISCLAIMER, UNCERTAIN_COLOUR, UNCERTAIN_DISPLAY_NAME, UNCERTAIN_KEY
-from ..imaging import SUPPORTED_FORMATS
+from ..imaging import SUPPORTED_FORMATS, mebibytes, size_limit_message
 from . import PREDICTOR_KEY
 from .api import can_explain
-from .responses import megabytes
 
 bp = Blueprint("pages", __name__)
 
@@ -34,7 +33,8 @@ def page_config() -> dict:
                "colour": c.colour, "text_colour": text_colour(c.colour)} for c in CLASSES]
     badges.append({"key": UNCERTAIN_KEY, "display_name": UNCERTAIN_DISPLAY_NAME, "dataset_label": None,
                    "colour": UNCERTAIN_COLOUR, "text_colour": text_colour(UNCERTAIN_COLOUR)})
-    return {"classes": badges, "max_bytes": current_app.config["MAX_CONTENT_LENGTH"],
+    limit = current_app.config["MAX_FILE_BYTES"]
+    return {"classes": badges, "max_bytes": limit, "too_large_message": size_limit_message(None, limit, "file"),
             "explain": can_explain(current_app.extensions[PREDICTOR_KEY])}
 
 
@@ -48,6 +48,6 @@ def index():
         disclaimer_rest=rest,
         accept=ACCEPT,
         formats=", ".join(f.upper() for f in SUPPORTED_FORMATS),
-        max_size=megabytes(current_app.config["MAX_CONTENT_LENGTH"]),
+        max_size=mebibytes(current_app.config["MAX_FILE_BYTES"]),
         model=current_app.extensions[PREDICTOR_KEY].info,
     )

@@ -14,9 +14,15 @@ from pathlib import Path
 
 from gunicorn.app.base import BaseApplication
 
-from . import cpu_count
+from gunicorn import util as gunicorn_util
+from gunicorn.workers.sync import SyncWorker
 
-TIMEOUT_S = 30  # a worker silent for this long is killed and replaced
+from . import REQUEST_BUDGET_S, cpu_count
+
+# A request stops itself (503 over_time_budget) once REQUEST_BUDGET_S is spent, checking between steps; one step is
+# at most one image of MAX_PIXELS decoded, validated and explained. gunicorn's timeout, which kills the worker, stays
+# above budget + one step, so a slow request gets its JSON 503 and the worker lives on.
+WORST_STEP_S = 40
 GRACEFUL_TIMEOUT_S = 10  # on SIGTERM, finish requests in flight for at most this long
 
 
@@ -30,14 +36,25 @@ def bind_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+def request_budget_s() -> float:
+    """The app's per-request time budget, as the workers will read it ($LEUKOSTAGE_REQUEST_BUDGET_S or the default)."""
+    return float(os.environ.get("LEUKOSTAGE_REQUEST_BUDGET_S", REQUEST_BUDGET_S))
+
+
+def worker_timeout_s(budget_s: float | None = None) -> int:
+    """gunicorn's worker timeout: the request budget plus one worst-case step, so the app answers first."""
+    return int(round((request_budget_s() if budget_s is None else budget_s) + WORST_STEP_S))
+
+
 def gunicorn_options(host: str, port: int, workers: int) -> dict:
     """The gunicorn settings ``serve`` uses (a dict, so tests can check them without starting a server)."""
     return {
         "bind": bind_address(host, port),
         "workers": workers,
-        "worker_class": "sync",  # CPU-bound requests: one at a time per worker, the rest wait in the backlog
+        # sync: CPU-bound requests one at a time per worker, the rest wait in the backlog; JSON errors (see below)
+        "worker_class": f"{__name__}.JsonErrorWorker",
         "preload_app": False,  # load the model in each worker, after the fork
-        "timeout": TIMEOUT_S,
+        "timeout": worker_timeout_s(),
         "graceful_timeout": GRACEFUL_TIMEOUT_S,
         "errorlog": "-",
         "loglevel": "info",
@@ -47,6 +64,39 @@ def gunicorn_options(host: str, port: int, workers: int) -> dict:
 
 
 OPTIONAL_SETTINGS = {"control_socket_disable"}  # skipped where the installed gunicorn predates them
+
+
+def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's own error answers (a worker stopped mid-request, a malformed request line) in the app's shape:
+    JSON ``{"error": {"code", "message"}}`` with the same security headers, instead of gunicorn's HTML page."""
+    from .responses import error_document
+
+    body, headers = error_document(status_int, reason, mesg)
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers)
+    raw = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Length: {len(body)}\r\n{head}\r\n")
+    gunicorn_util.write_nonblock(sock, raw.encode("latin1") + body)
+
+
+class JsonErrorWorker(SyncWorker):
+    """gunicorn's sync worker, answering its own errors as JSON (see :func:`write_json_error`).
+
+    When the master's timeout aborts a worker in the middle of a request (SIGABRT), the request gets a 503
+    ``worker_timeout`` rather than an HTML 500; any other failure outside the app a 500 ``worker_failed``.
+    """
+
+    def init_process(self) -> None:
+        gunicorn_util.write_error = write_json_error  # every error page this worker writes
+        super().init_process()
+
+    def handle_error(self, req, client, addr, exc) -> None:
+        if isinstance(exc, SystemExit) and not self.alive:  # handle_abort: the master's timeout stopped us
+            self.log.error("request stopped by the worker timeout (%s s)", self.cfg.timeout)
+            try:
+                write_json_error(client, 503, "Service Unavailable", "worker_timeout")
+            except OSError:
+                pass
+            return
+        super().handle_error(req, client, addr, exc)
 
 
 class GunicornApp(BaseApplication):

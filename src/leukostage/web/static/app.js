@@ -43,9 +43,10 @@
     return (100 * p).toFixed(1) + "%";
   }
 
-  function megabytes(n) {
-    if (n < 1048576) return Math.max(1, Math.round(n / 1024)) + " kB";
-    return (n / 1048576).toPrecision(3).replace(/\.0+$|(\.\d*?)0+$/, "$1") + " MB";
+  // Binary units, as the server's messages (imaging.mebibytes): "512 KiB", "20 MiB", "21.4 MiB".
+  function mebibytes(n) {
+    if (n < 1048576) return Math.max(1, Math.round(n / 1024)) + " KiB";
+    return (n / 1048576).toFixed(1).replace(/\.0$/, "") + " MiB";
   }
 
   // Original or heat map: one image at a time, the switch's buttons say which (aria-pressed).
@@ -90,7 +91,7 @@
     previewImage.hidden = false;
     previewImage.src = previewUrl;
     previewImage.alt = "Preview of " + file.name;
-    previewName.textContent = file.name + " (" + megabytes(file.size) + ")";
+    previewName.textContent = file.name + " (" + mebibytes(file.size) + ")";
     preview.hidden = false;
   }
 
@@ -212,10 +213,7 @@
     if (!file || busy) return;
     showPreview(file);
     if (file.size > config.max_bytes) {
-      showRejection(413, {
-        code: "too_large",
-        message: "The file is " + megabytes(file.size) + "; at most " + megabytes(config.max_bytes) + " are accepted.",
-      });
+      showRejection(413, { code: "file_too_large", message: config.too_large_message });
       return;
     }
     busy = true;
