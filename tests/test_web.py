@@ -679,7 +679,7 @@ def test_serve_refuses_bad_arguments(model_path, tmp_path):
         serve(host="0.0.0.0", model=str(model_path), debug=True)
     with pytest.raises(ValueError, match="at least 1"):
         serve(workers=0, model=str(model_path))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match="not found; pass --model"):
         serve(model=str(tmp_path / "missing.onnx"))
 
 

@@ -7,9 +7,11 @@ threads than there are cores. Extra gunicorn settings (access log, TLS, max requ
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import shlex
+import socket
 from pathlib import Path
 
 from gunicorn.app.base import BaseApplication
@@ -128,6 +130,59 @@ class GunicornApp(BaseApplication):
         return create_app()
 
 
+class StartupError(ValueError):
+    """What stops ``serve`` before gunicorn starts, in one line: what is wrong and what to do."""
+
+
+def check_model(model_path: Path) -> None:
+    """Load the model and its card once, in the master, before any worker forks: a missing card or a corrupt file
+    is then one clear line, not a traceback from every worker. One ONNX Runtime thread and no inference, so no
+    thread pool exists at the fork; the session is dropped again (each worker loads its own).
+
+    Raises:
+        StartupError: the model or its card is missing, unreadable, not ONNX, or made for other classes.
+    """
+    from ..predict import Predictor, card_path_for
+
+    if not model_path.is_file():
+        raise StartupError(f"model file {model_path} not found; pass --model with an exported .onnx file, or unset "
+                           "LEUKOSTAGE_MODEL to use the shipped model")
+    card = card_path_for(model_path)
+    if not card.is_file():
+        raise StartupError(f"model card {card.name} not found beside {model_path}; `leukostage export` writes it "
+                           "there, so copy the card that came with this model next to it")
+    try:
+        loaded = Predictor.load(model_path, threads=1)
+    except ValueError as exc:  # a card for other classes, or an unreadable card
+        raise StartupError(f"model {model_path}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own exception types for a bad file
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StartupError(f"model file {model_path} could not be loaded by ONNX Runtime ({detail}); re-export it "
+                           "with `leukostage export`, or pass another --model") from None
+    del loaded
+
+
+def check_port(host: str, port: int) -> None:
+    """Bind and release the address as gunicorn will (SO_REUSEADDR), so a port in use is one clear line.
+
+    Raises:
+        StartupError: the port is in use, needs privileges, or the host is not an address of this machine.
+    """
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(f"port {port} on {host} is already in use (another server, perhaps another "
+                               f"`leukostage serve`); stop it, or pass --port with a free port") from None
+        if exc.errno == errno.EACCES:
+            raise StartupError(f"port {port} needs administrator rights; pass --port 1024 or above") from None
+        raise StartupError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pass --host with an address "
+                           "of this machine, e.g. 127.0.0.1") from None
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -149,7 +204,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None,
 
     Raises:
         ValueError: ``workers`` below 1, or ``debug`` on an address other hosts can reach.
-        FileNotFoundError: the model file is missing.
+        StartupError: (a ValueError) the model, its card or the port is not usable (see :func:`check_model`,
+            :func:`check_port`); checked before gunicorn starts, so the message is one line.
     """
     from ..predict import default_model_path
 
@@ -158,8 +214,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None,
     if debug and not _is_loopback(host):
         raise ValueError(f"--debug runs Werkzeug's interactive debugger; bind it to 127.0.0.1, not {host}")
     model_path = Path(model) if model else default_model_path()
-    if not model_path.is_file():
-        raise FileNotFoundError(f"model file {model_path} not found; train and export one, or pass --model")
+    check_model(model_path)
+    check_port(host, port)
     os.environ["LEUKOSTAGE_MODEL"] = str(model_path.resolve())  # read by create_app in each worker
 
     if debug:
