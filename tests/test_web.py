@@ -108,6 +108,8 @@ def test_page_renders_with_disclaimer_and_class_colours(client):
     colours = {c["key"]: c["colour"] for c in config["classes"]}
     assert colours == {**{c.key: c.colour for c in CLASSES}, "uncertain": UNCERTAIN_COLOUR}
     assert config["max_bytes"] == 20 * 1024 * 1024
+    assert config["too_large_message"] == size_limit_message(None, MAX_BYTES, "file")  # the server's own words
+    assert config["colour_scale"] == colour_scale_info()  # the legend beside the heat map: the overlay's own ramp
 
 
 @pytest.mark.parametrize("path", ["/", "/static/app.js", "/static/style.css"])

@@ -194,10 +194,15 @@ def overlay_png_base64(rgb: np.ndarray, heat: np.ndarray, with_scale: bool = Fal
     return base64.b64encode(png_bytes(render(rgb, heat, with_scale))).decode("ascii")
 
 
-def colour_scale_info() -> dict:
-    """How the overlay is coloured, for API clients and the page's legend (one source: the constants above)."""
+def colour_scale_info(levels: int = 11) -> dict:
+    """How the overlay is coloured, for API clients and the page's colour scale (one source: the constants above):
+    the stops, the transparency rule, and ``ramp``, the drawn colour and opacity sampled at ``levels`` heat values."""
+    xs = np.linspace(0.0, 1.0, levels, dtype=np.float32)
+    colours = np.round(heat_colours(xs)).astype(int)
+    ramp = [{"at": round(float(x), 3), "colour": "#%02x%02x%02x" % tuple(c), "alpha": round(float(a), 3)}
+            for x, c, a in zip(xs, colours, heat_alpha(xs))]
     return {"stops": [{"at": x, "colour": c} for x, c in HEAT_STOPS], "transparent_below": TRANSPARENT_BELOW,
-            "max_alpha": MAX_ALPHA}
+            "max_alpha": MAX_ALPHA, "ramp": ramp}
 
 
 def explain_rgb(predictor: Predictor, rgb: np.ndarray, class_key: str | None = None,

@@ -103,7 +103,12 @@ def build_spec(config, model_info: dict) -> dict:
                                                      "`transparent_below`, opacity rising to `max_alpha` at 1.",
                     "properties": {"stops": {"type": "array", "items": {"type": "object", "properties": {
                         "at": {"type": "number"}, "colour": {"type": "string"}}}},
-                        "transparent_below": {"type": "number"}, "max_alpha": {"type": "number"}}},
+                        "transparent_below": {"type": "number"}, "max_alpha": {"type": "number"},
+                        "ramp": {"type": "array", "description": "The drawn colour and opacity at evenly spaced "
+                                                                 "heat values (what a colour scale shows).",
+                                 "items": {"type": "object", "properties": {
+                                     "at": {"type": "number"}, "colour": {"type": "string"},
+                                     "alpha": {"type": "number"}}}}}},
                 "overlay_png_base64": {"type": "string", "contentEncoding": "base64", "contentMediaType": "image/png",
                                        "description": "The image with the heat map drawn over it (see "
                                                       "`colour_scale`), `width` x `height`, base64-encoded."},
