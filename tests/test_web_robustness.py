@@ -2,7 +2,8 @@
 
 Valid smears, non-smears, garbage, oversize bodies and truncated JPEGs, shuffled. Required: no 5xx, no dropped
 connection, every status as documented, the same workers at the end (none crashed), and each worker's resident memory
-grown by less than 50 MB. The per-file limit is lowered to 2 MiB for this run so that the 200 oversize requests stay
+grown by less than 50 MB. How long it takes is not asserted here (a shared machine's load decides that): it is
+measured by benchmarks/bench_http_mixed.py, against a baseline in the same run. The per-file limit is lowered to 2 MiB for this run so that the 200 oversize requests stay
 cheap on loopback; the 413 path is the same as at the default 20 MiB.
 """
 from __future__ import annotations
@@ -24,7 +25,6 @@ REQUESTS = 1000
 CLIENTS = 16
 LIMIT = 2 * 1024 * 1024
 MAX_GROWTH_MB = 50
-TIME_BUDGET_S = 50
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,6 @@ def test_mixed_load_no_5xx_no_drops_bounded_memory(server, inputs):
     assert wrong == {}
     assert sorted(after) == sorted(before), "a worker died or was replaced during the run"
     assert all(g < MAX_GROWTH_MB for g in growth.values()), growth
-    assert elapsed < TIME_BUDGET_S
 
 
 def test_far_oversize_uploads_get_a_clean_413(server):
