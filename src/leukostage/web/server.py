@@ -153,8 +153,9 @@ def check_model(model_path: Path) -> None:
                            "there, so copy the card that came with this model next to it")
     try:
         loaded = Predictor.load(model_path, threads=1)
-    except ValueError as exc:  # a card for other classes, or an unreadable card
-        raise StartupError(f"model {model_path}: {exc}") from None
+    except ValueError as exc:  # a card for other classes or without a threshold, a file ONNX Runtime refuses
+        message = str(exc).splitlines()[0]
+        raise StartupError(message if str(model_path) in message else f"model {model_path}: {message}") from None
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own exception types for a bad file
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise StartupError(f"model file {model_path} could not be loaded by ONNX Runtime ({detail}); re-export it "
