@@ -51,7 +51,8 @@ def post(port: int, data: bytes) -> int:
 
 def inputs(port: int, data_dir: Path) -> dict[str, bytes]:
     """The mix's request bodies; the valid one is the first candidate smear (224 x 224) the server accepts."""
-    candidates = sorted((data_dir / "bccd_smears").glob("*.jpg"))[:3] + sorted((data_dir / "pbc_sample").glob("*/*.jpg"))[:3]
+    candidates = sorted((data_dir / "bccd_smears").glob("*.jpg"))[:3]
+    candidates += sorted((data_dir / "pbc_sample").glob("*/*.jpg"))[:3]
     for path in candidates:
         rgb = cv2.resize(cv2.imread(str(path)), (224, 224), interpolation=cv2.INTER_AREA)
         smear = cv2.imencode(".jpg", rgb, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()

@@ -3,8 +3,9 @@
 Valid smears, non-smears, garbage, oversize bodies and truncated JPEGs, shuffled. Required: no 5xx, no dropped
 connection, every status as documented, the same workers at the end (none crashed), and each worker's resident memory
 grown by less than 50 MB. How long it takes is not asserted here (a shared machine's load decides that): it is
-measured by benchmarks/bench_http_mixed.py, against a baseline in the same run. The per-file limit is lowered to 2 MiB for this run so that the 200 oversize requests stay
-cheap on loopback; the 413 path is the same as at the default 20 MiB.
+measured by benchmarks/bench_http_mixed.py, against a baseline in the same run. The per-file limit is lowered to
+2 MiB for this run so that the 200 oversize requests stay cheap on loopback; the 413 path is the same as at the default
+20 MiB.
 """
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from leukostage.predict import card_path_for
 from web_server import HOST, free_port
 
 
@@ -46,7 +47,7 @@ def test_a_model_without_its_card(model_copy):
 
 def test_a_corrupt_model(model_path, model_copy):
     model_copy.write_bytes(b"not an onnx file" * 100)
-    shutil.copy(model_path.with_suffix("").with_suffix(".card.json"), model_copy.with_suffix("").with_suffix(".card.json"))
+    shutil.copy(card_path_for(model_path), card_path_for(model_copy))
     assert_one_line_failure(serve("--port", str(free_port()), "--model", str(model_copy)),
                             str(model_copy), "ONNX", "re-export")
 

@@ -20,9 +20,9 @@ from ..predict import Predictor, default_model_path
 from ..validate import DEFAULT_PRESET, PRESETS
 
 PREDICTOR_KEY = "leukostage.predictor"  # where the loaded model lives: app.extensions[PREDICTOR_KEY]
-# Work per request, bounded so that one request cannot hold a worker until gunicorn kills it (server.TIMEOUT_S is
-# derived from REQUEST_BUDGET_S): at most this much server time, and at most this many heat-map pixels (four
-# overlays at explain.EXPLAIN_MAX_SIDE).
+# Work per request, bounded so that one request cannot hold a worker until gunicorn kills it (gunicorn's timeout,
+# server.worker_timeout_s, is derived from REQUEST_BUDGET_S): at most this much server time, and at most this many
+# heat-map pixels (four overlays at explain.EXPLAIN_MAX_SIDE).
 REQUEST_BUDGET_S = 20.0
 EXPLAINED_PIXELS_PER_REQUEST = 4 * 1024 * 1024
 FORM_OVERHEAD_BYTES = 64 * 1024  # multipart framing around one file: boundaries, part headers, a long file name

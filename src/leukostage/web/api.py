@@ -7,9 +7,10 @@ answers many images with a list, rejected ones included as ``valid: false`` entr
 Both take ``?explain=1`` (also ``true`` or ``yes``; any other value is off): each valid prediction then carries an
 ``explanation``, the Grad-CAM overlay of :func:`leukostage.explain.explain_rgb`, drawn at most
 ``explain.EXPLAIN_MAX_SIDE`` pixels on a side; a request gets at most ``MAX_EXPLAINED_PIXELS`` of them (later
-predictions say ``explanation_omitted``). ``?class=<key>`` explains that class instead of the predicted one (key in any case, or display name), and
-implies ``explain``; an unknown class is a 400 ``bad_class``, and ``class`` with ``explain`` set to off is a 400
-``class_without_explain``.
+predictions say ``explanation_omitted``). ``?class=<key>`` explains that class instead of the predicted one (a key in
+any case, or a display name) and implies ``explain``; an unknown class is a 400 ``bad_class``, and ``class`` with
+``explain`` set to off is a 400 ``class_without_explain``. Every request has a time budget (``REQUEST_BUDGET_S``):
+past it, a 503 ``over_time_budget``.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def predictor() -> Predictor:
 class Work:
     """What one request may still spend: server time (``REQUEST_BUDGET_S``) and heat-map pixels
     (``MAX_EXPLAINED_PIXELS``). Checked between steps, so a request answers a JSON 503 before gunicorn's worker
-    timeout (``server.TIMEOUT_S``, set well above the budget) would kill it without a proper answer."""
+    timeout (:func:`leukostage.web.server.worker_timeout_s`, well above the budget) would kill it."""
 
     def __init__(self, budget_s: float, pixels: int):
         self.budget_s = budget_s
@@ -143,10 +144,11 @@ def _payload(analysis: Analysis, explain: Explain) -> dict:
         return payload
     work: Work = g.work
     if not work.take_pixels(*cap_size(*analysis.rgb.shape[:2], EXPLAIN_MAX_SIDE)):
+        most = current_app.config["MAX_EXPLAINED_PIXELS"]
         payload["explanation_omitted"] = {
             "code": "explain_limit",
-            "message": f"No heat map: this request's heat maps already use the {current_app.config['MAX_EXPLAINED_PIXELS']:,} "
-                       "pixels one request may have; send this image in its own request with explain=1."}
+            "message": f"No heat map: this request's heat maps already use the {most:,} pixels one request may "
+                       "have; send this image in its own request with explain=1."}
         return payload
     work.check_time()
     t0 = time.perf_counter()

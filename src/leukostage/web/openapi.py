@@ -128,9 +128,9 @@ def build_spec(config, model_info: dict) -> dict:
             "properties": {"error": {
                 "type": "object", "required": ["code", "message"],
                 "properties": {
-                    "code": {"type": "string", "examples": ["no_file", "empty_file", "file_too_large", "request_too_large",
-                                                            "too_large", "over_time_budget", "unreadable",
-                                                            "low_saturation", "internal_error"]},
+                    "code": {"type": "string", "examples": [
+                        "no_file", "empty_file", "file_too_large", "request_too_large", "too_large", "unreadable",
+                        "low_saturation", "over_time_budget", "internal_error"]},
                     "message": {"type": "string", "description": "What was wrong and how to fix it."},
                     "checks": {"type": "object", "additionalProperties": {"$ref": _REF + "Check"},
                                "description": "On 422: the validator's measurements and thresholds."},
