@@ -56,6 +56,18 @@ def post(port: int, path: str, field: str, files: list[tuple[str, bytes]], timeo
         conn.close()
 
 
+def post_raw(port: int, path: str, field: str, files: list[tuple[str, bytes]], timeout: float = 120.0):
+    """POST files; returns (status, headers as a dict, raw body bytes), whatever the body is."""
+    body, content_type = multipart(field, files)
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("POST", path, body=body, headers={"Content-Type": content_type})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
 def get(port: int, path: str, timeout: float = 5.0):
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
@@ -66,12 +78,12 @@ def get(port: int, path: str, timeout: float = 5.0):
         conn.close()
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process, from /proc."""
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of a process, from /proc; ``field="VmHWM"`` gives its peak so far."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    raise RuntimeError(f"no {field} for pid {pid}")
 
 
 class LiveServer:

@@ -4,10 +4,10 @@ from __future__ import annotations
 from flask import Blueprint, current_app, render_template
 
 from ..classes import CLASSES, DISCLAIMER, UNCERTAIN_COLOUR, UNCERTAIN_DISPLAY_NAME, UNCERTAIN_KEY
-from ..imaging import SUPPORTED_FORMATS
+from ..explain import colour_scale_info
+from ..imaging import SUPPORTED_FORMATS, mebibytes, size_limit_message
 from . import PREDICTOR_KEY
 from .api import can_explain
-from .responses import megabytes
 
 bp = Blueprint("pages", __name__)
 
@@ -28,14 +28,16 @@ def text_colour(background: str) -> str:
 
 
 def page_config() -> dict:
-    """What the script needs: class names and badge colours (from classes.py, the one source), limits, and whether
-    the model can explain its predictions (Grad-CAM outputs in its graph)."""
+    """What the script needs: class names and badge colours (from classes.py, the one source), limits, whether
+    the model can explain its predictions (Grad-CAM outputs in its graph), and how heat maps are coloured (for the
+    colour scale drawn beside them)."""
     badges = [{"key": c.key, "display_name": c.display_name, "dataset_label": c.dataset_label,
                "colour": c.colour, "text_colour": text_colour(c.colour)} for c in CLASSES]
     badges.append({"key": UNCERTAIN_KEY, "display_name": UNCERTAIN_DISPLAY_NAME, "dataset_label": None,
                    "colour": UNCERTAIN_COLOUR, "text_colour": text_colour(UNCERTAIN_COLOUR)})
-    return {"classes": badges, "max_bytes": current_app.config["MAX_CONTENT_LENGTH"],
-            "explain": can_explain(current_app.extensions[PREDICTOR_KEY])}
+    limit = current_app.config["MAX_FILE_BYTES"]
+    return {"classes": badges, "max_bytes": limit, "too_large_message": size_limit_message(None, limit, "file"),
+            "explain": can_explain(current_app.extensions[PREDICTOR_KEY]), "colour_scale": colour_scale_info()}
 
 
 @bp.get("/")
@@ -48,6 +50,6 @@ def index():
         disclaimer_rest=rest,
         accept=ACCEPT,
         formats=", ".join(f.upper() for f in SUPPORTED_FORMATS),
-        max_size=megabytes(current_app.config["MAX_CONTENT_LENGTH"]),
+        max_size=mebibytes(current_app.config["MAX_FILE_BYTES"]),
         model=current_app.extensions[PREDICTOR_KEY].info,
     )
