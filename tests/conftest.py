@@ -74,3 +74,21 @@ def predictor(model_path):
     from leukostage.predict import Predictor
 
     return Predictor.load(model_path)
+
+
+@pytest.fixture
+def model_with_card(tmp_path, model_path):
+    """Copy the shipped model into tmp_path with its card changed by ``edit(card) -> card`` (None: no card)."""
+    import json
+
+    from leukostage.predict import card_path_for
+
+    def make(edit, name: str = "variant") -> Path:
+        onnx = tmp_path / f"{name}.onnx"
+        onnx.write_bytes(model_path.read_bytes())
+        card = edit(json.loads(card_path_for(model_path).read_text()))
+        if card is not None:
+            card_path_for(onnx).write_text(json.dumps(card))
+        return onnx
+
+    return make

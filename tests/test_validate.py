@@ -238,7 +238,7 @@ def test_cli_validate_json_keeps_input_order(tmp_path, capsys, split):
     assert [r["valid"] for r in results] == [True, False, False]
     assert [r["code"] for r in results] == [None, "unreadable", "low_saturation"]
     for r in results:
-        assert set(r) == {"file", "valid", "code", "reason", "checks"}
+        assert set(r) == {"file", "valid", "code", "reason", "checks", "validator"}
     assert set(results[0]["checks"]) == {"saturation", "brightness", "stain_ratio", "smear_score"}
 
 
