@@ -177,3 +177,8 @@ def test_uncertain_row_names_the_top_class(model_with_card, sample_smears, capsy
     assert main(["predict", "--model", str(doubtful), str(sample_smears["advanced"])]) == 0
     row = capsys.readouterr().out.strip()
     assert "\tUncertain (low confidence; top class " in row and "Stage)" in row
+
+
+def test_serve_with_a_missing_validator_fails_before_starting(tmp_path):
+    one_line_error(run_cli("serve", "--port", "1", "--validator", tmp_path / "none.json"), "validator file",
+                   "calibrate-validator --out")

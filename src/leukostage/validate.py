@@ -46,10 +46,10 @@ MESSAGES = {
 }
 # A content score this close below the threshold is a smear the validator did not expect, not tissue or a photo.
 UNUSUAL_SMEAR_MARGIN = 0.25
-UNUSUAL_SMEAR_MESSAGE = ("Image passes the colour checks but is an unusual blood smear field for this validator "
-                         "(smear score {score:.3f}, at least {threshold:.3f} needed): staining, magnification or "
-                         "focus unlike the calibration smears; retake the field, or calibrate a validator that "
-                         "includes such smears")
+UNUSUAL_SMEAR_MESSAGE = ("Image passes the colour checks, but its content is unlike the blood smears this validator "
+                         "was calibrated on (smear score {score:.3f}, at least {threshold:.3f} needed): an unusual "
+                         "smear (staining, magnification, focus) or not a smear; retake the field, or use a validator "
+                         "calibrated on such smears (--validator)")
 
 
 # --- presets --------------------------------------------------------------------------------------------------------
