@@ -182,3 +182,21 @@ def test_uncertain_row_names_the_top_class(model_with_card, sample_smears, capsy
 def test_serve_with_a_missing_validator_fails_before_starting(tmp_path):
     one_line_error(run_cli("serve", "--port", "1", "--validator", tmp_path / "none.json"), "validator file",
                    "calibrate-validator --out")
+
+
+# --- explain --json, class names as people type them (issue 12 items 5 and 8) ---------------------------------------
+@pytest.mark.parametrize("typed", ["Mid", "mid stage", "PRE-B ALL"])
+def test_explain_json_accepts_class_names_in_any_case(typed, sample_smears, tmp_path, capsys):
+    smear = sample_smears["normal"]
+    assert main(["explain", "--json", "--class", typed, "--out", str(tmp_path / "maps"), str(smear)]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["valid"] and row["explained_class"] == "mid" and row["file"] == str(smear)
+    heat = np.load(row["gradcam_npy"])
+    assert heat.shape == cv2.imread(str(smear)).shape[:2] and 0 <= heat.min() <= heat.max() <= 1
+    assert cv2.imread(row["gradcam_png"]) is not None
+
+
+def test_explain_unknown_class_lists_keys_and_names(sample_smears, tmp_path, capsys):
+    assert main(["explain", "--class", "stage 4", "--out", str(tmp_path / "m"), str(sample_smears["mid"])]) == 2
+    err = capsys.readouterr().err
+    assert "normal, early, mid, advanced" in err and "Mid Stage" in err and not (tmp_path / "m").exists()

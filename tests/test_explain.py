@@ -69,7 +69,9 @@ def onnx_model(torch_model, model_path, tmp_path_factory) -> Path:
     if ckpt is None:
         return model_path
     path = export_onnx(model, tmp_path_factory.mktemp("explain") / "m.onnx")
-    write_card(build_card("test", ckpt, {}, command="test"), path)
+    card = build_card("test", ckpt, {}, command="test")
+    card["decision"] = {"uncertain_below": 0.5, "chosen_on": "test fixture"}  # a card must say when to doubt
+    write_card(card, path)
     return path
 
 

@@ -43,3 +43,27 @@ def class_info(key: str) -> ClassInfo:
         return BY_KEY[key]
     except KeyError:
         raise ValueError(f"unknown class {key!r}; expected one of {', '.join(CLASS_KEYS)}") from None
+
+
+def _folded(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+_BY_NAME: dict[str, ClassInfo] = {
+    _folded(name): c for c in CLASSES for name in (c.key, c.display_name, c.dataset_label)
+}
+
+
+def parse_class(text: str) -> ClassInfo:
+    """A class from what a person types: its key, display name or dataset label, in any case ("mid", "Mid",
+    "Mid Stage", "pre-b all"). The CLI's ``--class`` and the web API's ``?class=`` both call this.
+
+    Raises:
+        ValueError: no class matches; the message lists the keys and the display names.
+    """
+    found = _BY_NAME.get(_folded(str(text)))
+    if found is None:
+        names = ", ".join(c.display_name for c in CLASSES)
+        raise ValueError(f"unknown class {text!r}; expected one of {', '.join(CLASS_KEYS)} (any case), or a "
+                         f"display name: {names}")
+    return found

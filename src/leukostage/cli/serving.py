@@ -132,11 +132,11 @@ def explained_row(r: dict) -> str:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from ..classes import class_info
+    from ..classes import parse_class
     from ..explain import explain_image, save_explanation
     from ..predict import Predictor, analyse_path
 
-    class_key = class_info(args.class_key).key if args.class_key is not None else None  # bad name: fail first
+    class_key = parse_class(args.class_key).key if args.class_key is not None else None  # bad name: fail first
     use_validator(args.validator)
     out = heatmap_folder(args.out)
     predictor = Predictor.load(args.model)
