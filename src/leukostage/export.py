@@ -167,6 +167,26 @@ def choose_uncertain_threshold(y_val: np.ndarray, probs_val: np.ndarray) -> floa
     return float(UNCERTAIN_GRID[-1])
 
 
+def copied_metrics(files: list[str | Path], fingerprint: str) -> dict:
+    """Headline metrics of other reports (e.g. the blocked-split run) for the card, keyed ``<split>_<part>``.
+
+    Raises:
+        ValueError: a report was scored on other data than the model's training data.
+    """
+    out: dict = {}
+    for f in files:
+        doc = json.loads(Path(f).read_text())
+        other = doc["meta"]
+        if other.get("data_fingerprint") != fingerprint:  # a report on other data cannot describe this model
+            raise ValueError(f"{f} was scored on data {other.get('data_fingerprint')}, not this model's training data "
+                             f"({fingerprint}); re-run `leukostage evaluate` on the same data folder")
+        out[f"{other['split']}_{other['part']}"] = {
+            **headline_metrics(doc["metrics"]),
+            **{k: other[k] for k in ("model", "seed", "data_fingerprint")},
+        }
+    return out
+
+
 def export_model(checkpoint: str | Path, out: str | Path, name: str | None = None,
                  metrics_files: list[str] | None = None, data: str | Path | None = None) -> dict:
     """Checkpoint -> ONNX + card.
@@ -176,7 +196,8 @@ def export_model(checkpoint: str | Path, out: str | Path, name: str | None = Non
     ``metrics_files`` (reports of other runs, e.g. the blocked split) are copied into the card with their provenance.
 
     Raises:
-        ValueError: ``data`` is not the data the model was trained on (fingerprint mismatch).
+        ValueError: ``data`` or a ``metrics_files`` report is not the data the model was trained on (fingerprint
+            mismatch).
     """
     from .data import discover, load_arrays, make_split
     from .evaluate import compute_metrics
@@ -185,6 +206,7 @@ def export_model(checkpoint: str | Path, out: str | Path, name: str | None = Non
     model, ckpt = load_checkpoint(checkpoint)
     size = ckpt["model_config"]["image_size"]
     meta = ckpt["meta"]
+    copied = copied_metrics(metrics_files or [], meta["fingerprint"])  # refused before any work is done
     metrics: dict = {}
     decision = {"uncertain_below": 0.5, "chosen_on": "default (no data given)"}
     calibration = {"temperature": 1.0, "fitted_on": "not fitted (no data given)"}
@@ -209,13 +231,7 @@ def export_model(checkpoint: str | Path, out: str | Path, name: str | None = Non
                     "chosen_on": f"{meta['split']} split, val part",
                     "target_selective_accuracy": UNCERTAIN_TARGET_ACCURACY}
         metrics[f"{meta['split']}_test"] = headline_metrics(compute_metrics(ds.labels[split["test"]], test_probs))
-    for f in metrics_files or []:
-        doc = json.loads(Path(f).read_text())
-        other = doc["meta"]
-        metrics[f"{other['split']}_{other['part']}"] = {
-            **headline_metrics(doc["metrics"]),
-            **{k: other[k] for k in ("model", "seed", "data_fingerprint")},
-        }
+    metrics.update(copied)
     card = build_card(name or Path(out).stem, ckpt, metrics)
     card["decision"] = decision
     card["calibration"] = calibration
