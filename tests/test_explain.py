@@ -20,6 +20,7 @@ from leukostage.classes import CLASS_KEYS
 from leukostage.explain import explain_image, explain_rgb, gradcam, overlay, overlay_png_base64, save_explanation
 from leukostage.imaging import load_image, preprocess
 from leukostage.predict import Predictor
+from conftest import require
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = Path(os.environ.get("LEUKOSTAGE_TEST_CHECKPOINT", ROOT / "runs" / "paper-random" / "best.pt"))
@@ -42,7 +43,7 @@ def _load_checkpoint_bytes(path: Path, tries: int = 5):
 @pytest.fixture(scope="module", params=["shipped", "exported"])
 def torch_model(request):
     """(model in eval mode, checkpoint-like dict or None for the shipped model)."""
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     from leukostage.model import ModelConfig, build_model, config_dict, config_from_dict
 
     if request.param == "shipped":

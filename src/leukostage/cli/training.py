@@ -61,6 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default=None, choices=SPLIT_METHODS,
                    help="default: the split the model was trained on (any other is refused)")
     p.add_argument("--out", default=None, help="report folder (default: reports/audit-<model>-<split>)")
+    p.add_argument("--no-examples", action="store_true", help="numbers only: no example heat-map images")
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("calibrate-validator", help="fit the input validator on real data and write it to a named "
@@ -118,7 +119,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     from ..audit import run_audit
 
-    doc = run_audit(args.model, args.data, split=args.split, out=args.out)
+    doc = run_audit(args.model, args.data, split=args.split, out=args.out, examples=not args.no_examples)
     print(json.dumps({"report": doc["meta"]["report"], "drops_points": doc["drops_points"], "checks": doc["checks"]},
                      indent=2))
     return 0
