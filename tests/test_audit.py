@@ -22,6 +22,7 @@ from leukostage.audit import (
     tone_curve,
     white_balance,
 )
+from conftest import require
 
 
 @pytest.fixture
@@ -149,7 +150,7 @@ def test_audit_name():
 
 
 def test_audit_refuses_a_split_the_model_was_not_trained_on(data_dir, tmp_path):
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     from leukostage.audit import run_audit
 
     ckpt = tmp_path / "best.pt"
@@ -158,20 +159,36 @@ def test_audit_refuses_a_split_the_model_was_not_trained_on(data_dir, tmp_path):
         run_audit(ckpt, data_dir, split="blocked", out=tmp_path / "audit")
 
 
-def test_shipped_model_meets_the_targets_and_reproduces_its_committed_report(model_path, data_dir, tmp_path):
-    """The whole audit (~1 min) on the shipped model: every issue target holds, and the numbers in the committed report
-    come back (to one test image, in case another CPU rounds a borderline image the other way)."""
+# The issue's acceptance targets, stated here rather than read from audit.TARGETS (which the checks are computed from):
+# accuracy within +-3 points under white balance and other-class tints, +-1 point with the scale bar masked, and
+# Grad-CAM mass on cells at least twice their area share.
+ISSUE_TARGETS = {"white_balanced": 3.0, "other_class_tint": 3.0, "scale_bar_masked": 1.0}
+CELL_MASS_TO_AREA_MIN = 2.0
+
+
+def test_shipped_model_meets_the_targets_and_reproduces_its_committed_report(model_path, data_dir, tmp_path, capsys):
+    """The whole audit (~1 min) on the shipped model, through `leukostage audit`: every issue target holds, and the
+    numbers in the committed report come back (to one test image, in case another CPU rounds a borderline image the
+    other way)."""
     import json
 
-    from leukostage.audit import run_audit
+    from leukostage.cli import main
     from leukostage.predict import card_path_for
 
     card = json.loads(card_path_for(model_path).read_text())
     committed = Path("reports") / card["name"] / card["training"]["split"] / "audit" / "metrics.json"
     expected = json.loads((Path(__file__).resolve().parents[1] / committed).read_text())
 
-    doc = run_audit(model_path, data_dir, out=tmp_path / "audit", examples=False)
+    out = tmp_path / "audit"
+    assert main(["audit", "--model", str(model_path), "--data", str(data_dir), "--out", str(out), "--no-examples"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    doc = json.loads((out / "metrics.json").read_text())
+    assert printed == {"report": doc["meta"]["report"], "drops_points": doc["drops_points"], "checks": doc["checks"]}
+    assert (out / "report.md").is_file()
     assert doc["meta"]["split"] == card["training"]["split"] and doc["meta"]["n_test"] == expected["meta"]["n_test"]
+    for name, limit in ISSUE_TARGETS.items():
+        assert abs(doc["drops_points"][name]) <= limit, (name, doc["drops_points"][name])
+    assert doc["cell_attention"]["overall"]["ratio_of_means"] >= CELL_MASS_TO_AREA_MIN
     assert all(doc["checks"].values()), doc["checks"]
     one_image = 100.0 / doc["meta"]["n_test"] + 1e-9
     for name, drop in expected["drops_points"].items():

@@ -21,6 +21,7 @@ from leukostage.explain import (EXPLAIN_MAX_SIDE, HEAT_STOPS, TRANSPARENT_BELOW,
                                 heat_colours, overlay, overlay_png_base64, render, save_explanation)
 from leukostage.imaging import load_image, preprocess
 from leukostage.predict import Predictor
+from conftest import require
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = Path(os.environ.get("LEUKOSTAGE_TEST_CHECKPOINT", ROOT / "runs" / "paper-random" / "best.pt"))
@@ -43,7 +44,7 @@ def _load_checkpoint_bytes(path: Path, tries: int = 5):
 @pytest.fixture(scope="module", params=["shipped", "exported"])
 def torch_model(request):
     """(model in eval mode, checkpoint-like dict or None for the shipped model)."""
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     from leukostage.model import ModelConfig, build_model, config_dict, config_from_dict
 
     if request.param == "shipped":
@@ -70,7 +71,9 @@ def onnx_model(torch_model, model_path, tmp_path_factory) -> Path:
     if ckpt is None:
         return model_path
     path = export_onnx(model, tmp_path_factory.mktemp("explain") / "m.onnx")
-    write_card(build_card("test", ckpt, {}, command="test"), path)
+    card = build_card("test", ckpt, {}, command="test")
+    card["decision"] = {"uncertain_below": 0.5, "chosen_on": "test fixture"}  # a card must say when to doubt
+    write_card(card, path)
     return path
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from leukostage.data import discover, make_split
+from leukostage.data import discover, load_arrays, make_split
 from leukostage.export import (choose_uncertain_threshold, export_model, export_onnx, fit_temperature,
                                onnx_probabilities)
 from leukostage.imaging import load_image, preprocess
@@ -98,7 +98,18 @@ def test_export_model_writes_card_with_provenance_and_threshold(checkpoint, data
     assert card["preprocessing"]["colour_normalisation"] == "none"  # a paper-architecture model without it
     assert card["training"]["split"] == "random" and card["training"]["seed"] == 42
     assert card["metrics"]["random_test"]["n"] == len(make_split(discover(data_dir), "random", 42)["test"])
-    assert 0.4 <= card["decision"]["uncertain_below"] <= 0.95
+    # the threshold is the smallest grid value whose accepted val predictions (of the exported file) reach the
+    # target, or the top of the grid when none does: recomputed here from the definition, so a wrong part, file or
+    # rule fails (the old range check 0.4..0.95 held for every grid value)
+    split = make_split(discover(data_dir), "random", 42)
+    val_images = load_arrays(discover(data_dir), progress=False)[split["val"]].astype(np.float32) / 255.0
+    val_probs = onnx_probabilities(tmp_path / "x.onnx", val_images)
+    y_val = discover(data_dir).labels[split["val"]]
+    conf, correct = val_probs.max(1), val_probs.argmax(1) == y_val
+    reaching = [t for t in np.round(np.arange(0.40, 0.96, 0.05), 2) if (conf >= t).any()
+                and correct[conf >= t].mean() >= card["decision"]["target_selective_accuracy"]]
+    assert card["decision"]["uncertain_below"] == pytest.approx(min(reaching) if reaching else 0.95)
+    assert card["decision"]["target_selective_accuracy"] == 0.99
     assert card["calibration"]["fitted_on"].startswith("random split, val")
     assert "not a diagnosis" in card["intended_use"]
 

@@ -11,6 +11,7 @@ import pytest
 
 from leukostage.imaging import (MAX_BYTES, MAX_PIXELS, MIN_SIDE, ImageError, decode_image, load_image, preprocess,
                                 read_bytes, read_header, size_limit_message, sniff_format)
+from conftest import require
 
 
 # --- builders -------------------------------------------------------------------------------------------------------
@@ -52,7 +53,7 @@ def apng() -> bytes:
 
 def gif(frames: int) -> bytes:
     """A GIF from Pillow (scikit-image's dependency, in the test extra); several frames make it animated."""
-    image = pytest.importorskip("PIL.Image")
+    image = require("PIL.Image")
     imgs = [image.fromarray(np.full((40, 40, 3), 40 * k, np.uint8)) for k in range(frames)]
     buf = io.BytesIO()
     imgs[0].save(buf, format="GIF", save_all=frames > 1, append_images=imgs[1:], duration=100, loop=0)

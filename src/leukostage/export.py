@@ -233,6 +233,26 @@ def fit_domain(train_embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lw.location_, whitening_from_precision(lw.precision_)
 
 
+def copied_metrics(files: list[str | Path], fingerprint: str) -> dict:
+    """Headline metrics of other reports (e.g. the blocked-split run) for the card, keyed ``<split>_<part>``.
+
+    Raises:
+        ValueError: a report was scored on other data than the model's training data.
+    """
+    out: dict = {}
+    for f in files:
+        doc = json.loads(Path(f).read_text())
+        other = doc["meta"]
+        if other.get("data_fingerprint") != fingerprint:  # a report on other data cannot describe this model
+            raise ValueError(f"{f} was scored on data {other.get('data_fingerprint')}, not this model's training data "
+                             f"({fingerprint}); re-run `leukostage evaluate` on the same data folder")
+        out[f"{other['split']}_{other['part']}"] = {
+            **headline_metrics(doc["metrics"]),
+            **{k: other[k] for k in ("model", "seed", "data_fingerprint")},
+        }
+    return out
+
+
 def export_model(checkpoint: str | Path, out: str | Path, name: str | None = None,
                  metrics_files: list[str] | None = None, data: str | Path | None = None) -> dict:
     """Checkpoint -> ONNX + card.
@@ -244,7 +264,8 @@ def export_model(checkpoint: str | Path, out: str | Path, name: str | None = Non
     with their provenance.
 
     Raises:
-        ValueError: ``data`` is not the data the model was trained on (fingerprint mismatch).
+        ValueError: ``data`` or a ``metrics_files`` report is not the data the model was trained on (fingerprint
+            mismatch).
     """
     from .data import discover, load_arrays, make_split
     from .evaluate import compute_metrics
@@ -253,6 +274,7 @@ def export_model(checkpoint: str | Path, out: str | Path, name: str | None = Non
     model, ckpt = load_checkpoint(checkpoint)
     size = ckpt["model_config"]["image_size"]
     meta = ckpt["meta"]
+    copied = copied_metrics(metrics_files or [], meta["fingerprint"])  # refused before any work is done
     metrics: dict = {}
     decision = {"uncertain_below": 0.5, "chosen_on": "default (no data given)"}
     calibration = {"temperature": 1.0, "fitted_on": "not fitted (no data given)"}
@@ -297,13 +319,7 @@ def export_model(checkpoint: str | Path, out: str | Path, name: str | None = Non
                 "embedding_dims": int(np.prod(model.feature_shape)),
                 "test_flagged": round(float((test_scores > threshold).mean()), 4),
             }
-    for f in metrics_files or []:
-        doc = json.loads(Path(f).read_text())
-        other = doc["meta"]
-        metrics[f"{other['split']}_{other['part']}"] = {
-            **headline_metrics(doc["metrics"]),
-            **{k: other[k] for k in ("model", "seed", "data_fingerprint")},
-        }
+    metrics.update(copied)
     card = build_card(name or Path(out).stem, ckpt, metrics)
     card["outputs"] = list(OUTPUT_NAMES) + ([DOMAIN_OUTPUT] if domain_card else [])
     card["decision"] = decision
