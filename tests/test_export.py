@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from leukostage.data import discover, load_arrays, make_split
-from leukostage.export import (choose_uncertain_threshold, export_model, export_onnx, fit_temperature,
+from leukostage.export import (TEMPERATURE_GRID, choose_uncertain_threshold, export_model, export_onnx,
+                               fit_temperature,
                                onnx_probabilities)
 from leukostage.imaging import load_image, preprocess
 from leukostage.model import ModelConfig, build_model, config_dict
@@ -134,8 +135,20 @@ def test_fit_temperature_softens_overconfident_logits():
     logits = rng.normal(size=(400, 4))
     logits[np.arange(400), y] += 1.0  # weakly informative ...
     assert fit_temperature(y, logits * 10) > 4  # ... so ten-fold sharpened logits need a high temperature
-    assert 1.0 <= fit_temperature(y, logits) < 2
-    assert fit_temperature(y, np.eye(4)[y] * 50) == 1.0  # never sharpens, even when sharper would lower the NLL
+    assert 0.8 <= fit_temperature(y, logits) < 1.25
+
+
+def test_fit_temperature_sharpens_under_confident_logits_only_up_to_the_validation_accuracy():
+    """Label smoothing leaves a model right on every validation image at ~0.92 confidence: sharpening helps, but an
+    error-free validation part must not make every answer 100 % sure."""
+    y = np.repeat(np.arange(4), 100)
+    smoothed = np.log(np.where(np.eye(4)[y] == 1, 0.925, 0.025))  # the label-smoothing (0.1) optimum, all right
+    t = fit_temperature(y, smoothed)
+    assert t < 1.0  # sharpened ...
+    mean_confidence = (lambda p: p.max(1).mean())(np.exp(smoothed / t) / np.exp(smoothed / t).sum(1, keepdims=True))
+    assert mean_confidence <= 401 / 402 + 1e-9  # ... but not past the add-one validation accuracy
+    assert t > min(TEMPERATURE_GRID)
+    assert fit_temperature(y, np.eye(4)[y] * 50) > 1.0  # near-certain logits are softened to that accuracy too
 
 
 # --- EfficientNet-Lite0: parity, Grad-CAM weights and the in-graph domain score -----------------------------------
