@@ -6,8 +6,7 @@ import torch
 
 from leukostage.data import discover, load_arrays, make_split
 from leukostage.export import (TEMPERATURE_GRID, choose_uncertain_threshold, export_model, export_onnx,
-                               fit_temperature,
-                               onnx_probabilities)
+                               fit_temperature, onnx_probabilities)
 from leukostage.imaging import load_image, preprocess
 from leukostage.model import ModelConfig, build_model, config_dict
 
