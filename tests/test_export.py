@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from leukostage.data import discover, load_arrays, make_split
-from leukostage.export import (choose_uncertain_threshold, export_model, export_onnx, fit_temperature,
+from leukostage.export import (TEMPERATURE_GRID, choose_uncertain_threshold, export_model, export_onnx, fit_temperature,
                                onnx_probabilities)
 from leukostage.imaging import load_image, preprocess
 from leukostage.model import ModelConfig, build_model, config_dict
@@ -101,10 +101,10 @@ def test_export_model_writes_card_with_provenance_and_threshold(checkpoint, data
     # the threshold is the smallest grid value whose accepted val predictions (of the exported file) reach the
     # target, or the top of the grid when none does: recomputed here from the definition, so a wrong part, file or
     # rule fails (the old range check 0.4..0.95 held for every grid value)
-    split = make_split(discover(data_dir), "random", 42)
-    val_images = load_arrays(discover(data_dir), progress=False)[split["val"]].astype(np.float32) / 255.0
-    val_probs = onnx_probabilities(tmp_path / "x.onnx", val_images)
-    y_val = discover(data_dir).labels[split["val"]]
+    ds = discover(data_dir)
+    split = make_split(ds, "random", 42)
+    val_probs = onnx_probabilities(tmp_path / "x.onnx", load_arrays(ds, progress=False)[split["val"]] / np.float32(255))
+    y_val = ds.labels[split["val"]]
     conf, correct = val_probs.max(1), val_probs.argmax(1) == y_val
     reaching = [t for t in np.round(np.arange(0.40, 0.96, 0.05), 2) if (conf >= t).any()
                 and correct[conf >= t].mean() >= card["decision"]["target_selective_accuracy"]]
@@ -134,8 +134,20 @@ def test_fit_temperature_softens_overconfident_logits():
     logits = rng.normal(size=(400, 4))
     logits[np.arange(400), y] += 1.0  # weakly informative ...
     assert fit_temperature(y, logits * 10) > 4  # ... so ten-fold sharpened logits need a high temperature
-    assert 1.0 <= fit_temperature(y, logits) < 2
-    assert fit_temperature(y, np.eye(4)[y] * 50) == 1.0  # never sharpens, even when sharper would lower the NLL
+    assert 0.8 <= fit_temperature(y, logits) < 1.25
+
+
+def test_fit_temperature_sharpens_under_confident_logits_only_up_to_the_validation_accuracy():
+    """Label smoothing leaves a model right on every validation image at ~0.92 confidence: sharpening helps, but an
+    error-free validation part must not make every answer 100 % sure."""
+    y = np.repeat(np.arange(4), 100)
+    smoothed = np.log(np.where(np.eye(4)[y] == 1, 0.925, 0.025))  # the label-smoothing (0.1) optimum, all right
+    t = fit_temperature(y, smoothed)
+    assert t < 1.0  # sharpened ...
+    mean_confidence = (lambda p: p.max(1).mean())(np.exp(smoothed / t) / np.exp(smoothed / t).sum(1, keepdims=True))
+    assert mean_confidence <= 401 / 402 + 1e-9  # ... but not past the add-one validation accuracy
+    assert t > min(TEMPERATURE_GRID)
+    assert fit_temperature(y, np.eye(4)[y] * 50) > 1.0  # near-certain logits are softened to that accuracy too
 
 
 # --- EfficientNet-Lite0: parity, Grad-CAM weights and the in-graph domain score -----------------------------------
