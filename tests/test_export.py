@@ -170,14 +170,14 @@ def test_lite0_onnx_matches_torch_with_gradcam_weights_and_domain_score(random_l
     import onnxruntime as ort
 
     from leukostage.domain import mahalanobis
-    from leukostage.export import embeddings, fit_domain
+    from leukostage.export import SHRINKAGE_GRID, embeddings, fit_domain
 
     batch = _real_batch_224(taleqani)
     uint8 = np.round(batch * 255).astype(np.uint8)
     # a covariance from real images: a few dozen training-like fields (more than the test batch, fewer than dims)
     fit_files = sorted(taleqani.glob("cancerous/early/*.jpg"))[10:40] + sorted(taleqani.glob("normal/*.jpg"))[10:40]
     fit_images = np.stack([np.round(preprocess(load_image(f), 224) * 255).astype(np.uint8) for f in fit_files])
-    mean, whitening = fit_domain(embeddings(random_lite, fit_images))
+    mean, whitening, _ = fit_domain(embeddings(random_lite, fit_images[::2]), embeddings(random_lite, fit_images[1::2]))
     path = export_onnx(random_lite, tmp_path / "lite.onnx", 224, domain=(mean, whitening))
     sess = ort.InferenceSession(str(path))
     assert [o.name for o in sess.get_outputs()] == ["probabilities", "features", "weights", "domain_score"]
@@ -202,7 +202,7 @@ def test_domain_score_ranks_another_laboratory_far(random_lite, taleqani, data_d
     """Even an untrained body's features separate PBC cells from Taleqani fields; with a covariance fitted on
     Taleqani images, held-out Taleqani images must score lower than the other laboratory's."""
     from leukostage.domain import mahalanobis
-    from leukostage.export import embeddings, fit_domain
+    from leukostage.export import SHRINKAGE_GRID, embeddings, fit_domain
 
     def load(files):
         return np.stack([np.round(preprocess(load_image(f), 224) * 255).astype(np.uint8) for f in files])
@@ -211,7 +211,8 @@ def test_domain_score_ranks_another_laboratory_far(random_lite, taleqani, data_d
                 for f in sorted((taleqani / c).glob("*.jpg"))[:25]])
     held_out = load([f for c in ("normal", "cancerous/mid") for f in sorted((taleqani / c).glob("*.jpg"))[-5:]])
     other = load(sorted((data_dir / "pbc_sample").rglob("*.jpg"))[::40][:10])
-    mean, whitening = fit_domain(embeddings(random_lite, fit))
+    mean, whitening, shrinkage = fit_domain(embeddings(random_lite, fit[::2]), embeddings(random_lite, fit[1::2]))
+    assert shrinkage in SHRINKAGE_GRID
     near = mahalanobis(embeddings(random_lite, held_out), mean, whitening)
     far = mahalanobis(embeddings(random_lite, other), mean, whitening)
     assert np.median(far) > np.median(near)

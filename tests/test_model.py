@@ -136,3 +136,21 @@ def test_lite0_stochastic_depth_only_in_training():
     with torch.no_grad():
         assert torch.equal(model(x), model(x))
     assert max(b.drop for b in model.blocks) < 0.2 and model.blocks[0].drop == 0.0
+
+
+def test_lite0_domain_embedding_is_the_stage_ends_global_averages():
+    from leukostage.model import LITE0_DOMAIN_BLOCKS
+
+    model = _lite().eval()
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        maps, pooled, embedding = model.forward_domain(x)
+        h = model.stem((x - 127.0 / 255.0) / (128.0 / 255.0))
+        means = []
+        for i, block in enumerate(model.blocks):
+            h = block(h)
+            if i in LITE0_DOMAIN_BLOCKS:
+                means.append(h.mean((2, 3)))
+        assert torch.allclose(embedding, torch.cat(means, 1), atol=1e-5)
+        assert tuple(embedding.shape) == (2, 40 + 80 + 112 + 192)
+        assert torch.equal(maps, model.forward_maps(x)[0])

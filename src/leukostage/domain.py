@@ -2,9 +2,10 @@
 
 The input validator asks "is this a blood smear?"; this asks the second question. A smear from another laboratory,
 stain or magnification passes the validator but lies far from every training image in the network's own feature
-space, and there the class probabilities mean little. The score is the Mahalanobis distance of the pooled features
-(the embedding the classifier reads) from the training part's mean, under the training part's covariance
-(Ledoit-Wolf shrinkage, since 1280 dimensions meet ~1,800 images). The exported graph computes it as an output;
+space, and there the class probabilities mean little. The score is the Mahalanobis distance of an embedding
+(mid-level stage outputs, globally averaged: they carry magnification, focus and stain texture) from the training
+part's mean, under the training part's covariance shrunk towards a scaled identity (see
+``leukostage.export.fit_domain``). The exported graph computes it as an output;
 ``mahalanobis`` is the same computation in numpy, used to fit the threshold and to check the graph.
 """
 from __future__ import annotations
@@ -25,12 +26,6 @@ def mahalanobis(embeddings: np.ndarray, mean: np.ndarray, whitening: np.ndarray)
     """
     centred = np.asarray(embeddings, np.float64) - mean
     return np.sqrt(np.square(centred @ whitening).sum(1))
-
-
-def whitening_from_precision(precision: np.ndarray) -> np.ndarray:
-    """A square root W of a symmetric positive-definite precision matrix: P = W W^T (eigen-decomposition)."""
-    values, vectors = np.linalg.eigh(np.asarray(precision, np.float64))
-    return vectors * np.sqrt(np.clip(values, 0.0, None))
 
 
 def domain_fields(score: float, threshold: float) -> dict:

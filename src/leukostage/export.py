@@ -26,7 +26,7 @@ from . import __version__
 from .classes import CLASSES
 from .evaluate import headline_metrics
 from .imaging import BACKGROUND_LEVEL, BACKGROUND_QUANTILE, IMAGE_SIZE
-from .domain import DOMAIN_OUTPUT, whitening_from_precision
+from .domain import DOMAIN_OUTPUT
 from .predict import card_path_for
 
 OUTPUT_NAMES = ("probabilities", "features", "weights")
@@ -39,7 +39,7 @@ class ServingGraph(nn.Module):
     Works for the paper CNN (flatten + MLP over max-pooled maps) and EfficientNet-Lite0 (global average + one Linear):
     in both, the spatial mean of the gradient at the maps is the pooled features' gradient summed over the pooled
     positions, divided by the maps' positions. With ``domain`` (mean, whitening) it also outputs ``domain_score``,
-    the Mahalanobis distance of the pooled features (see :mod:`leukostage.domain`).
+    the Mahalanobis distance of the model's domain embedding (``forward_domain``; see :mod:`leukostage.domain`).
     """
 
     def __init__(self, model: nn.Module, temperature: float = 1.0,
@@ -63,10 +63,12 @@ class ServingGraph(nn.Module):
         return OUTPUT_NAMES + ((DOMAIN_OUTPUT,) if self.has_domain else ())
 
     def forward(self, x: torch.Tensor):
-        maps, feats = self.model.forward_maps(x.permute(0, 3, 1, 2))  # NHWC -> NCHW
+        if self.has_domain:
+            maps, feats, embedding = self.model.forward_domain(x.permute(0, 3, 1, 2))  # NHWC -> NCHW
+        else:
+            maps, feats = self.model.forward_maps(x.permute(0, 3, 1, 2))
         n, c, h, w = feats.shape
         act = feats.permute(0, 2, 3, 1).reshape(n, -1)  # channels-last flatten, as the head expects
-        embedding = act
         masks = []
         for lin in self.linears[:-1]:
             z = lin(act)
@@ -240,28 +242,43 @@ def copied_metrics(files: list[str | Path], fingerprint: str) -> dict:
     return out
 
 
-DOMAIN_MAX_DIMS = 4096  # a covariance over more pooled dimensions than this (the paper CNN's 16,384) is not fitted
-
-
 def embeddings(model: nn.Module, images_uint8: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Pooled features (N, D), flattened channels-last as the head reads them: the domain check's embedding."""
+    """The domain check's embedding (N, D) of uint8 images, from ``model.forward_domain``."""
     from .train import to_input
 
     out = []
     model.eval()
     with torch.no_grad():
         for i in range(0, len(images_uint8), batch_size):
-            feats = model.forward_features(to_input(images_uint8[i : i + batch_size]))
-            out.append(feats.permute(0, 2, 3, 1).reshape(len(feats), -1).numpy())
+            out.append(model.forward_domain(to_input(images_uint8[i : i + batch_size]))[2].numpy())
     return np.concatenate(out)
 
 
-def fit_domain(train_embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and whitening matrix (a square root of the Ledoit-Wolf inverse covariance) of the training embeddings."""
-    from sklearn.covariance import LedoitWolf
+# Shrinkage of the training covariance towards a scaled identity, chosen by the validation part's likelihood. The
+# training images' own features are tighter than any new patient's (the network has fitted them), so the plain
+# covariance over-weights directions in which only the training images happen to be quiet.
+SHRINKAGE_GRID = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 
-    lw = LedoitWolf().fit(train_embeddings.astype(np.float64))
-    return lw.location_, whitening_from_precision(lw.precision_)
+
+def fit_domain(train_embeddings: np.ndarray, val_embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Mean, whitening matrix (W W^T = inverse covariance) and shrinkage of the training embeddings' Gaussian.
+
+    The shrinkage is the one under which the validation embeddings are most likely: a choice made on validation
+    images only, never on another laboratory's.
+    """
+    train = np.asarray(train_embeddings, np.float64)
+    mean = train.mean(0)
+    cov = np.cov(train, rowvar=False, bias=True)
+    scale = np.trace(cov) / len(cov)
+    best = None
+    for alpha in SHRINKAGE_GRID:
+        values, vectors = np.linalg.eigh((1 - alpha) * cov + alpha * scale * np.eye(len(cov)))
+        whitening = vectors / np.sqrt(values)
+        d2 = np.square((np.asarray(val_embeddings, np.float64) - mean) @ whitening).sum(1)
+        log_likelihood = -0.5 * d2.mean() - 0.5 * np.log(values).sum()
+        if best is None or log_likelihood > best[0]:
+            best = (log_likelihood, whitening, alpha)
+    return mean, best[1], best[2]
 
 
 def export_model(checkpoint: str | Path, out: str | Path, name: str | None = None,
@@ -305,9 +322,11 @@ def export_model(checkpoint: str | Path, out: str | Path, name: str | None = Non
         calibration = {"temperature": temperature,
                        "fitted_on": f"{meta['split']} split, val part (NLL, floored at the add-one val accuracy)",
                        "grid": [min(TEMPERATURE_GRID), max(TEMPERATURE_GRID)]}
-        domain = None
-        if int(np.prod(model.feature_shape)) <= DOMAIN_MAX_DIMS:
-            domain = fit_domain(embeddings(model, images[split["train"]]))
+        domain = shrinkage = None
+        if hasattr(model, "forward_domain"):  # architectures with a domain embedding (lite0)
+            mean, whitening, shrinkage = fit_domain(embeddings(model, images[split["train"]]),
+                                                    embeddings(model, x_val))
+            domain = (mean, whitening)
         out = export_onnx(model, out, size, temperature=temperature, domain=domain)
         # one ONNX Runtime session scores both parts: the exported file, exactly as it will be served
         both = images[np.concatenate([split["val"], split["test"]])].astype(np.float32) / 255.0
@@ -324,11 +343,14 @@ def export_model(checkpoint: str | Path, out: str | Path, name: str | None = Non
             threshold = float(val_scores.max())
             domain_card = {
                 "output": DOMAIN_OUTPUT, "threshold": round(threshold, 4),
-                "method": "Mahalanobis distance of the pooled features (Ledoit-Wolf covariance)",
+                "method": "Mahalanobis distance of the domain embedding from the training part's Gaussian; "
+                          "covariance shrunk towards a scaled identity",
+                "embedding": model.DOMAIN_EMBEDDING,
+                "shrinkage": shrinkage, "shrinkage_chosen_on": f"{meta['split']} split, val part (likelihood)",
                 "fitted_on": f"{meta['split']} split, train part ({len(split['train'])} images)",
                 "threshold_chosen_on": f"{meta['split']} split, val part: the largest score "
                                        f"({len(split['val'])} images)",
-                "embedding_dims": int(np.prod(model.feature_shape)),
+                "embedding_dims": int(domain[0].shape[0]),
                 "test_flagged": round(float((test_scores > threshold).mean()), 4),
             }
     metrics.update(copied)

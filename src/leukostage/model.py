@@ -135,6 +135,10 @@ class PaperCNN(nn.Module):
 LITE0_STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
                 (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
 LITE0_STEM, LITE0_WIDTH = 32, 1280
+# Blocks whose outputs, globally averaged, form the domain check's embedding: the ends of the stages at 28, 14, 14 and
+# 7 px (40 + 80 + 112 + 192 = 424 channels). Mid-level features carry how a laboratory's pictures look (magnification,
+# focus, stain texture); the head's 1280 class-oriented features mostly ignore that, which is their job.
+LITE0_DOMAIN_BLOCKS = (4, 7, 10, 14)
 LITE_BN_EPS = 1e-3  # TensorFlow's epsilon: the pretrained statistics were collected with it
 LITE_INPUT_MEAN, LITE_INPUT_STD = 127.0 / 255.0, 128.0 / 255.0  # the pretrained weights' input scaling (x*255-127)/128
 
@@ -190,6 +194,9 @@ class EfficientNetLite0(nn.Module):
     global average (N, 1280, 1, 1).
     """
 
+    DOMAIN_EMBEDDING = ("global averages of the outputs of blocks " + ", ".join(map(str, LITE0_DOMAIN_BLOCKS)) +
+                        " (the stage ends at 28, 14, 14 and 7 px: 40 + 80 + 112 + 192 = 424 channels)")
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -213,9 +220,19 @@ class EfficientNetLite0(nn.Module):
             self.load_imagenet()
 
     def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = (self.normalise(x) - LITE_INPUT_MEAN) / LITE_INPUT_STD
-        maps = self.conv_head(self.blocks(self.stem(x)))  # (N, 1280, 7, 7)
-        return maps, self.pool_maps(maps)
+        maps, pooled, _ = self.forward_domain(x)
+        return maps, pooled
+
+    def forward_domain(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(maps, pooled features, the domain embedding (N, 424): global averages of ``LITE0_DOMAIN_BLOCKS``)."""
+        x = self.stem((self.normalise(x) - LITE_INPUT_MEAN) / LITE_INPUT_STD)
+        stage_means = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in LITE0_DOMAIN_BLOCKS:
+                stage_means.append(x.mean((2, 3)))
+        maps = self.conv_head(x)  # (N, 1280, 7, 7)
+        return maps, self.pool_maps(maps), torch.cat(stage_means, 1)
 
     def pool_maps(self, maps: torch.Tensor) -> torch.Tensor:
         """Grad-CAM's layer -> the features the head reads: the global average (N, 1280, 1, 1)."""
