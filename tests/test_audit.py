@@ -154,7 +154,8 @@ def test_audit_refuses_a_split_the_model_was_not_trained_on(data_dir, tmp_path):
     from leukostage.audit import run_audit
 
     ckpt = tmp_path / "best.pt"
-    torch.save({"meta": {"split": "random", "seed": 42, "fingerprint": "whatever"}}, ckpt)
+    torch.save({"meta": {"split": "random", "seed": 42, "fingerprint": "whatever"},
+                "model_config": {"image_size": 128}}, ckpt)
     with pytest.raises(ValueError, match="trained on the random split"):
         run_audit(ckpt, data_dir, split="blocked", out=tmp_path / "audit")
 
