@@ -25,6 +25,7 @@ browser:
 		echo "chromium not installed: browser tests will fail under CI"
 
 run: setup
+	$(BIN)/leukostage db upgrade
 	$(BIN)/leukostage serve --host $(HOST) --port $(PORT)
 
 test: setup browser

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .classes import DISCLAIMER
+from .cli_cases import register as register_cases
 from .data import SPLIT_METHODS, default_data_dir
 from .validate import DEFAULT_PRESET, PRESETS
 
@@ -270,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_explain(sub)
     _add_audit(sub)
     _add_calibrate(sub)
+    register_cases(sub, COMMANDS)  # db, users, evaluate-cases; serve checks the case database first
     return parser
 
 
