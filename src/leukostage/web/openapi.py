@@ -5,6 +5,7 @@ from .. import __version__
 from ..classes import CLASS_KEYS, DISCLAIMER, UNCERTAIN_KEY
 from ..explain import METHOD
 from ..imaging import MAX_PIXELS, MIN_SIDE
+from .cases_openapi import case_paths, case_schemas, security_schemes
 from .responses import STATUS_BY_CODE, megabytes
 
 _REF = "#/components/schemas/"
@@ -173,6 +174,7 @@ def build_spec(config, model_info: dict) -> dict:
             "/api/v1/openapi.json": {"get": {"summary": "This description.",
                                              "responses": {"200": {"description": "OpenAPI 3.1",
                                                                    "content": {"application/json": {}}}}}},
+            **case_paths(),
         },
-        "components": {"schemas": schemas},
+        "components": {"schemas": {**schemas, **case_schemas()}, "securitySchemes": security_schemes()},
     }
