@@ -8,6 +8,8 @@ import pytest
 
 from leukostage.predict import default_model_path
 
+pytest_plugins = ["cases_fixtures"]  # databases (SQLite and a real PostgreSQL), users and apps for tests/test_cases_*
+
 
 def pytest_addoption(parser):
     parser.addoption("--data", default=None, help="data folder (default: $LEUKOSTAGE_DATA or ../shared/data)")
