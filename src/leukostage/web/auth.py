@@ -138,8 +138,8 @@ def init_auth(app: Flask) -> None:
     app.config.setdefault("INSTANCE", str(instance_dir()))
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = _secret_key(Path(app.config["INSTANCE"]))
-    app.config.setdefault("SESSION_COOKIE_HTTPONLY", True)
-    app.config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
+    app.config["SESSION_COOKIE_HTTPONLY"] = True
+    app.config["SESSION_COOKIE_SAMESITE"] = app.config.get("SESSION_COOKIE_SAMESITE") or "Lax"  # Flask's is None
     app.config.setdefault("LOGIN_RATE_LIMIT", "10 per minute")
     app.config["WTF_CSRF_CHECK_DEFAULT"] = False  # checked by protect_writes, where a session cookie authenticates
     app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)  # valid for the session's life
