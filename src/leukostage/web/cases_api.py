@@ -57,6 +57,9 @@ def init_cases(app) -> None:
     init_auth(app)
     app.register_error_handler(service.ServiceError, _service_error)
     app.register_blueprint(bp)
+    from .cases_pages import register as register_pages  # the case pages (HTML) over the same service
+
+    register_pages(app)
 
 
 def _json_body() -> dict:

@@ -9,8 +9,29 @@ CASE_ID = {"name": "case_id", "in": "path", "required": True, "schema": {"type":
 IMAGE_ID = {"name": "image_id", "in": "path", "required": True, "schema": {"type": "integer"}}
 SECURITY = [{"bearer": []}, {"session": []}]
 
-# Page routes of the case UI (cases-ui adds its own here); every Flask rule must be documented.
-CASE_PAGE_PATHS: dict[str, dict] = {}
+# Page routes of the case UI (web/cases_pages.py); every Flask rule must be documented.
+_HTML = {"content": {"text/html": {}}}
+CASE_PAGE_PATHS: dict[str, dict] = {
+    "/cases": {"get": {"summary": "Case list (HTML page): search by accession or patient reference, filter by status.",
+                       "parameters": [{"name": n, "in": "query", "required": False, "schema": {"type": t}}
+                                      for n, t in (("q", "string"), ("status", "string"), ("page", "integer"))],
+                       "responses": {"200": {"description": "HTML page.", **_HTML},
+                                     "302": {"description": "Not signed in: to /login."}}}},
+    "/cases/new": {
+        "get": {"summary": "New-case form (HTML page).", "responses": {"200": {"description": "HTML form.", **_HTML},
+                                                                      "302": {"description": "Not signed in."}}},
+        "post": {"summary": "Create a case from the form (accession, patient_ref, note, csrf_token).",
+                 "responses": {"303": {"description": "Created: to the case page."},
+                               "400": {"description": "Invalid form (the form again, with the reason).", **_HTML},
+                               "409": {"description": "Accession taken (the form again).", **_HTML}}}},
+    "/cases/{case_id}": {"get": {
+        "summary": "Case page (HTML): fields, chart, call, reviewer's form for reviewers, downloads, audit trail.",
+        "parameters": [{"name": "case_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+        "responses": {"200": {"description": "HTML page.", **_HTML}, "302": {"description": "Not signed in."},
+                      "404": {"description": "No such case (HTML page).", **_HTML}}}},
+    "/cases/classes.css": {"get": {"summary": "Badge colours of the classes, generated from leukostage.classes.",
+                                   "responses": {"200": {"description": "CSS.", "content": {"text/css": {}}}}}},
+}
 
 
 def _json(schema: str | dict, description: str) -> dict:
