@@ -311,6 +311,10 @@ def test_wrong_password_and_duplicate_accession_are_explained(page):
         page.wait_for_load_state()
     assert "exists already" in page.inner_text("#new-error")
     assert page.input_value("#accession") == "BR-DUP-4"  # the form keeps what was typed
+    forged = page.request.post(page.base + "/cases/new", form={"accession": "BR-FORGED"})  # no CSRF token
+    assert forged.status == 400 and forged.json()["error"]["code"] == "csrf_failed"
+    page.goto(page.base + "/cases?q=BR-FORGED")
+    page.wait_for_selector("#no-cases")
 
 
 def test_unknown_case_is_a_page_not_json(page):
