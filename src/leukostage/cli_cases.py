@@ -103,13 +103,14 @@ def cmd_evaluate_cases(args: argparse.Namespace) -> int:
 def guard_serve(serve: Command) -> Command:
     """``serve`` that first checks the case database is migrated (one line naming `leukostage db upgrade`)."""
     def guarded(args: argparse.Namespace) -> int:
-        from .cases.db import DatabaseNotReady, require_current
+        from .cases.db import DatabaseNotReady, dispose_all, require_current
 
         try:
             require_current()
         except DatabaseNotReady as exc:
             print(f"leukostage serve: error: {exc}", file=sys.stderr)
             return 2
+        dispose_all()  # no open connection is inherited by the workers
         return serve(args)
     guarded.guarded = True  # type: ignore[attr-defined]
     return guarded

@@ -7,6 +7,7 @@ instead of deadlocking on a read-to-write upgrade. PostgreSQL serialises writers
 """
 from __future__ import annotations
 
+import os
 import threading
 from contextlib import contextmanager
 from importlib import resources
@@ -24,6 +25,7 @@ MIGRATIONS = Path(str(resources.files("leukostage") / "cases" / "migrations"))
 UPGRADE_HINT = "leukostage db upgrade"
 
 _engines: dict[str, Engine] = {}
+_owners: dict[str, int] = {}  # the pid that built each engine
 _lock = threading.Lock()
 
 
@@ -47,10 +49,15 @@ def _sqlite_setup(engine: Engine) -> None:
 
 
 def get_engine(url: str | None = None) -> Engine:
-    """One engine per URL per process (each gunicorn worker builds its own after the fork)."""
+    """One engine per URL per process. A process forked after the parent opened connections (gunicorn workers after
+    ``serve``'s migration check) must not share the parent's sockets: it drops the inherited pool, unclosed, and
+    builds its own."""
     url = url or database_url()
     with _lock:
         engine = _engines.get(url)
+        if engine is not None and _owners.get(url) != os.getpid():
+            engine.dispose(close=False)  # the parent's connections stay the parent's
+            engine = None
         if engine is None:
             parsed = make_url(url)
             if parsed.get_backend_name() == "sqlite":
@@ -60,7 +67,7 @@ def get_engine(url: str | None = None) -> Engine:
                 _sqlite_setup(engine)
             else:
                 engine = create_engine(url, pool_pre_ping=True)
-            _engines[url] = engine
+            _engines[url], _owners[url] = engine, os.getpid()
         return engine
 
 
