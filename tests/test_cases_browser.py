@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from leukostage.classes import CLASS_KEYS
+from leukostage.classes import CLASS_KEYS, DISCLAIMER
 from leukostage.reports import content
 from web_server import LiveServer
 
@@ -297,6 +297,7 @@ def test_a_case_link_leads_through_the_login_and_back(page, server, instance, fi
 
 def test_wrong_password_and_duplicate_accession_are_explained(page):
     page.goto(page.base + "/login")
+    assert " ".join(page.inner_text(".notice").split()) == DISCLAIMER  # the one disclaimer, on the login page too
     page.fill("#username", "tech")
     page.fill("#password", "not the password")
     page.click("#sign-in")

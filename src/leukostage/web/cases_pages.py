@@ -28,7 +28,10 @@ STATUS_FILTERS = (("", "Any status"), ("open", "Open"), ("signed_off", "Signed o
 PER_PAGE = 25
 
 def register(app: Flask) -> None:
+    """The blueprint, and the disclaimer for templates rendered outside it (the login page)."""
     app.register_blueprint(bp)
+    lead, _, rest = DISCLAIMER.partition(". ")
+    app.jinja_env.globals.setdefault("disclaimer_parts", (lead + ".", rest))
 
 
 @bp.errorhandler(service.ServiceError)
@@ -39,9 +42,8 @@ def _page_error(exc: service.ServiceError):
 
 def _chrome() -> dict:
     """What every case page's frame shows: who is signed in, the disclaimer, the model."""
-    lead, _, rest = DISCLAIMER.partition(". ")
-    return {"user": current_user, "disclaimer_lead": lead + ".", "disclaimer_rest": rest,
-            "model": predictor().info}
+    lead, rest = current_app.jinja_env.globals["disclaimer_parts"]
+    return {"user": current_user, "disclaimer_lead": lead, "disclaimer_rest": rest, "model": predictor().info}
 
 
 def _badge(key: str) -> dict:
