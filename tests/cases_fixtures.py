@@ -46,6 +46,21 @@ class PgCluster:
         return self.url(name)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def default_instance(tmp_path_factory):
+    """Every test runs against a migrated throw-away SQLite instance unless it asks for another (``instance``):
+    `serve` refuses an unmigrated database, and no test may write ./instance or use the operator's database."""
+    from leukostage.cases import db
+
+    root = tmp_path_factory.mktemp("default-instance")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LEUKOSTAGE_INSTANCE", str(root))
+        mp.delenv("LEUKOSTAGE_DATABASE_URL", raising=False)
+        mp.delenv("LEUKOSTAGE_STORAGE", raising=False)
+        db.upgrade()
+        yield root
+
+
 @pytest.fixture(scope="session")
 def pg_cluster():
     bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
