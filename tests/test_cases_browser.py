@@ -139,6 +139,8 @@ def create_case_via_api(server_url: str, token: str, accession: str, files: list
         response = conn.getresponse()
         case = json.loads(response.read())
         assert response.status == 201, case
+        if not files:
+            return case["id"]
         body, ctype = multipart("files", [(f.name, f.read_bytes()) for f in files])
         conn.request("POST", f"/api/v1/cases/{case['id']}/images", body=body,
                      headers={"Authorization": f"Bearer {token}", "Content-Type": ctype})
@@ -336,3 +338,31 @@ def test_case_page_fits_a_phone(browser, server, instance, fields):
     assert pg.evaluate("document.documentElement.scrollWidth") <= 360
     pg.screenshot(path=str(ARTIFACTS / "cases-phone.png"), full_page=True)
     context.close()
+
+
+DROP_FILES = """([zone, files]) => {
+    const transfer = new DataTransfer();
+    for (const f of files) {
+        const bytes = Uint8Array.from(atob(f.data), (c) => c.charCodeAt(0));
+        transfer.items.add(new File([bytes], f.name, { type: "image/jpeg" }));
+    }
+    for (const type of ["dragenter", "dragover", "drop"]) {
+        zone.dispatchEvent(new DragEvent(type, { dataTransfer: transfer, bubbles: true, cancelable: true }));
+    }
+}"""
+
+
+def test_fields_dragged_onto_the_drop_zone_are_uploaded(page, server, instance, fields):
+    import base64
+
+    case_id = create_case_via_api(server.url, instance["token"], "BR-DROP-6", [])
+    sign_in(page, "tech", next_path=f"/cases/{case_id}")
+    page.wait_for_selector("#drop-zone")
+    dropped = fields[:3]
+    payload = [{"name": f.name, "data": base64.b64encode(f.read_bytes()).decode()} for f in dropped]
+    page.evaluate(DROP_FILES, [page.query_selector("#drop-zone"), payload])
+    page.wait_for_selector(f"#field-grid .field >> nth={len(dropped) - 1}", timeout=UPLOAD_TIMEOUT_MS)
+    assert page.locator("#upload-list li progress").count() == len(dropped)
+    names = page.eval_on_selector_all("#field-grid .field-name", "els => els.map(e => e.title)")
+    assert names == [f.name for f in dropped]
+    assert page.problems == []
