@@ -415,3 +415,18 @@ def test_content_final_call_prefers_the_latest_amendment_that_set_one():
     assert content.final_call(case) == "early"
     assert content.final_comment(case) == "later note"
     assert content.final_call({"review": None, "amendments": []}) is None
+
+
+def test_pdf_takes_the_longest_texts_the_service_allows(synthetic_case, card):
+    """Accession 64, patient reference 255, file names 255 characters unbroken; note, comment, reason 4000."""
+    case = make_case([(i["filename"], bytes([n]), i["result"]) for n, i in enumerate(synthetic_case["images"])],
+                     status="amended", accession="A" * 64, patient_ref="P" * 255, note=("word " * 800)[:4000])
+    case["review"]["comment"] = ("comment " * 500)[:4000]
+    case["amendments"][0]["reason"] = "r" * 4000
+    for image in case["images"]:
+        image["filename"] = "f" * 251 + ".jpg"
+    reader, text = pdf_text(case_pdf(case, card, lambda s: b"", lambda d: None))
+    flat = squash(text).replace(" ", "")
+    assert "A" * 64 in flat and "P" * 255 in flat and "r" * 4000 in flat
+    assert len(reader.pages) >= 2
+    Bundle.model_validate(case_bundle(case, card))

@@ -448,13 +448,14 @@ def _model_section(case: dict, card: dict, styles: _Styles) -> list:
 # --- page furniture -----------------------------------------------------------------------------------------------
 
 def _footer(case: dict, font: str) -> Callable[[Canvas, int, int], None]:
-    text = f"leukostage case {case['accession']} \u00b7 {DISCLAIMER.split('. ')[0]}."
+    accession = case["accession"] if len(case["accession"]) <= 32 else case["accession"][:31] + "\u2026"
+    text = f"leukostage case {accession} \u00b7 {DISCLAIMER.split('. ')[0]}."  # leaves room for "page N of M"
 
     def draw(canvas: Canvas, page: int, pages: int) -> None:
         canvas.saveState()
         canvas.setFont(font, 7.5)
         canvas.setFillColor(colors.HexColor("#57606a"))
-        canvas.drawString(MARGIN, MARGIN - 2 * mm, text[:150])
+        canvas.drawString(MARGIN, MARGIN - 2 * mm, text)
         canvas.drawRightString(A4[0] - MARGIN, MARGIN - 2 * mm, f"page {page} of {pages}")
         canvas.restoreState()
 
