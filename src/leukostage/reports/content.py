@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from ..classes import BY_KEY, CLASS_KEYS, UNCERTAIN_DISPLAY_NAME, UNCERTAIN_KEY
 
 REFUSED = "refused"  # a field the input check refused: shown with its code, never counted
+REFUSED_COLOUR = "#8c959f"  # its badge (grey, lighter than Uncertain's)
 STATUS_NAMES = {"open": "Open (not reviewed)", "signed_off": "Signed off", "amended": "Amended after sign-off"}
 
 

@@ -40,7 +40,6 @@ THUMB_SIDE = 26 * mm
 THUMB_MAX_PX = 240  # thumbnails are re-encoded this small: 80 fields stay a few MB
 OVERLAY_MAX_PX = 480
 TOP_FIELDS = 4  # Grad-CAM overlays shown
-REFUSED_COLOUR = "#8c959f"
 FALLBACK_LIMITS = (  # true of every leukostage model; a card's own "limitations" are shown before these
     "Trained and tested on one hospital's images (the Taleqani dataset); accuracy on other laboratories' stains, "
     "microscopes and cameras is not established.",
@@ -175,7 +174,7 @@ def _placeholder(text: str, box: float, styles: _Styles) -> Table:
 
 def _colour(key: str) -> str:
     if key == content.REFUSED:
-        return REFUSED_COLOUR
+        return content.REFUSED_COLOUR
     return BY_KEY[key].colour if key in BY_KEY else UNCERTAIN_COLOUR
 
 

@@ -14,7 +14,6 @@ from flask_login import current_user, login_required
 from ..cases import service
 from ..classes import CLASSES, DISCLAIMER, UNCERTAIN_COLOUR, UNCERTAIN_KEY, text_colour
 from ..reports import content
-from ..reports.pdf import REFUSED_COLOUR
 from .api import can_explain, predictor
 from .auth import protect_writes
 from .cases_api import transaction
@@ -55,7 +54,7 @@ def _badge(key: str) -> dict:
 def class_styles():
     """One rule per badge, from classes.py (the one source of colours), so the CSP can forbid inline styles."""
     colours = [(c.key, c.colour) for c in CLASSES] + [(UNCERTAIN_KEY, UNCERTAIN_COLOUR),
-                                                      (content.REFUSED, REFUSED_COLOUR)]
+                                                      (content.REFUSED, content.REFUSED_COLOUR)]
     rules = [f'[data-label="{key}"].badge {{ background-color: {colour}; color: {text_colour(colour)}; }}\n'
              f'[data-label="{key}"] .swatch, .swatch[data-label="{key}"] {{ background-color: {colour}; }}'
              for key, colour in colours]
