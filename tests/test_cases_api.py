@@ -145,6 +145,14 @@ def test_session_login_csrf_and_cookie_flags(case_client, people):
     assert r.status_code == 400 and r.json["error"]["code"] == "csrf_failed"
     r = c.post("/api/v1/cases", json={"accession": "REAL"}, headers={"X-CSRFToken": token})
     assert r.status_code == 201
+    cid = r.json["id"]
+    forged_forms = [(f"/api/v1/cases/{cid}/images", {"files": (io.BytesIO(b"x"), "a.jpg")}),
+                    (f"/api/v1/cases/{cid}/review", {"final_call": "normal"}),
+                    (f"/api/v1/cases/{cid}/amend", {"reason": "x"})]
+    for path, form in forged_forms:  # plain HTML form posts from another site carry the cookie, not the token
+        r = c.post(path, data=form, content_type="multipart/form-data")
+        assert r.status_code == 400 and r.json["error"]["code"] == "csrf_failed", path
+    assert c.get(f"/api/v1/cases/{cid}").json["images"] == []
     assert c.post("/logout").status_code == 400  # logout is a write too
     assert c.post("/logout", data={"csrf_token": token}).status_code == 302
     assert c.get("/api/v1/cases").status_code == 401
