@@ -364,5 +364,5 @@ def test_fields_dragged_onto_the_drop_zone_are_uploaded(page, server, instance, 
     page.wait_for_selector(f"#field-grid .field >> nth={len(dropped) - 1}", timeout=UPLOAD_TIMEOUT_MS)
     assert page.locator("#upload-list li progress").count() == len(dropped)
     names = page.eval_on_selector_all("#field-grid .field-name", "els => els.map(e => e.title)")
-    assert names == [f.name for f in dropped]
+    assert sorted(names) == sorted(f.name for f in dropped)  # two uploads run at once: either may be stored first
     assert page.problems == []
