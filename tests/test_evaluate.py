@@ -52,12 +52,16 @@ def test_external_scoring_counts_rejections_and_breaks_results_down_by_subfolder
     cv2.imwrite(str(pbc / "lymphocyte" / "blank.png"), np.full((200, 200, 3), 255, np.uint8))
     summary = score_external(model_path, [pbc], out=tmp_path / "report")
     s = summary["pbc"]
-    assert s["n"] == 5 and s["rejected_by_validator"] == 1
-    assert sum(s["top_class"].values()) == 4 and list(s["top_class"]) == list(CLASS_KEYS)
+    assert s["n"] == 5 and s["refused"] == 1 and sum(s["refused_codes"].values()) == 1
+    # every valid image is counted once: under its class label or under one uncertain reason
+    assert sum(s["labels"].values()) + sum(s["uncertain"].values()) == 4
+    assert list(s["labels"]) == list(CLASS_KEYS) and set(s["uncertain"]) == {"low_confidence", "outside_training_domain"}
+    assert s["leukaemia_labelled"] == s["labels"]["early"] + s["labels"]["mid"] + s["labels"]["advanced"]
+    assert 0 <= s["leukaemia_confident"] <= s["leukaemia_labelled"]
     assert {k: v["n"] for k, v in s["by_subfolder"].items()} == {"lymphocyte": 3, "neutrophil": 2}
-    assert s["by_subfolder"]["lymphocyte"]["rejected_by_validator"] == 1
+    assert s["by_subfolder"]["lymphocyte"]["refused"] == 1
     report = (tmp_path / "report" / "report.md").read_text()
-    assert "| pbc/lymphocyte | 3 | 1 |" in report
+    assert "| pbc/lymphocyte | 3 |" in report and "| 1 |" in report.split("| pbc/lymphocyte | 3 |")[1].split("\n")[0]
     assert json.loads((tmp_path / "report" / "metrics.json").read_text())["folders"]["pbc"]["n"] == 5
 
 

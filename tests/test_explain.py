@@ -85,15 +85,15 @@ def pbc_image(data_dir) -> Path:
 
 
 def torch_gradcam(model, rgb: np.ndarray, class_index: int | None) -> tuple[np.ndarray, int]:
-    """The reference: autograd from the class logit back through the head and the max pool to the last conv layer,
+    """The reference: autograd from the class logit back through the head and the pooling to the last conv layer,
     the textbook Grad-CAM formula, the same upsampling."""
     import torch
 
-    x = torch.from_numpy(preprocess(rgb))[None].permute(0, 3, 1, 2)
+    x = torch.from_numpy(preprocess(rgb, model.cfg.image_size))[None].permute(0, 3, 1, 2)
     with torch.no_grad():
         maps, _ = model.forward_maps(x)
     feats = maps.detach().requires_grad_(True)
-    logits = model.forward_head(model.blocks[-1].pool(feats))
+    logits = model.forward_head(model.pool_maps(feats))
     k = int(logits.argmax(1)) if class_index is None else class_index
     (grads,) = torch.autograd.grad(logits[0, k], feats)
     alpha = grads.mean(dim=(2, 3), keepdim=True)

@@ -125,3 +125,70 @@ def test_fit_temperature_softens_overconfident_logits():
     assert fit_temperature(y, logits * 10) > 4  # ... so ten-fold sharpened logits need a high temperature
     assert 1.0 <= fit_temperature(y, logits) < 2
     assert fit_temperature(y, np.eye(4)[y] * 50) == 1.0  # never sharpens, even when sharper would lower the NLL
+
+
+# --- EfficientNet-Lite0: parity, Grad-CAM weights and the in-graph domain score -----------------------------------
+@pytest.fixture(scope="module")
+def random_lite():
+    """The ImageNet body with a random 4-class head: real BatchNorm statistics and features that vary between
+    images (a randomly initialised body gives near-constant features, a degenerate covariance)."""
+    torch.manual_seed(2)
+    return build_model(ModelConfig(arch="lite0", image_size=224, colour_norm=True, pretrained=True)).eval()
+
+
+def _real_batch_224(taleqani, n=6):
+    files = sorted(taleqani.glob("*/*.jpg"))[:3] + sorted(taleqani.glob("cancerous/*/*.jpg"))[: n - 3]
+    return np.stack([preprocess(load_image(f), 224) for f in files])
+
+
+def test_lite0_onnx_matches_torch_with_gradcam_weights_and_domain_score(random_lite, taleqani, data_dir, tmp_path):
+    """One export covers the whole serving graph of the new architecture: probabilities, the Grad-CAM channel weights
+    (autograd through the global average pool) and the domain score (numpy Mahalanobis on torch's embeddings)."""
+    import onnxruntime as ort
+
+    from leukostage.domain import mahalanobis
+    from leukostage.export import embeddings, fit_domain
+
+    batch = _real_batch_224(taleqani)
+    uint8 = np.round(batch * 255).astype(np.uint8)
+    # a covariance from real images: a few dozen training-like fields (more than the test batch, fewer than dims)
+    fit_files = sorted(taleqani.glob("cancerous/early/*.jpg"))[10:40] + sorted(taleqani.glob("normal/*.jpg"))[10:40]
+    fit_images = np.stack([np.round(preprocess(load_image(f), 224) * 255).astype(np.uint8) for f in fit_files])
+    mean, whitening = fit_domain(embeddings(random_lite, fit_images))
+    path = export_onnx(random_lite, tmp_path / "lite.onnx", 224, domain=(mean, whitening))
+    sess = ort.InferenceSession(str(path))
+    assert [o.name for o in sess.get_outputs()] == ["probabilities", "features", "weights", "domain_score"]
+    probs, feats, weights, score = sess.run(None, {"image": batch})
+    assert np.abs(probs - _torch_probabilities(random_lite, batch)).max() < 1e-4
+    # domain: the graph's score is the numpy computation on the torch module's pooled features
+    ref_score = mahalanobis(embeddings(random_lite, uint8), mean, whitening)
+    assert np.allclose(score, ref_score, rtol=1e-3)
+    # Grad-CAM weights: spatial mean of d logit_k / d maps
+    x = torch.from_numpy(batch).permute(0, 3, 1, 2)
+    maps, _ = random_lite.forward_maps(x)
+    maps = maps.detach().requires_grad_(True)
+    logits = random_lite.forward_head(maps.mean((2, 3), keepdim=True))
+    assert feats.shape == (6, 1280, 7, 7) and weights.shape == (6, 4, 1280)
+    for k in range(4):
+        (g,) = torch.autograd.grad(logits[:, k].sum(), maps, retain_graph=True)
+        ref = g.mean(dim=(2, 3)).numpy()
+        assert np.abs(weights[:, k] - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_domain_score_ranks_another_laboratory_far(random_lite, taleqani, data_dir):
+    """Even an untrained body's features separate PBC cells from Taleqani fields; with a covariance fitted on
+    Taleqani images, held-out Taleqani images must score lower than the other laboratory's."""
+    from leukostage.domain import mahalanobis
+    from leukostage.export import embeddings, fit_domain
+
+    def load(files):
+        return np.stack([np.round(preprocess(load_image(f), 224) * 255).astype(np.uint8) for f in files])
+
+    fit = load([f for c in ("normal", "cancerous/early", "cancerous/mid", "cancerous/advanced")
+                for f in sorted((taleqani / c).glob("*.jpg"))[:25]])
+    held_out = load([f for c in ("normal", "cancerous/mid") for f in sorted((taleqani / c).glob("*.jpg"))[-5:]])
+    other = load(sorted((data_dir / "pbc_sample").rglob("*.jpg"))[::40][:10])
+    mean, whitening = fit_domain(embeddings(random_lite, fit))
+    near = mahalanobis(embeddings(random_lite, held_out), mean, whitening)
+    far = mahalanobis(embeddings(random_lite, other), mean, whitening)
+    assert np.median(far) > np.median(near)

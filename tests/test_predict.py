@@ -41,12 +41,26 @@ def test_unreadable_inputs_become_results_not_exceptions(predictor, tmp_path):
 
 def test_decide_marks_low_confidence_uncertain_but_keeps_probabilities():
     probs = np.array([0.4, 0.3, 0.2, 0.1])
-    assert decide(probs, 0.5) == ("uncertain", 0.4)
-    assert decide(probs, 0.3) == ("normal", 0.4)
+    assert decide(probs, 0.5) == ("uncertain", 0.4, "low_confidence")
+    assert decide(probs, 0.3) == ("normal", 0.4, None)
     fields = result_fields(probs, 0.5)
     assert fields["label"] == "uncertain" and fields["display_label"] == "Uncertain"
+    assert fields["uncertain_reason"] == "low_confidence"
     assert fields["dataset_label"] is None and fields["top_class"] == "normal"
     assert fields["probabilities"]["early"] == 0.3
+    assert "domain" not in fields  # a model without a domain check reports none
+
+
+def test_decide_puts_the_domain_check_before_confidence():
+    probs = np.array([0.01, 0.01, 0.01, 0.97])
+    assert decide(probs, 0.5, domain_score=12.0, domain_threshold=10.0) == ("uncertain", 0.97, "outside_training_domain")
+    assert decide(probs, 0.5, domain_score=9.0, domain_threshold=10.0) == ("advanced", 0.97, None)
+    far = result_fields(probs, 0.5, 12.0, 10.0)
+    assert far["label"] == "uncertain" and far["uncertain_reason"] == "outside_training_domain"
+    assert far["domain"] == {"score": 12.0, "threshold": 10.0, "in_domain": False}
+    assert far["probabilities"]["advanced"] == 0.97  # probabilities are still given
+    near = result_fields(np.array([0.4, 0.3, 0.2, 0.1]), 0.5, 9.0, 10.0)
+    assert near["uncertain_reason"] == "low_confidence" and near["domain"]["in_domain"] is True
 
 
 def test_shipped_model_still_scores_on_its_own_test_split(predictor, data_dir):
@@ -55,7 +69,7 @@ def test_shipped_model_still_scores_on_its_own_test_split(predictor, data_dir):
     ds = discover(data_dir)
     assert ds.fingerprint == training["data_fingerprint"], "data changed since the shipped model was trained"
     idx = make_split(ds, training["split"], training["seed"])["test"][:REGRESSION_SUBSET]
-    images = to_unit_range(load_arrays(ds, progress=False)[idx])
+    images = to_unit_range(load_arrays(ds, size=predictor.image_size, progress=False)[idx])
     probs = np.concatenate([predictor.predict_proba(images[i:i + 40]) for i in range(0, len(images), 40)])
     accuracy = (probs.argmax(1) == ds.labels[idx]).mean()
     assert accuracy >= 0.95, f"shipped model accuracy {accuracy:.3f} on {len(idx)} test images"

@@ -16,11 +16,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model on the Table 2 folder layout")
     p.add_argument("--data", default=str(default_data_dir()), help="dataset folder (default: $LEUKOSTAGE_DATA)")
     p.add_argument("--out", required=True, help="run folder for checkpoint, log, curves")
-    p.add_argument("--arch", default="paper")
+    p.add_argument("--arch", default="paper", choices=("paper", "lite0"),
+                   help="paper: Table 4 CNN at 128 px, from scratch; lite0: EfficientNet-Lite0 at 224 px from ImageNet "
+                   "weights (use with --recipe transfer)")
     p.add_argument("--split", default="random", choices=SPLIT_METHODS)
-    p.add_argument("--recipe", default="paper", choices=("paper", "robust"),
+    p.add_argument("--recipe", default="paper", choices=("paper", "robust", "transfer"),
                    help="paper: Table 3 augmentation; robust: plus colour normalisation in the model, stain "
-                   "jitter and a cell-attention loss (the shortcut fix, see leukostage.train.RECIPES)")
+                   "jitter and a cell-attention loss (the shortcut fix); transfer: fine-tuning a pretrained body "
+                   "(colour normalisation, stain jitter, rotations, AdamW one-cycle with warm-up, lower body rate, "
+                   "label smoothing); see leukostage.train.RECIPES")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--batch-size", type=int, default=32)
@@ -58,7 +62,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_model, score_external
 
     if args.external:
-        print(json.dumps(score_external(args.model, args.external, args.out), indent=2))
+        print(json.dumps(score_external(args.model, args.external, args.out, progress=sys.stderr.isatty()), indent=2))
         return 0
     out = evaluate_model(args.model, args.data, split=args.split, part=args.part, seed=args.seed, out=args.out)
     print(json.dumps(out, indent=2))

@@ -7,8 +7,11 @@ from pathlib import Path
 import numpy as np
 
 from .classes import CLASS_KEYS, CLASSES
+from .domain import REASON_LOW_CONFIDENCE, REASON_OUTSIDE, UNCERTAIN_REASONS
 
 ECE_BINS = 15
+LEUKAEMIA_KEYS = tuple(k for k in CLASS_KEYS if k != "normal")
+CONFIDENT = 0.9  # a leukaemia label given above this probability on normal blood is the error that misleads most
 
 
 def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> float:
@@ -100,6 +103,15 @@ def metrics_markdown(metrics: dict) -> str:
         )
     lines += ["", "Confusion matrix (rows true, columns predicted, order " + ", ".join(CLASS_KEYS) + "):", ""]
     lines += ["    " + " ".join(f"{v:5d}" for v in row) for row in metrics["confusion_matrix"]]
+    if "decision" in metrics:  # an exported model: what it actually answers, uncertain outcomes included
+        d = metrics["decision"]
+        lines += ["", "As served (the card's uncertainty threshold and domain check):", "",
+                  f"- given a class: {d['decided']} of {d['n']} (coverage {d['coverage']:.4f})",
+                  f"- accuracy among images given a class: {d['selective_accuracy']:.4f}",
+                  f"- accuracy with uncertain counted as a miss: {d['accuracy_uncertain_as_miss']:.4f}",
+                  f"- uncertain, outside the training domain: {d['uncertain'][REASON_OUTSIDE]}; low confidence: "
+                  f"{d['uncertain'][REASON_LOW_CONFIDENCE]}",
+                  f"- leukaemia called Normal: {d['leukaemia_called_normal']}"]
     return "\n".join(lines)
 
 
@@ -124,12 +136,16 @@ def model_provenance(model_path: str | Path) -> dict:
     if path.suffix == ".pt":
         import torch
 
-        meta = torch.load(path, map_location="cpu", weights_only=False)["meta"]
-        return {"split": meta["split"], "seed": meta["seed"], "fingerprint": meta["fingerprint"]}
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        meta = ckpt["meta"]
+        return {"split": meta["split"], "seed": meta["seed"], "fingerprint": meta["fingerprint"],
+                "image_size": int(ckpt["model_config"]["image_size"])}
     from .predict import card_path_for
 
-    training = json.loads(card_path_for(path).read_text())["training"]
-    return {"split": training["split"], "seed": training["seed"], "fingerprint": training["data_fingerprint"]}
+    card = json.loads(card_path_for(path).read_text())
+    training = card["training"]
+    return {"split": training["split"], "seed": training["seed"], "fingerprint": training["data_fingerprint"],
+            "image_size": int(card["input"]["shape"][1])}
 
 
 def model_probabilities(model_path: str | Path, images_uint8: np.ndarray) -> np.ndarray:
@@ -140,13 +156,41 @@ def model_probabilities(model_path: str | Path, images_uint8: np.ndarray) -> np.
 
         model, _ = load_checkpoint(path)
         return predict_proba(model, images_uint8)
+    return np.array([[r["probabilities"][k] for k in CLASS_KEYS] for r in model_decisions(path, images_uint8)])
+
+
+def model_decisions(model_path: str | Path, images_uint8: np.ndarray) -> list[dict]:
+    """The serving decision (label, uncertain reason, domain, probabilities) of an ONNX model for cached images."""
     from .imaging import to_unit_range
     from .predict import Predictor
 
-    predictor = Predictor.load(path)
-    return np.concatenate(
-        [predictor.predict_proba(to_unit_range(images_uint8[i : i + 64])) for i in range(0, len(images_uint8), 64)]
-    )
+    predictor = Predictor.load(model_path)
+    out: list[dict] = []
+    for i in range(0, len(images_uint8), 64):
+        out += predictor.decide_batch(predictor.run_decision(to_unit_range(images_uint8[i : i + 64])))
+    return out
+
+
+def decision_metrics(y_true: np.ndarray, decisions: list[dict]) -> dict:
+    """What the served decision does on labelled images: coverage, accuracy among images given a class, accuracy
+    with "uncertain" counted as a miss, uncertain by reason, and the dangerous error (leukaemia called Normal)."""
+    labels = [d["label"] for d in decisions]
+    truth = [CLASS_KEYS[int(y)] for y in y_true]
+    decided = [(t, lab) for t, lab in zip(truth, labels) if lab in CLASS_KEYS]
+    n = len(labels)
+    reasons = {reason: sum(d.get("uncertain_reason") == reason for d in decisions) for reason in UNCERTAIN_REASONS}
+    return {
+        "n": n,
+        "decided": len(decided),
+        "coverage": len(decided) / n if n else float("nan"),
+        "selective_accuracy": float(np.mean([t == lab for t, lab in decided])) if decided else float("nan"),
+        "accuracy_uncertain_as_miss": sum(t == lab for t, lab in decided) / n if n else float("nan"),
+        "uncertain": reasons,
+        "uncertain_share": {k: v / n for k, v in reasons.items()} if n else {},
+        "leukaemia_called_normal": sum(t != "normal" and lab == "normal" for t, lab in decided),
+        "normal_recall_decided": (sum(t == lab == "normal" for t, lab in decided) /
+                                  max(1, sum(t == "normal" for t in truth))),
+    }
 
 
 def evaluate_model(
@@ -180,48 +224,70 @@ def evaluate_model(
             "the split cannot be reproduced on this folder"
         )
     idx = make_split(ds, split, seed)[part]
-    probs = model_probabilities(model_path, load_arrays(ds, progress=False)[idx])
-    metrics = compute_metrics(ds.labels[idx], probs)
+    images = load_arrays(ds, size=prov["image_size"], progress=False)[idx]
+    if Path(model_path).suffix == ".pt":
+        probs = model_probabilities(model_path, images)
+        metrics = compute_metrics(ds.labels[idx], probs)
+    else:  # an exported model is scored as it serves: its decisions too (uncertain, domain check)
+        decisions = model_decisions(model_path, images)
+        probs = np.array([[d["probabilities"][k] for k in CLASS_KEYS] for d in decisions])
+        metrics = {**compute_metrics(ds.labels[idx], probs), "decision": decision_metrics(ds.labels[idx], decisions)}
     meta = {"model": str(model_path), "data_fingerprint": ds.fingerprint, "split": split, "part": part, "seed": seed}
     out = Path(out) if out else Path("reports") / f"{Path(model_path).stem}-{split}-{part}"
     write_report(out, metrics, meta, f"{Path(model_path).name} on the {split} split ({part})")
     return {"report": str(out), "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "n": metrics["n"]}
 
 
-def score_external(model_path: str | Path, folders: list[str | Path], out: str | Path | None = None) -> dict:
+def external_tally(results: list[dict]) -> dict:
+    """What the served model said about images without ALL labels (normal blood of other laboratories): each label,
+    uncertain by reason, refused by the validator (by code), and how many leukaemia labels came with p > 0.9."""
+    from collections import Counter
+
+    valid = [r for r in results if r["valid"]]
+    labels = Counter(r["label"] for r in valid)
+    leukaemia = [r for r in valid if r["label"] in LEUKAEMIA_KEYS]
+    outside = sum(r.get("uncertain_reason") == REASON_OUTSIDE for r in valid)
+    return {
+        "n": len(results),
+        "labels": {k: labels.get(k, 0) for k in CLASS_KEYS},
+        "uncertain": {reason: sum(r.get("uncertain_reason") == reason for r in valid) for reason in UNCERTAIN_REASONS},
+        "refused": len(results) - len(valid),
+        "refused_codes": dict(Counter(r["code"] for r in results if not r["valid"])),
+        "leukaemia_labelled": len(leukaemia),
+        "leukaemia_share": len(leukaemia) / len(results) if results else float("nan"),
+        "leukaemia_confident": sum(r["confidence"] > CONFIDENT for r in leukaemia),
+        "outside_domain": outside,
+        "outside_domain_share": outside / len(results) if results else float("nan"),
+        "top_class": {k: v for k, v in Counter(r["top_class"] for r in valid).most_common()},
+        "mean_confidence": float(np.mean([r["confidence"] for r in valid])) if valid else float("nan"),
+    }
+
+
+def score_external(model_path: str | Path, folders: list[str | Path], out: str | Path | None = None,
+                   progress: bool = False) -> dict:
     """Run the full serving pipeline (validation included) on images from outside the training data.
 
     These folders have no ALL labels (e.g. normal cells from another laboratory), so this reports what the model
-    does there, not an accuracy: how many pass validation, the predicted-class distribution, the share marked
-    uncertain, and the mean confidence.
+    does there, not an accuracy: per folder and sub-folder, each label, uncertain by reason, refused, and the
+    leukaemia labels given with high confidence (the dangerous answer on normal blood).
     """
-    from collections import Counter
-
     from .imaging import IMAGE_SUFFIXES
     from .predict import Predictor, analyse_path
 
     predictor = Predictor.load(model_path)
-
-    def tally(results: list[dict]) -> dict:
-        valid = [r for r in results if r["valid"]]
-        top = Counter(r["top_class"] for r in valid)
-        return {
-            "n": len(results),
-            "rejected_by_validator": len(results) - len(valid),
-            "rejection_codes": dict(Counter(r["code"] for r in results if not r["valid"])),
-            "decided_labels": dict(Counter(r["label"] for r in valid)),
-            "top_class": {k: top.get(k, 0) for k in CLASS_KEYS},
-            "share_top_class_normal": top.get("normal", 0) / len(valid) if valid else float("nan"),
-            "mean_confidence": float(np.mean([r["confidence"] for r in valid])) if valid else float("nan"),
-        }
-
     summary: dict[str, dict] = {}
     for folder in folders:
         files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise FileNotFoundError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        results = [analyse_path(f, predictor).result for f in files]
-        summary[Path(folder).name] = tally(results)
+        if progress:
+            from tqdm import tqdm
+
+            files_iter = tqdm(files, desc=Path(folder).name, unit="img", leave=False)
+        else:
+            files_iter = files
+        results = [analyse_path(f, predictor).result for f in files_iter]
+        summary[Path(folder).name] = external_tally(results)
         # sub-folders (e.g. PBC's cell types) say which kinds of image the answers come from
         groups: dict[str, list[dict]] = {}
         for f, r in zip(files, results):
@@ -229,20 +295,26 @@ def score_external(model_path: str | Path, folders: list[str | Path], out: str |
             if len(rel) > 1:
                 groups.setdefault(rel[0], []).append(r)
         if groups:
-            summary[Path(folder).name]["by_subfolder"] = {k: tally(v) for k, v in sorted(groups.items())}
+            summary[Path(folder).name]["by_subfolder"] = {k: external_tally(v) for k, v in sorted(groups.items())}
     out = Path(out) if out else Path("reports") / f"{Path(model_path).stem}-external"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps({"model": str(model_path), "folders": summary}, indent=2) + "\n")
-    lines = [f"# {Path(model_path).name} on images outside the training data", "",
-             "No ALL labels exist for these images (normal blood from other laboratories); the honest expectation "
-             "is that they are rejected or called Normal. Full serving pipeline, validation included.", "",
-             "| folder | images | rejected by validator | top class normal / early / mid / advanced | uncertain | "
-             "mean confidence |", "|---|---|---|---|---|---|"]
+    (out / "metrics.json").write_text(json.dumps({"model": str(model_path), "model_card": predictor.info,
+                                                  "folders": summary}, indent=2) + "\n")
+    (out / "report.md").write_text(external_markdown(Path(model_path).name, summary))
+    return summary
+
+
+def external_markdown(model_name: str, summary: dict) -> str:
+    lines = [f"# {model_name} on images outside the training data", "",
+             "No ALL labels exist for these images (normal blood from other laboratories); the honest answers are "
+             "Normal, uncertain (outside the training domain) or refused. Full serving pipeline, validation included.",
+             "", "| folder | images | normal | uncertain: outside domain / low confidence | early / mid / advanced | "
+             f"leukaemia with p > {CONFIDENT} | refused | flagged outside domain |", "|---|---|---|---|---|---|---|---|"]
     rows = list(summary.items())
     rows += [(f"{name}/{sub}", t) for name, s in summary.items() for sub, t in s.get("by_subfolder", {}).items()]
     for name, s in rows:
-        tops = " / ".join(str(s["top_class"][k]) for k in CLASS_KEYS)
-        lines.append(f"| {name} | {s['n']} | {s['rejected_by_validator']} | {tops} | "
-                     f"{s['decided_labels'].get('uncertain', 0)} | {s['mean_confidence']:.3f} |")
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    return summary
+        unc = s["uncertain"]
+        lines.append(f"| {name} | {s['n']} | {s['labels']['normal']} | {unc[REASON_OUTSIDE]} / "
+                     f"{unc[REASON_LOW_CONFIDENCE]} | {' / '.join(str(s['labels'][k]) for k in LEUKAEMIA_KEYS)} | "
+                     f"{s['leukaemia_confident']} | {s['refused']} | {s['outside_domain_share']:.1%} |")
+    return "\n".join(lines) + "\n"

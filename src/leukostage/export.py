@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import platform
 import sys
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from . import __version__
 from .classes import CLASSES
 from .evaluate import headline_metrics
 from .imaging import BACKGROUND_LEVEL, BACKGROUND_QUANTILE, IMAGE_SIZE
+from .domain import DOMAIN_OUTPUT, whitening_from_precision
 from .predict import card_path_for
 
 OUTPUT_NAMES = ("probabilities", "features", "weights")
@@ -32,9 +34,16 @@ OPSET = 18
 
 
 class ServingGraph(nn.Module):
-    """Wraps a PaperCNN-like model (``forward_features`` + an MLP ``head``) for export."""
+    """Wraps a model (``forward_maps`` + a ``head`` of Linear layers with ReLUs between them) for export.
 
-    def __init__(self, model: nn.Module, temperature: float = 1.0):
+    Works for the paper CNN (flatten + MLP over max-pooled maps) and EfficientNet-Lite0 (global average + one Linear):
+    in both, the spatial mean of the gradient at the maps is the pooled features' gradient summed over the pooled
+    positions, divided by the maps' positions. With ``domain`` (mean, whitening) it also outputs ``domain_score``,
+    the Mahalanobis distance of the pooled features (see :mod:`leukostage.domain`).
+    """
+
+    def __init__(self, model: nn.Module, temperature: float = 1.0,
+                 domain: tuple[np.ndarray, np.ndarray] | None = None):
         super().__init__()
         self.model = model
         self.temperature = float(temperature)  # softmax(logits / T): T fitted on validation data calibrates
@@ -43,44 +52,70 @@ class ServingGraph(nn.Module):
         channels, side, _ = model.feature_shape
         first = self.linears[0].weight.detach().reshape(-1, side * side, channels).sum(1)
         self.register_buffer("first_summed", first, persistent=False)
+        self.has_domain = domain is not None
+        if domain is not None:
+            mean, whitening = domain
+            self.register_buffer("domain_mean", torch.as_tensor(mean, dtype=torch.float32), persistent=False)
+            self.register_buffer("domain_whitening", torch.as_tensor(whitening, dtype=torch.float32), persistent=False)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return OUTPUT_NAMES + ((DOMAIN_OUTPUT,) if self.has_domain else ())
 
     def forward(self, x: torch.Tensor):
         maps, feats = self.model.forward_maps(x.permute(0, 3, 1, 2))  # NHWC -> NCHW
         n, c, h, w = feats.shape
         act = feats.permute(0, 2, 3, 1).reshape(n, -1)  # channels-last flatten, as the head expects
+        embedding = act
         masks = []
         for lin in self.linears[:-1]:
             z = lin(act)
             masks.append((z > 0).to(z.dtype))
             act = torch.relu(z)
         logits = self.linears[-1](act)
-        # d logit_k / d (first hidden layer's input) = w_last[k] * m_L @ W_L ... * m_1  -> (N, K, units of layer 1)
+        # d logit_k / d (input of layer i) = w_last[k] * m_L @ W_L ... * m_i @ W_i; with W_1 summed over the pooled
+        # positions for the first layer, the product ends as d logit_k / d pooled, summed over positions (N, K, C)
         grad = self.linears[-1].weight.unsqueeze(0).expand(n, -1, -1)
-        for lin, mask in zip(reversed(self.linears[1:-1]), reversed(masks[1:])):
-            grad = (grad * mask.unsqueeze(1)) @ lin.weight
-        grad = grad * masks[0].unsqueeze(1)
-        # ... @ W1 gives d logit_k / d flat (h, w, C); summed over (h, w) that is grad @ W1 summed over positions
-        weights = (grad @ self.first_summed) / (maps.shape[-2] * maps.shape[-1])  # mean over the maps' positions
-        return torch.softmax(logits / self.temperature, dim=1), maps, weights
+        for i in reversed(range(len(self.linears) - 1)):
+            grad = (grad * masks[i].unsqueeze(1)) @ (self.first_summed if i == 0 else self.linears[i].weight)
+        if len(self.linears) == 1:  # a single Linear: its weight already is d logit / d pooled
+            grad = grad.reshape(n, grad.shape[1], h * w, c).sum(2)
+        weights = grad / (maps.shape[-2] * maps.shape[-1])  # mean over the maps' positions
+        outputs = (torch.softmax(logits / self.temperature, dim=1), maps, weights)
+        if self.has_domain:
+            outputs += (torch.linalg.vector_norm((embedding - self.domain_mean) @ self.domain_whitening, dim=1),)
+        return outputs
 
 
-def export_onnx(model: nn.Module, path: str | Path, image_size: int = IMAGE_SIZE, temperature: float = 1.0) -> Path:
+def export_onnx(model: nn.Module, path: str | Path, image_size: int = IMAGE_SIZE, temperature: float = 1.0,
+                domain: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
     """Write a single-file ONNX model with a dynamic batch dimension."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    graph = ServingGraph(model.eval(), temperature).eval()
+    graph = ServingGraph(model.eval(), temperature, domain).eval()
+    names = graph.output_names
     dummy = torch.rand(2, image_size, image_size, 3)
+    with warnings.catch_warnings():  # torch's note that a strided Slice was not constant-folded: ORT folds it on load
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
+        _export(graph, dummy, path, names)
+    return path
+
+
+def _export(graph: nn.Module, dummy: torch.Tensor, path: Path, names: tuple[str, ...]) -> None:
     torch.onnx.export(
         graph,
         (dummy,),
         str(path),
         input_names=["image"],
-        output_names=list(OUTPUT_NAMES),
-        dynamic_axes={"image": {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}},
+        output_names=list(names),
+        dynamic_axes={"image": {0: "batch"}, **{name: {0: "batch"} for name in names}},
         opset_version=OPSET,
         dynamo=False,
+        # keep BatchNorm nodes and constants as they are (ONNX Runtime fuses and folds them when it loads the file):
+        # the file's initializers then carry the module's own parameter names, so tests can rebuild the torch model
+        training=torch.onnx.TrainingMode.PRESERVE,
+        do_constant_folding=False,
     )
-    return path
 
 
 def build_card(name: str, ckpt: dict, metrics: dict, command: str | None = None) -> dict:
@@ -128,12 +163,19 @@ def write_card(card: dict, onnx_path: str | Path) -> Path:
     return card_path
 
 
-def onnx_probabilities(onnx_path: str | Path, batch: np.ndarray) -> np.ndarray:
-    """Probabilities from the exported file (used by parity checks)."""
+def onnx_outputs(onnx_path: str | Path, batch: np.ndarray, chunk: int = 64) -> dict[str, np.ndarray]:
+    """Every output of the exported file, in chunks (used by export and the parity checks)."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    return sess.run(["probabilities"], {"image": batch.astype(np.float32)})[0]
+    names = [o.name for o in sess.get_outputs()]
+    parts = [sess.run(names, {"image": batch[i : i + chunk].astype(np.float32)}) for i in range(0, len(batch), chunk)]
+    return {name: np.concatenate([p[j] for p in parts]) for j, name in enumerate(names)}
+
+
+def onnx_probabilities(onnx_path: str | Path, batch: np.ndarray) -> np.ndarray:
+    """Probabilities from the exported file (used by parity checks)."""
+    return onnx_outputs(onnx_path, batch)["probabilities"]
 
 
 # T >= 1 only: softening is allowed, sharpening is not. On a validation part the model gets ~99.7 % right, the NLL
@@ -167,13 +209,39 @@ def choose_uncertain_threshold(y_val: np.ndarray, probs_val: np.ndarray) -> floa
     return float(UNCERTAIN_GRID[-1])
 
 
+DOMAIN_MAX_DIMS = 4096  # a covariance over more pooled dimensions than this (the paper CNN's 16,384) is not fitted
+
+
+def embeddings(model: nn.Module, images_uint8: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Pooled features (N, D), flattened channels-last as the head reads them: the domain check's embedding."""
+    from .train import to_input
+
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(images_uint8), batch_size):
+            feats = model.forward_features(to_input(images_uint8[i : i + batch_size]))
+            out.append(feats.permute(0, 2, 3, 1).reshape(len(feats), -1).numpy())
+    return np.concatenate(out)
+
+
+def fit_domain(train_embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and whitening matrix (a square root of the Ledoit-Wolf inverse covariance) of the training embeddings."""
+    from sklearn.covariance import LedoitWolf
+
+    lw = LedoitWolf().fit(train_embeddings.astype(np.float64))
+    return lw.location_, whitening_from_precision(lw.precision_)
+
+
 def export_model(checkpoint: str | Path, out: str | Path, name: str | None = None,
                  metrics_files: list[str] | None = None, data: str | Path | None = None) -> dict:
     """Checkpoint -> ONNX + card.
 
-    With the training data, the model's own split is rebuilt: the val part fits the softmax temperature and the
-    uncertainty threshold, the test part gives the card's metrics (never used for choosing anything).
-    ``metrics_files`` (reports of other runs, e.g. the blocked split) are copied into the card with their provenance.
+    With the training data, the model's own split is rebuilt: the train part fits the domain check's mean and
+    covariance, the val part fits the softmax temperature, the uncertainty threshold and the domain threshold (the
+    largest val score, so every in-domain val image passes), the test part gives the card's metrics (never used for
+    choosing anything). ``metrics_files`` (reports of other runs, e.g. the blocked split) are copied into the card
+    with their provenance.
 
     Raises:
         ValueError: ``data`` is not the data the model was trained on (fingerprint mismatch).
@@ -188,6 +256,7 @@ def export_model(checkpoint: str | Path, out: str | Path, name: str | None = Non
     metrics: dict = {}
     decision = {"uncertain_below": 0.5, "chosen_on": "default (no data given)"}
     calibration = {"temperature": 1.0, "fitted_on": "not fitted (no data given)"}
+    domain_card = None
     if data is None:
         out = export_onnx(model, out, size)
     else:
@@ -195,20 +264,39 @@ def export_model(checkpoint: str | Path, out: str | Path, name: str | None = Non
         if ds.fingerprint != meta["fingerprint"]:
             raise ValueError(f"data fingerprint {ds.fingerprint} is not the model's training data ({meta['fingerprint']})")
         split = make_split(ds, meta["split"], meta["seed"])
-        images = load_arrays(ds, progress=False)
+        images = load_arrays(ds, size=size, progress=False)
         x_val, y_val = images[split["val"]], ds.labels[split["val"]]
         with torch.no_grad():
-            logits_val = torch.cat([model(to_input(x_val[i : i + 128])) for i in range(0, len(x_val), 128)]).numpy()
+            logits_val = torch.cat([model(to_input(x_val[i : i + 64])) for i in range(0, len(x_val), 64)]).numpy()
         temperature = fit_temperature(y_val, logits_val)
-        calibration = {"temperature": temperature, "fitted_on": f"{meta['split']} split, val part (NLL)"}
-        out = export_onnx(model, out, size, temperature=temperature)
+        calibration = {"temperature": temperature, "fitted_on": f"{meta['split']} split, val part (NLL)",
+                       "grid": [min(TEMPERATURE_GRID), max(TEMPERATURE_GRID)]}
+        domain = None
+        if int(np.prod(model.feature_shape)) <= DOMAIN_MAX_DIMS:
+            domain = fit_domain(embeddings(model, images[split["train"]]))
+        out = export_onnx(model, out, size, temperature=temperature, domain=domain)
         # one ONNX Runtime session scores both parts: the exported file, exactly as it will be served
-        probs = onnx_probabilities(out, images[np.concatenate([split["val"], split["test"]])].astype(np.float32) / 255.0)
+        both = images[np.concatenate([split["val"], split["test"]])].astype(np.float32) / 255.0
+        outputs = onnx_outputs(out, both)
+        probs = outputs["probabilities"]
         val_probs, test_probs = probs[: len(split["val"])], probs[len(split["val"]) :]
         decision = {"uncertain_below": choose_uncertain_threshold(y_val, val_probs),
                     "chosen_on": f"{meta['split']} split, val part",
                     "target_selective_accuracy": UNCERTAIN_TARGET_ACCURACY}
         metrics[f"{meta['split']}_test"] = headline_metrics(compute_metrics(ds.labels[split["test"]], test_probs))
+        if domain is not None:
+            scores = outputs[DOMAIN_OUTPUT]
+            val_scores, test_scores = scores[: len(split["val"])], scores[len(split["val"]) :]
+            threshold = float(val_scores.max())
+            domain_card = {
+                "output": DOMAIN_OUTPUT, "threshold": round(threshold, 4),
+                "method": "Mahalanobis distance of the pooled features (Ledoit-Wolf covariance)",
+                "fitted_on": f"{meta['split']} split, train part ({len(split['train'])} images)",
+                "threshold_chosen_on": f"{meta['split']} split, val part: the largest score "
+                                       f"({len(split['val'])} images)",
+                "embedding_dims": int(np.prod(model.feature_shape)),
+                "test_flagged": round(float((test_scores > threshold).mean()), 4),
+            }
     for f in metrics_files or []:
         doc = json.loads(Path(f).read_text())
         other = doc["meta"]
@@ -217,7 +305,24 @@ def export_model(checkpoint: str | Path, out: str | Path, name: str | None = Non
             **{k: other[k] for k in ("model", "seed", "data_fingerprint")},
         }
     card = build_card(name or Path(out).stem, ckpt, metrics)
+    card["outputs"] = list(OUTPUT_NAMES) + ([DOMAIN_OUTPUT] if domain_card else [])
     card["decision"] = decision
     card["calibration"] = calibration
+    if domain_card:
+        card["domain"] = domain_card
+    card["limits"] = MODEL_LIMITS
     write_card(card, out)
     return card
+
+
+# What every card says about where the model may be trusted: the training data's reach, not a measured number
+MODEL_LIMITS = [
+    "Trained on one hospital's images (Taleqani Hospital, Tehran): one stain, one microscope and camera, one "
+    "magnification (100x fields, 224x224 crops).",
+    "Knows four classes only, the dataset's B-ALL subtypes by flow cytometry (benign hematogones, Early Pre-B, "
+    "Pre-B, Pro-B ALL): no T-ALL, AML, CLL, CML or other leukaemias, and no normal blood cells other than those "
+    "in the Benign class.",
+    "Images from other laboratories are flagged 'outside the training domain' rather than classified; it must be "
+    "retrained or calibrated on a laboratory's own images before its classes mean anything there.",
+    "Research decision support, not a diagnosis; the stage names are the seed paper's, not clinical stages.",
+]

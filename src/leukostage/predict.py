@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .classes import BY_KEY, CLASS_KEYS, UNCERTAIN_DISPLAY_NAME, UNCERTAIN_KEY
+from .domain import DOMAIN_OUTPUT, REASON_LOW_CONFIDENCE, REASON_OUTSIDE, domain_fields
 from .imaging import ImageError, preprocess, read_bytes
 from .validate import DEFAULT_PRESET, validate_bytes
 
@@ -49,6 +50,11 @@ class Predictor:
         self.image_size = int(card["input"]["shape"][1])
         self.uncertain_below = float(card.get("decision", {}).get("uncertain_below", 0.0))
         self.outputs = [o.name for o in session.get_outputs()]
+        # the domain check, where the model has one: the graph's score output and the card's threshold
+        self.domain_threshold = float(card["domain"]["threshold"]) if "domain" in card else None
+        if self.domain_threshold is not None and DOMAIN_OUTPUT not in self.outputs:
+            raise ValueError(f"model card {path} names a domain threshold but the model has no {DOMAIN_OUTPUT!r} output")
+        self.decision_outputs = ["probabilities"] + ([DOMAIN_OUTPUT] if self.domain_threshold is not None else [])
 
     @classmethod
     def load(cls, path: str | Path | None = None, threads: int | None = None) -> "Predictor":
@@ -88,31 +94,56 @@ class Predictor:
         values = self.session.run(self.outputs, {"image": np.ascontiguousarray(batch, np.float32)})
         return dict(zip(self.outputs, values))
 
+    def run_decision(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """What a decision needs: probabilities, and the domain score where the model has a domain check."""
+        values = self.session.run(self.decision_outputs, {"image": np.ascontiguousarray(batch, np.float32)})
+        return dict(zip(self.decision_outputs, values))
+
+    def decide_batch(self, outputs: dict[str, np.ndarray]) -> list[dict]:
+        """The contract's prediction fields for each image of a batch's outputs (see :func:`result_fields`)."""
+        scores = outputs.get(DOMAIN_OUTPUT)
+        return [result_fields(p, self.uncertain_below, None if scores is None else float(scores[i]),
+                              self.domain_threshold) for i, p in enumerate(outputs["probabilities"])]
+
     def predict(self, batch: np.ndarray) -> list[str]:
-        """Decided labels: a class key, or ``uncertain`` when the top probability is below the card's threshold."""
-        return [decide(p, self.uncertain_below)[0] for p in self.predict_proba(batch)]
+        """Decided labels: a class key, or ``uncertain`` (outside the training domain, or not confident enough)."""
+        return [r["label"] for r in self.decide_batch(self.run_decision(batch))]
 
 
-def decide(probs: np.ndarray, uncertain_below: float) -> tuple[str, float]:
-    """Top class and its probability; ``uncertain`` when the model is not sure enough to assert a class."""
+def decide(probs: np.ndarray, uncertain_below: float, domain_score: float | None = None,
+           domain_threshold: float | None = None) -> tuple[str, float, str | None]:
+    """Label, top probability and why no class is asserted (None when one is).
+
+    The domain check comes first: far from every training image, the probabilities are not evidence for any class,
+    however confident they look (most normal cells of other laboratories were called leukaemia with p > 0.9).
+    """
     top = int(np.argmax(probs))
     confidence = float(probs[top])
-    return (UNCERTAIN_KEY if confidence < uncertain_below else CLASS_KEYS[top]), confidence
+    if domain_threshold is not None and domain_score is not None and domain_score > domain_threshold:
+        return UNCERTAIN_KEY, confidence, REASON_OUTSIDE
+    if confidence < uncertain_below:
+        return UNCERTAIN_KEY, confidence, REASON_LOW_CONFIDENCE
+    return CLASS_KEYS[top], confidence, None
 
 
-def result_fields(probs: np.ndarray, uncertain_below: float) -> dict:
+def result_fields(probs: np.ndarray, uncertain_below: float, domain_score: float | None = None,
+                  domain_threshold: float | None = None) -> dict:
     """The prediction part of the public JSON contract."""
-    label, confidence = decide(probs, uncertain_below)
+    label, confidence, reason = decide(probs, uncertain_below, domain_score, domain_threshold)
     info = BY_KEY.get(label)
     top_key = CLASS_KEYS[int(np.argmax(probs))]
-    return {
+    fields = {
         "label": label,
         "display_label": info.display_name if info else UNCERTAIN_DISPLAY_NAME,
         "dataset_label": info.dataset_label if info else None,
         "confidence": round(confidence, 6),
         "top_class": top_key,
+        "uncertain_reason": reason,
         "probabilities": {k: round(float(p), 6) for k, p in zip(CLASS_KEYS, probs)},
     }
+    if domain_threshold is not None and domain_score is not None:
+        fields["domain"] = domain_fields(domain_score, domain_threshold)
+    return fields
 
 
 @dataclass
@@ -140,15 +171,14 @@ def analyse_bytes(data: bytes, name: str, predictor: Predictor, preset: str = DE
         return Analysis({"file": name, **verdict.to_dict()}, timing, rgb)
     x = preprocess(rgb, predictor.image_size)[None]
     t2 = time.perf_counter()
-    outputs = predictor.run_all(x) if all_outputs else None
-    probs = outputs["probabilities"][0] if outputs is not None else predictor.predict_proba(x)[0]
+    outputs = predictor.run_all(x) if all_outputs else predictor.run_decision(x)
     t3 = time.perf_counter()
     timing.update(preprocess=round((t2 - t1) * 1000, 3), inference=round((t3 - t2) * 1000, 3),
                   total=round((t3 - t0) * 1000, 3))
-    result = {"file": name, "valid": True, **result_fields(probs, predictor.uncertain_below)}
+    result = {"file": name, "valid": True, **predictor.decide_batch(outputs)[0]}
     if verdict.checks:
         result["checks"] = verdict.checks_dict()
-    return Analysis(result, timing, rgb, outputs)
+    return Analysis(result, timing, rgb, outputs if all_outputs else None)
 
 
 def analyse_path(path: str | Path, predictor: Predictor, preset: str = DEFAULT_PRESET) -> Analysis:

