@@ -9,6 +9,8 @@ import pytest
 
 from leukostage.predict import default_model_path
 
+pytest_plugins = ["cases_fixtures"]  # databases (SQLite and a real PostgreSQL), users and apps for tests/test_cases_*
+
 
 def require(module: str):
     """Import a declared dependency (torch from the train extra, Pillow via the test extra). Missing, it skips a

@@ -92,6 +92,8 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
+    from .cases_api import init_cases  # cases: database, auth, the case API (issue 10)
+    init_cases(app)
     responses.register_error_handlers(app)
     app.after_request(responses.security_headers)
     return app

@@ -6,6 +6,7 @@ from ..classes import CLASS_KEYS, CLASSES, DISCLAIMER, UNCERTAIN_KEY
 from ..domain import UNCERTAIN_REASONS
 from ..explain import EXPLAIN_MAX_SIDE, METHOD
 from ..imaging import MAX_PIXELS, MIN_SIDE, mebibytes
+from .cases_openapi import case_paths, case_schemas, security_schemes
 from .responses import STATUS_BY_CODE
 
 _REF = "#/components/schemas/"
@@ -232,6 +233,7 @@ def build_spec(config, model_info: dict) -> dict:
             "/api/v1/openapi.json": {"get": {"summary": "This description.",
                                              "responses": {"200": {"description": "OpenAPI 3.1",
                                                                    "content": {"application/json": {}}}}}},
+            **case_paths(),
         },
-        "components": {"schemas": schemas},
+        "components": {"schemas": {**schemas, **case_schemas()}, "securitySchemes": security_schemes()},
     }

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, render_template
 
-from ..classes import CLASSES, DISCLAIMER, UNCERTAIN_COLOUR, UNCERTAIN_DISPLAY_NAME, UNCERTAIN_KEY
+from ..classes import CLASSES, DISCLAIMER, UNCERTAIN_COLOUR, UNCERTAIN_DISPLAY_NAME, UNCERTAIN_KEY, text_colour
+from ..classes import luminance as _luminance  # noqa: F401  (tests read it here)
 from ..explain import colour_scale_info
 from ..imaging import SUPPORTED_FORMATS, mebibytes, size_limit_message
 from . import PREDICTOR_KEY
@@ -12,19 +13,6 @@ from .api import can_explain
 bp = Blueprint("pages", __name__)
 
 ACCEPT = "image/jpeg,image/png,image/tiff,image/bmp,.jpg,.jpeg,.png,.tif,.tiff,.bmp"
-
-
-def _luminance(hex_colour: str) -> float:
-    """WCAG relative luminance of ``#rrggbb``."""
-    channels = [int(hex_colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
-    r, g, b = (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
-    return 0.2126 * r + 0.7152 * g + 0.0722 * b
-
-
-def text_colour(background: str) -> str:
-    """Black or white, whichever contrasts more with ``background`` (yellow and orange badges get dark text)."""
-    lum = _luminance(background)
-    return "#000000" if (lum + 0.05) / 0.05 > 1.05 / (lum + 0.05) else "#ffffff"
 
 
 def page_config() -> dict:
