@@ -13,7 +13,10 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def _add_db(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("db", help="the case database: apply migrations, check stored images against rows")
+    p = sub.add_parser("db", help="the case database: apply migrations, check stored images against rows",
+                       description="The case database ($LEUKOSTAGE_DATABASE_URL, default a SQLite file in the "
+                       "instance folder): `db upgrade` applies every pending migration (serve refuses an unmigrated "
+                       "database); `db check` compares the image store with the rows.")
     verbs = p.add_subparsers(dest="db_command", required=True)
     verbs.add_parser("upgrade", help="apply every pending migration (creates the SQLite file on first use)")
     c = verbs.add_parser("check", help="find stored image files without a row (and remove them) and rows whose "
@@ -46,7 +49,10 @@ def cmd_db(args: argparse.Namespace) -> int:
 def _add_users(sub: argparse._SubParsersAction) -> None:
     from ..cases.models import ROLES
 
-    p = sub.add_parser("users", help="users of the case workflow: add one, issue or revoke API tokens")
+    p = sub.add_parser("users", help="users of the case workflow: add one, issue or revoke API tokens",
+                       description="Users of the case workflow and their roles (technician: creates cases and "
+                       "uploads; reviewer: overrides and signs off; admin: users). Passwords and tokens are stored "
+                       "hashed only.")
     verbs = p.add_subparsers(dest="users_command", required=True)
     a = verbs.add_parser("add", help="add a user (the password is read from stdin)")
     a.add_argument("name")
@@ -81,7 +87,10 @@ def cmd_users(args: argparse.Namespace) -> int:
 def _add_evaluate_cases(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate-cases", help="choose the case-call rule on the blocked split's validation part "
                        "and score it on its test part (pseudo-cases of 10 consecutive files); writes "
-                       "reports/cases/metrics.json + report.md and the package's case_rule.json")
+                       "reports/cases/metrics.json + report.md and the package's case_rule.json",
+                       description="Choose the case-call rule on the blocked split's validation part (pseudo-cases of "
+                       "10 consecutive file numbers of one class) and score it on the test part; writes "
+                       "reports/cases/metrics.json + report.md and the package's case_rule.json.")
     p.add_argument("--data", default=str(default_data_dir()), help="dataset folder (default: $LEUKOSTAGE_DATA)")
     p.add_argument("--model", default=None, help="ONNX model (default: the model shipped in the package)")
     p.add_argument("--seed", type=int, default=None, help="split seed (default: the model's training seed)")
