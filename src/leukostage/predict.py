@@ -19,7 +19,7 @@ from .imaging import ImageError, preprocess, read_bytes
 from .validate import DEFAULT_PRESET, validate_bytes
 
 MODELS_DIR = Path(str(resources.files("leukostage") / "models"))  # package data: present in a wheel install too
-DEFAULT_MODEL_NAME = "robust"
+DEFAULT_MODEL_NAME = "lite0"
 DEFAULT_MODEL = MODELS_DIR / f"{DEFAULT_MODEL_NAME}.onnx"
 
 
