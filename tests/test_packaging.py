@@ -67,7 +67,7 @@ def test_wheel_carries_every_file_the_package_reads(wheel):
     the wheel: package data is not only what an editable install happens to see."""
     wanted = {str(Path(f).relative_to("src")) for f in tracked_files()
               if f.startswith("src/leukostage/") and not f.endswith(".py")}
-    assert {"leukostage/validator.json", "leukostage/models/robust.onnx", "leukostage/models/robust.card.json"} <= wanted
+    assert {"leukostage/validator.json", "leukostage/models/lite0.onnx", "leukostage/models/lite0.card.json"} <= wanted
     assert any(f.startswith("leukostage/web/templates/") for f in wanted)
     assert any(f.startswith("leukostage/web/static/") for f in wanted)
     names = set(zipfile.ZipFile(wheel).namelist())

@@ -37,7 +37,7 @@ def make_case(fields: list[tuple[str, bytes, dict]], status: str = "open", patie
     summary = summarise([i["result"] for i in images])
     case = {"id": case_id, "accession": accession, "patient_ref": patient_ref, "note": note, "status": "open",
             "created_at": CREATED, "created_by": "tech", "updated_at": UPDATED,
-            "model": {"name": "robust", "version": "0.1.0"}, "images": images, "summary": summary, "review": None,
+            "model": {"name": "lite0", "version": "0.1.0"}, "images": images, "summary": summary, "review": None,
             "amendments": []}
     if status in ("signed_off", "amended"):
         case["status"] = "signed_off"
@@ -221,7 +221,7 @@ def test_a_case_without_counted_fields_is_uncertain_with_absent_proportions(card
 
 def test_device_names_the_model_and_its_card(synthetic_case, card):
     (device,) = resources(case_bundle(synthetic_case, card), "Device")
-    assert device["deviceName"][0] == {"name": "leukostage robust", "type": "model-name"}
+    assert device["deviceName"][0] == {"name": "leukostage lite0", "type": "model-name"}
     assert device["version"][0]["value"] == "0.1.0"
     assert any(card["intended_use"] == n["text"] for n in device["note"])
 
@@ -341,7 +341,7 @@ def test_pdf_says_what_a_case_report_must(real_fields, store, gradcam, card):
     for needed in ("ACC-2026-0042", "Patient/p-42", "Amended after sign-off", "2026-11-26 09:00 UTC by tech",
                    "2026-11-26 10:00 UTC by rev", "Model's call", "Reviewer's final call", case["summary"]["case_rule"],
                    "Class proportions", "Second smear read", "Pro-B picture on the second smear.",
-                   "The model and its limits", "robust 0.1.0", card["intended_use"], "Limits",
+                   "The model and its limits", "lite0 0.1.0", card["intended_use"], "Limits",
                    "Smear 2 of 2 <b>&amp;</b>",  # user text printed as typed, not read as markup
                    "Research decision support, not a diagnosis."):
         assert squash(needed) in flat, needed

@@ -56,6 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=str(default_data_dir()), help="to score the test split(s) for the card")
     p.add_argument("--metrics", nargs="*", default=[], help="metrics.json files to copy into the card (their data "
                    "fingerprint must match the checkpoint's)")
+    p.add_argument("--external", nargs="*", default=[], metavar="REPORT",
+                   help="`evaluate --external` metrics.json files (other laboratories' images) to copy into the card")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("audit", help="shortcut audit on the model's test split: Grad-CAM on cells, accuracy with "
@@ -118,7 +120,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from ..export import export_model
 
-    card = export_model(args.checkpoint, args.out, name=args.name, metrics_files=args.metrics, data=args.data)
+    card = export_model(args.checkpoint, args.out, name=args.name, metrics_files=args.metrics, data=args.data,
+                        external_files=args.external)
     print(f"wrote {args.out} and its card ({card['name']} {card['version']})")
     return 0
 
