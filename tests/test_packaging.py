@@ -94,6 +94,9 @@ def free_port() -> int:
 
 
 def test_installed_wheel_serves(installed, tmp_path):
+    """What `make run` does, from the wheel: migrate the (new, empty) case database, then serve."""
+    r = run([installed / "bin" / "leukostage", "db", "upgrade"], cwd=tmp_path, env=user_env())
+    assert r.returncode == 0, r.stderr
     port = free_port()
     proc = subprocess.Popen([installed / "bin" / "leukostage", "serve", "--port", str(port), "--workers", "1"],
                             cwd=tmp_path, env=user_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
