@@ -5,6 +5,8 @@ Training and serving both call :func:`preprocess` (or its two halves, :func:`res
 """
 from __future__ import annotations
 
+import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,14 +236,18 @@ def decode_image(data: bytes) -> np.ndarray:
 def read_bytes(path: str | Path, max_bytes: int = MAX_BYTES) -> bytes:
     """Read a file for decoding, refusing missing paths, folders and oversized files with a clear message."""
     p = Path(path)
-    if not p.exists():
-        raise ImageError("unreadable", f"No such file: {p}")
-    if p.is_dir():
-        raise ImageError("unreadable", f"{p} is a folder, not an image file.")
-    size = p.stat().st_size
-    if size > max_bytes:
-        raise ImageError("too_large", size_limit_message(size, max_bytes))
     try:
+        if not p.exists():
+            if p.is_symlink():
+                raise ImageError("unreadable", f"{p} is a broken symbolic link (to {os.readlink(p)}, now missing).")
+            raise ImageError("unreadable", f"No such file: {p}")
+        if p.is_dir():
+            raise ImageError("unreadable", f"{p} is a folder, not an image file.")
+        st = p.stat()
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block the reader or never end
+            raise ImageError("unreadable", f"{p} is not a regular file (a pipe, socket or device); give an image file.")
+        if st.st_size > max_bytes:
+            raise ImageError("too_large", size_limit_message(st.st_size, max_bytes))
         return p.read_bytes()
     except OSError as exc:
         raise ImageError("unreadable", f"Cannot read {p}: {exc.strerror or exc}.") from exc

@@ -11,9 +11,9 @@ import sys
 
 from .. import __version__
 from ..classes import DISCLAIMER
-from . import cases, serving, training
+from . import batch, cases, serving, training
 
-GROUPS = (serving, training, cases)  # verb groups, in help order; a new group module is appended here
+GROUPS = (serving, training, cases, batch)  # verb groups, in help order; a new group module is appended here
 
 EXIT_ERROR = 2  # a usage or input problem, reported in one line (argparse uses 2 as well)
 EXIT_INTERRUPTED = 130

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TypeVar
 
+from ..batch.discover import expand_inputs  # noqa: F401  folders at any depth: the same discovery as `batch`
 from ..validate import DEFAULT_PRESET, PRESETS, VALIDATOR_ENV
 
 T = TypeVar("T")
@@ -44,24 +45,6 @@ def use_validator(path: str | None) -> None:
         raise FileNotFoundError(f"validator file {path} not found; write one with `leukostage calibrate-validator "
                                 "--out FILE` or leave out --validator")
     os.environ[VALIDATOR_ENV] = str(p.resolve())
-
-
-def expand_inputs(items: list[str]) -> list[str | dict]:
-    """Folders become their image files (sorted); a folder with none becomes an error entry."""
-    from ..imaging import IMAGE_SUFFIXES
-
-    out: list[str | dict] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            files = sorted(str(f) for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-            if not files:
-                out.append({"file": item, "valid": False, "code": "unreadable",
-                            "reason": f"{item} is a folder with no images ({', '.join(IMAGE_SUFFIXES)})"})
-            out.extend(files)
-        else:
-            out.append(item)
-    return out
 
 
 def progress(items: list[T], what: str) -> Iterable[T]:
