@@ -7,7 +7,6 @@ import io
 import logging
 import re
 
-import pytest
 from cases_fixtures import PASSWORD, People
 
 CASE_ROUTE = re.compile(r"^/api/v1/cases")

@@ -19,23 +19,16 @@ import pytest
 
 from leukostage.classes import CLASS_KEYS, DISCLAIMER
 from leukostage.reports import content
-from web_server import LiveServer
+from web_server import LiveServer, launch_chromium
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 TIMEOUT_MS = 30_000
 UPLOAD_TIMEOUT_MS = 120_000  # six fields analysed on a shared 2-core machine
 PASSWORD = "correct horse battery 9"
 EXPECTED_4XX = re.compile(r"Failed to load resource: the server responded with a status of 4\d\d")
 
-
-def _unavailable(message: str):
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def cli(env: dict, *args: str, stdin: str | None = None) -> str:
@@ -68,16 +61,8 @@ def server(model_path, instance):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).is_file():
-        _unavailable(f"{CHROMIUM} is missing: run `make browser` (apt-get install -y chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("playwright is not installed: pip install -e '.[test]'")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    with launch_chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture

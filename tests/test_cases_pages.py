@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import re
 
-import pytest
 from cases_fixtures import PASSWORD, People
 
 from leukostage.classes import CLASSES, UNCERTAIN_COLOUR, text_colour

@@ -170,7 +170,7 @@ def test_lite0_onnx_matches_torch_with_gradcam_weights_and_domain_score(random_l
     import onnxruntime as ort
 
     from leukostage.domain import mahalanobis
-    from leukostage.export import SHRINKAGE_GRID, embeddings, fit_domain
+    from leukostage.export import embeddings, fit_domain
 
     batch = _real_batch_224(taleqani)
     uint8 = np.round(batch * 255).astype(np.uint8)

@@ -5,7 +5,6 @@ to test-artifacts/ (gitignored).
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -15,20 +14,13 @@ import pytest
 
 from leukostage.classes import BY_KEY, CLASS_KEYS, UNCERTAIN_COLOUR, UNCERTAIN_KEY
 from leukostage.imaging import decode_image
-from web_server import LiveServer, post, smear_candidates
+from web_server import LiveServer, launch_chromium, post, smear_candidates
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 TIMEOUT_MS = 20_000
 
-
-def _unavailable(message: str):
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def rgb_css(hex_colour: str) -> str:
@@ -45,16 +37,8 @@ def server(model_path):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).is_file():
-        _unavailable(f"{CHROMIUM} is missing: run `make browser` (apt-get install -y chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("playwright is not installed: pip install -e '.[test]'")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    with launch_chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture

@@ -51,8 +51,6 @@ GUNICORN_ERRORS = {
 def error_document(status: int, reason: str, message: str) -> tuple[bytes, list[tuple[str, str]]]:
     """The JSON body and headers for an error answered outside Flask (by gunicorn's worker): the app's error shape
     and the security headers of every API response."""
-    import json
-
     code, text = GUNICORN_ERRORS.get(message) or GUNICORN_ERRORS.get(reason) or (
         reason.lower().replace(" ", "_"), message or reason)
     body = json.dumps({"error": {"code": code, "message": text}}).encode()
