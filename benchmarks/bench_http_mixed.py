@@ -29,6 +29,7 @@ from leukostage.predict import default_model_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_http import start_server, stop_server  # noqa: E402
+from timing import report  # noqa: E402
 
 LIMIT = 2 * 2**20  # the per-file limit the test also sets, so oversize bodies stay cheap on loopback
 FORMER_BUDGET_S = 50.0  # what test_web_robustness asserted before issue 12
@@ -122,10 +123,7 @@ def main() -> None:
         "former_test_budget_s": FORMER_BUDGET_S, "mixed_within_former_budget": med["mixed"] < FORMER_BUDGET_S,
         "5xx_or_failed": failures,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    report(result, args.json)
 
 
 if __name__ == "__main__":
