@@ -31,9 +31,9 @@ def checkpoint(random_model, data_dir, tmp_path_factory):
     return path
 
 
-def _real_batch(taleqani, n=6):
+def _real_batch(taleqani, n=6, size=128):
     files = sorted(taleqani.glob("*/*.jpg"))[:3] + sorted(taleqani.glob("cancerous/*/*.jpg"))[:n - 3]
-    return np.stack([preprocess(load_image(f)) for f in files])
+    return np.stack([preprocess(load_image(f), size) for f in files])
 
 
 def _torch_probabilities(model, batch: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -54,7 +54,7 @@ def test_onnx_matches_torch_on_real_images(random_model, taleqani, tmp_path):
 
 def test_shipped_onnx_is_the_torch_module_with_its_weights(shipped_torch_model, model_path, taleqani):
     model, temperature = shipped_torch_model
-    batch = _real_batch(taleqani, n=8)
+    batch = _real_batch(taleqani, n=8, size=model.cfg.image_size)
     ref = _torch_probabilities(model, batch, temperature)
     got = onnx_probabilities(model_path, batch)
     assert np.abs(got - ref).max() < 1e-4
@@ -159,9 +159,6 @@ def random_lite():
     return build_model(ModelConfig(arch="lite0", image_size=224, colour_norm=True, pretrained=True)).eval()
 
 
-def _real_batch_224(taleqani, n=6):
-    files = sorted(taleqani.glob("*/*.jpg"))[:3] + sorted(taleqani.glob("cancerous/*/*.jpg"))[: n - 3]
-    return np.stack([preprocess(load_image(f), 224) for f in files])
 
 
 def test_lite0_onnx_matches_torch_with_gradcam_weights_and_domain_score(random_lite, taleqani, data_dir, tmp_path):
@@ -172,7 +169,7 @@ def test_lite0_onnx_matches_torch_with_gradcam_weights_and_domain_score(random_l
     from leukostage.domain import mahalanobis
     from leukostage.export import embeddings, fit_domain
 
-    batch = _real_batch_224(taleqani)
+    batch = _real_batch(taleqani, size=224)
     uint8 = np.round(batch * 255).astype(np.uint8)
     # a covariance from real images: a few dozen training-like fields (more than the test batch, fewer than dims)
     fit_files = sorted(taleqani.glob("cancerous/early/*.jpg"))[10:40] + sorted(taleqani.glob("normal/*.jpg"))[10:40]

@@ -13,7 +13,7 @@ REGRESSION_SUBSET = 120  # the first N images of the shipped model's own test sp
 
 def test_card_drives_preprocessing_and_decision(predictor):
     assert predictor.classes_ == CLASS_KEYS
-    assert predictor.image_size == 128
+    assert predictor.image_size == predictor.card["input"]["shape"][1] == 224  # lite0 reads the native 224 px
     assert 0.0 < predictor.uncertain_below < 1.0
     assert predictor.info["name"] and predictor.info["version"]
 
@@ -105,9 +105,11 @@ def test_card_threshold_makes_predictor_cli_and_web_answer_uncertain(model_with_
     doubtful = model_with_card(with_threshold(0.999999))
     strict = Predictor.load(doubtful)
     assert strict.uncertain_below == 0.999999
-    assert strict.predict(to_unit_range(np.stack([np.zeros((128, 128, 3), np.uint8)]))) == ["uncertain"]
+    side = strict.image_size
+    assert strict.predict(to_unit_range(np.stack([np.zeros((side, side, 3), np.uint8)]))) == ["uncertain"]
     result = analyse_path(path, strict).result
     assert result["label"] == "uncertain" and result["top_class"] == shipped["label"]
+    assert result["uncertain_reason"] == "low_confidence"  # the card's threshold, not the domain check
     assert result["probabilities"] == shipped["probabilities"]
 
     cli = subprocess.run([sys.executable, "-m", "leukostage.cli", "predict", "--json", "--model", str(doubtful),

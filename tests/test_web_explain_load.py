@@ -85,7 +85,7 @@ def test_a_worker_stopped_by_gunicorns_timeout_still_answers_json(model_path, hu
     """A real worker timeout: gunicorn's timeout set to 1 s, the app's budget far above it, a request of many
     short steps (so the worker reaches Python code soon after gunicorn's SIGABRT)."""
     medium = cv2.imencode(".jpg", cv2.resize(cv2.imdecode(np.frombuffer(huge_jpeg, np.uint8), cv2.IMREAD_COLOR),
-                                             (1500, 1500), interpolation=cv2.INTER_AREA))[1].tobytes()
+                                             (2500, 2500), interpolation=cv2.INTER_AREA))[1].tobytes()
     env = {"GUNICORN_CMD_ARGS": "--timeout 1", "LEUKOSTAGE_REQUEST_BUDGET_S": "3600"}
     with LiveServer(model_path, workers=1, env=env, log=tmp_path / "server.log") as live:
         (worker,) = live.worker_pids()

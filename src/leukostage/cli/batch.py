@@ -14,7 +14,11 @@ EXIT_INTERRUPTED = 130  # the shell's code for a run stopped by a signal
 
 def add_batch(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("batch", help="score image archives into a results file: streaming, resumable, on local "
-                       "worker processes or a Dask cluster")
+                       "worker processes or a Dask cluster",
+                       description="Score every image under INPUT (files, folders at any depth, @LIST.txt) into "
+                       "RESULTS, one row per input (refused inputs too, with their code), written as chunks finish; "
+                       "--resume skips inputs already there. Runs on local worker processes by default, or on a "
+                       "Dask cluster with --scheduler.")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files, folders (searched at any depth; hidden entries skipped) or @LIST.txt "
                    "(one path per line)")
