@@ -8,7 +8,7 @@ PORT ?= 8000
 LEUKOSTAGE_DATA ?= $(abspath ../shared/data)
 export LEUKOSTAGE_DATA
 
-.PHONY: setup run test bench clean browser
+.PHONY: setup run test bench clean browser postgres
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +24,17 @@ browser:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 		echo "chromium not installed: browser tests will fail under CI"
 
+# Debian's PostgreSQL server binaries for the case tests' throw-away cluster (initdb/pg_ctl; no service is started).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) ; } || \
+		echo "postgresql not installed: the PostgreSQL half of the case tests will fail under CI"
+
 run: setup
+	$(BIN)/leukostage db upgrade
 	$(BIN)/leukostage serve --host $(HOST) --port $(PORT)
 
-test: setup browser
+test: setup browser postgres
 	$(BIN)/python -m pytest -q
 
 bench: setup

@@ -36,6 +36,7 @@ import cv2
 from leukostage.data import default_data_dir
 from leukostage.predict import default_model_path
 from leukostage.web import cpu_count
+from timing import report  # benchmarks/timing.py
 
 TARGET_P50_MS = 15.0  # issue 9: HTTP /predict p50 for a 224x224 JPEG on the 2-core machine
 TARGET_RPS = 80.0
@@ -254,10 +255,7 @@ def main() -> None:
         "loadavg_1m_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
         "models": per_model,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    report(result, args.json)
 
 
 if __name__ == "__main__":

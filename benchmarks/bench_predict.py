@@ -12,7 +12,6 @@ given too.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 from leukostage.data import default_data_dir
 from leukostage.imaging import decode_image, preprocess
 from leukostage.predict import Predictor, default_model_path
-from timing import median_ms  # benchmarks/timing.py
+from timing import median_ms, report  # benchmarks/timing.py
 
 TARGET_BATCH32_IMG_S = 200.0
 TARGET_MODEL_MB = 25.0
@@ -102,9 +101,7 @@ def main() -> None:
                         "cores": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2),
                         "input": "one 224x224 Taleqani JPEG: decode + preprocess (to each model's input side) + "
                                  "inference (probabilities and, where the model has one, the domain score)"}
-    print(json.dumps(results, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    report(results, args.json)
 
 
 if __name__ == "__main__":

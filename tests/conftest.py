@@ -1,12 +1,27 @@
 """Shared fixtures: the real data folder (fails, not skips, under CI when missing) and the shipped model."""
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
 import pytest
 
 from leukostage.predict import default_model_path
+
+pytest_plugins = ["cases_fixtures"]  # databases (SQLite and a real PostgreSQL), users and apps for tests/test_cases_*
+
+
+def require(module: str):
+    """Import a declared dependency (torch from the train extra, Pillow via the test extra). Missing, it skips a
+    local run but fails under CI (CI=true): a broken install must not pass as a clean run of fewer tests."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        message = f"{module} is a declared dependency but cannot be imported ({exc}); run `make setup`"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
 
 
 def pytest_addoption(parser):
@@ -52,7 +67,7 @@ def shipped_torch_model(model_path):
 
     Returns (model in eval mode, softmax temperature from the card).
     """
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     import json
 
     import onnx
@@ -74,3 +89,21 @@ def predictor(model_path):
     from leukostage.predict import Predictor
 
     return Predictor.load(model_path)
+
+
+@pytest.fixture
+def model_with_card(tmp_path, model_path):
+    """Copy the shipped model into tmp_path with its card changed by ``edit(card) -> card`` (None: no card)."""
+    import json
+
+    from leukostage.predict import card_path_for
+
+    def make(edit, name: str = "variant") -> Path:
+        onnx = tmp_path / f"{name}.onnx"
+        onnx.write_bytes(model_path.read_bytes())
+        card = edit(json.loads(card_path_for(model_path).read_text()))
+        if card is not None:
+            card_path_for(onnx).write_text(json.dumps(card))
+        return onnx
+
+    return make

@@ -24,8 +24,10 @@ def test_genuine_split_is_deterministic_disjoint_and_uses_the_project_split(data
 def test_colour_rule_sits_beyond_every_calibration_smear():
     stats = np.array([[10.0, 190.0, 0.02], [60.0, 250.0, 0.5], [30.0, 200.0, 0.1]])
     rule = derive_colour_rule(stats)
-    assert rule.min_saturation <= 8.0 and rule.min_brightness <= 152 and rule.min_stain_ratio <= 0.016
-    assert 250 < rule.max_brightness <= 255
+    # 80 % of the lowest calibration smear's value (floored), halfway from the brightest smear to 255: exact, so an
+    # accept-everything rule (zeros) fails as surely as one that turns away the calibration smears
+    assert (rule.min_saturation, rule.min_brightness, rule.min_stain_ratio) == (8.0, 152, 0.016)
+    assert rule.max_brightness == 253
     assert (rule.hue_low, rule.hue_high) == (120, 180)
 
 
@@ -153,3 +155,52 @@ def test_run_end_to_end_on_a_small_slice(data_dir, tmp_path, monkeypatch):
                 ablations=False)
     assert again["config"]["seed"] == 42  # --report-only scores the JSON with the seed it was made with
     assert again["table"] == metrics["table"]
+
+
+# --- the CLI verb: a named file, never the packaged one by surprise (issue 12 items 6 and 8) ---------------------------
+def test_cli_calibrate_needs_a_named_new_file(tmp_path, capsys):
+    from leukostage.cli import main
+    from leukostage.validate import VALIDATOR_PATH
+
+    before = VALIDATOR_PATH.read_bytes()
+    assert main(["calibrate-validator", "--report", str(tmp_path / "r")]) == 2
+    assert "--out FILE is required" in capsys.readouterr().err
+    assert main(["calibrate-validator", "--out", str(VALIDATOR_PATH), "--report", str(tmp_path / "r")]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert VALIDATOR_PATH.read_bytes() == before and not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_cli_calibrate_writes_the_named_file_and_predict_uses_it(data_dir, tmp_path, monkeypatch, capsys):
+    """calibrate-validator --out FILE on a small slice, then --report-only on it, then validate --validator FILE."""
+    import functools
+    import json
+
+    from leukostage import calibrate
+    from leukostage.cli import main
+    from leukostage.validate import VALIDATOR_PATH, validator_info
+
+    monkeypatch.setenv("LEUKOSTAGE_VALIDATOR", str(VALIDATOR_PATH))  # restored after --validator sets it
+    full = genuine_split(data_dir, 42)
+    small = {s: {part: files[:: max(1, len(files) // 12)][:12] for part, files in parts.items()}
+             for s, parts in full.items()}
+    monkeypatch.setattr(calibrate, "genuine_split", lambda data, seed: small)
+    monkeypatch.setattr(calibrate, "CalibrationConfig", functools.partial(
+        calibrate.CalibrationConfig, negatives_per_category=4, heldout_per_category=2, genuine_per_source=16,
+        folds=2))
+    packaged = VALIDATOR_PATH.read_bytes()
+    out = tmp_path / "lab.json"
+    args = ["calibrate-validator", "--data", str(data_dir), "--out", str(out), "--report", str(tmp_path / "r"),
+            "--no-ablations"]
+    assert main(args) == 0
+    shares = json.loads(capsys.readouterr().out)
+    assert set(shares) >= {"taleqani", "pbc_sample", "bccd_smears"} and 0 <= shares["taleqani"]["default"] <= 1
+    assert out.is_file() and VALIDATOR_PATH.read_bytes() == packaged
+    assert (tmp_path / "r" / "report.md").is_file()
+    assert main(args) == 2 and "exists" in capsys.readouterr().err  # a second run does not overwrite silently
+    assert main(["calibrate-validator", "--report-only", "--validator", str(out), "--data", str(data_dir),
+                 "--report", str(tmp_path / "again"), "--no-ablations"]) == 0
+    assert json.loads(capsys.readouterr().out) == shares
+    smear = small["taleqani"]["heldout"][0]
+    assert main(["validate", "--json", "--validator", str(out), str(smear)]) in (0, 1)
+    assert json.loads(capsys.readouterr().out)[0]["validator"] == validator_info(out)

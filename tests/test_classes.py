@@ -1,6 +1,6 @@
 import pytest
 
-from leukostage.classes import BY_KEY, CLASS_KEYS, CLASSES, class_info
+from leukostage.classes import BY_KEY, CLASS_KEYS, CLASSES, class_info, parse_class
 
 
 def test_keys_names_and_dataset_labels_are_the_contract():
@@ -15,3 +15,17 @@ def test_unknown_class_lists_valid_keys():
     assert class_info("mid") is BY_KEY["mid"]
     with pytest.raises(ValueError, match="normal, early, mid, advanced"):
         class_info("stage4")
+
+
+@pytest.mark.parametrize("text, key", [
+    ("mid", "mid"), ("Mid", "mid"), ("MID", "mid"), (" mid ", "mid"), ("Mid Stage", "mid"), ("mid  stage", "mid"),
+    ("Pre-B ALL", "mid"), ("pro-b all", "advanced"), ("Normal", "normal"), ("Early Stage", "early"),
+    ("Benign (hematogones)", "normal")])
+def test_parse_class_takes_keys_in_any_case_and_display_names(text, key):
+    assert parse_class(text) is BY_KEY[key]
+
+
+@pytest.mark.parametrize("text", ["stage4", "", "Early Pre-B", "mid-stage", "advanced stage 2"])
+def test_parse_class_refuses_others_listing_keys_and_names(text):
+    with pytest.raises(ValueError, match=r"expected one of normal, early, mid, advanced .*Mid Stage"):
+        parse_class(text)

@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 
 from leukostage.classes import CLASS_KEYS
-from leukostage.explain import explain_image, explain_rgb, gradcam, overlay, overlay_png_base64, save_explanation
+from leukostage.explain import (EXPLAIN_MAX_SIDE, HEAT_STOPS, TRANSPARENT_BELOW, explain_image, explain_rgb, gradcam,
+                                heat_colours, overlay, overlay_png_base64, render, save_explanation)
 from leukostage.imaging import load_image, preprocess
 from leukostage.predict import Predictor
+from conftest import require
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = Path(os.environ.get("LEUKOSTAGE_TEST_CHECKPOINT", ROOT / "runs" / "paper-random" / "best.pt"))
@@ -42,7 +44,7 @@ def _load_checkpoint_bytes(path: Path, tries: int = 5):
 @pytest.fixture(scope="module", params=["shipped", "exported"])
 def torch_model(request):
     """(model in eval mode, checkpoint-like dict or None for the shipped model)."""
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     from leukostage.model import ModelConfig, build_model, config_dict, config_from_dict
 
     if request.param == "shipped":
@@ -69,7 +71,9 @@ def onnx_model(torch_model, model_path, tmp_path_factory) -> Path:
     if ckpt is None:
         return model_path
     path = export_onnx(model, tmp_path_factory.mktemp("explain") / "m.onnx")
-    write_card(build_card("test", ckpt, {}, command="test"), path)
+    card = build_card("test", ckpt, {}, command="test")
+    card["decision"] = {"uncertain_below": 0.5, "chosen_on": "test fixture"}  # a card must say when to doubt
+    write_card(card, path)
     return path
 
 
@@ -153,7 +157,9 @@ def test_overlay_and_base64_png(served, pbc_image):
     heat = explain_image(served, rgb).heatmap
     blended = overlay(rgb, heat)
     assert blended.shape == rgb.shape and blended.dtype == np.uint8
-    assert not np.array_equal(blended, rgb)
+    attended = heat > TRANSPARENT_BELOW
+    assert np.array_equal(blended[~attended], rgb[~attended])  # low attention: the image itself
+    assert attended.any() == (not np.array_equal(blended, rgb))
     png = base64.b64decode(overlay_png_base64(rgb, heat))
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR).shape == rgb.shape
@@ -171,6 +177,53 @@ def test_save_explanation_writes_png_and_npy(tmp_path):
     assert np.array_equal(np.load(npy), heat)
 
 
+# --- readability of the heat map (issue 12, item 7) ------------------------------------------------------------------
+def hue_degrees(rgb: np.ndarray) -> np.ndarray:
+    """HSV hue in degrees of (..., 3) uint8 RGB."""
+    return cv2.cvtColor(np.asarray(rgb, np.uint8).reshape(-1, 1, 3), cv2.COLOR_RGB2HSV_FULL)[:, 0, 0] * (360 / 256)
+
+
+def test_low_attention_leaves_the_image_untouched(pbc_image):
+    rgb = load_image(pbc_image)
+    assert np.array_equal(overlay(rgb, np.zeros(rgb.shape[:2], np.float32)), rgb)
+    below = np.full(rgb.shape[:2], TRANSPARENT_BELOW * 0.99, np.float32)
+    assert np.array_equal(overlay(rgb, below), rgb)  # no purple (or any) tint where the model does not look
+    top = overlay(rgb, np.ones(rgb.shape[:2], np.float32))
+    assert np.abs(top.astype(int) - rgb).mean() > 30  # where it looks, the colour is plain to see
+
+
+def test_heat_colours_stand_out_against_the_stain(sample_smears):
+    """The drawn colours (from the visible part of the map up) are far in hue from the stained cells' purple."""
+    stained = []
+    for path in sample_smears.values():
+        rgb = load_image(path)
+        hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV_FULL)
+        stained.append(rgb[hsv[..., 1] > np.percentile(hsv[..., 1], 90)])  # the most saturated: the stain
+    stain_hue = float(np.median(hue_degrees(np.concatenate(stained))))
+    assert 240 <= stain_hue <= 350, stain_hue  # purple-magenta, as Romanowsky stains are
+    levels = np.linspace(TRANSPARENT_BELOW, 1.0, 16, dtype=np.float32)
+    drawn = np.round(heat_colours(levels)).astype(np.uint8)
+    distance = np.abs((hue_degrees(drawn) - stain_hue + 180) % 360 - 180)
+    assert distance.min() >= 90, (stain_hue, hue_degrees(drawn))
+
+
+def test_overlay_is_capped_and_the_png_carries_a_colour_scale(tmp_path):
+    rgb = np.full((3000, 2000, 3), 230, np.uint8)
+    heat = np.zeros((3000, 2000), np.float32)
+    heat[:1500] = 1.0  # the top half attended
+    picture = render(rgb, heat, with_scale=False)
+    assert picture.shape == (1024, 683, 3)  # longest side EXPLAIN_MAX_SIDE, aspect kept
+    png, _ = save_explanation(tmp_path, "big", rgb, heat)
+    saved = cv2.cvtColor(cv2.imread(str(png)), cv2.COLOR_BGR2RGB)
+    assert saved.shape[0] == EXPLAIN_MAX_SIDE and saved.shape[1] > 683  # the scale sits beside the overlay
+    assert np.array_equal(saved[:, :683], picture)
+    strip = saved[:, 683:]
+    top = np.array([int(HEAT_STOPS[-1][1][i : i + 2], 16) for i in (1, 3, 5)])
+    rows = np.abs(strip.astype(int) - top).sum(axis=2).min(axis=1)  # how close each row gets to the hottest colour
+    first, last = rows[: len(rows) // 4].min(), rows[-len(rows) // 4 :].min()
+    assert first < last  # hot at the top of the scale, fading towards the bottom
+
+
 def test_cli_explain_writes_both_files_and_reports_bad_inputs(onnx_model, pbc_image, tmp_path, capsys):
     from leukostage.cli import main
 
@@ -186,7 +239,7 @@ def test_cli_explain_writes_both_files_and_reports_bad_inputs(onnx_model, pbc_im
     h, w = load_image(pbc_image).shape[:2]
     png = cv2.imread(str(out / f"{pbc_image.stem}.gradcam.png"))
     heat = np.load(out / f"{pbc_image.stem}.gradcam.npy")
-    assert png.shape == (h, w, 3)
+    assert png.shape[0] == h and png.shape[1] > w  # the overlay, with its colour scale beside it
     assert heat.shape == (h, w) and heat.dtype == np.float32 and 0 <= heat.min() and heat.max() <= 1
     assert "Grad-CAM for early" in stdout
     assert sorted(p.name for p in out.iterdir()) == [f"{pbc_image.stem}.gradcam.npy", f"{pbc_image.stem}.gradcam.png"]

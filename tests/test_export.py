@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from leukostage.data import discover, make_split
-from leukostage.export import (TEMPERATURE_GRID, choose_uncertain_threshold, export_model, export_onnx, fit_temperature,
-                               onnx_probabilities)
+from leukostage.data import discover, load_arrays, make_split
+from leukostage.export import (TEMPERATURE_GRID, choose_uncertain_threshold, export_model, export_onnx,
+                               fit_temperature, onnx_probabilities)
 from leukostage.imaging import load_image, preprocess
 from leukostage.model import ModelConfig, build_model, config_dict
 
@@ -31,9 +31,9 @@ def checkpoint(random_model, data_dir, tmp_path_factory):
     return path
 
 
-def _real_batch(taleqani, n=6):
+def _real_batch(taleqani, n=6, size=128):
     files = sorted(taleqani.glob("*/*.jpg"))[:3] + sorted(taleqani.glob("cancerous/*/*.jpg"))[:n - 3]
-    return np.stack([preprocess(load_image(f)) for f in files])
+    return np.stack([preprocess(load_image(f), size) for f in files])
 
 
 def _torch_probabilities(model, batch: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -54,7 +54,7 @@ def test_onnx_matches_torch_on_real_images(random_model, taleqani, tmp_path):
 
 def test_shipped_onnx_is_the_torch_module_with_its_weights(shipped_torch_model, model_path, taleqani):
     model, temperature = shipped_torch_model
-    batch = _real_batch(taleqani, n=8)
+    batch = _real_batch(taleqani, n=8, size=model.cfg.image_size)
     ref = _torch_probabilities(model, batch, temperature)
     got = onnx_probabilities(model_path, batch)
     assert np.abs(got - ref).max() < 1e-4
@@ -98,7 +98,18 @@ def test_export_model_writes_card_with_provenance_and_threshold(checkpoint, data
     assert card["preprocessing"]["colour_normalisation"] == "none"  # a paper-architecture model without it
     assert card["training"]["split"] == "random" and card["training"]["seed"] == 42
     assert card["metrics"]["random_test"]["n"] == len(make_split(discover(data_dir), "random", 42)["test"])
-    assert 0.4 <= card["decision"]["uncertain_below"] <= 0.95
+    # the threshold is the smallest grid value whose accepted val predictions (of the exported file) reach the
+    # target, or the top of the grid when none does: recomputed here from the definition, so a wrong part, file or
+    # rule fails (the old range check 0.4..0.95 held for every grid value)
+    split = make_split(discover(data_dir), "random", 42)
+    val_images = load_arrays(discover(data_dir), progress=False)[split["val"]].astype(np.float32) / 255.0
+    val_probs = onnx_probabilities(tmp_path / "x.onnx", val_images)
+    y_val = discover(data_dir).labels[split["val"]]
+    conf, correct = val_probs.max(1), val_probs.argmax(1) == y_val
+    reaching = [t for t in np.round(np.arange(0.40, 0.96, 0.05), 2) if (conf >= t).any()
+                and correct[conf >= t].mean() >= card["decision"]["target_selective_accuracy"]]
+    assert card["decision"]["uncertain_below"] == pytest.approx(min(reaching) if reaching else 0.95)
+    assert card["decision"]["target_selective_accuracy"] == 0.99
     assert card["calibration"]["fitted_on"].startswith("random split, val")
     assert "not a diagnosis" in card["intended_use"]
 
@@ -148,9 +159,6 @@ def random_lite():
     return build_model(ModelConfig(arch="lite0", image_size=224, colour_norm=True, pretrained=True)).eval()
 
 
-def _real_batch_224(taleqani, n=6):
-    files = sorted(taleqani.glob("*/*.jpg"))[:3] + sorted(taleqani.glob("cancerous/*/*.jpg"))[: n - 3]
-    return np.stack([preprocess(load_image(f), 224) for f in files])
 
 
 def test_lite0_onnx_matches_torch_with_gradcam_weights_and_domain_score(random_lite, taleqani, data_dir, tmp_path):
@@ -159,9 +167,9 @@ def test_lite0_onnx_matches_torch_with_gradcam_weights_and_domain_score(random_l
     import onnxruntime as ort
 
     from leukostage.domain import mahalanobis
-    from leukostage.export import SHRINKAGE_GRID, embeddings, fit_domain
+    from leukostage.export import embeddings, fit_domain
 
-    batch = _real_batch_224(taleqani)
+    batch = _real_batch(taleqani, size=224)
     uint8 = np.round(batch * 255).astype(np.uint8)
     # a covariance from real images: a few dozen training-like fields (more than the test batch, fewer than dims)
     fit_files = sorted(taleqani.glob("cancerous/early/*.jpg"))[10:40] + sorted(taleqani.glob("normal/*.jpg"))[10:40]

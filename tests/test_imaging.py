@@ -9,8 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from leukostage.imaging import (MAX_PIXELS, MIN_SIDE, ImageError, decode_image, load_image, preprocess, read_bytes,
-                                read_header, sniff_format)
+from leukostage.imaging import (MAX_BYTES, MAX_PIXELS, MIN_SIDE, ImageError, decode_image, load_image, preprocess,
+                                read_bytes, read_header, size_limit_message, sniff_format)
+from conftest import require
 
 
 # --- builders -------------------------------------------------------------------------------------------------------
@@ -52,7 +53,7 @@ def apng() -> bytes:
 
 def gif(frames: int) -> bytes:
     """A GIF from Pillow (scikit-image's dependency, in the test extra); several frames make it animated."""
-    image = pytest.importorskip("PIL.Image")
+    image = require("PIL.Image")
     imgs = [image.fromarray(np.full((40, 40, 3), 40 * k, np.uint8)) for k in range(frames)]
     buf = io.BytesIO()
     imgs[0].save(buf, format="GIF", save_all=frames > 1, append_images=imgs[1:], duration=100, loop=0)
@@ -172,6 +173,30 @@ def test_read_bytes_guards(tmp_path):
     with pytest.raises(ImageError) as err:
         read_bytes(big, max_bytes=1000)
     assert err.value.code == "too_large"
+
+
+@pytest.mark.parametrize("size, limit, what, text", [
+    (22_400_000, 20 * 2**20, "file", "The file is 21.4 MiB; at most 20 MiB are accepted per file."),
+    (20 * 2**20 + 1, 20 * 2**20, "file", "The file is 20,971,521 bytes; at most 20,971,520 bytes (20 MiB) are "
+                                         "accepted per file."),
+    (70 * 2**20, 64 * 2**20, "request", "The request is 70 MiB; at most 64 MiB are accepted per request."),
+    (None, 64 * 2**20, "request", "The request is larger than 64 MiB, the most accepted per request."),
+    (2000, 1000, "file", "The file is 2 KiB; at most 1 KiB are accepted per file."),
+])
+def test_size_limit_message_says_which_limit_in_binary_units(size, limit, what, text):
+    """One message for the CLI and the web app (issue 12: "21.0 MB; at most 21 MB" for a 20 MiB limit)."""
+    message = size_limit_message(size, limit, what)
+    assert message.startswith(text) and " MB" not in message
+    assert ("smaller image" if what == "file" else "several requests") in message
+
+
+def test_read_bytes_refuses_an_oversize_file_with_the_shared_message(tmp_path):
+    big = tmp_path / "big.jpg"
+    big.write_bytes(b"\x00" * (21 * 2**20))
+    with pytest.raises(ImageError) as err:
+        read_bytes(big)
+    assert err.value.message == size_limit_message(21 * 2**20, MAX_BYTES)
+    assert err.value.message.startswith("The file is 21 MiB; at most 20 MiB are accepted per file.")
 
 
 def test_text_file_named_jpg_is_unreadable(tmp_path):

@@ -13,7 +13,7 @@ REGRESSION_SUBSET = 120  # the first N images of the shipped model's own test sp
 
 def test_card_drives_preprocessing_and_decision(predictor):
     assert predictor.classes_ == CLASS_KEYS
-    assert predictor.image_size == 128
+    assert predictor.image_size == predictor.card["input"]["shape"][1] == 224  # lite0 reads the native 224 px
     assert 0.0 < predictor.uncertain_below < 1.0
     assert predictor.info["name"] and predictor.info["version"]
 
@@ -31,8 +31,9 @@ def test_prediction_contract_on_a_real_smear(predictor, sample_smears):
 
 def test_unreadable_inputs_become_results_not_exceptions(predictor, tmp_path):
     missing = analyse_path(tmp_path / "nope.jpg", predictor).result
-    assert missing == {"file": str(tmp_path / "nope.jpg"), "valid": False, "code": "unreadable",
-                       "reason": missing["reason"]}
+    assert set(missing) == {"file", "valid", "code", "reason"}
+    assert missing["file"] == str(tmp_path / "nope.jpg") and missing["valid"] is False
+    assert missing["code"] == "unreadable" and "No such file" in missing["reason"] and "nope.jpg" in missing["reason"]
     fake = tmp_path / "fake.jpg"
     fake.write_text("hello, I am text")
     r = analyse_path(fake, predictor).result
@@ -82,3 +83,65 @@ def test_missing_model_or_card_is_a_clear_error(tmp_path, model_path):
     lonely.write_bytes(model_path.read_bytes())
     with pytest.raises(FileNotFoundError, match="card"):
         Predictor.load(lonely)
+
+
+# --- the card's decision, end to end (issue 12 item 9) ---------------------------------------------------------------
+def with_threshold(value):
+    return lambda card: {**card, "decision": {**card["decision"], "uncertain_below": value}}
+
+
+def test_card_threshold_makes_predictor_cli_and_web_answer_uncertain(model_with_card, predictor, sample_smears):
+    """A card that demands more confidence than the model ever has: every surface answers "uncertain" and keeps
+    the probabilities; the shipped card on the same image answers a class."""
+    import subprocess
+    import sys
+
+    from leukostage.web import create_app
+    from web_server import multipart
+
+    path = sample_smears["advanced"]
+    shipped = analyse_path(path, predictor).result
+    assert shipped["label"] in CLASS_KEYS  # so "uncertain" below comes from the threshold, not the image
+    doubtful = model_with_card(with_threshold(0.999999))
+    strict = Predictor.load(doubtful)
+    assert strict.uncertain_below == 0.999999
+    side = strict.image_size
+    assert strict.predict(to_unit_range(np.stack([np.zeros((side, side, 3), np.uint8)]))) == ["uncertain"]
+    result = analyse_path(path, strict).result
+    assert result["label"] == "uncertain" and result["top_class"] == shipped["label"]
+    assert result["uncertain_reason"] == "low_confidence"  # the card's threshold, not the domain check
+    assert result["probabilities"] == shipped["probabilities"]
+
+    cli = subprocess.run([sys.executable, "-m", "leukostage.cli", "predict", "--json", "--model", str(doubtful),
+                          str(path)], capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0 and json.loads(cli.stdout)[0]["label"] == "uncertain"
+
+    client = create_app({"TESTING": True, "MODEL_PATH": str(doubtful), "ORT_THREADS": 1}).test_client()
+    body, content_type = multipart("file", [("smear.jpg", path.read_bytes())])
+    r = client.post("/predict", data=body, content_type=content_type)
+    assert r.status_code == 200 and r.json["label"] == "uncertain" and r.json["top_class"] == shipped["label"]
+
+
+def test_card_without_decision_is_refused_not_never_uncertain(model_with_card):
+    """A missing threshold used to mean 0.0, i.e. never uncertain, silently."""
+    bare = model_with_card(lambda card: {k: v for k, v in card.items() if k != "decision"})
+    with pytest.raises(ValueError, match="no decision.uncertain_below; re-export"):
+        Predictor.load(bare)
+    odd = model_with_card(with_threshold(1.5), name="odd")
+    with pytest.raises(ValueError, match=r"not a probability in \[0, 1\]"):
+        Predictor.load(odd)
+
+
+def test_card_with_other_classes_is_refused(model_with_card):
+    swapped = model_with_card(lambda card: {**card, "classes": card["classes"][::-1]})
+    with pytest.raises(ValueError, match="this version expects"):
+        Predictor.load(swapped)
+
+
+def test_corrupt_model_file_is_a_model_load_error(model_with_card):
+    from leukostage.predict import ModelLoadError
+
+    broken = model_with_card(lambda card: card, name="broken")
+    broken.write_bytes(broken.read_bytes()[:5000])  # truncated
+    with pytest.raises(ModelLoadError, match="not a loadable ONNX model"):
+        Predictor.load(broken)

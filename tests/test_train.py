@@ -98,6 +98,70 @@ def test_cell_attention_loss_is_the_evidence_share_outside_the_cells():
     assert float(_attention_case((slice(0, 2), slice(0, 4)))) == pytest.approx(0.5, abs=1e-5)
 
 
+# --- training dynamics: early stopping, best weights, learning-rate plateau (issue 12 item 10) -----------------------
+@pytest.fixture(scope="module")
+def short_run(data_dir, tmp_path_factory):
+    """A real run short enough to test (8 images per class, fp32) with patience small enough that the schedule and
+    early stopping act within it: on 8 validation images an untrained-from-scratch model stops improving quickly."""
+    out = tmp_path_factory.mktemp("dynamics")
+    cfg = TrainConfig(data=str(data_dir), out=str(out), epochs=8, limit_per_class=8, batch_size=16, precision="fp32",
+                      early_stop_patience=2, plateau_patience=0)
+    summary = train(cfg, progress=False)
+    rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader((out / "log.csv").read_text().splitlines())]
+    return cfg, out, summary, rows
+
+
+@pytest.mark.slow
+def test_losses_are_finite_and_training_loss_falls(short_run):
+    import math
+
+    _, _, _, rows = short_run
+    assert all(math.isfinite(r[k]) for r in rows for k in ("train_loss", "val_loss"))
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+
+
+@pytest.mark.slow
+def test_early_stopping_ends_the_run_after_patience_epochs_without_improvement(short_run):
+    cfg, _, summary, rows = short_run
+    assert summary["stopped_by"] == "early stopping" and summary["epochs_run"] == len(rows) < cfg.epochs
+    best = min(range(len(rows)), key=lambda i: rows[i]["val_loss"])
+    assert summary["best_epoch"] == best + 1 and len(rows) - (best + 1) == cfg.early_stop_patience
+    assert all(r["val_loss"] >= rows[best]["val_loss"] for r in rows[best + 1:])
+
+
+@pytest.mark.slow
+def test_learning_rate_halves_only_after_an_epoch_without_improvement(short_run):
+    cfg, _, _, rows = short_run
+    lrs = [r["lr"] for r in rows]  # the rate each epoch trained with; the scheduler steps after the epoch
+    assert lrs[0] == cfg.lr and min(lrs) < cfg.lr  # the plateau schedule acted
+    best = rows[0]["val_loss"]
+    for prev, cur in zip(rows, rows[1:]):
+        improved = prev["val_loss"] < best or prev is rows[0]
+        best = min(best, prev["val_loss"])
+        expected = prev["lr"] if improved else max(prev["lr"] * cfg.plateau_factor, cfg.min_lr)
+        assert cur["lr"] == pytest.approx(expected), (prev, cur)
+
+
+@pytest.mark.slow
+def test_checkpoint_holds_the_best_epochs_weights_not_the_last(short_run, data_dir):
+    import numpy as np
+    import torch.nn.functional as F
+
+    from leukostage.data import discover, load_arrays, make_split
+    from leukostage.train import _subset, predict_proba
+
+    cfg, out, summary, rows = short_run
+    model, ckpt = load_checkpoint(out / "best.pt")
+    assert ckpt["epoch"] == summary["best_epoch"] < summary["epochs_run"]
+    ds = discover(data_dir)
+    val = _subset(make_split(ds, cfg.split, cfg.seed), ds.labels, cfg.limit_per_class)["val"]
+    probs = predict_proba(model, load_arrays(ds, progress=False)[val])
+    loss = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-7)), torch.from_numpy(ds.labels[val])))
+    assert loss == pytest.approx(rows[summary["best_epoch"] - 1]["val_loss"], abs=1e-4)
+    assert abs(loss - rows[-1]["val_loss"]) > 1e-3
+    assert np.isfinite(probs).all()
+
+
 def test_transfer_recipe_fine_tunes_lite0_from_imagenet_weights(data_dir, tmp_path):
     """Two short epochs of the shipped recipe: the 224-px architecture, the recipe's settings in the run summary, a
     one-cycle schedule that warms up and anneals (the head's rate ends near zero), and a checkpoint that rebuilds

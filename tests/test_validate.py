@@ -238,7 +238,7 @@ def test_cli_validate_json_keeps_input_order(tmp_path, capsys, split):
     assert [r["valid"] for r in results] == [True, False, False]
     assert [r["code"] for r in results] == [None, "unreadable", "low_saturation"]
     for r in results:
-        assert set(r) == {"file", "valid", "code", "reason", "checks"}
+        assert set(r) == {"file", "valid", "code", "reason", "checks", "validator"}
     assert set(results[0]["checks"]) == {"saturation", "brightness", "stain_ratio", "smear_score"}
 
 
@@ -248,3 +248,59 @@ def test_cli_validate_paper_preset_and_text_output(capsys, split):
     assert set(json.loads(capsys.readouterr().out)[0]["checks"]) == {"saturation", "brightness", "stain_ratio"}
     assert main(["validate", str(smear)]) == 0
     assert capsys.readouterr().out.strip().endswith("ok")
+
+
+# --- which validator judged: --validator FILE / $LEUKOSTAGE_VALIDATOR (issue 12 item 6) --------------------------------
+def strict_validator(tmp_path: Path, threshold: float = 0.99999) -> Path:
+    """The packaged calibration with its content threshold raised: every real smear fails the content check only."""
+    data = json.loads(VALIDATOR_PATH.read_text())
+    data["content"]["threshold"] = threshold
+    path = tmp_path / "strict.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_every_verdict_names_its_validator_by_file_and_hash(sample_smears):
+    import hashlib
+
+    verdict = validate_path(sample_smears["mid"]).to_dict()
+    assert verdict["validator"] == {"name": "validator.json (packaged)",
+                                    "sha256": hashlib.sha256(VALIDATOR_PATH.read_bytes()).hexdigest()}
+    assert validate_path(sample_smears["mid"], "paper").validator["sha256"] is None
+
+
+def test_environment_selects_another_validator(tmp_path, sample_smears, monkeypatch):
+    import hashlib
+
+    strict = strict_validator(tmp_path)
+    monkeypatch.setenv("LEUKOSTAGE_VALIDATOR", str(strict))
+    verdict = validate_path(sample_smears["mid"])
+    assert not verdict.valid and verdict.code == "not_blood_smear"
+    assert verdict.validator == {"name": "strict.json", "sha256": hashlib.sha256(strict.read_bytes()).hexdigest()}
+    monkeypatch.delenv("LEUKOSTAGE_VALIDATOR")
+    assert validate_path(sample_smears["mid"]).valid
+
+
+def test_content_only_failure_near_the_threshold_is_an_unusual_smear_not_tissue(tmp_path, sample_smears, monkeypatch):
+    """A real smear that fails only the content check (as advanced/WBC-Malignant-Pro-005.jpg does, 0.940 < 0.962)
+    is not told it resembles tissue; an image far below the threshold still is."""
+    monkeypatch.setenv("LEUKOSTAGE_VALIDATOR", str(strict_validator(tmp_path)))
+    verdict = validate_path(sample_smears["mid"])
+    assert all(c.passed for name, c in verdict.checks.items() if name != "smear_score")
+    assert "unusual smear" in verdict.reason and "tissue" not in verdict.reason
+    assert f"{verdict.checks['smear_score'].value:.3f}" in verdict.reason
+    monkeypatch.delenv("LEUKOSTAGE_VALIDATOR")
+    tissue = validate_path(Path(str(sample_smears["mid"]).split("taleqani_all")[0]) / "not_blood" / "he_histology_1.png")
+    assert tissue.code == "not_blood_smear" and tissue.reason == MESSAGES["not_blood_smear"]
+
+
+def test_cli_validator_option_and_missing_file(tmp_path, sample_smears, capsys, monkeypatch):
+    monkeypatch.setenv("LEUKOSTAGE_VALIDATOR", str(VALIDATOR_PATH))  # restored after the CLI sets it in-process
+    strict = strict_validator(tmp_path)
+    assert main(["validate", "--json", "--validator", str(strict), str(sample_smears["mid"])]) == 1
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["code"] == "not_blood_smear" and row["validator"]["name"] == "strict.json"
+    assert main(["predict", "--json", "--validator", str(strict), str(sample_smears["mid"])]) == 1
+    assert json.loads(capsys.readouterr().out)[0]["validator"]["name"] == "strict.json"
+    assert main(["predict", "--json", "--validator", str(tmp_path / "none.json"), str(sample_smears["mid"])]) == 2
+    assert "validator file" in capsys.readouterr().err

@@ -17,12 +17,13 @@ import pytest
 
 from leukostage import cli
 from leukostage.classes import BY_KEY, CLASS_KEYS, CLASSES, DISCLAIMER, UNCERTAIN_COLOUR
-from leukostage.explain import METHOD
-from leukostage.imaging import decode_image
+from leukostage.explain import EXPLAIN_MAX_SIDE, METHOD, colour_scale_info
+from leukostage.imaging import MAX_BYTES, decode_image, size_limit_message
 from leukostage.validate import validate_bytes, validate_path
 from leukostage.web import PREDICTOR_KEY, create_app
 from leukostage.web.pages import text_colour
-from leukostage.web.server import bind_address, gunicorn_options, serve, threads_per_worker
+from leukostage.web import REQUEST_BUDGET_S
+from leukostage.web.server import bind_address, gunicorn_options, serve, threads_per_worker, worker_timeout_s
 from web_server import multipart, smear_candidates
 
 WEB = Path(__file__).resolve().parents[1] / "src" / "leukostage" / "web"
@@ -107,6 +108,8 @@ def test_page_renders_with_disclaimer_and_class_colours(client):
     colours = {c["key"]: c["colour"] for c in config["classes"]}
     assert colours == {**{c.key: c.colour for c in CLASSES}, "uncertain": UNCERTAIN_COLOUR}
     assert config["max_bytes"] == 20 * 1024 * 1024
+    assert config["too_large_message"] == size_limit_message(None, MAX_BYTES, "file")  # the server's own words
+    assert config["colour_scale"] == colour_scale_info()  # the legend beside the heat map: the overlay's own ramp
 
 
 @pytest.mark.parametrize("path", ["/", "/static/app.js", "/static/style.css"])
@@ -193,10 +196,12 @@ def test_explain_adds_a_png_overlay_of_the_original_size(client, smear):
     body = r.json
     e = body["explanation"]
     info = BY_KEY[body["top_class"]]  # the predicted class by default, even when the label is uncertain
+    height, width = decode_image(smear).shape[:2]  # under EXPLAIN_MAX_SIDE: the original resolution
     assert {k: v for k, v in e.items() if k != "overlay_png_base64"} == {
         "method": METHOD, "class": info.key, "display_class": info.display_name,
-        "dataset_label": info.dataset_label, "media_type": "image/png"}
-    assert overlay_shape(e) == decode_image(smear).shape  # original resolution, not the model's input size
+        "dataset_label": info.dataset_label, "media_type": "image/png", "width": width, "height": height,
+        "colour_scale": colour_scale_info()}
+    assert overlay_shape(e) == (height, width, 3)  # not the model's input size
     drop = ("explanation", "timing_ms")
     assert {k: v for k, v in body.items() if k not in drop} == {k: v for k, v in plain.items() if k not in drop}
     timing = body["timing_ms"]
@@ -220,13 +225,30 @@ def test_class_parameter_explains_another_class(client, smear):
 
 
 @pytest.mark.parametrize("path, field", [("/predict", "file"), ("/api/v1/predict", "files")])
-@pytest.mark.parametrize("query", ["explain=1&class=stage4", "explain=1&class=Early", "class=nope"])
+@pytest.mark.parametrize("query", ["explain=1&class=stage4", "explain=1&class=Early%20Pre", "class=nope"])
 def test_unknown_class_is_400_listing_the_keys(client, smear, path, field, query):
     r = upload(client, smear, field=field, path=f"{path}?{query}")
     assert r.status_code == 400 and r.mimetype == "application/json"
     error = r.json["error"]
     assert error["code"] == "bad_class"
     assert all(k in error["message"] for k in CLASS_KEYS)
+
+
+@pytest.mark.parametrize("path, field", [("/predict", "file"), ("/api/v1/predict", "files")])
+@pytest.mark.parametrize("query", ["class=mid", "class=MID", "class=Mid%20Stage", "class=pre-b%20all",
+                                   "explain=1&class=Mid"])
+def test_class_is_parsed_leniently_and_implies_explain(client, smear, path, field, query):
+    r = upload(client, smear, field=field, path=f"{path}?{query}")
+    assert r.status_code == 200, r.json
+    body = r.json if path == "/predict" else r.json[0]
+    assert body["explanation"]["class"] == "mid"
+
+
+@pytest.mark.parametrize("value", ["0", "false", ""])
+def test_class_with_explain_turned_off_is_400(client, smear, value):
+    r = upload(client, smear, path=f"/predict?explain={value}&class=mid")
+    assert r.status_code == 400 and r.json["error"]["code"] == "class_without_explain"
+    assert "explain" in r.json["error"]["message"]
 
 
 @pytest.mark.parametrize("make", [blank_white, grey_text], ids=["blank-white", "grey-text"])
@@ -245,6 +267,43 @@ def test_batch_explains_each_valid_file_only(client, smear):
     assert overlay_shape(r.json[0]["explanation"]) == decode_image(smear).shape
     (plain,) = upload(client, smear, field="files", path="/api/v1/predict").json
     assert "explanation" not in plain
+
+
+@pytest.fixture(scope="module")
+def large_smear(smear_path) -> bytes:
+    """The accepted smear scaled up to 3000 x 2250 pixels (a JPEG of a few hundred kB)."""
+    rgb = cv2.resize(cv2.imread(str(smear_path)), (3000, 2250), interpolation=cv2.INTER_CUBIC)
+    return cv2.imencode(".jpg", rgb, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
+
+
+def test_explanation_of_a_large_image_is_capped(client, large_smear):
+    r = upload(client, large_smear, path="/predict?explain=1")
+    assert r.status_code == 200, r.json
+    e = r.json["explanation"]
+    assert (e["width"], e["height"]) == (EXPLAIN_MAX_SIDE, 768)  # longest side capped, aspect kept
+    assert overlay_shape(e) == (768, EXPLAIN_MAX_SIDE, 3)
+
+
+def test_explained_pixels_per_request_are_capped(client, app, smear, monkeypatch):
+    height, width = decode_image(smear).shape[:2]
+    monkeypatch.setitem(app.config, "MAX_EXPLAINED_PIXELS", 2 * height * width)  # room for two overlays
+    body, content_type = multipart("files", [(f"{k}.jpg", smear) for k in range(4)])
+    r = client.post("/api/v1/predict?explain=1", data=body, content_type=content_type)
+    assert r.status_code == 200
+    assert ["explanation" in e for e in r.json] == [True, True, False, False]
+    for e in r.json[2:]:
+        assert e["valid"] and e["label"] and e["explanation_omitted"]["code"] == "explain_limit"
+        assert "own request" in e["explanation_omitted"]["message"]
+
+
+@pytest.mark.parametrize("path, field", [("/predict?explain=1", "file"), ("/api/v1/predict?explain=1", "files")])
+def test_a_request_over_its_time_budget_is_a_json_503(client, app, smear, monkeypatch, path, field):
+    monkeypatch.setitem(app.config, "REQUEST_BUDGET_S", 0)
+    r = upload(client, smear, field=field, path=path)
+    assert r.status_code == 503 and r.mimetype == "application/json"
+    assert r.json["error"]["code"] == "over_time_budget" and "fewer or smaller" in r.json["error"]["message"]
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    assert r.headers["Content-Security-Policy"].startswith("default-src 'none'")
 
 
 class CountingSession:
@@ -344,17 +403,45 @@ def test_two_files_on_predict_is_400(client, smear):
     assert "/api/v1/predict" in r.json["error"]["message"]
 
 
-def test_upload_over_the_default_limit_is_413(client):
-    r = upload(client, b"\xff\xd8\xff" + b"\x00" * (20 * 1024 * 1024))
+def test_upload_over_the_default_limit_is_413_naming_the_per_file_limit(client):
+    r = upload(client, b"\xff\xd8\xff" + b"\x00" * (21 * 2**20))
     assert r.status_code == 413
-    assert r.json["error"] == {"code": "too_large",
-                               "message": "The upload is larger than 20 MB; send a smaller image file."}
+    error = r.json["error"]
+    assert error["code"] == "file_too_large" and error["limit_bytes"] == MAX_BYTES == 20 * 2**20
+    assert error["message"].startswith("The file is 21 MiB; at most 20 MiB are accepted per file.")
+    just_over = upload(client, b"\xff\xd8\xff" + b"\x00" * (20 * 2**20)).json["error"]  # under the body limit
+    assert just_over["code"] == "file_too_large"
+    assert just_over["message"] == size_limit_message(20 * 2**20 + 3, MAX_BYTES, "file")
+    assert "20,971,523 bytes" in just_over["message"]  # not "20 MiB; at most 20 MiB"
 
 
 def test_upload_limit_is_configurable(client, app, smear, monkeypatch):
-    monkeypatch.setitem(app.config, "MAX_CONTENT_LENGTH", len(smear) // 2)
+    monkeypatch.setitem(app.config, "MAX_FILE_BYTES", len(smear) // 2)
     r = upload(client, smear)
-    assert r.status_code == 413 and r.json["error"]["code"] == "too_large"
+    assert r.status_code == 413 and r.json["error"]["code"] == "file_too_large"
+    (entry,) = upload(client, smear, field="files", path="/api/v1/predict").json
+    assert entry["valid"] is False and entry["code"] == "file_too_large" and "per file" in entry["reason"]
+
+
+def test_batch_takes_several_files_each_under_the_per_file_limit(client):
+    """9.5 + 9.5 + 4 MiB: over one file's limit together, but each file is allowed and is judged on its own."""
+    files = [(f"{k}.jpg", b"\xff\xd8\xff" + bytes(n)) for k, n in enumerate([int(9.5 * 2**20), int(9.5 * 2**20),
+                                                                             4 * 2**20])]
+    body, content_type = multipart("files", files)
+    r = client.post("/api/v1/predict", data=body, content_type=content_type)
+    assert r.status_code == 200, r.json
+    assert [(e["file"], e["code"]) for e in r.json] == [("0.jpg", "unreadable"), ("1.jpg", "unreadable"),
+                                                        ("2.jpg", "unreadable")]
+
+
+def test_batch_judges_an_oversize_file_as_its_own_entry(client, app, smear, monkeypatch):
+    monkeypatch.setitem(app.config, "MAX_FILE_BYTES", len(smear) + 10)
+    body, content_type = multipart("files", [("ok.jpg", smear), ("big.jpg", smear + bytes(100)), ("ok2.jpg", smear)])
+    r = client.post("/api/v1/predict", data=body, content_type=content_type)
+    assert r.status_code == 200
+    assert [e["valid"] for e in r.json] == [True, False, True]
+    assert r.json[1]["code"] == "file_too_large"
+    assert r.json[1]["reason"] == size_limit_message(len(smear) + 100, len(smear) + 10, "file")
 
 
 @pytest.mark.parametrize("body", [
@@ -437,11 +524,14 @@ def test_batch_file_count_is_limited(client, app, smear, monkeypatch):
     assert r.status_code == 400 and r.json["error"]["code"] == "too_many_files"
 
 
-def test_batch_over_the_size_limit_is_413(client, app, smear, monkeypatch):
-    monkeypatch.setitem(app.config, "MAX_CONTENT_LENGTH", 3 * len(smear))
+def test_batch_over_the_request_limit_is_413_naming_the_per_request_limit(client, app, smear, monkeypatch):
+    monkeypatch.setitem(app.config, "MAX_REQUEST_BYTES", 3 * len(smear))
     files = [(io.BytesIO(smear), f"{k}.jpg") for k in range(4)]
     r = client.post("/api/v1/predict", data={"files": files}, content_type="multipart/form-data")
-    assert r.status_code == 413 and r.json["error"]["code"] == "too_large"
+    assert r.status_code == 413
+    error = r.json["error"]
+    assert error["code"] == "request_too_large" and error["limit_bytes"] == 3 * len(smear)
+    assert "per request" in error["message"] and "several requests" in error["message"]
 
 
 # --- health, model card, OpenAPI ------------------------------------------------------------------------------------
@@ -468,14 +558,28 @@ def test_openapi_describes_every_route_and_status(client, app):
     assert r.status_code == 200
     spec = r.json
     assert spec["openapi"].startswith("3.1")
-    routes = {(rule.rule, m.lower()) for rule in app.url_map.iter_rules() if rule.endpoint != "static"
+    routes = {(re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), m.lower()) for rule in app.url_map.iter_rules() if rule.endpoint != "static"
               for m in rule.methods - {"HEAD", "OPTIONS"}}
     documented = {(path, m) for path, ops in spec["paths"].items() for m in ops}
     assert routes == documented
-    assert set(spec["paths"]["/predict"]["post"]["responses"]) == {"200", "400", "413", "415", "422", "500", "501"}
-    assert set(spec["paths"]["/api/v1/predict"]["post"]["responses"]) == {"200", "400", "413", "500", "501"}
+    assert set(spec["paths"]["/predict"]["post"]["responses"]) == {"200", "400", "413", "415", "422", "500", "501",
+                                                                   "503"}
+    assert set(spec["paths"]["/api/v1/predict"]["post"]["responses"]) == {"200", "400", "413", "500", "501", "503"}
     refs = set(re.findall(r'"#/components/schemas/(\w+)"', r.get_data(as_text=True)))
     assert refs <= set(spec["components"]["schemas"])
+
+
+def test_openapi_says_what_each_route_does_with_sizes_and_empty_files(client, app):
+    spec = client.get("/api/v1/openapi.json").json
+    one = {k: v["description"] for k, v in spec["paths"]["/predict"]["post"]["responses"].items()}
+    many = {k: v["description"] for k, v in spec["paths"]["/api/v1/predict"]["post"]["responses"].items()}
+    assert "`empty_file`" in one["400"] and "`file_too_large`" in one["413"] and "50 megapixels" in one["413"]
+    assert "20 MiB" in one["413"]
+    # the batch route answers an empty file, an oversize file and a > 50 MP image as entries, not error statuses
+    assert "empty_file" not in many["400"] and "megapixels" not in many["413"]
+    assert all(code in many["200"] for code in ("`empty_file`", "`file_too_large`", "`too_large`"))
+    assert "`request_too_large`" in many["413"] and "64 MiB" in many["413"] and "20 MiB" in many["413"]
+    assert "over_time_budget" in one["503"] and "over_time_budget" in many["503"]
 
 
 def test_openapi_documents_explain(client):
@@ -484,7 +588,8 @@ def test_openapi_documents_explain(client):
         op = spec["paths"][path]["post"]
         params = {p["name"]: p for p in op["parameters"]}
         assert set(params) == {"explain", "class"} and all(p["in"] == "query" for p in params.values())
-        assert params["class"]["schema"]["enum"] == list(CLASS_KEYS)
+        assert all(k in params["class"]["description"] for k in CLASS_KEYS)
+        assert "Mid Stage" in params["class"]["description"] and "Implies `explain`" in params["class"]["description"]
         assert all(v in params["explain"]["description"] for v in ("`1`", "`true`", "`yes`"))
         assert "bad_class" in op["responses"]["400"]["description"]
     schemas = spec["components"]["schemas"]
@@ -538,9 +643,10 @@ def test_threads_come_from_the_environment_serve_sets(model_path, monkeypatch):
 
 
 def test_config_from_environment(model_path, monkeypatch):
-    monkeypatch.setenv("LEUKOSTAGE_MAX_CONTENT_LENGTH", "12345")
+    monkeypatch.setenv("LEUKOSTAGE_MAX_FILE_BYTES", "12345")
+    monkeypatch.setenv("LEUKOSTAGE_MAX_REQUEST_BYTES", "67890")
     app = create_app({"MODEL_PATH": str(model_path), "WARM_UP": False})
-    assert app.config["MAX_CONTENT_LENGTH"] == 12345
+    assert (app.config["MAX_FILE_BYTES"], app.config["MAX_REQUEST_BYTES"]) == (12345, 67890)
 
 
 def test_factory_refuses_bad_config(model_path, tmp_path):
@@ -561,6 +667,14 @@ def test_gunicorn_options():
     assert opts["bind"] == "127.0.0.1:8000" and opts["workers"] == 3
     assert opts["preload_app"] is False  # the model is loaded in each worker, after the fork
     assert bind_address("::1", 8000) == "[::1]:8000"
+    # the app's own time budget answers (JSON 503) before gunicorn's timeout kills a worker; its errors are JSON too
+    assert opts["timeout"] >= REQUEST_BUDGET_S + 30 and opts["timeout"] == worker_timeout_s(REQUEST_BUDGET_S)
+    assert opts["worker_class"] == "leukostage.web.server.JsonErrorWorker"
+
+
+def test_worker_timeout_follows_the_request_budget(monkeypatch):
+    monkeypatch.setenv("LEUKOSTAGE_REQUEST_BUDGET_S", "100")
+    assert gunicorn_options("127.0.0.1", 8000, 1)["timeout"] > 100
 
 
 def test_serve_refuses_bad_arguments(model_path, tmp_path):
@@ -568,7 +682,7 @@ def test_serve_refuses_bad_arguments(model_path, tmp_path):
         serve(host="0.0.0.0", model=str(model_path), debug=True)
     with pytest.raises(ValueError, match="at least 1"):
         serve(workers=0, model=str(model_path))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match="not found; pass --model"):
         serve(model=str(tmp_path / "missing.onnx"))
 
 

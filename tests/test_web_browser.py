@@ -5,7 +5,6 @@ to test-artifacts/ (gitignored).
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -15,20 +14,13 @@ import pytest
 
 from leukostage.classes import BY_KEY, CLASS_KEYS, UNCERTAIN_COLOUR, UNCERTAIN_KEY
 from leukostage.imaging import decode_image
-from web_server import LiveServer, post, smear_candidates
+from web_server import LiveServer, launch_chromium, post, smear_candidates
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 TIMEOUT_MS = 20_000
 
-
-def _unavailable(message: str):
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def rgb_css(hex_colour: str) -> str:
@@ -45,16 +37,8 @@ def server(model_path):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).is_file():
-        _unavailable(f"{CHROMIUM} is missing: run `make browser` (apt-get install -y chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("playwright is not installed: pip install -e '.[test]'")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    with launch_chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture
@@ -136,8 +120,11 @@ def test_smear_shows_badge_confidence_and_class_bars(page, smear_file):
 
 
 def test_heat_map_switch_shows_the_gradcam_overlay(page, smear_file):
+    posts = []
+    page.on("request", lambda r: r.method == "POST" and posts.append(r.url))
     page.set_input_files("#file-input", str(smear_file))
     page.wait_for_selector("#result:not([hidden])")
+    assert len(posts) == 1 and "explain" not in posts[0]  # the prediction alone: no Grad-CAM until asked for
     original, heat = page.locator("#view-original"), page.locator("#view-heatmap")
     assert page.is_visible("#view-switch")
     assert page.get_attribute("#view-switch", "role") == "group"
@@ -147,7 +134,9 @@ def test_heat_map_switch_shows_the_gradcam_overlay(page, smear_file):
     heat.focus()
     page.keyboard.press("Enter")  # a real button: keyboard operable
     assert (original.get_attribute("aria-pressed"), heat.get_attribute("aria-pressed")) == ("false", "true")
-    assert page.is_hidden("#preview-image") and page.is_visible("#heatmap-image")
+    page.wait_for_selector("#heatmap-image", state="visible")
+    assert len(posts) == 2 and "explain=1" in posts[1]  # fetched when the switch was pressed
+    assert page.is_hidden("#preview-image")
     page.wait_for_function("(img => img.complete && img.naturalWidth > 0)(document.getElementById('heatmap-image'))")
     image = page.locator("#heatmap-image")
     assert image.get_attribute("src").startswith("data:image/png;base64,")
@@ -160,12 +149,21 @@ def test_heat_map_switch_shows_the_gradcam_overlay(page, smear_file):
     assert f"evidence for {top.display_name} lies" in caption
     assert "Grad-CAM, not a segmentation" in caption and "not diagnostic" in caption
     assert "heat map" in image.get_attribute("alt") and top.display_name in image.get_attribute("alt")
+    # the colour scale beside it: visible, to the right of the image, a gradient from the server's ramp
+    assert page.is_visible("#heatmap-scale") and "high" in page.inner_text("#heatmap-scale")
+    scale_box, image_box = page.locator("#heatmap-scale").bounding_box(), image.bounding_box()
+    assert scale_box["x"] >= image_box["x"] + image_box["width"] - 1
+    gradient = page.eval_on_selector("#heatmap-scale-bar", "el => getComputedStyle(el).backgroundImage")
+    assert gradient.startswith("linear-gradient") and "rgba(255, 230, 0, 0.8)" in gradient
     page.screenshot(path=str(ARTIFACTS / "web-gradcam.png"), full_page=True)
 
     original.focus()
     page.keyboard.press("Space")
     assert (original.get_attribute("aria-pressed"), heat.get_attribute("aria-pressed")) == ("true", "false")
     assert page.is_visible("#preview-image") and page.is_hidden("#heatmap-image") and page.is_hidden("#heatmap-caption")
+    heat.click()  # the second time: shown from what the page already has, not asked for again
+    page.wait_for_selector("#heatmap-image", state="visible")
+    assert len(posts) == 2
     assert page.problems == []
 
 

@@ -2,8 +2,10 @@
 
 Valid smears, non-smears, garbage, oversize bodies and truncated JPEGs, shuffled. Required: no 5xx, no dropped
 connection, every status as documented, the same workers at the end (none crashed), and each worker's resident memory
-grown by less than 50 MB. The upload limit is lowered to 2 MB for this run so that the 200 oversize requests stay
-cheap on loopback; the 413 path is the same as at the default 20 MB.
+grown by less than 50 MB. How long it takes is not asserted here (a shared machine's load decides that): it is
+measured by benchmarks/bench_http_mixed.py, against a baseline in the same run. The per-file limit is lowered to
+2 MiB for this run so that the 200 oversize requests stay cheap on loopback; the 413 path is the same as at the default
+20 MiB.
 """
 from __future__ import annotations
 
@@ -24,7 +26,6 @@ REQUESTS = 1000
 CLIENTS = 16
 LIMIT = 2 * 1024 * 1024
 MAX_GROWTH_MB = 50
-TIME_BUDGET_S = 50
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def inputs(server, data_dir) -> dict[str, tuple[bytes, int]]:
 @pytest.fixture(scope="module")
 def server(model_path, tmp_path_factory):
     log = tmp_path_factory.mktemp("robustness") / "server.log"
-    with LiveServer(model_path, workers=2, env={"LEUKOSTAGE_MAX_CONTENT_LENGTH": str(LIMIT)}, log=log) as live:
+    with LiveServer(model_path, workers=2, env={"LEUKOSTAGE_MAX_FILE_BYTES": str(LIMIT)}, log=log) as live:
         yield live
 
 
@@ -90,7 +91,6 @@ def test_mixed_load_no_5xx_no_drops_bounded_memory(server, inputs):
     assert wrong == {}
     assert sorted(after) == sorted(before), "a worker died or was replaced during the run"
     assert all(g < MAX_GROWTH_MB for g in growth.values()), growth
-    assert elapsed < TIME_BUDGET_S
 
 
 def test_far_oversize_uploads_get_a_clean_413(server):
@@ -106,4 +106,4 @@ def test_far_oversize_uploads_get_a_clean_413(server):
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(one, range(12)))
     assert [status for status, _ in results] == [413] * 12, results
-    assert all(body["error"]["code"] == "too_large" for _, body in results)
+    assert all(body["error"]["code"] == "file_too_large" for _, body in results)

@@ -4,6 +4,7 @@ Only 127.0.0.1 is ever contacted. The server runs in its own session, so stoppin
 """
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -14,6 +15,8 @@ import sys
 import time
 import uuid
 from pathlib import Path
+
+import pytest
 
 HOST = "127.0.0.1"
 
@@ -56,6 +59,18 @@ def post(port: int, path: str, field: str, files: list[tuple[str, bytes]], timeo
         conn.close()
 
 
+def post_raw(port: int, path: str, field: str, files: list[tuple[str, bytes]], timeout: float = 120.0):
+    """POST files; returns (status, headers as a dict, raw body bytes), whatever the body is."""
+    body, content_type = multipart(field, files)
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("POST", path, body=body, headers={"Content-Type": content_type})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
 def get(port: int, path: str, timeout: float = 5.0):
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
@@ -66,12 +81,12 @@ def get(port: int, path: str, timeout: float = 5.0):
         conn.close()
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process, from /proc."""
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of a process, from /proc; ``field="VmHWM"`` gives its peak so far."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    raise RuntimeError(f"no {field} for pid {pid}")
 
 
 class LiveServer:
@@ -134,3 +149,29 @@ class LiveServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's chromium (`make browser`); Playwright drives it
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def unavailable(message: str):
+    """A missing browser fails the browser tests under CI and skips them elsewhere."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@contextlib.contextmanager
+def launch_chromium():
+    """Debian's chromium through Playwright, headless: the browser fixture of every browser test module."""
+    if not Path(CHROMIUM).is_file():
+        unavailable(f"{CHROMIUM} is missing: run `make browser` (apt-get install -y chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        unavailable("playwright is not installed: pip install -e '.[test]'")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

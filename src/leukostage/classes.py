@@ -43,3 +43,43 @@ def class_info(key: str) -> ClassInfo:
         return BY_KEY[key]
     except KeyError:
         raise ValueError(f"unknown class {key!r}; expected one of {', '.join(CLASS_KEYS)}") from None
+
+
+def _folded(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+_BY_NAME: dict[str, ClassInfo] = {
+    _folded(name): c for c in CLASSES for name in (c.key, c.display_name, c.dataset_label)
+}
+
+
+def parse_class(text: str) -> ClassInfo:
+    """A class from what a person types: its key, display name or dataset label, in any case ("mid", "Mid",
+    "Mid Stage", "pre-b all"). The CLI's ``--class`` and the web API's ``?class=`` both call this.
+
+    Raises:
+        ValueError: no class matches; the message lists the keys and the display names.
+    """
+    found = _BY_NAME.get(_folded(str(text)))
+    if found is None:
+        names = ", ".join(c.display_name for c in CLASSES)
+        raise ValueError(f"unknown class {text!r}; expected one of {', '.join(CLASS_KEYS)} (any case), or a "
+                         f"display name: {names}")
+    return found
+
+
+def luminance(hex_colour: str) -> float:
+    """WCAG relative luminance of ``#rrggbb``."""
+    channels = [int(hex_colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+    r, g, b = (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def text_colour(background: str) -> str:
+    """Black or white, whichever contrasts more with ``background`` (yellow and orange badges get dark text).
+
+    Here, beside the colours, so the web page and the PDF report paint badges alike.
+    """
+    lum = luminance(background)
+    return "#000000" if (lum + 0.05) / 0.05 > 1.05 / (lum + 0.05) else "#ffffff"

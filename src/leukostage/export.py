@@ -25,9 +25,9 @@ from torch import nn
 from . import __version__
 from .classes import CLASSES
 from .evaluate import headline_metrics
-from .imaging import BACKGROUND_LEVEL, BACKGROUND_QUANTILE, IMAGE_SIZE
 from .domain import DOMAIN_OUTPUT
-from .predict import card_path_for
+from .imaging import BACKGROUND_LEVEL, BACKGROUND_QUANTILE, IMAGE_SIZE
+from .predict import card_path_for, result_fields
 
 OUTPUT_NAMES = ("probabilities", "features", "weights")
 OPSET = 18
@@ -261,8 +261,46 @@ def fit_domain(train_embeddings: np.ndarray, val_embeddings: np.ndarray) -> tupl
     return mean, best[1], best[2]
 
 
+def copied_metrics(files: list[str | Path], fingerprint: str) -> dict:
+    """Headline metrics of other reports (e.g. the blocked-split run) for the card, keyed ``<split>_<part>``.
+
+    Raises:
+        ValueError: a report was scored on other data than the model's training data.
+    """
+    out: dict = {}
+    for f in files:
+        doc = json.loads(Path(f).read_text())
+        other = doc["meta"]
+        if other.get("data_fingerprint") != fingerprint:  # a report on other data cannot describe this model
+            raise ValueError(f"{f} was scored on data {other.get('data_fingerprint')}, not this model's training data "
+                             f"({fingerprint}); re-run `leukostage evaluate` on the same data folder")
+        out[f"{other['split']}_{other['part']}"] = {
+            **headline_metrics(doc["metrics"]),
+            **({"decision": doc["metrics"]["decision"]} if "decision" in doc["metrics"] else {}),
+            **{k: other[k] for k in ("model", "seed", "data_fingerprint")},
+        }
+    return out
+
+
+EXTERNAL_FIELDS = ("n", "labels", "uncertain", "refused", "leukaemia_labelled", "leukaemia_confident",
+                   "outside_domain_share")
+
+
+def external_summaries(files: list[str | Path]) -> dict:
+    """What ``evaluate --external`` reports measured (other laboratories' normal blood), per folder, for the card."""
+    out: dict = {}
+    for f in files:
+        doc = json.loads(Path(f).read_text())
+        if "folders" not in doc:
+            raise ValueError(f"{f} is not an `evaluate --external` report (it has no 'folders')")
+        for folder, summary in doc["folders"].items():
+            out[folder] = {k: summary[k] for k in EXTERNAL_FIELDS if k in summary} | {"scored": doc["model"]}
+    return out
+
+
 def export_model(checkpoint: str | Path, out: str | Path, name: str | None = None,
-                 metrics_files: list[str] | None = None, data: str | Path | None = None) -> dict:
+                 metrics_files: list[str] | None = None, data: str | Path | None = None,
+                 external_files: list[str] | None = None) -> dict:
     """Checkpoint -> ONNX + card.
 
     With the training data, the model's own split is rebuilt: the train part fits the domain check's mean and
@@ -272,15 +310,17 @@ def export_model(checkpoint: str | Path, out: str | Path, name: str | None = Non
     with their provenance.
 
     Raises:
-        ValueError: ``data`` is not the data the model was trained on (fingerprint mismatch).
+        ValueError: ``data`` or a ``metrics_files`` report is not the data the model was trained on (fingerprint
+            mismatch).
     """
     from .data import discover, load_arrays, make_split
-    from .evaluate import compute_metrics
+    from .evaluate import compute_metrics, decision_metrics
     from .train import load_checkpoint, to_input
 
     model, ckpt = load_checkpoint(checkpoint)
     size = ckpt["model_config"]["image_size"]
     meta = ckpt["meta"]
+    copied = copied_metrics(metrics_files or [], meta["fingerprint"])  # refused before any work is done
     metrics: dict = {}
     decision = {"uncertain_below": 0.5, "chosen_on": "default (no data given)"}
     calibration = {"temperature": 1.0, "fitted_on": "not fitted (no data given)"}
@@ -331,13 +371,10 @@ def export_model(checkpoint: str | Path, out: str | Path, name: str | None = Non
                 "embedding_dims": int(domain[0].shape[0]),
                 "test_flagged": round(float((test_scores > threshold).mean()), 4),
             }
-    for f in metrics_files or []:
-        doc = json.loads(Path(f).read_text())
-        other = doc["meta"]
-        metrics[f"{other['split']}_{other['part']}"] = {
-            **headline_metrics(doc["metrics"]),
-            **{k: other[k] for k in ("model", "seed", "data_fingerprint")},
-        }
+            served = [result_fields(p, decision["uncertain_below"], float(sc), threshold)
+                      for p, sc in zip(test_probs, test_scores)]
+            metrics[f"{meta['split']}_test"]["decision"] = decision_metrics(ds.labels[split["test"]], served)
+    metrics.update(copied)
     card = build_card(name or Path(out).stem, ckpt, metrics)
     card["outputs"] = list(OUTPUT_NAMES) + ([DOMAIN_OUTPUT] if domain_card else [])
     card["decision"] = decision
@@ -345,6 +382,8 @@ def export_model(checkpoint: str | Path, out: str | Path, name: str | None = Non
     if domain_card:
         card["domain"] = domain_card
     card["limits"] = MODEL_LIMITS
+    if external_files:
+        card["external"] = external_summaries(external_files)
     write_card(card, out)
     return card
 

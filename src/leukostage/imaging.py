@@ -18,7 +18,8 @@ import numpy as np
 IMAGE_SIZE = 128  # Table 4 input: 128 x 128 x 3
 MIN_SIDE = 32  # smaller images carry too little to analyse
 MAX_PIXELS = 50_000_000  # decompression-bomb guard, checked on the header before decoding
-MAX_BYTES = 20 * 1024 * 1024  # default upload / file size limit
+MAX_BYTES = 20 * 2**20  # per image file (CLI and web; web: $LEUKOSTAGE_MAX_FILE_BYTES)
+MAX_REQUEST_BYTES = 64 * 2**20  # per HTTP request of several files (web: $LEUKOSTAGE_MAX_REQUEST_BYTES)
 # Background level of a bright-field smear: the empty slide is the brightest part of the picture and covers far more
 # than 10 % of any field, so each channel's 90th percentile estimates it without segmentation (used by the model's
 # colour normalisation and the training-time stain mask).
@@ -246,12 +247,34 @@ def read_bytes(path: str | Path, max_bytes: int = MAX_BYTES) -> bytes:
         if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block the reader or never end
             raise ImageError("unreadable", f"{p} is not a regular file (a pipe, socket or device); give an image file.")
         if st.st_size > max_bytes:
-            raise ImageError(
-                "too_large", f"The file is {st.st_size / 1e6:.1f} MB; at most {max_bytes / 1e6:.0f} MB are accepted."
-            )
+            raise ImageError("too_large", size_limit_message(st.st_size, max_bytes))
         return p.read_bytes()
     except OSError as exc:
         raise ImageError("unreadable", f"Cannot read {p}: {exc.strerror or exc}.") from exc
+
+
+def mebibytes(n: int) -> str:
+    """A byte count in binary units, as every size message says it: "20 MiB", "21.4 MiB", "512 KiB"."""
+    if n < 2**20:
+        return f"{max(1, round(n / 2**10))} KiB"
+    return f"{n / 2**20:.1f}".removesuffix(".0") + " MiB"
+
+
+def size_limit_message(size: int | None, limit: int, what: str = "file") -> str:
+    """The one message for a size limit, CLI and web alike: which limit (per ``what``: file or request), the size,
+    the limit, what to do. ``size`` None: not known yet (a streamed body), only that it is over.
+
+    >>> size_limit_message(22_400_000, 20 * 2**20)
+    'The file is 21.4 MiB; at most 20 MiB are accepted per file. Send a smaller image (e.g. re-save it as JPEG).'
+    """
+    advice = ("Send a smaller image (e.g. re-save it as JPEG)." if what == "file"
+              else "Send fewer files per request, in several requests.")
+    if size is None:
+        return f"The {what} is larger than {mebibytes(limit)}, the most accepted per {what}. {advice}"
+    shown, most = mebibytes(size), mebibytes(limit)
+    if shown == most:  # just over: rounding would hide the difference
+        shown, most = f"{size:,} bytes", f"{limit:,} bytes ({most})"
+    return f"The {what} is {shown}; at most {most} are accepted per {what}. {advice}"
 
 
 def load_image(path: str | Path) -> np.ndarray:

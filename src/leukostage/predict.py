@@ -33,6 +33,27 @@ def default_model_path() -> Path:
     return Path(os.environ.get("LEUKOSTAGE_MODEL", DEFAULT_MODEL))
 
 
+class ModelLoadError(ValueError):
+    """A model file that exists but ONNX Runtime cannot load (corrupt, truncated, not ONNX)."""
+
+
+def uncertain_threshold(card: dict, path: Path) -> float:
+    """The card's ``decision.uncertain_below``. A card without it is refused: silently never answering
+    ``uncertain`` would hide the model's doubt.
+
+    Raises:
+        ValueError: the card has no decision threshold, or one outside [0, 1].
+    """
+    try:
+        value = float(card["decision"]["uncertain_below"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"model card of {path} has no decision.uncertain_below; re-export the model with "
+                         "`leukostage export` (or add the threshold to the card)") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"model card of {path}: decision.uncertain_below {value} is not a probability in [0, 1]")
+    return value
+
+
 class Predictor:
     """A loaded model: ``predict_proba`` on preprocessed batches, plus the card that says how it was made.
 
@@ -48,7 +69,7 @@ class Predictor:
         if self.classes_ != CLASS_KEYS:
             raise ValueError(f"model {path} has classes {self.classes_}; this version expects {CLASS_KEYS}")
         self.image_size = int(card["input"]["shape"][1])
-        self.uncertain_below = float(card.get("decision", {}).get("uncertain_below", 0.0))
+        self.uncertain_below = uncertain_threshold(card, path)
         self.outputs = [o.name for o in session.get_outputs()]
         # the domain check, where the model has one: the graph's score output and the card's threshold
         self.domain_threshold = float(card["domain"]["threshold"]) if "domain" in card else None
@@ -65,6 +86,8 @@ class Predictor:
 
         Raises:
             FileNotFoundError: the model or its card is missing.
+            ModelLoadError: ONNX Runtime cannot load the file.
+            ValueError: the card is not JSON, lacks the decision threshold, or lists other classes.
         """
         import onnxruntime as ort
 
@@ -78,8 +101,17 @@ class Predictor:
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-        return cls(session, json.loads(card_path.read_text()), path)
+        try:
+            session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own unrelated types (InvalidProtobuf, Fail, ...) for bad files
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(f"model file {path} is not a loadable ONNX model ({first[:160]}); re-export it "
+                                 "with `leukostage export`, or pass another --model") from None
+        try:
+            card = json.loads(card_path.read_text())
+        except ValueError as exc:
+            raise ValueError(f"model card {card_path} is not valid JSON ({exc}); re-export the model") from None
+        return cls(session, card, path)
 
     @property
     def info(self) -> dict:
@@ -175,7 +207,7 @@ def analyse_bytes(data: bytes, name: str, predictor: Predictor, preset: str = DE
     t3 = time.perf_counter()
     timing.update(preprocess=round((t2 - t1) * 1000, 3), inference=round((t3 - t2) * 1000, 3),
                   total=round((t3 - t0) * 1000, 3))
-    result = {"file": name, "valid": True, **predictor.decide_batch(outputs)[0]}
+    result = {"file": name, "valid": True, **predictor.decide_batch(outputs)[0], "validator": verdict.validator}
     if verdict.checks:
         result["checks"] = verdict.checks_dict()
     return Analysis(result, timing, rgb, outputs if all_outputs else None)

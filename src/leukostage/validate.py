@@ -16,7 +16,9 @@ numbers live in :data:`PAPER_RULE`. Nothing else holds a threshold. Serving impo
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +30,8 @@ from .imaging import ImageError, decode_image, read_bytes
 
 PRESETS = ("default", "paper")
 DEFAULT_PRESET = "default"
-VALIDATOR_PATH = Path(__file__).with_name("validator.json")
+VALIDATOR_PATH = Path(__file__).with_name("validator.json")  # the packaged calibration
+VALIDATOR_ENV = "LEUKOSTAGE_VALIDATOR"  # another calibration file (what `--validator FILE` sets)
 ANALYSIS_SIDE = 128  # the default preset looks at a copy whose long side is this many pixels (speed, scale)
 MIN_ANALYSIS_SIDE = 8  # short side floor for very elongated images
 
@@ -41,6 +44,12 @@ MESSAGES = {
     "not_blood_smear": "Image does not look like a stained blood smear field (it resembles tissue, a photograph, "
     "a drawing or a flat colour)",
 }
+# A content score this close below the threshold is a smear the validator did not expect, not tissue or a photo.
+UNUSUAL_SMEAR_MARGIN = 0.25
+UNUSUAL_SMEAR_MESSAGE = ("Image passes the colour checks, but its content is unlike the blood smears this validator "
+                         "was calibrated on (smear score {score:.3f}, at least {threshold:.3f} needed): an unusual "
+                         "smear (staining, magnification, focus) or not a smear; retake the field, or use a validator "
+                         "calibrated on such smears (--validator)")
 
 
 # --- presets --------------------------------------------------------------------------------------------------------
@@ -100,6 +109,29 @@ class Preset:
     colour: ColourRule
     content: ContentModel | None = None
     analysis_side: int | None = ANALYSIS_SIDE
+    validator: dict | None = None  # which calibration file: {"name", "sha256"}; recorded in every verdict
+
+
+def active_validator_path() -> Path:
+    """$LEUKOSTAGE_VALIDATOR, else the calibration shipped in the package."""
+    return Path(os.environ.get(VALIDATOR_ENV) or VALIDATOR_PATH)
+
+
+def validator_info(path: str | Path | None = None) -> dict:
+    """Name and SHA-256 of a calibration file, so every result says which validator judged it."""
+    path = Path(path) if path is not None else active_validator_path()
+    return _file_info(str(path.resolve()))
+
+
+@functools.lru_cache(maxsize=8)
+def _file_info(path: str) -> dict:
+    p = Path(path)
+    packaged = p == VALIDATOR_PATH.resolve()
+    return {"name": f"{p.name} (packaged)" if packaged else p.name,
+            "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+
+
+PAPER_VALIDATOR = {"name": "paper rule (Code Snippet 4)", "sha256": None}  # no file: the rule is in the code
 
 
 @functools.lru_cache(maxsize=4)
@@ -122,19 +154,25 @@ def load_calibration(path: str | Path = VALIDATOR_PATH) -> dict:
     return data
 
 
-@functools.lru_cache(maxsize=4)
-def get_preset(name: str = DEFAULT_PRESET, path: str | Path = VALIDATOR_PATH) -> Preset:
-    """Build a preset by name; ``default`` reads ``validator.json`` once.
+def get_preset(name: str = DEFAULT_PRESET, path: str | Path | None = None) -> Preset:
+    """Build a preset by name; ``default`` reads its calibration file (``path``, else :func:`active_validator_path`)
+    once.
 
     Raises:
         ValueError: unknown name (the message lists the valid ones).
+        FileNotFoundError: the calibration file is missing.
     """
+    return _build_preset(name, str(Path(path) if path is not None else active_validator_path()))
+
+
+@functools.lru_cache(maxsize=8)
+def _build_preset(name: str, path: str) -> Preset:
     if name == "paper":
-        return Preset("paper", PAPER_RULE, None, None)
+        return Preset("paper", PAPER_RULE, None, None, PAPER_VALIDATOR)
     if name == "default":
         data = load_calibration(path)
         return Preset("default", ColourRule(**data["colour"]), ContentModel.from_dict(data["content"]),
-                      int(data["analysis_side"]))
+                      int(data["analysis_side"]), validator_info(path))
     raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
 
 
@@ -152,13 +190,15 @@ class ValidationResult:
     code: str | None = None
     reason: str | None = None
     checks: dict[str, Check] = field(default_factory=dict)
+    validator: dict | None = None  # validator_info() of the calibration that judged the image
 
     def checks_dict(self) -> dict:
         return {k: {"value": round(c.value, 4), "threshold": c.threshold, "passed": c.passed}
                 for k, c in self.checks.items()}
 
     def to_dict(self) -> dict:
-        return {"valid": self.valid, "code": self.code, "reason": self.reason, "checks": self.checks_dict()}
+        return {"valid": self.valid, "code": self.code, "reason": self.reason, "checks": self.checks_dict(),
+                "validator": self.validator}
 
 
 # --- layer 2: colour ------------------------------------------------------------------------------------------------
@@ -333,8 +373,17 @@ def run_checks(rgb: np.ndarray, preset: Preset) -> ValidationResult:
         checks["smear_score"] = Check(score, preset.content.threshold, score >= preset.content.threshold)
     for name, code in LAYER_ORDER:
         if name in checks and not checks[name].passed:
-            return ValidationResult(False, code, MESSAGES[code], checks)
-    return ValidationResult(True, None, None, checks)
+            return ValidationResult(False, code, failure_message(code, checks), checks, preset.validator)
+    return ValidationResult(True, None, None, checks, preset.validator)
+
+
+def failure_message(code: str, checks: dict[str, Check]) -> str:
+    """The sentence for a failed layer. A content score just short of the threshold (colour passed, since colour
+    failures come first) is named an unusual smear, not tissue or a photograph."""
+    score = checks.get("smear_score")
+    if code == "not_blood_smear" and score is not None and score.value >= score.threshold - UNUSUAL_SMEAR_MARGIN:
+        return UNUSUAL_SMEAR_MESSAGE.format(score=score.value, threshold=score.threshold)
+    return MESSAGES[code]
 
 
 def validate_image(rgb: np.ndarray, preset: str = DEFAULT_PRESET) -> ValidationResult:
@@ -348,13 +397,15 @@ def validate_image(rgb: np.ndarray, preset: str = DEFAULT_PRESET) -> ValidationR
 
 def validate_bytes(data: bytes, preset: str = DEFAULT_PRESET) -> tuple[np.ndarray | None, ValidationResult, float]:
     """Decode then validate. Returns (rgb or None, verdict, decode milliseconds); never raises for bad bytes."""
+    gate = get_preset(preset)
     t0 = time.perf_counter()
     try:
         rgb = decode_image(data)
     except ImageError as exc:
-        return None, ValidationResult(False, exc.code, exc.message), (time.perf_counter() - t0) * 1000
+        return None, ValidationResult(False, exc.code, exc.message, validator=gate.validator), \
+            (time.perf_counter() - t0) * 1000
     decode_ms = (time.perf_counter() - t0) * 1000
-    return rgb, validate_image(rgb, preset), decode_ms
+    return rgb, run_checks(rgb, gate), decode_ms
 
 
 def validate_path(path, preset: str = DEFAULT_PRESET) -> ValidationResult:
@@ -362,5 +413,5 @@ def validate_path(path, preset: str = DEFAULT_PRESET) -> ValidationResult:
     try:
         data = read_bytes(path)
     except ImageError as exc:
-        return ValidationResult(False, exc.code, exc.message)
+        return ValidationResult(False, exc.code, exc.message)  # nothing was judged: no validator recorded
     return validate_bytes(data, preset)[1]

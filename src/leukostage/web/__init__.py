@@ -1,7 +1,7 @@
 """The web app and HTTP API: an application factory, two blueprints (the page and the API), one config.
 
 Every setting lives in :func:`create_app`'s defaults. Each can be overridden by an environment variable
-``LEUKOSTAGE_<KEY>`` (values parsed as JSON where they can be, e.g. ``LEUKOSTAGE_MAX_CONTENT_LENGTH=5000000``) and,
+``LEUKOSTAGE_<KEY>`` (values parsed as JSON where they can be, e.g. ``LEUKOSTAGE_MAX_FILE_BYTES=5000000``) and,
 in tests, by ``test_config``. The model is loaded here, once per process: under gunicorn that is once per worker,
 after the fork (no ``--preload``), so no ONNX Runtime thread pool is shared across a fork.
 
@@ -13,21 +13,36 @@ import io
 import os
 from typing import IO
 
-from flask import Flask, Request
+from flask import Flask, Request, current_app
 
-from ..imaging import MAX_BYTES
+from ..imaging import MAX_BYTES, MAX_REQUEST_BYTES
 from ..predict import Predictor, default_model_path
 from ..validate import DEFAULT_PRESET, PRESETS
 
 PREDICTOR_KEY = "leukostage.predictor"  # where the loaded model lives: app.extensions[PREDICTOR_KEY]
+# Work per request, bounded so that one request cannot hold a worker until gunicorn kills it (gunicorn's timeout,
+# server.worker_timeout_s, is derived from REQUEST_BUDGET_S): at most this much server time, and at most this many
+# heat-map pixels (four overlays at explain.EXPLAIN_MAX_SIDE).
+REQUEST_BUDGET_S = 20.0
+EXPLAINED_PIXELS_PER_REQUEST = 4 * 1024 * 1024
+FORM_OVERHEAD_BYTES = 64 * 1024  # multipart framing around one file: boundaries, part headers, a long file name
 
 
 class InMemoryRequest(Request):
     """Keeps every uploaded file part in memory (Werkzeug spools large parts to a temporary file by default).
 
-    The request body is capped by ``MAX_CONTENT_LENGTH`` before any part is read, so memory stays bounded, and no
-    upload ever touches the disk, under a client-supplied name or any other.
+    The request body is capped before any part is read (see :attr:`max_content_length`), so memory stays bounded,
+    and no upload ever touches the disk, under a client-supplied name or any other.
     """
+
+    @property
+    def max_content_length(self) -> int | None:
+        """The body limit of this route: one file (plus the form's framing) on ``/predict``, ``MAX_REQUEST_BYTES``
+        elsewhere. Each file is then held to ``MAX_FILE_BYTES`` (see ``api.Upload``)."""
+        config = current_app.config
+        if self.endpoint == "api.predict_one":
+            return config["MAX_FILE_BYTES"] + FORM_OVERHEAD_BYTES
+        return config["MAX_REQUEST_BYTES"]
 
     def _get_file_stream(self, total_content_length: int | None, content_type: str | None,
                          filename: str | None = None, content_length: int | None = None) -> IO[bytes]:
@@ -38,7 +53,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     """Build the app: config, the model (loaded once), blueprints, error handlers, security headers.
 
     Args:
-        test_config: overrides applied last (tests pass e.g. ``MODEL_PATH`` or a small ``MAX_CONTENT_LENGTH``).
+        test_config: overrides applied last (tests pass e.g. ``MODEL_PATH`` or a small ``MAX_FILE_BYTES``).
 
     Raises:
         FileNotFoundError: the model or its card is missing.
@@ -47,8 +62,11 @@ def create_app(test_config: dict | None = None) -> Flask:
     app = Flask(__name__)
     app.config.from_mapping(
         MODEL_PATH=str(default_model_path()),  # $LEUKOSTAGE_MODEL, else the model shipped in the package
-        MAX_CONTENT_LENGTH=MAX_BYTES,  # whole request body, bytes; larger uploads get 413
+        MAX_FILE_BYTES=MAX_BYTES,  # each uploaded file; a larger one is refused (413 file_too_large, or its entry)
+        MAX_REQUEST_BYTES=MAX_REQUEST_BYTES,  # a whole /api/v1/predict body; larger gets 413 request_too_large
         MAX_FILES=32,  # files per /api/v1/predict request
+        MAX_EXPLAINED_PIXELS=EXPLAINED_PIXELS_PER_REQUEST,  # overlay pixels per request; later files get none
+        REQUEST_BUDGET_S=REQUEST_BUDGET_S,  # server time per request; past it: 503 over_time_budget (see api)
         ORT_THREADS=None,  # ONNX Runtime intra-op threads; None = all cores. `serve` sets cores // workers
         VALIDATION_PRESET=DEFAULT_PRESET,
         DRAIN_LIMIT=64 * 1024 * 1024,  # after a 413, read at most this much of the refused body (clean close)
@@ -74,6 +92,8 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
+    from .cases_api import init_cases  # cases: database, auth, the case API (issue 10)
+    init_cases(app)
     responses.register_error_handlers(app)
     app.after_request(responses.security_headers)
     return app

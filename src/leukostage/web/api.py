@@ -5,19 +5,24 @@
 answers many images with a list, rejected ones included as ``valid: false`` entries.
 
 Both take ``?explain=1`` (also ``true`` or ``yes``; any other value is off): each valid prediction then carries an
-``explanation``, the Grad-CAM overlay of :func:`leukostage.explain.explain_rgb` on the decoded image at its original
-resolution. ``?class=<key>`` explains that class instead of the predicted one; an unknown key is a 400 ``bad_class``.
+``explanation``, the Grad-CAM overlay of :func:`leukostage.explain.explain_rgb`, drawn at most
+``explain.EXPLAIN_MAX_SIDE`` pixels on a side; a request gets at most ``MAX_EXPLAINED_PIXELS`` of them (later
+predictions say ``explanation_omitted``). ``?class=<key>`` explains that class instead of the predicted one (a key in
+any case, or a display name) and implies ``explain``; an unknown class is a 400 ``bad_class``, and ``class`` with
+``explain`` set to off is a 400 ``class_without_explain``. Every request has a time budget (``REQUEST_BUDGET_S``):
+past it, a 503 ``over_time_budget``.
 """
 from __future__ import annotations
 
 import time
 from typing import NamedTuple
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 from werkzeug.datastructures import FileStorage
 
-from ..classes import class_info
-from ..explain import GRADCAM_OUTPUTS, explain_rgb
+from ..classes import parse_class
+from ..explain import EXPLAIN_MAX_SIDE, GRADCAM_OUTPUTS, cap_size, explain_rgb
+from ..imaging import size_limit_message
 from ..predict import Analysis, Predictor, analyse_bytes
 from . import PREDICTOR_KEY
 from .openapi import build_spec
@@ -34,6 +39,37 @@ def predictor() -> Predictor:
     return current_app.extensions[PREDICTOR_KEY]
 
 
+class Work:
+    """What one request may still spend: server time (``REQUEST_BUDGET_S``) and heat-map pixels
+    (``MAX_EXPLAINED_PIXELS``). Checked between steps, so a request answers a JSON 503 before gunicorn's worker
+    timeout (:func:`leukostage.web.server.worker_timeout_s`, well above the budget) would kill it."""
+
+    def __init__(self, budget_s: float, pixels: int):
+        self.budget_s = budget_s
+        self.deadline = time.monotonic() + budget_s
+        self.pixels_left = pixels
+
+    def check_time(self) -> None:
+        """Raises: ApiError 503 ``over_time_budget`` once the budget is spent."""
+        if time.monotonic() > self.deadline:
+            raise ApiError(503, "over_time_budget",
+                           f"The request needed more than {self.budget_s:g} s of server time and was stopped; send "
+                           "fewer or smaller images per request, or ask without explain.")
+
+    def take_pixels(self, height: int, width: int) -> bool:
+        """Reserve one overlay's pixels (at its capped size); False, reserving nothing, when they do not fit."""
+        pixels = height * width
+        if pixels > self.pixels_left:
+            return False
+        self.pixels_left -= pixels
+        return True
+
+
+@bp.before_request
+def start_the_clock() -> None:
+    g.work = Work(float(current_app.config["REQUEST_BUDGET_S"]), int(current_app.config["MAX_EXPLAINED_PIXELS"]))
+
+
 class Upload:
     """One uploaded file part, read into memory (see ``InMemoryRequest``): the client's name and the bytes."""
 
@@ -42,10 +78,18 @@ class Upload:
         self.name = (part.filename or "upload")[:MAX_NAME_CHARS]  # echoed back, never used as a path
         self.data = part.read()
 
-    def analyse(self, explain: bool = False) -> Analysis | None:
-        """The shared pipeline on these bytes (keeping Grad-CAM's outputs when it will explain); None when empty."""
+    def refusal(self) -> tuple[int, str, str] | None:
+        """Why this file is not analysed at all, as (HTTP status, code, message): empty, or over the per-file limit
+        ``MAX_FILE_BYTES``; None when it goes through the pipeline."""
         if not self.data:
-            return None
+            return 400, "empty_file", EMPTY_REASON
+        limit = current_app.config["MAX_FILE_BYTES"]
+        if len(self.data) > limit:
+            return 413, "file_too_large", size_limit_message(len(self.data), limit, "file")
+        return None
+
+    def analyse(self, explain: bool = False) -> Analysis:
+        """The shared pipeline on these bytes (keeping Grad-CAM's outputs when it will explain)."""
         return analyse_bytes(self.data, self.name, predictor(), current_app.config["VALIDATION_PRESET"], explain)
 
 
@@ -62,20 +106,29 @@ class Explain(NamedTuple):
 
     @classmethod
     def from_request(cls) -> "Explain":
-        """Parse ``?explain=`` and ``?class=``. Call it after the body is read (an early error response with the
+        """Parse ``?explain=`` and ``?class=``; ``class`` alone implies ``explain`` (asking which class's evidence
+        to show is asking for the heat map). Call it after the body is read (an early error response with the
         upload still unread can reach the client as a connection reset).
 
         Raises:
-            ApiError: 400 ``bad_class`` for an unknown class key (checked even without ``explain``, to catch typos);
+            ApiError: 400 ``bad_class`` for an unknown class (checked even without ``explain``, to catch typos);
+                400 ``class_without_explain`` when ``class`` comes with ``explain`` explicitly off;
                 501 ``explain_unavailable`` when Grad-CAM is asked of a model without its outputs.
         """
-        on = request.args.get("explain", "").strip().lower() in EXPLAIN_ON
+        asked = request.args.get("explain")
+        on = asked is not None and asked.strip().lower() in EXPLAIN_ON
         key = request.args.get("class") or None
         if key is not None:
             try:
-                key = class_info(key).key
+                key = parse_class(key).key
             except ValueError as exc:
                 raise ApiError(400, "bad_class", f"The 'class' parameter: {exc}.") from None
+            if asked is None:
+                on = True
+            elif not on:
+                raise ApiError(400, "class_without_explain",
+                               f"'class={key}' chooses which class the heat map explains, but explain={asked!r} "
+                               "turns the heat map off; drop one of the two (explain=1 or no explain at all).")
         if on and not can_explain(predictor()):
             raise ApiError(501, "explain_unavailable", "This model was exported without the Grad-CAM outputs; "
                                                        "ask without explain, or re-export it with leukostage export.")
@@ -84,16 +137,27 @@ class Explain(NamedTuple):
 
 def _payload(analysis: Analysis, explain: Explain) -> dict:
     """A prediction as the API returns it: the CLI's object, the model that made it, where the time went, and with
-    ``explain`` the Grad-CAM overlay (its time is counted in ``timing_ms`` as ``explain`` and in ``total``)."""
+    ``explain`` the Grad-CAM overlay (its time is counted in ``timing_ms`` as ``explain`` and in ``total``), unless
+    the request's heat-map pixels are spent: then ``explanation_omitted`` says so instead."""
     payload = {**analysis.result, "model": predictor().info, "timing_ms": analysis.timing_ms}
-    if explain.on:
-        t0 = time.perf_counter()
-        payload["explanation"] = explain_rgb(predictor(), analysis.rgb, explain.class_key, outputs=analysis.outputs)
-        ms = (time.perf_counter() - t0) * 1000
-        timing = dict(analysis.timing_ms)
-        timing["explain"] = round(ms, 3)
-        timing["total"] = round(timing.get("total", 0.0) + ms, 3)
-        payload["timing_ms"] = timing
+    if not explain.on:
+        return payload
+    work: Work = g.work
+    if not work.take_pixels(*cap_size(*analysis.rgb.shape[:2], EXPLAIN_MAX_SIDE)):
+        most = current_app.config["MAX_EXPLAINED_PIXELS"]
+        payload["explanation_omitted"] = {
+            "code": "explain_limit",
+            "message": f"No heat map: this request's heat maps already use the {most:,} pixels one request may "
+                       "have; send this image in its own request with explain=1."}
+        return payload
+    work.check_time()
+    t0 = time.perf_counter()
+    payload["explanation"] = explain_rgb(predictor(), analysis.rgb, explain.class_key, outputs=analysis.outputs)
+    ms = (time.perf_counter() - t0) * 1000
+    timing = dict(analysis.timing_ms)
+    timing["explain"] = round(ms, 3)
+    timing["total"] = round(timing.get("total", 0.0) + ms, 3)
+    payload["timing_ms"] = timing
     return payload
 
 
@@ -125,9 +189,11 @@ def predict_one():
     """One image in the multipart field ``file``: 200 with the prediction, or an error status."""
     uploads, explain = _read_request("file", 1,
                                      "/predict takes one file; {n} were sent. Use /api/v1/predict for several.")
+    refused = uploads[0].refusal()
+    if refused:
+        raise ApiError(*refused)
+    g.work.check_time()
     analysis = uploads[0].analyse(explain.on)
-    if analysis is None:
-        raise ApiError(400, "empty_file", EMPTY_REASON)
     result = analysis.result
     if not result["valid"]:
         extra = {"checks": result["checks"]} if result.get("checks") else {}
@@ -143,10 +209,14 @@ def predict_many():
     uploads, explain = _read_request("files", limit, f"{{n}} files were sent; at most {limit} per request.")
     out = []
     for upload in uploads:
+        refused = upload.refusal()
+        if refused:
+            _, code, reason = refused
+            out.append({"file": upload.name, "valid": False, "code": code, "reason": reason})
+            continue
+        g.work.check_time()
         analysis = upload.analyse(explain.on)
-        if analysis is None:
-            out.append({"file": upload.name, "valid": False, "code": "empty_file", "reason": EMPTY_REASON})
-        elif analysis.result["valid"]:
+        if analysis.result["valid"]:
             out.append(_payload(analysis, explain))
         else:
             out.append({**analysis.result, "timing_ms": analysis.timing_ms})

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from .. import __version__
-from ..classes import CLASS_KEYS, DISCLAIMER, UNCERTAIN_KEY
+from ..classes import CLASS_KEYS, CLASSES, DISCLAIMER, UNCERTAIN_KEY
 from ..domain import UNCERTAIN_REASONS
-from ..explain import METHOD
-from ..imaging import MAX_PIXELS, MIN_SIDE
-from .responses import STATUS_BY_CODE, megabytes
+from ..explain import EXPLAIN_MAX_SIDE, METHOD
+from ..imaging import MAX_PIXELS, MIN_SIDE, mebibytes
+from .cases_openapi import case_paths, case_schemas, security_schemes
+from .responses import STATUS_BY_CODE
 
 _REF = "#/components/schemas/"
 
@@ -32,15 +33,17 @@ def _explain_parameters() -> list[dict]:
         {"name": "explain", "in": "query", "required": False, "schema": {"type": "string", "examples": ["1"]},
          "description": "`1`, `true` or `yes` (any case): add a Grad-CAM `explanation` to each valid prediction. "
                         "Any other value, or none, leaves it out. Rejected images never get one."},
-        {"name": "class", "in": "query", "required": False, "schema": {"enum": list(CLASS_KEYS)},
-         "description": "With `explain`: the class whose evidence the heat map shows (default: the predicted, top "
-                        "class). An unknown key is a 400 `bad_class`, with or without `explain`."},
+        {"name": "class", "in": "query", "required": False,
+         "schema": {"type": "string", "examples": list(CLASS_KEYS) + [CLASSES[2].display_name]},
+         "description": "The class whose evidence the heat map shows (default: the predicted, top class): a key ("
+                        f"{', '.join(CLASS_KEYS)}) in any case, or a display name ("
+                        f"{', '.join(c.display_name for c in CLASSES)}). Implies `explain`; with `explain` set to "
+                        "an off value it is a 400 `class_without_explain`. An unknown class is a 400 `bad_class`."},
     ]
 
 
 def build_spec(config, model_info: dict) -> dict:
     """The spec for this app's config (upload limits) and loaded model (named in the description)."""
-    limit = megabytes(config["MAX_CONTENT_LENGTH"])
     codes_415 = ", ".join(c for c, s in STATUS_BY_CODE.items() if s == 415)
     probabilities = {"type": "object", "required": list(CLASS_KEYS),
                      "properties": {k: {"type": "number", "minimum": 0, "maximum": 1} for k in CLASS_KEYS}}
@@ -85,13 +88,19 @@ def build_spec(config, model_info: dict) -> dict:
                 "model": {"$ref": _REF + "ModelInfo"},
                 "timing_ms": {"$ref": _REF + "Timing"},
                 "explanation": {"$ref": _REF + "Explanation"},
+                "explanation_omitted": {
+                    "type": "object", "properties": {"code": {"const": "explain_limit"}, "message": {"type": "string"}},
+                    "description": "Instead of `explanation`, when this request's heat maps already use the "
+                                   f"{config['MAX_EXPLAINED_PIXELS']:,} pixels one request may have."},
             },
         },
         "Explanation": {
             "type": "object",
             "description": "Present only with `explain`: where the model's evidence for one class lies (Grad-CAM, "
-                           "not a segmentation, not diagnostic), drawn over the uploaded image at its original size.",
-            "required": ["method", "class", "display_class", "dataset_label", "media_type", "overlay_png_base64"],
+                           "not a segmentation, not diagnostic), drawn over the uploaded image, scaled down to at "
+                           f"most {EXPLAIN_MAX_SIDE} pixels on its longest side (never up).",
+            "required": ["method", "class", "display_class", "dataset_label", "media_type", "width", "height",
+                         "colour_scale", "overlay_png_base64"],
             "properties": {
                 "method": {"type": "string", "examples": [METHOD]},
                 "class": {"enum": list(CLASS_KEYS), "description": "The explained class: `class` if given, else the "
@@ -99,9 +108,23 @@ def build_spec(config, model_info: dict) -> dict:
                 "display_class": {"type": "string"},
                 "dataset_label": {"type": "string"},
                 "media_type": {"const": "image/png"},
+                "width": {"type": "integer", "description": "Of the overlay PNG (the upload's, or scaled down)."},
+                "height": {"type": "integer"},
+                "colour_scale": {
+                    "type": "object", "description": "How the heat is drawn: colours interpolated between the stops "
+                                                     "(0 = low, 1 = the map's peak); transparent below "
+                                                     "`transparent_below`, opacity rising to `max_alpha` at 1.",
+                    "properties": {"stops": {"type": "array", "items": {"type": "object", "properties": {
+                        "at": {"type": "number"}, "colour": {"type": "string"}}}},
+                        "transparent_below": {"type": "number"}, "max_alpha": {"type": "number"},
+                        "ramp": {"type": "array", "description": "The drawn colour and opacity at evenly spaced "
+                                                                 "heat values (what a colour scale shows).",
+                                 "items": {"type": "object", "properties": {
+                                     "at": {"type": "number"}, "colour": {"type": "string"},
+                                     "alpha": {"type": "number"}}}}}},
                 "overlay_png_base64": {"type": "string", "contentEncoding": "base64", "contentMediaType": "image/png",
-                                       "description": "The image with the heat map blended over it (viridis), a PNG "
-                                                      "of the upload's width and height, base64-encoded."},
+                                       "description": "The image with the heat map drawn over it (see "
+                                                      "`colour_scale`), `width` x `height`, base64-encoded."},
             },
         },
         "Rejection": {
@@ -118,11 +141,13 @@ def build_spec(config, model_info: dict) -> dict:
             "properties": {"error": {
                 "type": "object", "required": ["code", "message"],
                 "properties": {
-                    "code": {"type": "string", "examples": ["no_file", "empty_file", "too_large", "unreadable",
-                                                            "low_saturation", "internal_error"]},
+                    "code": {"type": "string", "examples": [
+                        "no_file", "empty_file", "file_too_large", "request_too_large", "too_large", "unreadable",
+                        "low_saturation", "over_time_budget", "internal_error"]},
                     "message": {"type": "string", "description": "What was wrong and how to fix it."},
                     "checks": {"type": "object", "additionalProperties": {"$ref": _REF + "Check"},
                                "description": "On 422: the validator's measurements and thresholds."},
+                    "limit_bytes": {"type": "integer", "description": "On 413 for a size: the limit exceeded."},
                 }}},
         },
         "Check": check,
@@ -130,14 +155,32 @@ def build_spec(config, model_info: dict) -> dict:
         "ModelInfo": {"type": "object", "properties": {"name": {"type": "string"}, "version": {"type": "string"}}},
         "Health": {"type": "object", "properties": {"status": {"const": "ok"}, "model": {"$ref": _REF + "ModelInfo"}}},
     }
-    upload_errors = {
+    file_limit, request_limit = mebibytes(config["MAX_FILE_BYTES"]), mebibytes(config["MAX_REQUEST_BYTES"])
+    megapixels = MAX_PIXELS // 1_000_000
+    class_errors = ("an unknown `class` (`bad_class`; the message lists the valid keys and names), or `class` with "
+                    "`explain` turned off (`class_without_explain`)")
+    common = {
         "500": _error("`internal_error`: a fault in the server (logged); never the answer to a bad upload."),
-        "400": _error("No file (`no_file`), an empty file (`empty_file`), too many files (`too_many_files`) or an "
-                      "unknown `class` (`bad_class`; the message lists the valid keys)."),
         "501": _error("`explain_unavailable`: `explain` was asked of a model exported without the Grad-CAM outputs."),
-        "413": _error(f"`too_large`: the request body is over {limit}, or an image has over "
-                      f"{MAX_PIXELS // 1_000_000} megapixels (checked on the header, before decoding). "
-                      "`form_too_large`: too many form parts or an oversized text field."),
+        "503": _error(f"`over_time_budget`: the request needed more than {config['REQUEST_BUDGET_S']} s of server "
+                      "time (send fewer or smaller images, or ask without `explain`); `worker_timeout` / "
+                      "`worker_failed`: the worker serving it was stopped. Retrying later may succeed."),
+    }
+    single_errors = {
+        **common,
+        "400": _error(f"No file (`no_file`), an empty file (`empty_file`), more than one file (`too_many_files`), "
+                      f"{class_errors}."),
+        "413": _error(f"`file_too_large`: the file is over {file_limit} (the per-file limit); `too_large`: the image "
+                      f"has over {megapixels} megapixels (read from its header, before decoding); `form_too_large`: "
+                      "too many form parts or an oversized text field. The message says which limit, and the size."),
+    }
+    batch_errors = {
+        **common,
+        "400": _error(f"No file (`no_file`), more than {config['MAX_FILES']} files (`too_many_files`), "
+                      f"{class_errors}."),
+        "413": _error(f"`request_too_large`: the whole request is over {request_limit} (the per-request limit; "
+                      f"each file may still be up to {file_limit}); `form_too_large`: too many form parts or an "
+                      "oversized text field."),
     }
     return {
         "openapi": "3.1.0",
@@ -157,7 +200,7 @@ def build_spec(config, model_info: dict) -> dict:
                 "requestBody": _upload_body("file", many=False),
                 "responses": {
                     "200": _json("Prediction", "The prediction."),
-                    **upload_errors,
+                    **single_errors,
                     "415": _error(f"Not a supported image, decided by content ({codes_415}); accepted: JPEG, PNG, "
                                   "TIFF, BMP, a single still image."),
                     "422": _error("A readable image that is not a usable blood smear photograph: the validator's code "
@@ -170,10 +213,15 @@ def build_spec(config, model_info: dict) -> dict:
                 "parameters": _explain_parameters(),
                 "requestBody": _upload_body("files", many=True),
                 "responses": {
-                    "200": {"description": "One entry per file: a prediction, or a rejection (valid: false).",
+                    "200": {"description": "One entry per file, in upload order: a prediction, or a rejection "
+                                           "(`valid: false` with the code and reason that `/predict` would answer "
+                                           "with an error status): `empty_file`, `file_too_large` (over "
+                                           f"{file_limit}), `too_large` (over {megapixels} megapixels), "
+                                           "`unreadable`, `unsupported_format`, `animated`, `too_small`, or the "
+                                           "validator's codes. Only the errors below fail the whole request.",
                             "content": {"application/json": {"schema": {"type": "array", "items": {"oneOf": [
                                 {"$ref": _REF + "Prediction"}, {"$ref": _REF + "Rejection"}]}}}}},
-                    **upload_errors,
+                    **batch_errors,
                 },
             }},
             "/api/v1/health": {"get": {"summary": "Readiness: 200 once the model is loaded.",
@@ -185,6 +233,7 @@ def build_spec(config, model_info: dict) -> dict:
             "/api/v1/openapi.json": {"get": {"summary": "This description.",
                                              "responses": {"200": {"description": "OpenAPI 3.1",
                                                                    "content": {"application/json": {}}}}}},
+            **case_paths(),
         },
-        "components": {"schemas": schemas},
+        "components": {"schemas": {**schemas, **case_schemas()}, "securitySchemes": security_schemes()},
     }

@@ -3,39 +3,29 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, render_template
 
-from ..classes import CLASSES, DISCLAIMER, UNCERTAIN_COLOUR, UNCERTAIN_DISPLAY_NAME, UNCERTAIN_KEY
-from ..imaging import SUPPORTED_FORMATS
+from ..classes import CLASSES, DISCLAIMER, UNCERTAIN_COLOUR, UNCERTAIN_DISPLAY_NAME, UNCERTAIN_KEY, text_colour
+from ..classes import luminance as _luminance  # noqa: F401  (tests read it here)
+from ..explain import colour_scale_info
+from ..imaging import SUPPORTED_FORMATS, mebibytes, size_limit_message
 from . import PREDICTOR_KEY
 from .api import can_explain
-from .responses import megabytes
 
 bp = Blueprint("pages", __name__)
 
 ACCEPT = "image/jpeg,image/png,image/tiff,image/bmp,.jpg,.jpeg,.png,.tif,.tiff,.bmp"
 
 
-def _luminance(hex_colour: str) -> float:
-    """WCAG relative luminance of ``#rrggbb``."""
-    channels = [int(hex_colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
-    r, g, b = (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
-    return 0.2126 * r + 0.7152 * g + 0.0722 * b
-
-
-def text_colour(background: str) -> str:
-    """Black or white, whichever contrasts more with ``background`` (yellow and orange badges get dark text)."""
-    lum = _luminance(background)
-    return "#000000" if (lum + 0.05) / 0.05 > 1.05 / (lum + 0.05) else "#ffffff"
-
-
 def page_config() -> dict:
-    """What the script needs: class names and badge colours (from classes.py, the one source), limits, and whether
-    the model can explain its predictions (Grad-CAM outputs in its graph)."""
+    """What the script needs: class names and badge colours (from classes.py, the one source), limits, whether
+    the model can explain its predictions (Grad-CAM outputs in its graph), and how heat maps are coloured (for the
+    colour scale drawn beside them)."""
     badges = [{"key": c.key, "display_name": c.display_name, "dataset_label": c.dataset_label,
                "colour": c.colour, "text_colour": text_colour(c.colour)} for c in CLASSES]
     badges.append({"key": UNCERTAIN_KEY, "display_name": UNCERTAIN_DISPLAY_NAME, "dataset_label": None,
                    "colour": UNCERTAIN_COLOUR, "text_colour": text_colour(UNCERTAIN_COLOUR)})
-    return {"classes": badges, "max_bytes": current_app.config["MAX_CONTENT_LENGTH"],
-            "explain": can_explain(current_app.extensions[PREDICTOR_KEY])}
+    limit = current_app.config["MAX_FILE_BYTES"]
+    return {"classes": badges, "max_bytes": limit, "too_large_message": size_limit_message(None, limit, "file"),
+            "explain": can_explain(current_app.extensions[PREDICTOR_KEY]), "colour_scale": colour_scale_info()}
 
 
 @bp.get("/")
@@ -48,6 +38,6 @@ def index():
         disclaimer_rest=rest,
         accept=ACCEPT,
         formats=", ".join(f.upper() for f in SUPPORTED_FORMATS),
-        max_size=megabytes(current_app.config["MAX_CONTENT_LENGTH"]),
+        max_size=mebibytes(current_app.config["MAX_FILE_BYTES"]),
         model=current_app.extensions[PREDICTOR_KEY].info,
     )

@@ -4,8 +4,12 @@ No handler here ever shows a stack trace: an unexpected exception is logged and 
 """
 from __future__ import annotations
 
+import json
+
 from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from ..imaging import size_limit_message
 
 # The page loads its own script, style sheet and fonts only (it must work offline). Images: the preview is a blob:
 # URL of the chosen file, the Grad-CAM overlay a data: URL from the JSON answer; nothing else is allowed.
@@ -36,8 +40,21 @@ class ApiError(Exception):
         self.extra = extra
 
 
-def megabytes(n: int) -> str:
-    return f"{n / 2**20:.3g} MB"
+# gunicorn's own error answers (see server.write_json_error): its reason phrase or tag -> (code, message).
+GUNICORN_ERRORS = {
+    "worker_timeout": ("worker_timeout", "The server stopped this request: it took longer than the worker timeout. "
+                                         "Send fewer or smaller images per request, or ask without explain."),
+    "Internal Server Error": ("worker_failed", "The server failed to process this request; the error was logged."),
+}
+
+
+def error_document(status: int, reason: str, message: str) -> tuple[bytes, list[tuple[str, str]]]:
+    """The JSON body and headers for an error answered outside Flask (by gunicorn's worker): the app's error shape
+    and the security headers of every API response."""
+    code, text = GUNICORN_ERRORS.get(message) or GUNICORN_ERRORS.get(reason) or (
+        reason.lower().replace(" ", "_"), message or reason)
+    body = json.dumps({"error": {"code": code, "message": text}}).encode()
+    return body, [("Content-Type", "application/json"), *API_HEADERS.items()]
 
 
 def error_response(status: int, code: str, message: str, **extra) -> tuple[Response, int]:
@@ -71,13 +88,19 @@ def _api_error(exc: ApiError):
 
 
 def _too_large(exc: RequestEntityTooLarge):
-    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    """413 for a body over the route's limit, saying which limit: one file's on ``/predict`` (``file_too_large``),
+    the whole request's on ``/api/v1/predict`` (``request_too_large``)."""
+    limit = request.max_content_length
     length = request.content_length
     _drain_refused_body()
-    if length is not None and length <= limit:  # Werkzeug's form limits, not the body size
+    if limit is None or (length is not None and length <= limit):  # Werkzeug's form limits, not the body size
         return error_response(413, "form_too_large", "The form has too many parts or an oversized text field; send "
                                                      "only the image, as a file field.")
-    return error_response(413, "too_large", f"The upload is larger than {megabytes(limit)}; send a smaller image file.")
+    if request.endpoint == "api.predict_one":
+        file_limit = current_app.config["MAX_FILE_BYTES"]
+        return error_response(413, "file_too_large", size_limit_message(length, file_limit, "file"),
+                              limit_bytes=file_limit)
+    return error_response(413, "request_too_large", size_limit_message(length, limit, "request"), limit_bytes=limit)
 
 
 def _http_error(exc: HTTPException):
@@ -102,17 +125,23 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(Exception, _unexpected)
 
 
+COMMON_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+}
+API_HEADERS = {"Content-Security-Policy": API_CSP, **COMMON_HEADERS, "Cache-Control": "no-store"}
+
+
 def security_headers(response: Response) -> Response:
     """Headers for every response: a CSP (strict for the page, stricter for data), no sniffing, no framing, and
     no caching of anything but the static files (results are never stored by browsers or proxies)."""
     headers = response.headers
     headers["Content-Security-Policy"] = PAGE_CSP if response.mimetype == "text/html" else API_CSP
-    headers["X-Content-Type-Options"] = "nosniff"
-    headers["X-Frame-Options"] = "DENY"
-    headers["Referrer-Policy"] = "no-referrer"
-    headers["Cross-Origin-Opener-Policy"] = "same-origin"
-    headers["Cross-Origin-Resource-Policy"] = "same-origin"
-    headers["Permissions-Policy"] = "camera=(), microphone=(), geolocation=()"
+    headers.update(COMMON_HEADERS)
     if request.endpoint != "static":
         headers["Cache-Control"] = "no-store"
     return response

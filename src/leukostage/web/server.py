@@ -7,16 +7,24 @@ threads than there are cores. Extra gunicorn settings (access log, TLS, max requ
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import shlex
+import socket
 from pathlib import Path
 
 from gunicorn.app.base import BaseApplication
 
-from . import cpu_count
+from gunicorn import util as gunicorn_util
+from gunicorn.workers.sync import SyncWorker
 
-TIMEOUT_S = 30  # a worker silent for this long is killed and replaced
+from . import REQUEST_BUDGET_S, cpu_count
+
+# A request stops itself (503 over_time_budget) once REQUEST_BUDGET_S is spent, checking between steps; one step is
+# at most one image of MAX_PIXELS decoded, validated and explained. gunicorn's timeout, which kills the worker, stays
+# above budget + one step, so a slow request gets its JSON 503 and the worker lives on.
+WORST_STEP_S = 40
 GRACEFUL_TIMEOUT_S = 10  # on SIGTERM, finish requests in flight for at most this long
 
 
@@ -30,14 +38,25 @@ def bind_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+def request_budget_s() -> float:
+    """The app's per-request time budget, as the workers will read it ($LEUKOSTAGE_REQUEST_BUDGET_S or the default)."""
+    return float(os.environ.get("LEUKOSTAGE_REQUEST_BUDGET_S", REQUEST_BUDGET_S))
+
+
+def worker_timeout_s(budget_s: float | None = None) -> int:
+    """gunicorn's worker timeout: the request budget plus one worst-case step, so the app answers first."""
+    return int(round((request_budget_s() if budget_s is None else budget_s) + WORST_STEP_S))
+
+
 def gunicorn_options(host: str, port: int, workers: int) -> dict:
     """The gunicorn settings ``serve`` uses (a dict, so tests can check them without starting a server)."""
     return {
         "bind": bind_address(host, port),
         "workers": workers,
-        "worker_class": "sync",  # CPU-bound requests: one at a time per worker, the rest wait in the backlog
+        # sync: CPU-bound requests one at a time per worker, the rest wait in the backlog; JSON errors (see below)
+        "worker_class": f"{__name__}.JsonErrorWorker",
         "preload_app": False,  # load the model in each worker, after the fork
-        "timeout": TIMEOUT_S,
+        "timeout": worker_timeout_s(),
         "graceful_timeout": GRACEFUL_TIMEOUT_S,
         "errorlog": "-",
         "loglevel": "info",
@@ -47,6 +66,39 @@ def gunicorn_options(host: str, port: int, workers: int) -> dict:
 
 
 OPTIONAL_SETTINGS = {"control_socket_disable"}  # skipped where the installed gunicorn predates them
+
+
+def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's own error answers (a worker stopped mid-request, a malformed request line) in the app's shape:
+    JSON ``{"error": {"code", "message"}}`` with the same security headers, instead of gunicorn's HTML page."""
+    from .responses import error_document
+
+    body, headers = error_document(status_int, reason, mesg)
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers)
+    raw = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Length: {len(body)}\r\n{head}\r\n")
+    gunicorn_util.write_nonblock(sock, raw.encode("latin1") + body)
+
+
+class JsonErrorWorker(SyncWorker):
+    """gunicorn's sync worker, answering its own errors as JSON (see :func:`write_json_error`).
+
+    When the master's timeout aborts a worker in the middle of a request (SIGABRT), the request gets a 503
+    ``worker_timeout`` rather than an HTML 500; any other failure outside the app a 500 ``worker_failed``.
+    """
+
+    def init_process(self) -> None:
+        gunicorn_util.write_error = write_json_error  # every error page this worker writes
+        super().init_process()
+
+    def handle_error(self, req, client, addr, exc) -> None:
+        if isinstance(exc, SystemExit) and not self.alive:  # handle_abort: the master's timeout stopped us
+            self.log.error("request stopped by the worker timeout (%s s)", self.cfg.timeout)
+            try:
+                write_json_error(client, 503, "Service Unavailable", "worker_timeout")
+            except OSError:
+                pass
+            return
+        super().handle_error(req, client, addr, exc)
 
 
 class GunicornApp(BaseApplication):
@@ -78,6 +130,60 @@ class GunicornApp(BaseApplication):
         return create_app()
 
 
+class StartupError(ValueError):
+    """What stops ``serve`` before gunicorn starts, in one line: what is wrong and what to do."""
+
+
+def check_model(model_path: Path) -> None:
+    """Load the model and its card once, in the master, before any worker forks: a missing card or a corrupt file
+    is then one clear line, not a traceback from every worker. One ONNX Runtime thread and no inference, so no
+    thread pool exists at the fork; the session is dropped again (each worker loads its own).
+
+    Raises:
+        StartupError: the model or its card is missing, unreadable, not ONNX, or made for other classes.
+    """
+    from ..predict import Predictor, card_path_for
+
+    if not model_path.is_file():
+        raise StartupError(f"model file {model_path} not found; pass --model with an exported .onnx file, or unset "
+                           "LEUKOSTAGE_MODEL to use the shipped model")
+    card = card_path_for(model_path)
+    if not card.is_file():
+        raise StartupError(f"model card {card.name} not found beside {model_path}; `leukostage export` writes it "
+                           "there, so copy the card that came with this model next to it")
+    try:
+        loaded = Predictor.load(model_path, threads=1)
+    except ValueError as exc:  # a card for other classes or without a threshold, a file ONNX Runtime refuses
+        message = str(exc).splitlines()[0]
+        raise StartupError(message if str(model_path) in message else f"model {model_path}: {message}") from None
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own exception types for a bad file
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StartupError(f"model file {model_path} could not be loaded by ONNX Runtime ({detail}); re-export it "
+                           "with `leukostage export`, or pass another --model") from None
+    del loaded
+
+
+def check_port(host: str, port: int) -> None:
+    """Bind and release the address as gunicorn will (SO_REUSEADDR), so a port in use is one clear line.
+
+    Raises:
+        StartupError: the port is in use, needs privileges, or the host is not an address of this machine.
+    """
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(f"port {port} on {host} is already in use (another server, perhaps another "
+                               f"`leukostage serve`); stop it, or pass --port with a free port") from None
+        if exc.errno == errno.EACCES:
+            raise StartupError(f"port {port} needs administrator rights; pass --port 1024 or above") from None
+        raise StartupError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pass --host with an address "
+                           "of this machine, e.g. 127.0.0.1") from None
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -99,7 +205,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None,
 
     Raises:
         ValueError: ``workers`` below 1, or ``debug`` on an address other hosts can reach.
-        FileNotFoundError: the model file is missing.
+        StartupError: (a ValueError) the model, its card or the port is not usable (see :func:`check_model`,
+            :func:`check_port`); checked before gunicorn starts, so the message is one line.
     """
     from ..predict import default_model_path
 
@@ -108,8 +215,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None,
     if debug and not _is_loopback(host):
         raise ValueError(f"--debug runs Werkzeug's interactive debugger; bind it to 127.0.0.1, not {host}")
     model_path = Path(model) if model else default_model_path()
-    if not model_path.is_file():
-        raise FileNotFoundError(f"model file {model_path} not found; train and export one, or pass --model")
+    check_model(model_path)
+    check_port(host, port)
     os.environ["LEUKOSTAGE_MODEL"] = str(model_path.resolve())  # read by create_app in each worker
 
     if debug:

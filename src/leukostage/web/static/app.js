@@ -1,5 +1,7 @@
 // leukostage page: choose or drop an image, preview it, upload it to /predict, show the result or the rejection,
-// and the Grad-CAM heat map beside the preview (an Original / Heat map switch) when the model can explain.
+// and the Grad-CAM heat map in place of the preview (an Original / Heat map switch) when the model can explain.
+// The heat map costs the server more than the prediction, so it is asked for (explain=1) only when the switch is
+// pressed, once per image.
 // Plain script, no libraries, no external requests (the page must work offline and under a strict CSP).
 "use strict";
 
@@ -19,6 +21,7 @@
   const viewSwitch = $("view-switch");
   const viewOriginal = $("view-original");
   const viewHeatmap = $("view-heatmap");
+  const heatmapView = $("heatmap-view");
   const heatmapImage = $("heatmap-image");
   const heatmapCaption = $("heatmap-caption");
   const progress = $("progress");
@@ -30,6 +33,9 @@
   let previewUrl = null;
   let previewBroken = false; // the browser cannot show this format (TIFF); the heat map (a PNG) still can
   let fileName = "";
+  let currentFile = null; // the analysed file, sent again with explain=1 when the heat map is asked for
+  let heatState = "none"; // none | loading | ready
+  let heatRequest = null; // the heat map's request in flight
   let busy = false;
 
   const STATUS_TITLES = {
@@ -43,54 +49,109 @@
     return (100 * p).toFixed(1) + "%";
   }
 
-  function megabytes(n) {
-    if (n < 1048576) return Math.max(1, Math.round(n / 1024)) + " kB";
-    return (n / 1048576).toPrecision(3).replace(/\.0+$|(\.\d*?)0+$/, "$1") + " MB";
+  // Binary units, as the server's messages (imaging.mebibytes): "512 KiB", "20 MiB", "21.4 MiB".
+  function mebibytes(n) {
+    if (n < 1048576) return Math.max(1, Math.round(n / 1024)) + " KiB";
+    return (n / 1048576).toFixed(1).replace(/\.0$/, "") + " MiB";
   }
 
-  // Original or heat map: one image at a time, the switch's buttons say which (aria-pressed).
+  // Original or heat map: one image at a time, the switch's buttons say which (aria-pressed). Until the heat map
+  // has arrived the original stays in view, with the caption saying what is happening.
   function setView(heat) {
     viewOriginal.setAttribute("aria-pressed", String(!heat));
     viewHeatmap.setAttribute("aria-pressed", String(heat));
-    heatmapImage.hidden = !heat;
+    const ready = heat && heatState === "ready";
+    heatmapView.hidden = !ready;
     heatmapCaption.hidden = !heat;
-    previewImage.hidden = heat || previewBroken;
+    previewImage.hidden = ready || previewBroken;
   }
 
   function clearExplanation() {
+    if (heatRequest) heatRequest.abort();
+    heatRequest = null;
+    heatState = "none";
+    viewHeatmap.removeAttribute("aria-busy");
     viewSwitch.hidden = true;
-    setView(false);
     heatmapImage.removeAttribute("src");
     heatmapImage.alt = "";
     heatmapCaption.textContent = "";
+    setView(false);
   }
 
   function showExplanation(e) {
-    if (!e || !e.overlay_png_base64) {
-      clearExplanation();
-      return;
-    }
+    heatState = "ready";
     heatmapImage.src = "data:image/png;base64," + e.overlay_png_base64;
     heatmapImage.alt = "Grad-CAM heat map for " + e.display_class + " over " + fileName;
     heatmapCaption.textContent = "Where the model's evidence for " + e.display_class +
-      " lies — Grad-CAM, not a segmentation; not diagnostic.";
-    viewSwitch.hidden = false;
-    setView(previewBroken);
+      " lies — Grad-CAM, not a segmentation; not diagnostic. Yellow marks the strongest evidence; weak evidence " +
+      "is not drawn.";
+    setView(viewHeatmap.getAttribute("aria-pressed") === "true");
   }
 
+  function explanationFailed(message) {
+    heatState = "none"; // pressing the switch again retries
+    heatmapCaption.textContent = "No heat map: " + message;
+    setView(viewHeatmap.getAttribute("aria-pressed") === "true");
+  }
+
+  // POST the same file again with explain=1; a newer file (clearExplanation) aborts it.
+  function requestExplanation() {
+    if (!currentFile || heatState !== "none") return;
+    heatState = "loading";
+    viewHeatmap.setAttribute("aria-busy", "true");
+    heatmapCaption.textContent = "Computing the heat map…";
+    const data = new FormData();
+    data.append("file", currentFile, currentFile.name);
+    const url = new URL(form.action);
+    url.searchParams.set("explain", "1");
+    const xhr = new XMLHttpRequest();
+    heatRequest = xhr;
+    xhr.open("POST", url);
+    xhr.responseType = "json";
+    xhr.addEventListener("load", () => {
+      if (heatRequest !== xhr) return;
+      const body = xhr.response;
+      if (xhr.status === 200 && body && body.explanation) showExplanation(body.explanation);
+      else explanationFailed(body && body.error ? body.error.message : "the server answered unexpectedly.");
+    });
+    xhr.addEventListener("error", () => {
+      if (heatRequest === xhr) explanationFailed("the server could not be reached. Try again.");
+    });
+    xhr.addEventListener("loadend", () => {
+      if (heatRequest !== xhr) return;
+      heatRequest = null;
+      viewHeatmap.removeAttribute("aria-busy");
+    });
+    xhr.send(data);
+  }
+
+  // The colour scale beside the heat map: the server's own ramp (explain.colour_scale_info), bottom = low.
+  function paintColourScale(scale) {
+    const parts = scale.ramp.map((s) => {
+      const [r, g, b] = [1, 3, 5].map((i) => parseInt(s.colour.slice(i, i + 2), 16));
+      return "rgba(" + r + ", " + g + ", " + b + ", " + s.alpha + ") " + (100 * s.at).toFixed(0) + "%";
+    });
+    $("heatmap-scale-bar").style.backgroundImage = "linear-gradient(to top, " + parts.join(", ") + ")";
+  }
+  if (config.colour_scale) paintColourScale(config.colour_scale);
+
   viewOriginal.addEventListener("click", () => setView(false));
-  viewHeatmap.addEventListener("click", () => setView(true));
+  viewHeatmap.addEventListener("click", () => {
+    setView(true);
+    requestExplanation();
+  });
 
   function showPreview(file) {
     if (previewUrl) URL.revokeObjectURL(previewUrl);
     previewUrl = URL.createObjectURL(file);
     previewBroken = false;
     fileName = file.name;
+    currentFile = file;
     clearExplanation();
     previewImage.hidden = false;
     previewImage.src = previewUrl;
     previewImage.alt = "Preview of " + file.name;
-    previewName.textContent = file.name + " (" + megabytes(file.size) + ")";
+    previewName.textContent = file.name + " (" + mebibytes(file.size) + ")";
     preview.hidden = false;
   }
 
@@ -186,7 +247,7 @@
       .map((k) => k + " " + t[k].toFixed(1));
     $("timing").textContent = "Server time " + (t.total || 0).toFixed(1) + " ms (" + parts.join(", ") +
       ") · model " + r.model.name + " " + r.model.version;
-    showExplanation(r.explanation);
+    viewSwitch.hidden = !config.explain; // the heat map itself is fetched when asked for
 
     rejection.hidden = true;
     result.hidden = false;
@@ -219,10 +280,7 @@
     if (!file || busy) return;
     showPreview(file);
     if (file.size > config.max_bytes) {
-      showRejection(413, {
-        code: "too_large",
-        message: "The file is " + megabytes(file.size) + "; at most " + megabytes(config.max_bytes) + " are accepted.",
-      });
+      showRejection(413, { code: "file_too_large", message: config.too_large_message });
       return;
     }
     busy = true;
@@ -232,8 +290,7 @@
 
     const data = new FormData();
     data.append("file", file, file.name);
-    const url = new URL(form.action);
-    if (config.explain) url.searchParams.set("explain", "1"); // the Grad-CAM overlay comes with the prediction
+    const url = new URL(form.action); // no explain: the heat map is fetched only if the switch is pressed
     const xhr = new XMLHttpRequest();
     xhr.open("POST", url);
     xhr.responseType = "json";

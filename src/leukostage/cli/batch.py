@@ -6,15 +6,19 @@ import json
 import sys
 from pathlib import Path
 
-from .classes import DISCLAIMER
-from .validate import DEFAULT_PRESET, PRESETS
+from ..classes import DISCLAIMER
+from ..validate import DEFAULT_PRESET, PRESETS
 
 EXIT_INTERRUPTED = 130  # the shell's code for a run stopped by a signal
 
 
 def add_batch(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("batch", help="score image archives into a results file: streaming, resumable, on local "
-                       "worker processes or a Dask cluster")
+                       "worker processes or a Dask cluster",
+                       description="Score every image under INPUT (files, folders at any depth, @LIST.txt) into "
+                       "RESULTS, one row per input (refused inputs too, with their code), written as chunks finish; "
+                       "--resume skips inputs already there. Runs on local worker processes by default, or on a "
+                       "Dask cluster with --scheduler.")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files, folders (searched at any depth; hidden entries skipped) or @LIST.txt "
                    "(one path per line)")
@@ -35,7 +39,7 @@ def add_batch(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from .batch import DEFAULT_CHUNK_SIZE, BatchConfig, format_summary, run_batch
+    from ..batch import DEFAULT_CHUNK_SIZE, BatchConfig, format_summary, run_batch
 
     cfg = BatchConfig(inputs=args.inputs, out=args.out, format=args.format, resume=args.resume, workers=args.workers,
                       scheduler=args.scheduler, model=args.model, preset=args.preset,
@@ -48,3 +52,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if summary["interrupted"]:
         return EXIT_INTERRUPTED
     return 1 if summary["refused"] else 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    add_batch(sub)
+    sub.choices["batch"].set_defaults(func=cmd_batch)

@@ -1,0 +1,103 @@
+"""Users, roles and API tokens.
+
+Roles: ``technician`` creates cases and uploads fields; ``reviewer`` (a haematologist) also overrides, signs off and
+amends; ``admin`` manages users (and may do what a reviewer does). Passwords are hashed with argon2id; bearer tokens
+are random 256-bit strings of which only the SHA-256 is stored (a token has the entropy a password lacks, so a fast
+hash is enough and lets a request find its user with one indexed lookup).
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from .models import NAME_MAX, ROLES, ApiToken, User, utcnow
+
+REVIEW_ROLES = frozenset({"reviewer", "admin"})
+UPLOAD_ROLES = frozenset({"technician", "reviewer", "admin"})
+MIN_PASSWORD_CHARS = 8
+USERNAME_RE = re.compile(rf"^[A-Za-z0-9._-]{{1,{NAME_MAX}}}$")
+_hasher = PasswordHasher()
+
+
+class UserError(ValueError):
+    """A user request that cannot be done (the message says why and what to do)."""
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def check_password(user: User, password: str) -> bool:
+    try:
+        return _hasher.verify(user.password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def add_user(session: Session, username: str, role: str, password: str) -> User:
+    """Create a user.
+
+    Raises:
+        UserError: a bad name, an unknown role, a short password, or a name already taken.
+    """
+    if not USERNAME_RE.match(username):
+        raise UserError(f"user name {username[:80]!r}: use 1-{NAME_MAX} letters, digits, '.', '_' or '-'")
+    if role not in ROLES:
+        raise UserError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise UserError(f"the password must have at least {MIN_PASSWORD_CHARS} characters")
+    if session.scalar(select(User).where(User.username == username)) is not None:
+        raise UserError(f"user {username!r} already exists")
+    user = User(username=username, role=role, password_hash=hash_password(password), active=True)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def get_user(session: Session, username: str) -> User:
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise UserError(f"no user {username!r}; add one with `leukostage users add {username} --role ROLE "
+                        "--password-stdin`")
+    return user
+
+
+def authenticate(session: Session, username: str, password: str) -> User | None:
+    """The active user with this name and password, else None (the same answer whichever part was wrong)."""
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None:
+        _hasher.hash(password)  # spend the same time as a real check: no user enumeration by timing
+        return None
+    return user if user.active and check_password(user, password) else None
+
+
+def issue_token(session: Session, user: User) -> str:
+    """A new bearer token for ``user`` (returned once; only its hash is kept)."""
+    token = secrets.token_urlsafe(32)
+    session.add(ApiToken(user_id=user.id, token_hash=hash_token(token)))
+    session.flush()
+    return token
+
+
+def revoke_tokens(session: Session, user: User) -> int:
+    """Revoke every live token of ``user``; returns how many."""
+    result = session.execute(update(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
+                             .values(revoked_at=utcnow()))
+    return result.rowcount or 0
+
+
+def user_for_token(session: Session, token: str) -> User | None:
+    """The active user a live token belongs to, else None."""
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token),
+                                                ApiToken.revoked_at.is_(None)))
+    return row.user if row is not None and row.user.active else None

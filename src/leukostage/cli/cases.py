@@ -1,0 +1,157 @@
+"""Command line verbs for cases: ``db upgrade|check``, ``users add|token``, ``evaluate-cases``; and the guard that
+keeps ``serve`` from starting on an unmigrated database. A verb group of the ``cli`` package (``register``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable
+
+from ..data import default_data_dir
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _add_db(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("db", help="the case database: apply migrations, check stored images against rows",
+                       description="The case database ($LEUKOSTAGE_DATABASE_URL, default a SQLite file in the "
+                       "instance folder): `db upgrade` applies every pending migration (serve refuses an unmigrated "
+                       "database); `db check` compares the image store with the rows.")
+    verbs = p.add_subparsers(dest="db_command", required=True)
+    verbs.add_parser("upgrade", help="apply every pending migration (creates the SQLite file on first use)")
+    c = verbs.add_parser("check", help="find stored image files without a row (and remove them) and rows whose "
+                                       "file is missing")
+    c.add_argument("--dry-run", action="store_true", help="report only; remove nothing")
+    c.add_argument("--min-age", type=float, default=60.0, metavar="SECONDS",
+                   help="remove only orphan files older than this (a younger one may be an upload in flight)")
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from ..cases import db
+    from ..cases.config import database_url, redacted, storage_dir
+
+    if args.db_command == "upgrade":
+        before, after = db.upgrade()
+        state = "already at" if before == after else f"upgraded from {before or 'an empty database'} to"
+        print(f"case database {redacted(database_url())}: {state} revision {after}")
+        return 0
+    from ..cases.service import check_storage
+    from ..cases.store import ImageStore
+
+    db.require_current()
+    with db.session_scope() as session:
+        report = check_storage(session, ImageStore(storage_dir()), remove=not args.dry_run, min_age_s=args.min_age)
+    print(json.dumps({**report, "storage": str(storage_dir())}, indent=2))
+    problems = len(report["orphan_files"]) - len(report["removed"]) + len(report["rows_without_file"])
+    return 1 if problems else 0
+
+
+def _add_users(sub: argparse._SubParsersAction) -> None:
+    from ..cases.models import ROLES
+
+    p = sub.add_parser("users", help="users of the case workflow: add one, issue or revoke API tokens",
+                       description="Users of the case workflow and their roles (technician: creates cases and "
+                       "uploads; reviewer: overrides and signs off; admin: users). Passwords and tokens are stored "
+                       "hashed only.")
+    verbs = p.add_subparsers(dest="users_command", required=True)
+    a = verbs.add_parser("add", help="add a user (the password is read from stdin)")
+    a.add_argument("name")
+    a.add_argument("--role", required=True, choices=ROLES)
+    a.add_argument("--password-stdin", action="store_true", required=True,
+                   help="read the password from the first line of stdin (never from the command line)")
+    t = verbs.add_parser("token", help="print a new bearer token, alone on the last line (only its hash is stored)")
+    t.add_argument("name")
+    t.add_argument("--revoke", action="store_true", help="revoke every token of the user instead")
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    from ..cases import db, users
+
+    db.require_current()
+    with db.session_scope() as session:
+        if args.users_command == "add":
+            password = sys.stdin.readline().rstrip("\r\n")
+            user = users.add_user(session, args.name, args.role, password)
+            print(f"added {user.role} {user.username}")
+            return 0
+        user = users.get_user(session, args.name)
+        if args.revoke:
+            print(f"revoked {users.revoke_tokens(session, user)} token(s) of {user.username}")
+            return 0
+        token = users.issue_token(session, user)
+    print(f"bearer token for {args.name} (shown once; send it as 'Authorization: Bearer <token>'):", file=sys.stderr)
+    print(token)
+    return 0
+
+
+def _add_evaluate_cases(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate-cases", help="choose the case-call rule on the blocked split's validation part "
+                       "and score it on its test part (pseudo-cases of 10 consecutive files); writes "
+                       "reports/cases/metrics.json + report.md and the package's case_rule.json",
+                       description="Choose the case-call rule on the blocked split's validation part (pseudo-cases of "
+                       "10 consecutive file numbers of one class) and score it on the test part; writes "
+                       "reports/cases/metrics.json + report.md and the package's case_rule.json.")
+    p.add_argument("--data", default=str(default_data_dir()), help="dataset folder (default: $LEUKOSTAGE_DATA)")
+    p.add_argument("--model", default=None, help="ONNX model (default: the model shipped in the package)")
+    p.add_argument("--seed", type=int, default=None, help="split seed (default: the model's training seed)")
+    p.add_argument("--out", default="reports/cases", help="report folder")
+    p.add_argument("--rule-out", default=None, help="where to write the chosen rule (default: the package's "
+                                                     "leukostage/cases/case_rule.json)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_evaluate_cases(args: argparse.Namespace) -> int:
+    from ..cases.evaluate import run
+
+    metrics = run(args.data, model=args.model, seed=args.seed, out=args.out, rule_out=args.rule_out,
+                  progress=not args.quiet)
+    print(json.dumps({k: metrics[k] for k in ("rule", "validation", "test")}, indent=2))
+    return 0
+
+
+def guard_serve(serve: Command) -> Command:
+    """``serve`` that first checks the case database is migrated (one line naming `leukostage db upgrade`)."""
+    def guarded(args: argparse.Namespace) -> int:
+        from ..cases.db import DatabaseNotReady, dispose_all, require_current
+
+        try:
+            require_current()
+        except DatabaseNotReady as exc:
+            print(f"leukostage serve: error: {exc}", file=sys.stderr)
+            return 2
+        dispose_all()  # no open connection is inherited by the workers
+        return serve(args)
+    guarded.guarded = True  # type: ignore[attr-defined]
+    return guarded
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the case verbs, and guard ``serve`` (registered earlier by the serving group) with the database check."""
+    _add_db(sub)
+    _add_users(sub)
+    _add_evaluate_cases(sub)
+    sub.choices["db"].set_defaults(func=_friendly(cmd_db))
+    sub.choices["users"].set_defaults(func=_friendly(cmd_users))
+    sub.choices["evaluate-cases"].set_defaults(func=cmd_evaluate_cases)
+    serve = sub.choices.get("serve")
+    if serve is not None and not getattr(serve.get_default("func"), "guarded", False):
+        serve.set_defaults(func=guard_serve(serve.get_default("func")))
+
+
+def _friendly(command: Command) -> Command:
+    """Case errors as one line on stderr, exit status 2 (like cli.main does for ValueError)."""
+    def run(args: argparse.Namespace) -> int:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from ..cases.db import DatabaseNotReady
+
+        try:
+            return command(args)
+        except DatabaseNotReady as exc:
+            print(f"leukostage {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        except SQLAlchemyError as exc:
+            print(f"leukostage {args.command}: database error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                  file=sys.stderr)
+            return 2
+    return run

@@ -1,0 +1,164 @@
+"""Training-path verbs: train, evaluate, export, audit, calibrate-validator. Torch is imported inside each verb."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..data import SPLIT_METHODS, default_data_dir
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model on the Table 2 folder layout",
+                       description="Train a model (needs the 'train' extra: torch). Writes best.pt, a log and "
+                       "curves into --out; stops early when the validation loss stops improving.")
+    p.add_argument("--data", default=str(default_data_dir()), help="dataset folder (default: $LEUKOSTAGE_DATA)")
+    p.add_argument("--out", required=True, help="run folder for checkpoint, log, curves")
+    p.add_argument("--arch", default="paper", choices=("paper", "lite0"),
+                   help="paper: Table 4 CNN at 128 px, from scratch; lite0: EfficientNet-Lite0 at 224 px from ImageNet "
+                   "weights (use with --recipe transfer)")
+    p.add_argument("--split", default="random", choices=SPLIT_METHODS)
+    p.add_argument("--recipe", default="paper", choices=("paper", "robust", "transfer", "transfer-cells"),
+                   help="paper: Table 3 augmentation; robust: plus colour normalisation in the model, stain "
+                   "jitter and a cell-attention loss (the shortcut fix); transfer: fine-tuning a pretrained body "
+                   "(colour normalisation, stain jitter, rotations, AdamW one-cycle with warm-up, lower body rate, "
+                   "label smoothing); transfer-cells: transfer plus the cell-attention loss; see "
+                   "leukostage.train.RECIPES")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+    p.add_argument("--limit-per-class", type=int, default=0, help="train on a small per-class subset (smoke runs)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="score a checkpoint or ONNX model on a split; writes metrics.json + report.md",
+                       description="Score a model on the held-out part of the split it was trained with (another "
+                       "split, seed or dataset fingerprint is refused), or with --external on other image folders.")
+    p.add_argument("--model", required=True, help="a run's best.pt, or an exported .onnx")
+    p.add_argument("--data", default=str(default_data_dir()))
+    p.add_argument("--split", default=None, choices=SPLIT_METHODS, help="default: the split the model was trained on")
+    p.add_argument("--part", default="test", choices=("train", "val", "test"))
+    p.add_argument("--seed", type=int, default=None, help="default: the model's training seed")
+    p.add_argument("--out", default=None, help="report folder (default: reports/<model>-<split>)")
+    p.add_argument("--external", nargs="+", default=None, metavar="DIR",
+                   help="instead: run the serving pipeline on image folders outside the training data")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX + model card, with test-split metrics",
+                       description="Export a checkpoint to ONNX and write its model card (preprocessing, classes, "
+                       "calibration, decision threshold, metrics) beside it.")
+    p.add_argument("--checkpoint", required=True, help="a run's best.pt")
+    p.add_argument("--out", required=True, help="ONNX file to write, e.g. models/robust.onnx (the card goes beside it)")
+    p.add_argument("--name", default=None, help="model name in the card (default: the file stem)")
+    p.add_argument("--data", default=str(default_data_dir()), help="to score the test split(s) for the card")
+    p.add_argument("--metrics", nargs="*", default=[], help="metrics.json files to copy into the card (their data "
+                   "fingerprint must match the checkpoint's)")
+    p.add_argument("--external", nargs="*", default=[], metavar="REPORT",
+                   help="`evaluate --external` metrics.json files (other laboratories' images) to copy into the card")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("audit", help="shortcut audit on the model's test split: Grad-CAM on cells, accuracy with "
+                       "scale bar masked, background replaced, colour shifted; writes metrics.json + report.md",
+                       description="Does the model look at cells? Grad-CAM mass on cells, and accuracy when the "
+                       "scale bar is masked, the background replaced or the colours shifted.")
+    p.add_argument("--model", required=True, help="a run's best.pt, or an exported .onnx")
+    p.add_argument("--data", default=str(default_data_dir()), help="dataset folder (needs segmented/ beside original/)")
+    p.add_argument("--split", default=None, choices=SPLIT_METHODS,
+                   help="default: the split the model was trained on (any other is refused)")
+    p.add_argument("--out", default=None, help="report folder (default: reports/audit-<model>-<split>)")
+    p.add_argument("--no-examples", action="store_true", help="numbers only: no example heat-map images")
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("calibrate-validator", help="fit the input validator on real data and write it to a named "
+                       "file, with its held-out report (reports/validation/report.md + metrics.json)",
+                       description="Fit the input validator (colour thresholds + content check) on real data and "
+                       "score it on held-out images. The calibration goes to --out, never silently over an "
+                       "existing file (the packaged validator.json included); serve or predict with it through "
+                       "--validator FILE or $LEUKOSTAGE_VALIDATOR.")
+    p.add_argument("--data", default=str(default_data_dir()), help="data folder (default: $LEUKOSTAGE_DATA)")
+    p.add_argument("--seed", type=int, default=42, help="split and generator seed (--report-only: the JSON's)")
+    p.add_argument("--out", default=None, metavar="FILE", help="validator JSON to write (required unless "
+                   "--report-only)")
+    p.add_argument("--overwrite", action="store_true", help="allow --out to replace an existing file")
+    p.add_argument("--validator", default=None, metavar="FILE",
+                   help="--report-only: the validator JSON to score (default: $LEUKOSTAGE_VALIDATOR, else the "
+                   "packaged one)")
+    p.add_argument("--report", default="reports/validation", help="report folder")
+    p.add_argument("--report-only", action="store_true", help="score an existing JSON without refitting")
+    p.add_argument("--no-ablations", action="store_true", help="skip the leave-one-source-out refits")
+    p.set_defaults(func=cmd_calibrate)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..train import TrainConfig, train
+
+    cfg = TrainConfig(
+        data=args.data, out=args.out, arch=args.arch, split=args.split, recipe=args.recipe, seed=args.seed,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, precision=args.precision,
+        limit_per_class=args.limit_per_class,
+    )
+    summary = train(cfg, progress=not args.quiet)
+    print(json.dumps({k: summary[k] for k in ("best_epoch", "best_val_loss", "epochs_run", "median_epoch_seconds")}))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..evaluate import evaluate_model, score_external
+
+    if args.external:
+        print(json.dumps(score_external(args.model, args.external, args.out, progress=sys.stderr.isatty()),
+                         indent=2))
+        return 0
+    out = evaluate_model(args.model, args.data, split=args.split, part=args.part, seed=args.seed, out=args.out)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..export import export_model
+
+    card = export_model(args.checkpoint, args.out, name=args.name, metrics_files=args.metrics, data=args.data,
+                        external_files=args.external)
+    print(f"wrote {args.out} and its card ({card['name']} {card['version']})")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from ..audit import run_audit
+
+    doc = run_audit(args.model, args.data, split=args.split, out=args.out, examples=not args.no_examples)
+    print(json.dumps({"report": doc["meta"]["report"], "drops_points": doc["drops_points"], "checks": doc["checks"]},
+                     indent=2))
+    return 0
+
+
+def calibration_target(args: argparse.Namespace) -> Path:
+    """The validator file this run reads (--report-only) or writes.
+
+    Raises:
+        ValueError: no --out for a refit, or --out exists and --overwrite was not given.
+    """
+    from ..validate import active_validator_path
+
+    if args.report_only:
+        return Path(args.validator) if args.validator else active_validator_path()
+    if args.out is None:
+        raise ValueError("--out FILE is required: name the validator JSON to write (then use it with --validator "
+                         "FILE); the packaged validator.json is not replaced implicitly")
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"--out {out} exists; pass --overwrite to replace it, or name a new file")
+    return out
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from ..calibrate import CalibrationConfig, run, summary
+
+    target = calibration_target(args)
+    metrics = run(CalibrationConfig(data=args.data, seed=args.seed), target, args.report,
+                  refit=not args.report_only, ablations=not args.no_ablations)
+    print(json.dumps(summary(metrics), indent=1))
+    return 0

@@ -1,0 +1,56 @@
+"""A case as CSV: one row per field, the model's result beside any reviewer override (for spreadsheets and LIMS).
+
+Text a client chose (file names) is neutralised against spreadsheet formula injection: a cell that would start with
+``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading apostrophe.
+"""
+from __future__ import annotations
+
+import csv
+import io
+
+from ..classes import CLASS_KEYS
+from . import content
+
+COLUMNS = ("accession", "image_id", "filename", "sha256", "uploaded_at", "uploaded_by", "width", "height", "valid",
+           "model_label", "display_label", "dataset_label", "confidence", "top_class",
+           *(f"p_{k}" for k in CLASS_KEYS), "uncertain_reason", "domain_score", "in_domain", "refused_code",
+           "refused_reason", "override_label", "override_by", "override_at", "final_field_label")
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def case_csv(case: dict) -> str:
+    """The case's fields as CSV text (header + one row per field, in upload order)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=COLUMNS)
+    writer.writeheader()
+    for image in case.get("images") or []:
+        writer.writerow({k: _cell(v) for k, v in field_row(case, image).items()})
+    return out.getvalue()
+
+
+def field_row(case: dict, image: dict) -> dict:
+    """One field's row, as plain values (None for what does not apply)."""
+    result = image.get("result") or {}
+    probabilities = result.get("probabilities") or {}
+    domain = result.get("domain") or {}
+    override = image.get("override") or {}
+    return {
+        "accession": case["accession"], "image_id": image["image_id"], "filename": image.get("filename"),
+        "sha256": image.get("sha256"), "uploaded_at": image.get("uploaded_at"),
+        "uploaded_by": image.get("uploaded_by"), "width": image.get("width"), "height": image.get("height"),
+        "valid": bool(result.get("valid")), "model_label": content.model_label(image),
+        "display_label": result.get("display_label"), "dataset_label": result.get("dataset_label"),
+        "confidence": result.get("confidence"), "top_class": result.get("top_class"),
+        **{f"p_{k}": probabilities.get(k) for k in CLASS_KEYS},
+        "uncertain_reason": content.uncertain_reason(image), "domain_score": domain.get("score"),
+        "in_domain": domain.get("in_domain"), "refused_code": None if result.get("valid") else result.get("code"),
+        "refused_reason": None if result.get("valid") else result.get("reason"),
+        "override_label": override.get("label"), "override_by": override.get("by"), "override_at": override.get("at"),
+        "final_field_label": content.shown_label(image),
+    }
+
+
+def _cell(value):
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return "" if value is None else value

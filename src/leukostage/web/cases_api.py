@@ -1,0 +1,256 @@
+"""The case API: thin views over :mod:`leukostage.cases.service` (as ``api.py`` is over ``analyse_bytes``).
+
+Every route needs a signed-in user or a bearer token (401), a role where it changes a case (403), a case that exists
+(404); writes that the case's state forbids are 409. Errors are the API's JSON ``{"error": {"code", "message"}}``.
+Uploads run the same ``predict.analyse_bytes`` as ``/api/v1/predict`` and commit one transaction per field.
+"""
+from __future__ import annotations
+
+import base64
+from contextlib import contextmanager
+from typing import Iterator
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from flask_login import current_user, login_required
+from sqlalchemy.orm import Session
+
+from ..cases import db, service
+from ..cases.store import ImageStore
+from .api import EMPTY_REASON, _uploads, can_explain, predictor
+from .auth import protect_writes
+from .responses import ApiError, _drain_refused_body, error_response
+
+bp = Blueprint("cases_api", __name__)
+bp.before_request(protect_writes)
+
+IMAGE_TYPES = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"), (b"II*\x00", "image/tiff"),
+               (b"MM\x00*", "image/tiff"), (b"BM", "image/bmp"))
+
+
+@contextmanager
+def transaction() -> Iterator[Session]:
+    with db.session_scope(current_app.config["DATABASE_URL"]) as session:
+        yield session
+
+
+def store() -> ImageStore:
+    return ImageStore(current_app.config["STORAGE"])
+
+
+def _service_error(exc: service.ServiceError):
+    _drain_refused_body()
+    return error_response(exc.status, exc.code, exc.message)
+
+
+def init_cases(app) -> None:
+    """The case part of the app: database and store settings, auth (sessions, tokens, CSRF, login limit), this API.
+
+    ``DATABASE_URL``, ``STORAGE`` and ``INSTANCE`` come from $LEUKOSTAGE_DATABASE_URL, $LEUKOSTAGE_STORAGE and
+    $LEUKOSTAGE_INSTANCE (read by ``create_app``'s prefixed-env config, or here through ``cases.config``).
+    """
+    from ..cases.config import database_url, instance_dir, storage_dir
+    from .auth import init_auth
+
+    app.config.setdefault("INSTANCE", str(instance_dir()))
+    app.config.setdefault("DATABASE_URL", database_url())
+    app.config.setdefault("STORAGE", str(storage_dir()))
+    init_auth(app)
+    app.register_error_handler(service.ServiceError, _service_error)
+    app.register_blueprint(bp)
+    from .cases_pages import register as register_pages  # the case pages (HTML) over the same service
+
+    register_pages(app)
+
+
+def _json_body() -> dict:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_json", "Send a JSON object with Content-Type: application/json.")
+    return body
+
+
+def _int_arg(name: str, default: int) -> int:
+    value = request.args.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ApiError(400, "bad_parameter", f"'{name}' must be an integer") from None
+
+
+@bp.get("/api/v1/cases")
+@login_required
+def list_cases():
+    with transaction() as s:
+        return jsonify(service.list_cases(s, request.args.get("status") or None, request.args.get("q") or None,
+                                          _int_arg("page", 1), _int_arg("per_page", service.PER_PAGE_DEFAULT)))
+
+
+@bp.post("/api/v1/cases")
+@login_required
+def create_case():
+    with transaction() as s:
+        case = service.create_case(s, current_user, _json_body(), predictor().info)
+        case_id = case.id
+    with transaction() as s:
+        return jsonify(service.case_dict(s, case_id)), 201
+
+
+@bp.get("/api/v1/cases/<int:case_id>")
+@login_required
+def get_case(case_id: int):
+    with transaction() as s:
+        return jsonify(service.view_case(s, current_user, case_id))
+
+
+def _analyse(upload) -> tuple[service.Field, dict]:
+    """The field for the service and the timings for the answer (an empty file is refused like a bad image)."""
+    analysis = upload.analyse()
+    if analysis is None:
+        return service.Field(upload.name, upload.data, {"file": upload.name, "valid": False, "code": "empty_file",
+                                                        "reason": EMPTY_REASON}), {}
+    h, w = analysis.rgb.shape[:2] if analysis.rgb is not None else (None, None)
+    return service.Field(upload.name, upload.data, analysis.result, w, h), analysis.timing_ms
+
+
+@bp.post("/api/v1/cases/<int:case_id>/images")
+@login_required
+def add_images(case_id: int):
+    """Analyse and store each file of the multipart field ``files``, one transaction per file; 201 with the list."""
+    uploads = _uploads("files")
+    limit = current_app.config["MAX_FILES"]
+    with transaction() as s:
+        service.require_role(current_user, service.UPLOAD_ROLES, "add fields")
+        service.ensure_open(s, case_id)  # 404 / 409 before any analysis
+    if not uploads:
+        raise ApiError(400, "no_file", "No file in the request: send the fields as multipart/form-data in the field "
+                                       "'files' (JPEG, PNG, TIFF or BMP).")
+    if len(uploads) > limit:
+        raise ApiError(400, "too_many_files", f"{len(uploads)} files were sent; at most {limit} per request.")
+    out = []
+    for upload in uploads:
+        field, timing = _analyse(upload)
+        with transaction() as s:
+            entry = service.add_image(s, current_user, case_id, field, store(), predictor().info)
+        out.append({**entry, "timing_ms": timing})
+    return jsonify(out), 201
+
+
+@bp.post("/api/v1/cases/<int:case_id>/review")
+@login_required
+def review(case_id: int):
+    service.require_role(current_user, service.REVIEW_ROLES, "sign cases off")
+    with transaction() as s:
+        service.sign_off(s, current_user, case_id, _json_body())
+    with transaction() as s:
+        return jsonify(service.case_dict(s, case_id))
+
+
+@bp.post("/api/v1/cases/<int:case_id>/amend")
+@login_required
+def amend(case_id: int):
+    service.require_role(current_user, service.REVIEW_ROLES, "amend cases")
+    with transaction() as s:
+        service.amend(s, current_user, case_id, _json_body())
+    with transaction() as s:
+        return jsonify(service.case_dict(s, case_id))
+
+
+@bp.get("/api/v1/cases/<int:case_id>/audit")
+@login_required
+def audit(case_id: int):
+    with transaction() as s:
+        return jsonify({"case_id": case_id, "events": service.audit_events(s, case_id)})
+
+
+def _media_type(data: bytes) -> str:
+    return next((t for magic, t in IMAGE_TYPES if data.startswith(magic)), "application/octet-stream")
+
+
+@bp.get("/api/v1/cases/<int:case_id>/images/<int:image_id>")
+@login_required
+def image_file(case_id: int, image_id: int):
+    """The stored bytes of one field (404 for an image of another case)."""
+    with transaction() as s:
+        sha256 = service.image_of_case(s, case_id, image_id).sha256
+    data = _read(sha256)
+    return Response(data, mimetype=_media_type(data), headers={"Content-Disposition": "inline"})
+
+
+@bp.get("/api/v1/cases/<int:case_id>/images/<int:image_id>/overlay.png")
+@login_required
+def image_overlay(case_id: int, image_id: int):
+    """The Grad-CAM overlay of one field (computed on request; 422 for a refused field)."""
+    with transaction() as s:
+        sha256 = service.image_of_case(s, case_id, image_id).sha256
+    png = overlay_png(_read(sha256))
+    if png is None:
+        raise ApiError(422, "no_overlay", "This field was refused by the input check, or the model has no Grad-CAM "
+                                          "outputs: there is no heat map for it.")
+    return Response(png, mimetype="image/png")
+
+
+def _read(sha256: str) -> bytes:
+    try:
+        return store().read(sha256)
+    except FileNotFoundError:
+        raise ApiError(410, "image_missing", "The stored file of this field is missing; run `leukostage db check` "
+                                             "on the server.") from None
+
+
+def overlay_png(data: bytes) -> bytes | None:
+    """Grad-CAM overlay PNG for an image's bytes, or None when it is refused or the model cannot explain."""
+    from ..explain import explain_rgb
+    from ..predict import analyse_bytes
+
+    if not can_explain(predictor()):
+        return None
+    analysis = analyse_bytes(data, "field", predictor(), current_app.config["VALIDATION_PRESET"], all_outputs=True)
+    if not analysis.result.get("valid"):
+        return None
+    exp = explain_rgb(predictor(), analysis.rgb, outputs=analysis.outputs)
+    return base64.b64decode(exp["overlay_png_base64"])
+
+
+def _export(case_id: int, fmt: str) -> dict:
+    with transaction() as s:
+        return service.export_case(s, current_user, case_id, fmt)
+
+
+def _reports(name: str):
+    import importlib
+
+    try:
+        return importlib.import_module(f"leukostage.reports.{name}")
+    except ImportError as exc:
+        raise ApiError(501, "reports_unavailable", f"The {name} report is not available in this build ({exc}).") \
+            from None
+
+
+@bp.get("/api/v1/cases/<int:case_id>/fhir")
+@login_required
+def fhir(case_id: int):
+    """A FHIR R4 Bundle (DiagnosticReport, Observations, Device, Provenance), AI parts labelled AIAST."""
+    module = _reports("fhir")
+    bundle = module.case_bundle(_export(case_id, "fhir"), predictor().card)
+    return Response(current_app.json.dumps(bundle), mimetype="application/fhir+json")
+
+
+@bp.get("/api/v1/cases/<int:case_id>/report.pdf")
+@login_required
+def report_pdf(case_id: int):
+    module = _reports("pdf")
+    case = _export(case_id, "pdf")
+    pdf = module.case_pdf(case, predictor().card, store().read, overlay_png)
+    return Response(pdf, mimetype="application/pdf",
+                    headers={"Content-Disposition": f'attachment; filename="case-{case_id}.pdf"'})
+
+
+@bp.get("/api/v1/cases/<int:case_id>/export.csv")
+@login_required
+def export_csv(case_id: int):
+    module = _reports("csv")
+    text = module.case_csv(_export(case_id, "csv"))
+    return Response(text, mimetype="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="case-{case_id}.csv"'})

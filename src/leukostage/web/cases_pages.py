@@ -1,0 +1,123 @@
+"""The laboratory's pages: case list with search, new case, the case view (fields, chart, call, review, downloads,
+audit trail), and the badge style sheet. Thin views over :mod:`leukostage.cases.service`, as the API is.
+
+Server-rendered so the list, the case and its audit trail read without script; ``cases.js`` adds what needs it
+(many uploads with a progress bar each, the Original / Heat-map toggle, the reviewer's form), talking to the case
+API with the page's CSRF token. The reviewer's controls are rendered only for users who may review: a technician's
+page does not contain them at all (and the API refuses them with 403 anyway).
+"""
+from __future__ import annotations
+
+from flask import Blueprint, Flask, Response, current_app, redirect, render_template, request, url_for
+from flask_login import current_user, login_required
+
+from ..cases import service
+from ..classes import CLASSES, DISCLAIMER, UNCERTAIN_COLOUR, UNCERTAIN_KEY, text_colour
+from ..reports import content
+from .api import can_explain, predictor
+from .auth import protect_writes
+from .cases_api import transaction
+from .pages import ACCEPT, page_config
+from ..imaging import mebibytes
+
+bp = Blueprint("cases_pages", __name__)
+bp.before_request(protect_writes)
+
+STATUS_FILTERS = (("", "Any status"), ("open", "Open"), ("signed_off", "Signed off"), ("amended", "Amended"))
+PER_PAGE = 25
+
+def register(app: Flask) -> None:
+    """The blueprint, and the disclaimer for templates rendered outside it (the login page)."""
+    app.register_blueprint(bp)
+    lead, _, rest = DISCLAIMER.partition(". ")
+    app.jinja_env.globals.setdefault("disclaimer_parts", (lead + ".", rest))
+
+
+@bp.errorhandler(service.ServiceError)
+def _page_error(exc: service.ServiceError):
+    """Errors on a page are pages, not JSON."""
+    return render_template("cases/error.html", status=exc.status, message=exc.message, **_chrome()), exc.status
+
+
+def _chrome() -> dict:
+    """What every case page's frame shows: who is signed in, the disclaimer, the model."""
+    lead, rest = current_app.jinja_env.globals["disclaimer_parts"]
+    return {"user": current_user, "disclaimer_lead": lead, "disclaimer_rest": rest, "model": predictor().info}
+
+
+def _badge(key: str) -> dict:
+    """A badge's label key and text (class, uncertain, or refused): colours come from classes.css."""
+    return {"key": key, "text": "Refused" if key == content.REFUSED else content.display_name(key)}
+
+
+@bp.get("/cases/classes.css")
+def class_styles():
+    """One rule per badge, from classes.py (the one source of colours), so the CSP can forbid inline styles."""
+    colours = [(c.key, c.colour) for c in CLASSES] + [(UNCERTAIN_KEY, UNCERTAIN_COLOUR),
+                                                      (content.REFUSED, content.REFUSED_COLOUR)]
+    rules = [f'[data-label="{key}"].badge {{ background-color: {colour}; color: {text_colour(colour)}; }}\n'
+             f'[data-label="{key}"] .swatch, .swatch[data-label="{key}"] {{ background-color: {colour}; }}'
+             for key, colour in colours]
+    return Response("\n".join(rules) + "\n", mimetype="text/css")
+
+
+@bp.get("/cases")
+@login_required
+def case_list():
+    q = request.args.get("q", "").strip()[:100]
+    status = request.args.get("status", "")
+    status = status if status in dict(STATUS_FILTERS) else ""
+    page = request.args.get("page", "1")
+    page = int(page) if page.isdigit() and int(page) > 0 else 1
+    with transaction() as s:
+        listing = service.list_cases(s, status or None, q or None, page, PER_PAGE)
+    pages = max(1, -(-listing["total"] // PER_PAGE))
+    return render_template("cases/list.html", listing=listing, q=q, status=status, filters=STATUS_FILTERS,
+                           page=page, pages=pages, badge=_badge, statuses=content.STATUS_NAMES,
+                           show_time=content.show_time, **_chrome())
+
+
+@bp.get("/cases/new")
+@login_required
+def new_case_form():
+    return render_template("cases/new.html", form={}, error=None, **_chrome())
+
+
+@bp.post("/cases/new")
+@login_required
+def new_case():
+    form = {k: request.form.get(k, "").strip() for k in ("accession", "patient_ref", "note")}
+    body = {k: v for k, v in form.items() if v}
+    try:
+        with transaction() as s:
+            case_id = service.create_case(s, current_user, body, predictor().info).id
+    except service.ServiceError as exc:
+        return render_template("cases/new.html", form=form, error=exc.message, **_chrome()), exc.status
+    return redirect(url_for("cases_pages.case_view", case_id=case_id), 303)
+
+
+@bp.get("/cases/<int:case_id>")
+@login_required
+def case_view(case_id: int):
+    with transaction() as s:
+        case = service.view_case(s, current_user, case_id)
+        events = service.audit_events(s, case_id)
+    return render_template(
+        "cases/case.html", case=case, events=events, chart=chart_rows(case), badge=_badge, content=content,
+        final_call=content.final_call(case), final_comment=content.final_comment(case),
+        can_review=current_user.can_review, can_upload=case["status"] == "open",
+        explain=can_explain(predictor()), classes=CLASSES, accept=ACCEPT,
+        max_size=mebibytes(current_app.config["MAX_FILE_BYTES"]), statuses=content.STATUS_NAMES,
+        show_time=content.show_time, page_config={**page_config(), "case_id": case_id,
+                                                  "max_files": current_app.config["MAX_FILES"]},
+        **_chrome())
+
+
+def chart_rows(case: dict) -> list[dict]:
+    """Per class: the share of counted fields labelled with it and the mean probability, in percent (the SVG bars
+    of the page take these as widths: attributes, which the CSP allows, unlike inline styles)."""
+    shares = content.class_shares(case["summary"]) or {}
+    means = case["summary"].get("mean_probabilities") or {}
+    return [{"key": c.key, "name": c.display_name, "subtype": c.dataset_label, "colour": c.colour,
+             "share": round(100 * shares.get(c.key, 0.0), 1),
+             "mean": round(100 * float(means[c.key]), 1) if c.key in means else None} for c in CLASSES]

@@ -1,0 +1,355 @@
+"""The case pages in a real browser: Debian's chromium driven by Playwright against `leukostage serve` (gunicorn) on a
+throw-away instance (SQLite, migrated and given a technician and a reviewer through the CLI), with real smears.
+
+A technician signs in, creates a case, drops many fields at once (a progress bar each), sees the grid, the chart,
+the call and the heat maps, and finds no sign-off control; a reviewer searches, relabels a field, signs off and
+amends. Only 127.0.0.1 is contacted; console errors (CSP violations show there) fail the test. Screenshots go to
+test-artifacts/ (gitignored).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from leukostage.classes import CLASS_KEYS, DISCLAIMER
+from leukostage.reports import content
+from web_server import LiveServer, launch_chromium
+
+pytestmark = pytest.mark.browser
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+TIMEOUT_MS = 30_000
+UPLOAD_TIMEOUT_MS = 120_000  # six fields analysed on a shared 2-core machine
+PASSWORD = "correct horse battery 9"
+EXPECTED_4XX = re.compile(r"Failed to load resource: the server responded with a status of 4\d\d")
+
+
+
+def cli(env: dict, *args: str, stdin: str | None = None) -> str:
+    done = subprocess.run([sys.executable, "-m", "leukostage.cli", *args], env=env, input=stdin, text=True,
+                          capture_output=True, timeout=300)
+    assert done.returncode == 0, f"leukostage {' '.join(args)}: {done.stdout[-500:]} {done.stderr[-500:]}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def instance(tmp_path_factory) -> dict:
+    """A migrated SQLite instance with users ``tech`` (technician) and ``rev`` (reviewer), and rev's API token."""
+    root = tmp_path_factory.mktemp("cases-browser")
+    env = {**os.environ, "LEUKOSTAGE_INSTANCE": str(root / "instance"),
+           "LEUKOSTAGE_STORAGE": str(root / "instance" / "images")}
+    env.pop("LEUKOSTAGE_DATABASE_URL", None)
+    cli(env, "db", "upgrade")
+    for name, role in (("tech", "technician"), ("rev", "reviewer")):
+        cli(env, "users", "add", name, "--role", role, "--password-stdin", stdin=PASSWORD + "\n")
+    token = cli(env, "users", "token", "rev").strip().splitlines()[-1].split()[-1]
+    return {"env": env, "token": token}
+
+
+@pytest.fixture(scope="module")
+def server(model_path, instance):
+    ARTIFACTS.mkdir(exist_ok=True)
+    with LiveServer(model_path, workers=1, env=instance["env"], log=ARTIFACTS / "cases-browser-server.log") as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with launch_chromium() as b:
+        yield b
+
+
+@pytest.fixture
+def page(browser, server):
+    """A fresh browser context (no session) whose page records console errors and refuses non-local requests."""
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    pg.problems = []
+    pg.on("console", lambda m: m.type == "error" and not EXPECTED_4XX.match(m.text) and pg.problems.append(m.text))
+    pg.on("pageerror", lambda e: pg.problems.append(str(e)))
+
+    def only_local(route):
+        if route.request.url.startswith(server.url + "/") or route.request.url.startswith(("blob:", "data:")):
+            route.continue_()
+        else:
+            pg.problems.append(f"external request {route.request.url}")
+            route.abort()
+
+    pg.route("**/*", only_local)
+    pg.base = server.url
+    yield pg
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def fields(taleqani, data_dir) -> list[Path]:
+    """Five real Pro-B ALL (Advanced Stage) fields of one patient run (the input check refuses one of them), and
+    one histology image that it refuses too."""
+    smears = sorted((taleqani / "cancerous" / "advanced").glob("*.jpg"))[:5]
+    return smears + sorted((data_dir / "not_blood").glob("*"))[:1]
+
+
+def sign_in(pg, username: str, next_path: str = "/cases") -> None:
+    pg.goto(pg.base + next_path)
+    pg.wait_for_selector("#sign-in")  # not signed in: the login page, with ?next=
+    pg.fill("#username", username)
+    pg.fill("#password", PASSWORD)
+    pg.click("#sign-in")
+    pg.wait_for_load_state()
+
+
+def api_case(pg, case_id: int) -> dict:
+    """The case as the API serves it, read with the page's own session."""
+    response = pg.request.get(f"{pg.base}/api/v1/cases/{case_id}")
+    assert response.status == 200
+    return response.json()
+
+
+def create_case_via_api(server_url: str, token: str, accession: str, files: list[Path]) -> int:
+    """A case with fields, made the way a LIMS would (bearer token), for the reviewer's walk."""
+    from web_server import HOST, multipart
+    import http.client
+
+    conn = http.client.HTTPConnection(HOST, int(server_url.rsplit(":", 1)[1]), timeout=120)
+    try:
+        conn.request("POST", "/api/v1/cases", body=json.dumps({"accession": accession, "patient_ref": "Patient/rv-1"}),
+                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        response = conn.getresponse()
+        case = json.loads(response.read())
+        assert response.status == 201, case
+        if not files:
+            return case["id"]
+        body, ctype = multipart("files", [(f.name, f.read_bytes()) for f in files])
+        conn.request("POST", f"/api/v1/cases/{case['id']}/images", body=body,
+                     headers={"Authorization": f"Bearer {token}", "Content-Type": ctype})
+        response = conn.getresponse()
+        assert response.status == 201, response.read()[:300]
+        response.read()
+        return case["id"]
+    finally:
+        conn.close()
+
+
+def test_technician_creates_a_case_drops_many_fields_and_cannot_sign_off(page, fields):
+    sign_in(page, "tech")
+    assert page.inner_text("#signed-in-as").split() == ["tech", "technician"]
+    page.click("#new-case-link")
+    page.fill("#accession", "BR-TECH-1")
+    page.fill("#patient_ref", "Patient/br-1")
+    page.fill("#note", "Bone-marrow follow-up smear")
+    page.click("#create-case")
+    page.wait_for_selector("#case-heading")
+    case_id = int(page.url.rstrip("/").rsplit("/", 1)[1])
+    assert page.inner_text("#accession") == "BR-TECH-1"
+    assert page.get_attribute("#case-status", "data-status") == "open"
+    assert page.inner_text("#no-fields").startswith("No fields yet")
+
+    # many files at once: one row with a progress bar each, then the page shows the stored fields
+    page.set_input_files("#file-input", [str(f) for f in fields])
+    page.wait_for_selector(f"#field-grid .field >> nth={len(fields) - 1}", timeout=UPLOAD_TIMEOUT_MS)
+    rows = page.locator("#upload-list li")
+    assert rows.count() == len(fields)
+    assert page.locator("#upload-list li progress").count() == len(fields)
+    assert all(v == 100 for v in page.eval_on_selector_all("#upload-list progress", "els => els.map(e => e.value)"))
+    assert page.locator('#upload-list li[data-outcome="done"]').count() == len(fields)
+    assert "refused" in rows.nth(len(fields) - 1).inner_text()
+    assert "Last upload: 6 files, 6 stored" in page.inner_text("#upload-summary")
+
+    # the grid, the badges, the call, the chart: what the API says
+    case = api_case(page, case_id)
+    assert len(case["images"]) == len(fields)
+    badges = page.eval_on_selector_all("#field-grid .field .badge", "els => els.map(e => e.dataset.label)")
+    assert badges == [content.shown_label(i) for i in case["images"]]
+    refused_ids = [i["image_id"] for i in case["images"] if not i["result"]["valid"]]
+    assert refused_ids and badges.count("refused") == len(refused_ids)
+    summary = case["summary"]
+    assert page.get_attribute("#model-call", "data-label") == summary["case_call"] == "advanced"
+    assert page.inner_text("#case-rule") == summary["case_rule"]
+    assert page.inner_text("#final-call") == "Not reviewed yet"
+    shares = content.class_shares(summary)
+    for key in CLASS_KEYS:
+        row = page.locator(f'.chart-row[data-key="{key}"]')
+        assert float(row.get_attribute("data-share")) == pytest.approx(100 * shares[key], abs=0.05)
+    badge_colour = page.eval_on_selector("#model-call", "e => getComputedStyle(e).backgroundColor")
+    assert badge_colour == "rgb(207, 34, 46)"  # classes.py's Advanced red, through /cases/classes.css
+
+    # no sign-off for a technician: not on the page at all, and the API refuses it
+    assert page.locator("#review-panel").count() == 0
+    assert page.locator("#sign-off").count() == 0
+    assert page.locator(".override-select").count() == 0
+    csrf = page.get_attribute('meta[name="csrf-token"]', "content")
+    refused = page.request.post(f"{page.base}/api/v1/cases/{case_id}/review", headers={"X-CSRFToken": csrf},
+                                data={"final_call": "advanced", "comment": "x"})
+    assert refused.status == 403
+
+    # Original / Heat map: the heat maps of the valid fields load; the refused field keeps its original
+    page.click("#view-heatmap")
+    assert page.get_attribute("#view-heatmap", "aria-pressed") == "true"
+    page.wait_for_function("""() => [...document.querySelectorAll('img.heatmap')]
+        .every(i => i.complete && i.naturalWidth > 0)""")
+    valid = sum(bool(i["result"]["valid"]) for i in case["images"])
+    assert 0 < valid < len(fields)
+    assert page.locator("img.heatmap:visible").count() == valid
+    for image_id in refused_ids:
+        field = page.locator(f'#field-grid .field[data-image-id="{image_id}"]')
+        assert field.locator("img.heatmap").count() == 0 and field.locator("img.original").is_visible()
+    page.click("#view-original")
+    assert page.locator("img.heatmap:visible").count() == 0
+
+    # downloads
+    pdf = page.request.get(page.base + page.get_attribute("#download-pdf", "href"))
+    assert pdf.status == 200 and pdf.body().startswith(b"%PDF")
+    bundle = page.request.get(page.base + page.get_attribute("#download-fhir", "href")).json()
+    assert bundle["resourceType"] == "Bundle"
+    csv_text = page.request.get(page.base + page.get_attribute("#download-csv", "href")).text()
+    assert len(csv_text.strip().splitlines()) == len(fields) + 1
+
+    # the audit trail: created, each field added, viewed
+    page.reload()
+    actions = page.eval_on_selector_all("#audit-table tbody tr", "els => els.map(e => e.dataset.action)")
+    assert actions[0] == "created" and actions.count("image_added") == len(fields) and "viewed" in actions
+    page.screenshot(path=str(ARTIFACTS / "cases-technician.png"), full_page=True)
+    assert page.problems == []
+
+
+def test_reviewer_searches_relabels_signs_off_and_amends(page, server, instance, fields):
+    case_id = create_case_via_api(server.url, instance["token"], "BR-REV-2", fields)
+    model_case = None
+    sign_in(page, "rev")
+    assert page.inner_text("#signed-in-as").split() == ["rev", "reviewer"]
+
+    page.fill("#q", "BR-REV")
+    page.click("#search-button")
+    page.wait_for_selector("#case-table")
+    assert page.locator("#case-table tbody tr").count() == 1
+    assert page.get_attribute("#case-table tbody tr", "data-case-id") == str(case_id)
+    page.fill("#q", "no-such-accession")
+    page.click("#search-button")
+    page.wait_for_selector("#no-cases")
+
+    page.goto(f"{page.base}/cases/{case_id}")
+    page.wait_for_selector("#review-form")
+    model_case = api_case(page, case_id)
+    first = model_case["images"][0]
+    valid = sum(bool(i["result"]["valid"]) for i in model_case["images"])
+    assert page.locator(".override-select").count() == valid  # none for refused fields
+    page.select_option(f'.override-select[data-image-id="{first["image_id"]}"]', "mid")
+    assert page.input_value("#final-call-select") == model_case["summary"]["case_call"]
+    page.select_option("#final-call-select", "advanced")
+    page.fill("#comment", "Pro-B blasts; field 1 reads as Pre-B")
+    page.click("#sign-off")
+    page.wait_for_selector("#amend")
+
+    assert page.get_attribute("#case-status", "data-status") == "signed_off"
+    assert page.get_attribute("#final-call", "data-label") == "advanced"
+    assert "Pro-B blasts" in page.inner_text("#final-comment")
+    field = page.locator(f'.field[data-image-id="{first["image_id"]}"]')
+    assert field.locator(".badge").get_attribute("data-label") == "mid"
+    assert "model:" in field.inner_text()
+    assert page.locator("#upload-panel").count() == 0  # a signed-off case takes no more fields
+    after = api_case(page, case_id)
+    assert after["status"] == "signed_off" and after["review"]["reviewer"] == "rev"
+    assert after["images"][0]["override"]["label"] == "mid"
+    assert after["images"][0]["result"] == first["result"]  # the model's own result is never overwritten
+
+    # an amendment needs a reason: the server's refusal is shown on the form
+    page.fill("#reason", "   ")
+    page.click("#amend")
+    page.wait_for_selector("#review-error:not([hidden])")
+    assert "reason" in page.inner_text("#review-error")
+    page.fill("#reason", "Second look at the smear")
+    page.select_option("#final-call-select", "mid")
+    page.click("#amend")
+    page.wait_for_selector('#case-status[data-status="amended"]')
+    assert "Second look at the smear" in page.inner_text("#amendments")
+    assert page.get_attribute("#final-call", "data-label") == "mid"
+    actions = page.eval_on_selector_all("#audit-table tbody tr", "els => els.map(e => e.dataset.action)")
+    for action in ("overridden", "signed_off", "amended"):
+        assert action in actions
+    page.screenshot(path=str(ARTIFACTS / "cases-reviewer.png"), full_page=True)
+    assert page.problems == []
+
+
+def test_a_case_link_leads_through_the_login_and_back(page, server, instance, fields):
+    case_id = create_case_via_api(server.url, instance["token"], "BR-NEXT-3", fields[:1])
+    sign_in(page, "tech", next_path=f"/cases/{case_id}")
+    page.wait_for_selector("#case-heading")
+    assert page.url.endswith(f"/cases/{case_id}")
+
+
+def test_wrong_password_and_duplicate_accession_are_explained(page):
+    page.goto(page.base + "/login")
+    assert " ".join(page.inner_text(".notice").split()) == DISCLAIMER  # the one disclaimer, on the login page too
+    page.fill("#username", "tech")
+    page.fill("#password", "not the password")
+    page.click("#sign-in")
+    page.wait_for_selector("#login-error")
+    assert "Wrong user name or password" in page.inner_text("#login-error")
+
+    sign_in(page, "tech")
+    for attempt in range(2):
+        page.goto(page.base + "/cases/new")
+        page.fill("#accession", "BR-DUP-4")
+        page.click("#create-case")
+        page.wait_for_load_state()
+    assert "exists already" in page.inner_text("#new-error")
+    assert page.input_value("#accession") == "BR-DUP-4"  # the form keeps what was typed
+    forged = page.request.post(page.base + "/cases/new", form={"accession": "BR-FORGED"})  # no CSRF token
+    assert forged.status == 400 and forged.json()["error"]["code"] == "csrf_failed"
+    page.goto(page.base + "/cases?q=BR-FORGED")
+    page.wait_for_selector("#no-cases")
+
+
+def test_unknown_case_is_a_page_not_json(page):
+    sign_in(page, "tech")
+    response = page.goto(page.base + "/cases/999999")
+    assert response.status == 404
+    assert page.inner_text("#error-heading") == "Not found"
+
+
+def test_case_page_fits_a_phone(browser, server, instance, fields):
+    case_id = create_case_via_api(server.url, instance["token"], "BR-PHONE-5", fields[:3])
+    context = browser.new_context(viewport={"width": 360, "height": 740}, device_scale_factor=2, is_mobile=True)
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    pg.base = server.url
+    sign_in(pg, "rev", next_path=f"/cases/{case_id}")
+    pg.wait_for_selector("#review-form")
+    assert pg.evaluate("document.documentElement.scrollWidth") <= 360
+    pg.screenshot(path=str(ARTIFACTS / "cases-phone.png"), full_page=True)
+    context.close()
+
+
+DROP_FILES = """([zone, files]) => {
+    const transfer = new DataTransfer();
+    for (const f of files) {
+        const bytes = Uint8Array.from(atob(f.data), (c) => c.charCodeAt(0));
+        transfer.items.add(new File([bytes], f.name, { type: "image/jpeg" }));
+    }
+    for (const type of ["dragenter", "dragover", "drop"]) {
+        zone.dispatchEvent(new DragEvent(type, { dataTransfer: transfer, bubbles: true, cancelable: true }));
+    }
+}"""
+
+
+def test_fields_dragged_onto_the_drop_zone_are_uploaded(page, server, instance, fields):
+    import base64
+
+    case_id = create_case_via_api(server.url, instance["token"], "BR-DROP-6", [])
+    sign_in(page, "tech", next_path=f"/cases/{case_id}")
+    page.wait_for_selector("#drop-zone")
+    dropped = fields[:3]
+    payload = [{"name": f.name, "data": base64.b64encode(f.read_bytes()).decode()} for f in dropped]
+    page.evaluate(DROP_FILES, [page.query_selector("#drop-zone"), payload])
+    page.wait_for_selector(f"#field-grid .field >> nth={len(dropped) - 1}", timeout=UPLOAD_TIMEOUT_MS)
+    assert page.locator("#upload-list li progress").count() == len(dropped)
+    names = page.eval_on_selector_all("#field-grid .field-name", "els => els.map(e => e.title)")
+    assert sorted(names) == sorted(f.name for f in dropped)  # two uploads run at once: either may be stored first
+    assert page.problems == []

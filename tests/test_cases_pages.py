@@ -1,0 +1,140 @@
+"""The case pages through Flask's test client, on SQLite and PostgreSQL: who sees which controls, the forms and
+their errors, escaping of what users typed, the badge style sheet, and the strict-CSP rules (no inline script or
+style). The browser walk is tests/test_cases_browser.py."""
+from __future__ import annotations
+
+import io
+import re
+
+import cv2
+import numpy as np
+
+from cases_fixtures import PASSWORD, People
+
+from leukostage.classes import CLASSES, UNCERTAIN_COLOUR, text_colour
+
+CSRF = re.compile(rb'name="csrf_token" value="([^"]+)"')
+
+
+def sign_in(client, username: str) -> str:
+    """Sign in through the form; returns the session's CSRF token."""
+    token = CSRF.search(client.get("/login").data).group(1).decode()
+    r = client.post("/login", data={"username": username, "password": PASSWORD, "csrf_token": token})
+    assert r.status_code == 302
+    return token
+
+
+def new_case(client, token: str, **form) -> "object":
+    return client.post("/cases/new", data={"csrf_token": token, **form})
+
+
+def case_with_fields(client, people, blobs: list[bytes], accession: str = "PG-1") -> int:
+    r = client.post("/api/v1/cases", json={"accession": accession}, headers=People.auth(people.tech))
+    case_id = r.json["id"]
+    r = client.post(f"/api/v1/cases/{case_id}/images", headers=People.auth(people.tech),
+                    data={"files": [(io.BytesIO(b), f"field-{i}.jpg") for i, b in enumerate(blobs)]},
+                    content_type="multipart/form-data")
+    assert r.status_code == 201
+    return case_id
+
+
+def test_pages_need_a_signed_in_user(case_client, people):
+    for path in ("/cases", "/cases/new", "/cases/1"):
+        r = case_client.get(path)
+        assert r.status_code == 302 and r.headers["Location"].startswith("/login?next=")
+    assert new_case(case_client, "x", accession="A").status_code in (302, 400)  # no session: never created
+    assert case_client.get("/api/v1/cases", headers=People.auth(people.tech)).json["total"] == 0
+
+
+def test_new_case_form_creates_and_explains_its_errors(case_client, people):
+    token = sign_in(case_client, "tech")
+    r = new_case(case_client, token, accession="PG-NEW-1", patient_ref="Patient/9", note="first smear")
+    assert r.status_code == 303
+    page = case_client.get(r.headers["Location"])
+    assert page.status_code == 200 and b"PG-NEW-1" in page.data and b"Patient/9" in page.data
+
+    r = new_case(case_client, token, accession="PG-NEW-1")
+    assert r.status_code == 409 and b"exists already" in r.data and b'value="PG-NEW-1"' in r.data
+    r = new_case(case_client, token, accession="   ")
+    assert r.status_code == 400 and b"accession" in r.data
+    r = case_client.post("/cases/new", data={"accession": "PG-FORGED"})  # a cross-site form: no CSRF token
+    assert r.status_code == 400 and r.json["error"]["code"] == "csrf_failed"
+    listing = case_client.get("/api/v1/cases", headers=People.auth(people.tech)).json
+    assert [c["accession"] for c in listing["cases"]] == ["PG-NEW-1"]
+
+
+def test_technician_sees_no_review_controls_and_reviewer_does(case_client, people, case_fields, data_dir):
+    # a small flat image the validator refuses (a large one makes Werkzeug's test client spool the body to a
+    # temporary file it never closes, an unraisable-exception warning under filterwarnings=error)
+    refused = cv2.imencode(".png", np.full((200, 200, 3), 255, np.uint8))[1].tobytes()
+    case_id = case_with_fields(case_client, people, case_fields["advanced"][:3] + [refused])
+    sign_in(case_client, "tech")
+    page = case_client.get(f"/cases/{case_id}").data
+    for control in (b'id="review-form"', b'id="sign-off"', b"override-select", b'id="amend"'):
+        assert control not in page
+    assert b'id="file-input"' in page and page.count(b'class="field"') == 4
+
+    reviewer = case_client.application.test_client()
+    sign_in(reviewer, "rev")
+    page = reviewer.get(f"/cases/{case_id}").data
+    assert b'id="review-form"' in page and b'id="sign-off"' in page
+    assert page.count(b'class="override-select"') == 3  # not for the refused field
+    r = reviewer.post(f"/api/v1/cases/{case_id}/review", headers=People.auth(people.rev),
+                      json={"final_call": "advanced", "comment": "ok"})
+    assert r.status_code == 200
+    page = reviewer.get(f"/cases/{case_id}").data
+    assert b'id="amend"' in page and b'id="sign-off"' not in page and b'id="file-input"' not in page
+
+
+def test_list_searches_by_accession_and_status(case_client, people):
+    for accession in ("LIST-A1", "LIST-A2", "OTHER-B"):
+        case_client.post("/api/v1/cases", json={"accession": accession}, headers=People.auth(people.tech))
+    sign_in(case_client, "tech")
+    page = case_client.get("/cases?q=LIST-A").data
+    assert b"LIST-A1" in page and b"LIST-A2" in page and b"OTHER-B" not in page
+    assert b"2 cases found" in page
+    assert b"No case matches" in case_client.get("/cases?q=LIST&status=signed_off").data
+    assert case_client.get("/cases?status=bogus&page=x").status_code == 200  # bad filters fall back
+
+
+def test_what_users_typed_is_escaped(case_client, people, case_fields):
+    evil = "<script>alert(1)</script>"
+    r = case_client.post("/api/v1/cases", json={"accession": "XSS-1", "patient_ref": evil, "note": evil},
+                         headers=People.auth(people.tech))
+    case_id = r.json["id"]
+    case_client.post(f"/api/v1/cases/{case_id}/images", headers=People.auth(people.tech),
+                     data={"files": [(io.BytesIO(case_fields["mid"][0]), f"{evil}.jpg")]},
+                     content_type="multipart/form-data")
+    sign_in(case_client, "tech")
+    for path in (f"/cases/{case_id}", "/cases"):
+        page = case_client.get(path).data
+        assert b"<script>alert" not in page and b"&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_pages_keep_to_the_strict_csp(case_client, people, case_fields):
+    case_id = case_with_fields(case_client, people, case_fields["early"][:2])
+    sign_in(case_client, "rev")
+    for path in ("/login", "/cases", "/cases/new", f"/cases/{case_id}", "/cases/999999"):
+        r = case_client.get(path)
+        assert r.headers["Content-Security-Policy"].startswith("default-src 'none'; script-src 'self'")
+        html = r.data.decode()
+        assert " style=" not in html and "<style" not in html  # no inline styles
+        for tag in re.findall(r"<script[^>]*>", html):  # scripts: files, or JSON data the browser does not run
+            assert "src=" in tag or 'type="application/json"' in tag, tag
+        assert not re.search(r"\son[a-z]+=", html)  # no inline event handlers
+
+
+def test_unknown_case_is_an_html_page(case_client, people):
+    sign_in(case_client, "tech")
+    r = case_client.get("/cases/424242")
+    assert r.status_code == 404 and r.mimetype == "text/html" and b"no case 424242" in r.data
+
+
+def test_badge_style_sheet_comes_from_classes(case_client):
+    r = case_client.get("/cases/classes.css")
+    assert r.status_code == 200 and r.mimetype == "text/css"
+    css = r.data.decode()
+    for key, colour in [(c.key, c.colour) for c in CLASSES] + [("uncertain", UNCERTAIN_COLOUR)]:
+        assert (f'[data-label="{key}"].badge {{ background-color: {colour}; color: {text_colour(colour)}; }}'
+                in css)
+    assert '[data-label="refused"].badge' in css
