@@ -92,3 +92,20 @@ def test_db_check_removes_orphans_and_reports_rows_without_files(instance, peopl
 def test_verbs_on_an_unmigrated_database_name_the_upgrade(verb, tmp_path):
     r = cli(*verb, env={"LEUKOSTAGE_DATABASE_URL": f"sqlite:///{tmp_path}/none.db"})
     assert r.returncode == 2 and "leukostage db upgrade" in r.stderr
+
+
+def test_serve_on_a_fresh_install_creates_the_default_database(tmp_path):
+    """No database configured and none there yet: nothing to migrate, so serve creates it and goes on starting (here
+    it then stops at the busy port, before forking); a configured database is never created this way (above)."""
+    import socket
+
+    env = {k: v for k, v in os.environ.items() if k != "LEUKOSTAGE_DATABASE_URL"}
+    env["LEUKOSTAGE_INSTANCE"] = str(tmp_path / "fresh")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        r = subprocess.run([sys.executable, "-m", "leukostage.cli", "serve", "--port", str(busy.getsockname()[1])],
+                           capture_output=True, text=True, timeout=120, env=env)
+    assert (tmp_path / "fresh" / "leukostage.sqlite3").is_file()
+    assert "created a new case database" in r.stderr
+    assert r.returncode == 2 and "not migrated" not in r.stderr  # it got as far as the port check

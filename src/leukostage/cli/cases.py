@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Callable
 
@@ -110,10 +111,24 @@ def cmd_evaluate_cases(args: argparse.Namespace) -> int:
 
 
 def guard_serve(serve: Command) -> Command:
-    """``serve`` that first checks the case database is migrated (one line naming `leukostage db upgrade`)."""
+    """``serve`` that first checks the case database is migrated (one line naming `leukostage db upgrade`).
+
+    One exception: on a fresh install with the default database (no ``LEUKOSTAGE_DATABASE_URL``, no SQLite file in
+    the instance folder yet) there is nothing to migrate, so the empty database is created, said in one line, and
+    the app starts: `pip install leukostage && leukostage serve` works. A configured or existing database that is
+    behind is never changed by ``serve``.
+    """
     def guarded(args: argparse.Namespace) -> int:
+        from ..cases import db
+        from ..cases.config import DATABASE_URL_ENV, SQLITE_NAME, instance_dir
         from ..cases.db import DatabaseNotReady, dispose_all, require_current
 
+        default_file = instance_dir() / SQLITE_NAME
+        if not os.environ.get(DATABASE_URL_ENV) and not default_file.exists():
+            default_file.parent.mkdir(parents=True, exist_ok=True)
+            _, revision = db.upgrade()
+            print(f"leukostage serve: created a new case database at {default_file} (revision {revision}); after "
+                  f"an update, `leukostage db upgrade` migrates it", file=sys.stderr)
         try:
             require_current()
         except DatabaseNotReady as exc:
