@@ -154,6 +154,9 @@ def test_technician_creates_a_case_drops_many_fields_and_cannot_sign_off(page, f
     # many files at once: one row with a progress bar each, then the page shows the stored fields
     page.set_input_files("#file-input", [str(f) for f in fields])
     page.wait_for_selector(f"#field-grid .field >> nth={len(fields) - 1}", timeout=UPLOAD_TIMEOUT_MS)
+    # the page reloads when every upload is done and then lists the batch again from sessionStorage: wait for that
+    # script, not only for the server-rendered grid (counting in between found 0 rows in 1 of 3 clean runs)
+    page.wait_for_selector(f"#upload-list li >> nth={len(fields) - 1}")
     rows = page.locator("#upload-list li")
     assert rows.count() == len(fields)
     assert page.locator("#upload-list li progress").count() == len(fields)
@@ -349,6 +352,7 @@ def test_fields_dragged_onto_the_drop_zone_are_uploaded(page, server, instance, 
     payload = [{"name": f.name, "data": base64.b64encode(f.read_bytes()).decode()} for f in dropped]
     page.evaluate(DROP_FILES, [page.query_selector("#drop-zone"), payload])
     page.wait_for_selector(f"#field-grid .field >> nth={len(dropped) - 1}", timeout=UPLOAD_TIMEOUT_MS)
+    page.wait_for_selector(f"#upload-list li >> nth={len(dropped) - 1}")  # listed again after the reload
     assert page.locator("#upload-list li progress").count() == len(dropped)
     names = page.eval_on_selector_all("#field-grid .field-name", "els => els.map(e => e.title)")
     assert sorted(names) == sorted(f.name for f in dropped)  # two uploads run at once: either may be stored first
