@@ -49,14 +49,8 @@ def multipart(field: str, files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
 
 def post(port: int, path: str, field: str, files: list[tuple[str, bytes]], timeout: float = 30.0):
     """POST files; returns (status, parsed JSON body). Raises on any connection failure (a dropped connection)."""
-    body, content_type = multipart(field, files)
-    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
-    try:
-        conn.request("POST", path, body=body, headers={"Content-Type": content_type})
-        response = conn.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        conn.close()
+    status, _, body = post_raw(port, path, field, files, timeout)
+    return status, json.loads(body)
 
 
 def post_raw(port: int, path: str, field: str, files: list[tuple[str, bytes]], timeout: float = 120.0):

@@ -156,19 +156,28 @@ def model_probabilities(model_path: str | Path, images_uint8: np.ndarray) -> np.
 
         model, _ = load_checkpoint(path)
         return predict_proba(model, images_uint8)
-    return np.array([[r["probabilities"][k] for k in CLASS_KEYS] for r in model_decisions(path, images_uint8)])
+    return model_decisions(path, images_uint8)[0]
 
 
-def model_decisions(model_path: str | Path, images_uint8: np.ndarray) -> list[dict]:
-    """The serving decision (label, uncertain reason, domain, probabilities) of an ONNX model for cached images."""
+def model_decisions(model_path: str | Path, images_uint8: np.ndarray) -> tuple[np.ndarray, list[dict]]:
+    """An ONNX model's probabilities (N, 4), unrounded, and its serving decisions (label, uncertain reason, domain)
+    for cached images: one inference for both."""
     from .imaging import to_unit_range
     from .predict import Predictor
 
     predictor = Predictor.load(model_path)
-    out: list[dict] = []
+    probs: list[np.ndarray] = []
+    decisions: list[dict] = []
     for i in range(0, len(images_uint8), 64):
-        out += predictor.decide_batch(predictor.run_decision(to_unit_range(images_uint8[i : i + 64])))
-    return out
+        outputs = predictor.run_decision(to_unit_range(images_uint8[i : i + 64]))
+        probs.append(outputs["probabilities"])
+        decisions += predictor.decide_batch(outputs)
+    return (np.concatenate(probs) if probs else np.zeros((0, len(CLASS_KEYS)), np.float32)), decisions
+
+
+def reason_counts(results: list[dict]) -> dict[str, int]:
+    """How many results are uncertain for each reason."""
+    return {reason: sum(r.get("uncertain_reason") == reason for r in results) for reason in UNCERTAIN_REASONS}
 
 
 def decision_metrics(y_true: np.ndarray, decisions: list[dict]) -> dict:
@@ -178,7 +187,7 @@ def decision_metrics(y_true: np.ndarray, decisions: list[dict]) -> dict:
     truth = [CLASS_KEYS[int(y)] for y in y_true]
     decided = [(t, lab) for t, lab in zip(truth, labels) if lab in CLASS_KEYS]
     n = len(labels)
-    reasons = {reason: sum(d.get("uncertain_reason") == reason for d in decisions) for reason in UNCERTAIN_REASONS}
+    reasons = reason_counts(decisions)
     return {
         "n": n,
         "decided": len(decided),
@@ -229,8 +238,7 @@ def evaluate_model(
         probs = model_probabilities(model_path, images)
         metrics = compute_metrics(ds.labels[idx], probs)
     else:  # an exported model is scored as it serves: its decisions too (uncertain, domain check)
-        decisions = model_decisions(model_path, images)
-        probs = np.array([[d["probabilities"][k] for k in CLASS_KEYS] for d in decisions])
+        probs, decisions = model_decisions(model_path, images)
         metrics = {**compute_metrics(ds.labels[idx], probs), "decision": decision_metrics(ds.labels[idx], decisions)}
     meta = {"model": str(model_path), "data_fingerprint": ds.fingerprint, "split": split, "part": part, "seed": seed}
     out = Path(out) if out else Path("reports") / f"{Path(model_path).stem}-{split}-{part}"
@@ -246,18 +254,18 @@ def external_tally(results: list[dict]) -> dict:
     valid = [r for r in results if r["valid"]]
     labels = Counter(r["label"] for r in valid)
     leukaemia = [r for r in valid if r["label"] in LEUKAEMIA_KEYS]
-    outside = sum(r.get("uncertain_reason") == REASON_OUTSIDE for r in valid)
+    uncertain = reason_counts(valid)
     return {
         "n": len(results),
         "labels": {k: labels.get(k, 0) for k in CLASS_KEYS},
-        "uncertain": {reason: sum(r.get("uncertain_reason") == reason for r in valid) for reason in UNCERTAIN_REASONS},
+        "uncertain": uncertain,
         "refused": len(results) - len(valid),
         "refused_codes": dict(Counter(r["code"] for r in results if not r["valid"])),
         "leukaemia_labelled": len(leukaemia),
         "leukaemia_share": len(leukaemia) / len(results) if results else float("nan"),
         "leukaemia_confident": sum(r["confidence"] > CONFIDENT for r in leukaemia),
-        "outside_domain": outside,
-        "outside_domain_share": outside / len(results) if results else float("nan"),
+        "outside_domain": uncertain[REASON_OUTSIDE],
+        "outside_domain_share": uncertain[REASON_OUTSIDE] / len(results) if results else float("nan"),
         "top_class": {k: v for k, v in Counter(r["top_class"] for r in valid).most_common()},
         "mean_confidence": float(np.mean([r["confidence"] for r in valid])) if valid else float("nan"),
     }

@@ -24,8 +24,8 @@ from torch import nn
 
 from . import __version__
 from .classes import CLASSES
-from .evaluate import headline_metrics
 from .domain import DOMAIN_OUTPUT
+from .evaluate import headline_metrics
 from .imaging import BACKGROUND_LEVEL, BACKGROUND_QUANTILE, IMAGE_SIZE
 from .predict import card_path_for, result_fields
 

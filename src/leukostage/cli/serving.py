@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 from ..classes import BY_KEY, DISCLAIMER
 from .common import add_model_option, add_validation_options, emit, expand_inputs, progress, use_validator
@@ -74,12 +75,25 @@ def rejected_row(r: dict) -> str:
     return f"{r['file']}\tREJECTED [{r['code']}]\t{r['reason']}"
 
 
-def _finish(results: list[dict], as_json: bool) -> int:
+def _finish(results: list[dict], as_json: bool, disclaimer: bool = True) -> int:
     if as_json:
         print(json.dumps(results, indent=2))
-    else:
+    elif disclaimer:
         print(f"\n{DISCLAIMER}", file=sys.stderr)
     return 0 if all(r["valid"] for r in results) else 1
+
+
+def _each_input(args: argparse.Namespace, verb: str, analyse: Callable[[str], dict], row: Callable[[dict], str],
+                disclaimer: bool = True) -> int:
+    """Every input of ``args.images`` (folders expanded), analysed in turn: a table line each as it is done, or one
+    JSON list at the end; exit status 1 when any input was refused."""
+    results: list[dict] = []
+    for item in progress(expand_inputs(args.images), verb):
+        result = item if isinstance(item, dict) else analyse(item)
+        results.append(result)
+        if not args.json:
+            emit(row(result))
+    return _finish(results, args.json, disclaimer)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -87,28 +101,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     use_validator(args.validator)
     predictor = Predictor.load(args.model)
-    results: list[dict] = []
-    for item in progress(expand_inputs(args.images), "predict"):
-        result = item if isinstance(item, dict) else analyse_path(item, predictor, args.preset).result
-        results.append(result)
-        if not args.json:
-            emit(table_row(result))
-    return _finish(results, args.json)
+    return _each_input(args, "predict", lambda item: analyse_path(item, predictor, args.preset).result, table_row)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from ..validate import validate_path
 
     use_validator(args.validator)
-    results: list[dict] = []
-    for item in progress(expand_inputs(args.images), "validate"):
-        result = item if isinstance(item, dict) else {"file": item, **validate_path(item, args.preset).to_dict()}
-        results.append(result)
-        if not args.json:
-            emit(f"{result['file']}\tok" if result["valid"] else rejected_row(result))
-    if args.json:
-        print(json.dumps(results, indent=2))
-    return 0 if all(r["valid"] for r in results) else 1
+    return _each_input(args, "validate", lambda item: {"file": item, **validate_path(item, args.preset).to_dict()},
+                       lambda r: f"{r['file']}\tok" if r["valid"] else rejected_row(r), disclaimer=False)
 
 
 def heatmap_folder(out: str) -> Path:
