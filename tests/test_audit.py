@@ -212,3 +212,21 @@ def test_shipped_model_puts_gradcam_mass_on_the_cells(shipped_audit):
     _, _, _, doc, _ = shipped_audit
     assert doc["cell_attention"]["overall"]["ratio_of_means"] >= CELL_MASS_TO_AREA_MIN
     assert doc["checks"]["cell_attention"]
+
+
+def test_audit_of_the_validation_part_scores_the_val_images_only(model_path, data_dir, tmp_path):
+    """``--part val`` is what a training setting (the cell-attention weight) is chosen by: it must audit the
+    validation images of the model's own split, never the test part."""
+    import json
+
+    from leukostage.audit import run_audit
+    from leukostage.data import discover, make_split
+    from leukostage.predict import card_path_for
+
+    card = json.loads(card_path_for(model_path).read_text())
+    parts = make_split(discover(data_dir), card["training"]["split"], card["training"]["seed"])
+    doc = run_audit(model_path, data_dir, out=tmp_path, examples=False, part="val")
+    assert doc["meta"]["part"] == "val" and doc["meta"]["n_test"] == len(parts["val"])
+    assert doc["cell_attention"]["overall"]["n"] == len(parts["val"])
+    assert json.loads((tmp_path / "baseline" / "metrics.json").read_text())["meta"]["part"] == "val"
+    assert "(val part)" in (tmp_path / "report.md").read_text()

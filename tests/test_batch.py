@@ -333,6 +333,17 @@ def test_existing_output_needs_resume_and_unknown_suffix_needs_format(table2, tm
     assert proc.returncode == 2 and "none.onnx" in proc.stderr
 
 
+def test_threads_per_worker_defaults_to_cores_over_workers_and_can_be_set(table2, tmp_path):
+    from leukostage.batch.engines import cpu_count
+
+    default = run_batch(BatchConfig([str(table2)], tmp_path / "a.jsonl", workers=1, progress=False))
+    assert default["onnx_threads_per_worker"] == cpu_count()
+    one = run_batch(BatchConfig([str(table2)], tmp_path / "b.jsonl", workers=1, threads_per_worker=1, progress=False))
+    assert one["onnx_threads_per_worker"] == 1 and one["rows_written"] == default["rows_written"] == 2 * len(CLASSES)
+    proc = run_cli("batch", table2, "--out", tmp_path / "c.jsonl", "--threads-per-worker", "0")
+    assert proc.returncode == 2 and "--threads-per-worker must be at least 1" in proc.stderr
+
+
 def test_batch_never_imports_torch(table2, tmp_path):
     code = ("import sys; from leukostage.cli import main; main(['batch', %r, '--out', %r, '--workers', '1']); "
             "import leukostage.batch.dask_plugin; "

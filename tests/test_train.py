@@ -81,6 +81,16 @@ def test_robust_recipe_trains_a_colour_normalised_model_and_records_its_recipe(d
     assert summary["recipe_config"]["stain"]["scale"] > 0
 
 
+def test_attention_weight_overrides_the_recipe_and_is_recorded(data_dir, tmp_path):
+    cfg = TrainConfig(data=str(data_dir), out=str(tmp_path), recipe="robust", epochs=1, limit_per_class=4,
+                      batch_size=16, attention_weight=0.25)
+    summary = train(cfg, progress=False)
+    assert summary["recipe_config"]["attention_weight"] == 0.25 != RECIPES["robust"].attention_weight
+    with pytest.raises(ValueError, match="attention weight must be >= 0"):
+        train(TrainConfig(data=str(data_dir), out=str(tmp_path / "neg"), recipe="robust", attention_weight=-1.0),
+              progress=False)
+
+
 def _attention_case(cells_at: tuple[slice, slice]) -> torch.Tensor:
     maps = torch.zeros(1, 1, 4, 4)
     maps[0, 0, :2, :2] = 1.0  # all positive evidence in the top-left quarter

@@ -258,8 +258,9 @@ def _points(a: float, b: float) -> float:
 
 
 def run_audit(model_path: str | Path, data: str | Path, split: str | None = None, out: str | Path | None = None,
-              examples: bool = True) -> dict:
-    """Audit a model on its own test split; writes metrics.json and report.md into ``out``.
+              examples: bool = True, part: str = "test") -> dict:
+    """Audit a model on a part of its own split (the test part; ``part="val"`` where a training setting is chosen
+    by the audit's numbers); writes metrics.json and report.md into ``out``.
 
     Raises:
         ValueError: the split or seed is not the model's own, or the data differ from its training data (the guard of
@@ -274,10 +275,10 @@ def run_audit(model_path: str | Path, data: str | Path, split: str | None = None
     out = Path(out) if out else Path("reports") / f"audit-{audit_name(model_path)}-{split}"
     out.mkdir(parents=True, exist_ok=True)
     # evaluate_model refuses a split the model was not trained on and a changed data folder; it is the baseline too
-    baseline = evaluate_model(model_path, data, split=split, part="test", out=out / "baseline")
+    baseline = evaluate_model(model_path, data, split=split, part=part, out=out / "baseline")
     ds = discover(data)
     parts = make_split(ds, split, prov["seed"])
-    test = parts["test"]
+    test = parts[part]
     y = ds.labels[test]
 
     tints = class_background_tints(ds, parts["train"])
@@ -333,11 +334,11 @@ def run_audit(model_path: str | Path, data: str | Path, split: str | None = None
         "data_fingerprint": ds.fingerprint,
         "split": split,
         "seed": prov["seed"],
-        "part": "test",
+        "part": part,
         "n_test": int(len(test)),
         "n_train_for_tints": int(len(parts["train"])),
         "report": str(out),
-        "command": f"leukostage audit --model {model_path} --data {data} --split {split} --out {out}",
+        "command": f"leukostage audit --model {model_path} --data {data} --split {split} --part {part} --out {out}",
         "settings": {"scale_bar_corner": SCALE_BAR_CORNER, "corner_frac": CORNER_FRAC, "mask_threshold": MASK_THRESHOLD,
                      "neutral_background": list(NEUTRAL_BACKGROUND), "min_area_for_ratio": MIN_AREA_FOR_RATIO,
                      "tone_gamma": TONE_GAMMA, "gradcam": f"{METHOD}; map {heats_shape[0]}x{heats_shape[1]} before "
@@ -387,7 +388,7 @@ def report_markdown(doc: dict) -> str:
     meta, acc, drops, att = doc["meta"], doc["accuracy"], doc["drops_points"], doc["cell_attention"]
     names = {c.key: c.display_name for c in CLASSES}
     labels = {
-        "original": "(a) original test images",
+        "original": f"(a) original {meta['part']} images",
         "scale_bar_masked": f"(b) scale-bar corner masked ({SCALE_BAR_CORNER}, {CORNER_FRAC:.0%} of each side)",
         "background_neutral": f"(c) background replaced by grey {tuple(NEUTRAL_BACKGROUND)} (cells kept)",
         "segmented": "(d) segmented images (cells on black)",
@@ -396,15 +397,15 @@ def report_markdown(doc: dict) -> str:
     }
     lines = [
         f"# Shortcut audit: {audit_name(meta['model'])} ({Path(meta['model']).name}) on the {meta['split']} split "
-        "(test part)", "",
+        f"({meta['part']} part)", "",
         *(f"- {k}: {v}" for k, v in meta.items() if k != "settings"),
         f"- settings: {json.dumps(meta['settings'])}",
         f"- baseline from `leukostage evaluate` (same split guard): accuracy "
         f"{doc['baseline_evaluate']['accuracy']:.4f}",
         "",
         "## Accuracy under perturbations", "",
-        "| test images | accuracy | drop (points) | macro-F1 | " + " | ".join(f"recall {names[k]}" for k in CLASS_KEYS)
-        + " |",
+        f"| {meta['part']} images | accuracy | drop (points) | macro-F1 | "
+        + " | ".join(f"recall {names[k]}" for k in CLASS_KEYS) + " |",
         "|---|---|---|---|" + "---|" * len(CLASS_KEYS),
     ]
     for name, label in labels.items():
@@ -428,7 +429,7 @@ def report_markdown(doc: dict) -> str:
     tints = doc["class_background_tints_train"]
     lines += ["", "Mean background colour (RGB) per class, training part: "
               + "; ".join(f"{names[k]} {tuple(round(v) for v in rgb)}" for k, rgb in tints.items()),
-              "", "## Where the Grad-CAM heat lies (predicted class, original test images)", "",
+              "", f"## Where the Grad-CAM heat lies (predicted class, original {meta['part']} images)", "",
               "| class | images | heat mass on cells | cell area share | ratio of means | mean per-image ratio (n) "
               "| heat mass in scale-bar corner |", "|---|---|---|---|---|---|---|"]
     for key, b in [*att["per_class"].items(), ("overall", att["overall"])]:

@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +81,7 @@ class TrainConfig:
     min_lr: float = 1e-5
     precision: str = "auto"  # bf16 autocast where the CPU has native bf16 (AMX / AVX512-BF16), else fp32
     limit_per_class: int = 0  # >0: a small per-class subset (smoke tests)
+    attention_weight: float | None = None  # overrides the recipe's cell-attention weight (chosen on validation)
 
 
 def resolve_precision(name: str) -> str:
@@ -151,6 +152,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     if cfg.recipe not in RECIPES:
         raise ValueError(f"unknown recipe {cfg.recipe!r}; expected one of {', '.join(RECIPES)}")
     recipe = RECIPES[cfg.recipe]
+    if cfg.attention_weight is not None:
+        if cfg.attention_weight < 0:
+            raise ValueError(f"attention weight must be >= 0; got {cfg.attention_weight}")
+        recipe = replace(recipe, attention_weight=cfg.attention_weight)
     bf16 = precision == "bf16"
     if cfg.arch not in ARCH_IMAGE_SIZE:
         raise ValueError(f"unknown architecture {cfg.arch!r}; expected one of {', '.join(ARCH_IMAGE_SIZE)}")

@@ -52,11 +52,11 @@ def _init_local_worker(threads: int) -> None:
 class LocalEngine:
     """A pool of local worker processes, each holding one model."""
 
-    def __init__(self, workers: int, model: str | None, preset: str):
+    def __init__(self, workers: int, model: str | None, preset: str, threads: int | None = None):
         self.workers = workers
         self.model = model
         self.preset = preset
-        self.threads = threads_per_worker(workers)
+        self.threads = threads or threads_per_worker(workers)
 
     def describe(self) -> dict:
         return {"engine": "local", "workers": self.workers, "onnx_threads_per_worker": self.threads}

@@ -31,6 +31,7 @@ class BatchConfig:
     format: str | None = None
     resume: bool = False
     workers: int | None = None  # local engine; default one per core
+    threads_per_worker: int | None = None  # local engine: ONNX Runtime + OpenCV threads each; default cores / workers
     scheduler: str | None = None  # tcp://HOST:PORT of a Dask scheduler: use the cluster instead
     model: str | None = None
     preset: str = DEFAULT_PRESET
@@ -86,7 +87,9 @@ def _engine(cfg: BatchConfig):
     workers = cfg.workers or cpu_count()
     if workers < 1:
         raise BatchError(f"--workers must be at least 1, not {workers}")
-    return LocalEngine(workers, _check_model(cfg.model), cfg.preset)
+    if cfg.threads_per_worker is not None and cfg.threads_per_worker < 1:
+        raise BatchError(f"--threads-per-worker must be at least 1, not {cfg.threads_per_worker}")
+    return LocalEngine(workers, _check_model(cfg.model), cfg.preset, cfg.threads_per_worker)
 
 
 class _Progress:

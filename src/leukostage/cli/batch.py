@@ -28,6 +28,9 @@ def add_batch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true",
                    help="skip inputs already in --out with the same content (sha256) and append the rest")
     p.add_argument("--workers", type=int, default=None, help="local worker processes (default: one per core)")
+    p.add_argument("--threads-per-worker", type=int, default=None, metavar="T",
+                   help="ONNX Runtime and OpenCV threads in each local worker (default: cores / workers; fewer "
+                   "leave cores free on a shared machine)")
     p.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
                    help="run on this Dask scheduler's workers instead (they read the inputs: same paths everywhere)")
     p.add_argument("--model", default=None, help="ONNX model (default: the model shipped in the package; with "
@@ -42,8 +45,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from ..batch import DEFAULT_CHUNK_SIZE, BatchConfig, format_summary, run_batch
 
     cfg = BatchConfig(inputs=args.inputs, out=args.out, format=args.format, resume=args.resume, workers=args.workers,
-                      scheduler=args.scheduler, model=args.model, preset=args.preset,
-                      chunk_size=args.chunk_size or DEFAULT_CHUNK_SIZE, progress=False if args.no_progress else None)
+                      threads_per_worker=args.threads_per_worker, scheduler=args.scheduler, model=args.model,
+                      preset=args.preset, chunk_size=args.chunk_size or DEFAULT_CHUNK_SIZE, progress=False if args.no_progress else None)
     summary = run_batch(cfg)
     print(format_summary(summary), file=sys.stderr)
     print(DISCLAIMER, file=sys.stderr)

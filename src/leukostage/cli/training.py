@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     p.add_argument("--limit-per-class", type=int, default=0, help="train on a small per-class subset (smoke runs)")
+    p.add_argument("--attention-weight", type=float, default=None, metavar="W",
+                   help="weight of the cell-attention loss instead of the recipe's (0 turns it off); choose it on "
+                   "the validation part (audit --part val)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
@@ -69,6 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default=None, choices=SPLIT_METHODS,
                    help="default: the split the model was trained on (any other is refused)")
     p.add_argument("--out", default=None, help="report folder (default: reports/audit-<model>-<split>)")
+    p.add_argument("--part", default="test", choices=("val", "test"),
+                   help="the part audited (default: test; val where a training setting is chosen by the audit)")
     p.add_argument("--no-examples", action="store_true", help="numbers only: no example heat-map images")
     p.set_defaults(func=cmd_audit)
 
@@ -98,7 +103,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         data=args.data, out=args.out, arch=args.arch, split=args.split, recipe=args.recipe, seed=args.seed,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, precision=args.precision,
-        limit_per_class=args.limit_per_class,
+        limit_per_class=args.limit_per_class, attention_weight=args.attention_weight,
     )
     summary = train(cfg, progress=not args.quiet)
     print(json.dumps({k: summary[k] for k in ("best_epoch", "best_val_loss", "epochs_run", "median_epoch_seconds")}))
@@ -129,7 +134,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     from ..audit import run_audit
 
-    doc = run_audit(args.model, args.data, split=args.split, out=args.out, examples=not args.no_examples)
+    doc = run_audit(args.model, args.data, split=args.split, out=args.out, examples=not args.no_examples,
+                    part=args.part)
     print(json.dumps({"report": doc["meta"]["report"], "drops_points": doc["drops_points"], "checks": doc["checks"]},
                      indent=2))
     return 0
