@@ -3,7 +3,7 @@
 # its own split's test part (with the served decisions: uncertain by reason, domain check), the training log and
 # curves, the shortcut audit, and the images outside the training data.
 #   scripts/report_model.sh RUN_DIR ONNX_OUT REPORT_DIR [--metrics OTHER_METRICS.json ...]
-#   e.g. scripts/report_model.sh runs/transfer-blocked runs/lite0-blocked.onnx reports/lite0/blocked
+#   e.g. scripts/report_model.sh runs/cells-w0.25 runs/lite0-blocked.onnx reports/lite0/blocked
 set -euo pipefail
 run=$1 onnx=$2 out=$3
 shift 3

@@ -205,13 +205,14 @@ def test_shipped_model_meets_the_accuracy_targets_and_reproduces_its_committed_r
     assert got["ratio_of_means"] == pytest.approx(want["ratio_of_means"], rel=0.01)
 
 
-@pytest.mark.xfail(strict=True, reason="known miss of the shipped lite0 model (README, 'What the model looks at'): "
-                   "its 7x7 Grad-CAM puts about 1.1x the cells' area share on the cells; the cell-attention loss "
-                   "that fixed it for the paper CNN cost Normal recall here (transfer-cells run)")
 def test_shipped_model_puts_gradcam_mass_on_the_cells(shipped_audit):
     _, _, _, doc, _ = shipped_audit
     assert doc["cell_attention"]["overall"]["ratio_of_means"] >= CELL_MASS_TO_AREA_MIN
     assert doc["checks"]["cell_attention"]
+    # more than an average: the evidence is on the cells for the classes whose cells are visible at all (Normal,
+    # Early, Mid: cell masks >= 5 % of the area; Advanced 2 %), not only for one class that lifts the mean
+    visible = {k: v for k, v in doc["cell_attention"]["per_class"].items() if v["mean_cell_area_share"] >= 0.05}
+    assert len(visible) == 3 and all(v["ratio_of_means"] >= 1.5 for v in visible.values()), visible
 
 
 def test_audit_of_the_validation_part_scores_the_val_images_only(model_path, data_dir, tmp_path):

@@ -64,7 +64,7 @@ def changed_data(data_dir, tmp_path_factory) -> Path:
     for path in ds.paths[1:]:
         target = root / path.relative_to(data_dir)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(path)
+        target.symlink_to(path.resolve())  # absolute: a relative data path would dangle
     return root
 
 
