@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from leukostage.batch import BatchConfig, run_batch
-from leukostage.batch.engines import cpu_count, threads_per_worker
+from leukostage.cores import cpu_count, threads_per_worker
 from leukostage.data import default_data_dir
 
 

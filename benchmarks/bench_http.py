@@ -35,7 +35,7 @@ import cv2
 
 from leukostage.data import default_data_dir
 from leukostage.predict import default_model_path
-from leukostage.web import cpu_count
+from leukostage.cores import cpu_count
 from timing import report  # benchmarks/timing.py
 
 TARGET_P50_MS = 15.0  # issue 9: HTTP /predict p50 for a 224x224 JPEG on the 2-core machine

@@ -334,7 +334,7 @@ def test_existing_output_needs_resume_and_unknown_suffix_needs_format(table2, tm
 
 
 def test_threads_per_worker_defaults_to_cores_over_workers_and_can_be_set(table2, tmp_path):
-    from leukostage.batch.engines import cpu_count
+    from leukostage.cores import cpu_count
 
     default = run_batch(BatchConfig([str(table2)], tmp_path / "a.jsonl", workers=1, progress=False))
     assert default["onnx_threads_per_worker"] == cpu_count()

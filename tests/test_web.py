@@ -23,7 +23,8 @@ from leukostage.validate import validate_bytes, validate_path
 from leukostage.web import PREDICTOR_KEY, create_app
 from leukostage.web.pages import text_colour
 from leukostage.web import REQUEST_BUDGET_S
-from leukostage.web.server import bind_address, gunicorn_options, serve, threads_per_worker, worker_timeout_s
+from leukostage.cores import threads_per_worker
+from leukostage.web.server import bind_address, gunicorn_options, serve, worker_timeout_s
 from web_server import multipart, smear_candidates
 
 WEB = Path(__file__).resolve().parents[1] / "src" / "leukostage" / "web"

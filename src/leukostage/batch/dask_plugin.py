@@ -5,7 +5,7 @@ from urllib.parse import urlparse
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from .engines import cpu_count, limit_opencv_threads, threads_per_worker
+from ..cores import cpu_count, limit_opencv_threads, threads_per_worker
 from .score import load_predictor
 
 

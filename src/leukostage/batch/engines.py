@@ -7,39 +7,18 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
-import os
 import signal
 import uuid
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Iterable, Iterator
 from urllib.parse import urlparse
 
+from ..cores import limit_opencv_threads, threads_per_worker
 from .discover import BatchInput
 from .score import score_chunk
 from .writers import BatchError
 
 IN_FLIGHT_PER_WORKER = 3  # chunks queued per worker: enough to keep it busy, few enough to keep memory flat
-
-
-def cpu_count() -> int:
-    """Cores this process may use (the affinity mask, not the machine's total)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def threads_per_worker(workers: int, cores: int | None = None) -> int:
-    """ONNX Runtime threads for each of ``workers`` processes sharing ``cores``: cores / workers, at least 1."""
-    return max(1, (cores or cpu_count()) // max(1, workers))
-
-
-def limit_opencv_threads(threads: int) -> None:
-    """OpenCV's own thread pool (decoding, resizing, the validator's filters) gets the worker's share of the cores
-    too: N workers each running a pool as wide as the machine would fight over the same cores."""
-    import cv2
-
-    cv2.setNumThreads(threads)
 
 
 def _init_local_worker(threads: int) -> None:

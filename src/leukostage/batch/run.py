@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from ..cores import cpu_count
 from ..predict import card_path_for, default_model_path
 from ..validate import DEFAULT_PRESET
 from .discover import BatchInput, count_inputs, iter_inputs
-from .engines import DaskEngine, LocalEngine, cpu_count
+from .engines import DaskEngine, LocalEngine
 from .score import SKIPPED
 from .writers import BatchError, DoneIndex, format_for, open_writer
 

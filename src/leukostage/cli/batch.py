@@ -46,7 +46,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     cfg = BatchConfig(inputs=args.inputs, out=args.out, format=args.format, resume=args.resume, workers=args.workers,
                       threads_per_worker=args.threads_per_worker, scheduler=args.scheduler, model=args.model,
-                      preset=args.preset, chunk_size=args.chunk_size or DEFAULT_CHUNK_SIZE, progress=False if args.no_progress else None)
+                      preset=args.preset, chunk_size=args.chunk_size or DEFAULT_CHUNK_SIZE,
+                      progress=False if args.no_progress else None)
     summary = run_batch(cfg)
     print(format_summary(summary), file=sys.stderr)
     print(DISCLAIMER, file=sys.stderr)

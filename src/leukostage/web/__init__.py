@@ -10,7 +10,6 @@ The serving path imports numpy, OpenCV, ONNX Runtime and Flask only: never torch
 from __future__ import annotations
 
 import io
-import os
 from typing import IO
 
 from flask import Flask, Request, current_app
@@ -118,11 +117,3 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None,
     from .server import serve as _serve
 
     return _serve(host=host, port=port, workers=workers, model=model, debug=debug)
-
-
-def cpu_count() -> int:
-    """Cores this process may run on (the affinity mask, not the machine's total)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1

@@ -19,18 +19,14 @@ from gunicorn.app.base import BaseApplication
 from gunicorn import util as gunicorn_util
 from gunicorn.workers.sync import SyncWorker
 
-from . import REQUEST_BUDGET_S, cpu_count
+from ..cores import cpu_count, limit_opencv_threads, threads_per_worker
+from . import REQUEST_BUDGET_S
 
 # A request stops itself (503 over_time_budget) once REQUEST_BUDGET_S is spent, checking between steps; one step is
 # at most one image of MAX_PIXELS decoded, validated and explained. gunicorn's timeout, which kills the worker, stays
 # above budget + one step, so a slow request gets its JSON 503 and the worker lives on.
 WORST_STEP_S = 40
 GRACEFUL_TIMEOUT_S = 10  # on SIGTERM, finish requests in flight for at most this long
-
-
-def threads_per_worker(workers: int, cores: int | None = None) -> int:
-    """Compute threads for each of ``workers`` processes so that together they do not oversubscribe the cores."""
-    return max(1, (cores or cpu_count()) // workers)
 
 
 def bind_address(host: str, port: int) -> str:
@@ -122,11 +118,9 @@ class GunicornApp(BaseApplication):
     def load(self):
         """Called in each worker after the fork: size OpenCV's thread pool, then build the app (loading the model
         with $LEUKOSTAGE_ORT_THREADS threads)."""
-        import cv2
-
         from . import create_app
 
-        cv2.setNumThreads(int(os.environ["LEUKOSTAGE_ORT_THREADS"]))
+        limit_opencv_threads(int(os.environ["LEUKOSTAGE_ORT_THREADS"]))
         return create_app()
 
 
