@@ -137,24 +137,26 @@ def add_images(case_id: int):
     return jsonify(out), 201
 
 
+def _reviewer_change(case_id: int, change, action: str):
+    """Sign-off and amendment: the role is checked before the body is read (a technician gets 403, whatever it
+    sent), the change is committed, and the case is answered as it now stands."""
+    service.require_role(current_user, service.REVIEW_ROLES, action)
+    with transaction() as s:
+        change(s, current_user, case_id, _json_body())
+    with transaction() as s:
+        return jsonify(service.case_dict(s, case_id))
+
+
 @bp.post("/api/v1/cases/<int:case_id>/review")
 @login_required
 def review(case_id: int):
-    service.require_role(current_user, service.REVIEW_ROLES, "sign cases off")
-    with transaction() as s:
-        service.sign_off(s, current_user, case_id, _json_body())
-    with transaction() as s:
-        return jsonify(service.case_dict(s, case_id))
+    return _reviewer_change(case_id, service.sign_off, "sign cases off")
 
 
 @bp.post("/api/v1/cases/<int:case_id>/amend")
 @login_required
 def amend(case_id: int):
-    service.require_role(current_user, service.REVIEW_ROLES, "amend cases")
-    with transaction() as s:
-        service.amend(s, current_user, case_id, _json_body())
-    with transaction() as s:
-        return jsonify(service.case_dict(s, case_id))
+    return _reviewer_change(case_id, service.amend, "amend cases")
 
 
 @bp.get("/api/v1/cases/<int:case_id>/audit")
