@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 
 from leukostage.classes import CLASS_KEYS, DISCLAIMER
 from leukostage.reports import content
-from web_server import LiveServer, launch_chromium
+from web_server import LiveServer, launch_chromium, watched_page
 
 pytestmark = pytest.mark.browser
 
@@ -27,7 +26,6 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 TIMEOUT_MS = 30_000
 UPLOAD_TIMEOUT_MS = 120_000  # six fields analysed on a shared 2-core machine
 PASSWORD = "correct horse battery 9"
-EXPECTED_4XX = re.compile(r"Failed to load resource: the server responded with a status of 4\d\d")
 
 
 
@@ -67,25 +65,10 @@ def browser():
 
 @pytest.fixture
 def page(browser, server):
-    """A fresh browser context (no session) whose page records console errors and refuses non-local requests."""
-    context = browser.new_context(viewport={"width": 1200, "height": 900})
-    pg = context.new_page()
-    pg.set_default_timeout(TIMEOUT_MS)
-    pg.problems = []
-    pg.on("console", lambda m: m.type == "error" and not EXPECTED_4XX.match(m.text) and pg.problems.append(m.text))
-    pg.on("pageerror", lambda e: pg.problems.append(str(e)))
-
-    def only_local(route):
-        if route.request.url.startswith(server.url + "/") or route.request.url.startswith(("blob:", "data:")):
-            route.continue_()
-        else:
-            pg.problems.append(f"external request {route.request.url}")
-            route.abort()
-
-    pg.route("**/*", only_local)
-    pg.base = server.url
-    yield pg
-    context.close()
+    """A fresh browser context (no session) that records console errors and refuses non-local requests."""
+    with watched_page(browser, server.url, 1200, TIMEOUT_MS, local_schemes=("blob:", "data:")) as pg:
+        pg.base = server.url
+        yield pg
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 
 from leukostage.classes import BY_KEY, CLASS_KEYS, UNCERTAIN_COLOUR, UNCERTAIN_KEY
 from leukostage.imaging import decode_image
-from web_server import LiveServer, launch_chromium, post, smear_candidates
+from web_server import LiveServer, launch_chromium, post, smear_candidates, watched_page
 
 pytestmark = pytest.mark.browser
 
@@ -44,28 +44,12 @@ def browser():
 @pytest.fixture
 def page(browser, server):
     """A fresh page that records console errors (CSP violations show there) and refuses non-local requests."""
-    context = browser.new_context(viewport={"width": 1000, "height": 900})
-    pg = context.new_page()
-    pg.set_default_timeout(TIMEOUT_MS)
-    pg.problems = []
-    expected = re.compile(r"Failed to load resource: the server responded with a status of 4\d\d")  # a rejection
-    pg.on("console", lambda m: m.type == "error" and not expected.match(m.text) and pg.problems.append(m.text))
-    pg.on("pageerror", lambda e: pg.problems.append(str(e)))
-
-    def only_local(route):
-        if route.request.url.startswith(server.url + "/") or route.request.url.startswith("blob:"):
-            route.continue_()
-        else:
-            pg.problems.append(f"external request {route.request.url}")
-            route.abort()
-
-    pg.route("**/*", only_local)
-    # Playwright turns on file-chooser interception lazily, when the first listener appears. Registered inside
-    # expect_file_chooser it can race the key press, and the chooser is then lost (seen ~1 in 5 runs in CI).
-    pg.on("filechooser", lambda chooser: None)
-    pg.goto(server.url + "/")
-    yield pg
-    context.close()
+    with watched_page(browser, server.url, 1000, TIMEOUT_MS) as pg:
+        # Playwright turns on file-chooser interception lazily, when the first listener appears. Registered inside
+        # expect_file_chooser it can race the key press, and the chooser is then lost (seen ~1 in 5 runs in CI).
+        pg.on("filechooser", lambda chooser: None)
+        pg.goto(server.url + "/")
+        yield pg
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -169,3 +170,32 @@ def launch_chromium():
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+EXPECTED_4XX = re.compile(r"Failed to load resource: the server responded with a status of 4\d\d")  # a rejection
+
+
+@contextlib.contextmanager
+def watched_page(browser, base_url: str, width: int, timeout_ms: int, local_schemes: tuple[str, ...] = ("blob:",)):
+    """A fresh browser context (no session) whose page collects ``problems`` for the test to assert empty: console
+    errors other than an expected 4xx rejection (CSP violations show there), page errors, and any request that
+    leaves the server (aborted)."""
+    context = browser.new_context(viewport={"width": width, "height": 900})
+    pg = context.new_page()
+    pg.set_default_timeout(timeout_ms)
+    pg.problems = []
+    pg.on("console", lambda m: m.type == "error" and not EXPECTED_4XX.match(m.text) and pg.problems.append(m.text))
+    pg.on("pageerror", lambda e: pg.problems.append(str(e)))
+
+    def only_local(route):
+        if route.request.url.startswith((base_url + "/", *local_schemes)):
+            route.continue_()
+        else:
+            pg.problems.append(f"external request {route.request.url}")
+            route.abort()
+
+    pg.route("**/*", only_local)
+    try:
+        yield pg
+    finally:
+        context.close()
