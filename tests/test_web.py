@@ -113,7 +113,7 @@ def test_page_renders_with_disclaimer_and_class_colours(client):
     assert config["colour_scale"] == colour_scale_info()  # the legend beside the heat map: the overlay's own ramp
 
 
-@pytest.mark.parametrize("path", ["/", "/static/app.js", "/static/style.css"])
+@pytest.mark.parametrize("path", ["/", "/static/app.js", "/static/dropzone.js", "/static/style.css"])
 def test_page_and_assets_load_nothing_from_elsewhere(client, path):
     """The page must work offline: no CDN, no external fonts, no absolute URLs at all."""
     with client.get(path) as r:

@@ -324,20 +324,5 @@
     analyse(input.files[0]);
   });
 
-  for (const type of ["dragenter", "dragover"]) {
-    dropZone.addEventListener(type, (e) => {
-      e.preventDefault();
-      dropZone.classList.add("dragging");
-    });
-  }
-  for (const type of ["dragleave", "drop"]) {
-    dropZone.addEventListener(type, () => dropZone.classList.remove("dragging"));
-  }
-  dropZone.addEventListener("drop", (e) => {
-    e.preventDefault();
-    if (e.dataTransfer && e.dataTransfer.files.length) analyse(e.dataTransfer.files[0]);
-  });
-  // A file dropped beside the zone should not navigate away from the page.
-  window.addEventListener("dragover", (e) => e.preventDefault());
-  window.addEventListener("drop", (e) => e.preventDefault());
+  window.leukostageDropZone(dropZone, (files) => analyse(files[0]));
 })();

@@ -147,21 +147,7 @@
       input.value = "";
       uploadAll(files);
     });
-    for (const type of ["dragenter", "dragover"]) {
-      dropZone.addEventListener(type, (e) => {
-        e.preventDefault();
-        dropZone.classList.add("dragging");
-      });
-    }
-    for (const type of ["dragleave", "drop"]) {
-      dropZone.addEventListener(type, () => dropZone.classList.remove("dragging"));
-    }
-    dropZone.addEventListener("drop", (e) => {
-      e.preventDefault();
-      if (e.dataTransfer && e.dataTransfer.files.length) uploadAll(Array.from(e.dataTransfer.files));
-    });
-    window.addEventListener("dragover", (e) => e.preventDefault());
-    window.addEventListener("drop", (e) => e.preventDefault());
+    window.leukostageDropZone(dropZone, uploadAll);
     showLastBatch();
   }
 
