@@ -6,7 +6,7 @@
    labels move on the validation part of the model's split. A throw-away comparison: nothing here is shipped.
 Needs torch (the train extra).
 
-    python experiments/colour_norm_cost.py [--model src/leukostage/models/lite0.onnx] [--threads 2]
+    python experiments/colour_norm_cost.py [--model src/leukostage/models/lite0-float.onnx] [--threads 2]
 """
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from gradcam_layers import torch_model  # experiments/gradcam_layers.py
+from gradcam_layers import FLOAT_MODEL, torch_model  # experiments/gradcam_layers.py
 from leukostage.data import default_data_dir, discover, make_split
 from leukostage.export import export_onnx
 from leukostage.imaging import load_image
 from leukostage.model import MIN_BACKGROUND_LEVEL, ColourNormalise
-from leukostage.predict import default_model_path, preprocess
+from leukostage.predict import preprocess
 
 
 def session(path, threads: int, profile_prefix: str | None = None) -> ort.InferenceSession:
@@ -75,7 +75,7 @@ def timings(path, x: np.ndarray, threads: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(default_model_path()))
+    parser.add_argument("--model", default=str(FLOAT_MODEL), help="a float graph (torch is rebuilt from its weights)")
     parser.add_argument("--data", default=str(default_data_dir()))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()

@@ -5,7 +5,7 @@ model? For the first lite0 model it gave 0.95-1.14x the cells' area share at eve
 model looks at"), so the model was retrained instead. Needs torch (the train extra); the masks and the measure are
 the audit's (segmented twins, ratio of means).
 
-    python experiments/gradcam_layers.py [--model src/leukostage/models/lite0.onnx] [--part val]
+    python experiments/gradcam_layers.py [--model src/leukostage/models/lite0-float.onnx] [--part val]
 """
 from __future__ import annotations
 
@@ -22,14 +22,15 @@ from leukostage.data import default_data_dir, discover, make_split
 from leukostage.explain import upsample
 from leukostage.imaging import load_image
 from leukostage.model import build_model, config_from_dict
-from leukostage.predict import card_path_for, default_model_path, preprocess
+from leukostage.predict import MODELS_DIR, card_path_for, preprocess
 
 LAYERS = {"block 7 (14x14)": "blocks.7", "block 10 (14x14)": "blocks.10", "block 13 (7x7)": "blocks.13",
           "block 14 (7x7)": "blocks.14", "block 15 (7x7)": "blocks.15", "conv head (7x7, served)": "conv_head"}
+FLOAT_MODEL = MODELS_DIR / "lite0-float.onnx"  # the served lite0.onnx is its int8 version: no torch weights in it
 
 
 def torch_model(path):
-    """The exported model as a torch module, rebuilt from its ONNX initializers and card (as the tests do)."""
+    """An exported float model as a torch module, rebuilt from its ONNX initializers and card (as the tests do)."""
     card = json.loads(card_path_for(path).read_text())
     model = build_model(config_from_dict(card["architecture"]))
     weights = {i.name.removeprefix("model."): numpy_helper.to_array(i) for i in onnx.load(path).graph.initializer}
@@ -40,7 +41,7 @@ def torch_model(path):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(default_model_path()))
+    parser.add_argument("--model", default=str(FLOAT_MODEL), help="a float graph (torch is rebuilt from its weights)")
     parser.add_argument("--data", default=str(default_data_dir()))
     parser.add_argument("--part", default="val", choices=("val", "test"))
     args = parser.parse_args()

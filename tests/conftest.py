@@ -61,9 +61,28 @@ def model_path() -> Path:
 
 
 @pytest.fixture(scope="session")
-def shipped_torch_model(model_path):
-    """The shipped model as a torch module, rebuilt from its ONNX initializers and card (no checkpoint is shipped):
-    lets torch references (autograd Grad-CAM, parity) run on the real trained weights in CI.
+def reference_model_path(model_path) -> Path:
+    """The float graph the shipped model was quantised from (its card names the file beside it); the shipped file
+    itself when it was not quantised. Torch references (parity, autograd Grad-CAM) are checked against this one;
+    the int8 file against it in test_quantize."""
+    import json
+
+    from leukostage.predict import card_path_for
+
+    reference = json.loads(card_path_for(model_path).read_text()).get("quantization", {}).get("reference")
+    if reference is None:
+        return model_path
+    path = model_path.parent / reference["file"]
+    if not path.is_file():
+        pytest.fail(f"the shipped model's float reference {path} is missing (it is not in a wheel: run the tests "
+                    "from the repository)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shipped_torch_model(reference_model_path):
+    """The shipped model as a torch module, rebuilt from its float reference's ONNX initializers and card (no
+    checkpoint is shipped): lets torch references (autograd Grad-CAM, parity) run on the real trained weights in CI.
 
     Returns (model in eval mode, softmax temperature from the card).
     """
@@ -76,9 +95,10 @@ def shipped_torch_model(model_path):
     from leukostage.model import build_model, config_from_dict
     from leukostage.predict import card_path_for
 
-    card = json.loads(card_path_for(model_path).read_text())
+    card = json.loads(card_path_for(reference_model_path).read_text())
     model = build_model(config_from_dict(card["architecture"]))
-    weights = {i.name.removeprefix("model."): numpy_helper.to_array(i) for i in onnx.load(model_path).graph.initializer}
+    weights = {i.name.removeprefix("model."): numpy_helper.to_array(i)
+               for i in onnx.load(reference_model_path).graph.initializer}
     state = {k: torch.from_numpy(weights[k].copy()) for k in model.state_dict() if not k.endswith("num_batches_tracked")}
     model.load_state_dict(state, strict=False)
     return model.eval(), float(card["calibration"]["temperature"])

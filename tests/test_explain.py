@@ -1,8 +1,9 @@
 """Grad-CAM on the serving path (numpy over the ONNX outputs) against a torch-autograd reference, plus the CLI verb.
 
-Each test runs twice: on the shipped model (its torch weights rebuilt from the ONNX file, so the reference is the
-model users get) and on a freshly exported one (the trained checkpoint of the current run when there is one, since
-runs/ is not in the repository, else a seeded random model), which exercises the export itself.
+Each test runs twice: on the shipped model's float graph (its torch weights rebuilt from that ONNX file, so the
+reference is the model users get, before int8 quantisation; test_quantize holds the int8 file to it) and on a freshly
+exported one (the trained checkpoint of the current run when there is one, since runs/ is not in the repository,
+else a seeded random model), which exercises the export itself.
 """
 from __future__ import annotations
 
@@ -64,12 +65,12 @@ def torch_model(request):
 
 
 @pytest.fixture(scope="module")
-def onnx_model(torch_model, model_path, tmp_path_factory) -> Path:
+def onnx_model(torch_model, reference_model_path, tmp_path_factory) -> Path:
     from leukostage.export import build_card, export_onnx, write_card
 
     model, ckpt = torch_model
-    if ckpt is None:
-        return model_path
+    if ckpt is None:  # the shipped model's float graph: the int8 file's own heat maps are checked below
+        return reference_model_path
     path = export_onnx(model, tmp_path_factory.mktemp("explain") / "m.onnx")
     card = build_card("test", ckpt, {}, command="test")
     card["decision"] = {"uncertain_below": 0.5, "chosen_on": "test fixture"}  # a card must say when to doubt

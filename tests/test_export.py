@@ -52,11 +52,11 @@ def test_onnx_matches_torch_on_real_images(random_model, taleqani, tmp_path):
     assert onnx_probabilities(path, batch[:1]).shape == (1, 4)  # dynamic batch
 
 
-def test_shipped_onnx_is_the_torch_module_with_its_weights(shipped_torch_model, model_path, taleqani):
+def test_shipped_onnx_is_the_torch_module_with_its_weights(shipped_torch_model, reference_model_path, taleqani):
     model, temperature = shipped_torch_model
     batch = _real_batch(taleqani, n=8, size=model.cfg.image_size)
     ref = _torch_probabilities(model, batch, temperature)
-    got = onnx_probabilities(model_path, batch)
+    got = onnx_probabilities(reference_model_path, batch)
     assert np.abs(got - ref).max() < 1e-4
     assert len(set(got.argmax(1))) > 1  # trained weights, not a constant answer
 

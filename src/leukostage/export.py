@@ -261,6 +261,39 @@ def fit_domain(train_embeddings: np.ndarray, val_embeddings: np.ndarray) -> tupl
     return mean, best[1], best[2]
 
 
+def fit_served_decision(onnx_path: str | Path, labels: np.ndarray, split: dict, images: np.ndarray,
+                        split_name: str) -> tuple[dict, dict, dict | None]:
+    """The decisions' thresholds, chosen on the val part, and the test part's metrics: all from the file as served.
+
+    The uncertainty threshold is the smallest meeting the target selective accuracy; the domain threshold (where the
+    graph has a domain score) is the largest val score, so every in-domain val image passes. The test part is scored
+    once, after both are fixed. Returns (decision, test metrics with the served decisions, domain threshold and test
+    share flagged, or None).
+    """
+    from .evaluate import compute_metrics, decision_metrics
+
+    # one ONNX Runtime session scores both parts: the exported file, exactly as it will be served
+    both = images[np.concatenate([split["val"], split["test"]])].astype(np.float32) / 255.0
+    outputs = onnx_outputs(onnx_path, both)
+    n_val = len(split["val"])
+    val_probs, test_probs = outputs["probabilities"][:n_val], outputs["probabilities"][n_val:]
+    decision = {"uncertain_below": choose_uncertain_threshold(labels[split["val"]], val_probs),
+                "chosen_on": f"{split_name} split, val part",
+                "target_selective_accuracy": UNCERTAIN_TARGET_ACCURACY}
+    y_test = labels[split["test"]]
+    test_metrics = headline_metrics(compute_metrics(y_test, test_probs))
+    if DOMAIN_OUTPUT not in outputs:
+        return decision, test_metrics, None
+    val_scores, test_scores = outputs[DOMAIN_OUTPUT][:n_val], outputs[DOMAIN_OUTPUT][n_val:]
+    threshold = float(val_scores.max())
+    served = [result_fields(p, decision["uncertain_below"], float(sc), threshold)
+              for p, sc in zip(test_probs, test_scores)]
+    test_metrics["decision"] = decision_metrics(y_test, served)
+    domain = {"threshold": round(threshold, 4), "test_flagged": round(float((test_scores > threshold).mean()), 4),
+              "threshold_chosen_on": f"{split_name} split, val part: the largest score ({n_val} images)"}
+    return decision, test_metrics, domain
+
+
 def copied_metrics(files: list[str | Path], fingerprint: str) -> dict:
     """Headline metrics of other reports (e.g. the blocked-split run) for the card, keyed ``<split>_<part>``.
 
@@ -314,7 +347,6 @@ def export_model(checkpoint: str | Path, out: str | Path, name: str | None = Non
             mismatch).
     """
     from .data import discover, load_arrays, make_split
-    from .evaluate import compute_metrics, decision_metrics
     from .train import load_checkpoint, to_input
 
     model, ckpt = load_checkpoint(checkpoint)
@@ -346,34 +378,20 @@ def export_model(checkpoint: str | Path, out: str | Path, name: str | None = Non
                                                     embeddings(model, x_val))
             domain = (mean, whitening)
         out = export_onnx(model, out, size, temperature=temperature, domain=domain)
-        # one ONNX Runtime session scores both parts: the exported file, exactly as it will be served
-        both = images[np.concatenate([split["val"], split["test"]])].astype(np.float32) / 255.0
-        outputs = onnx_outputs(out, both)
-        probs = outputs["probabilities"]
-        val_probs, test_probs = probs[: len(split["val"])], probs[len(split["val"]) :]
-        decision = {"uncertain_below": choose_uncertain_threshold(y_val, val_probs),
-                    "chosen_on": f"{meta['split']} split, val part",
-                    "target_selective_accuracy": UNCERTAIN_TARGET_ACCURACY}
-        metrics[f"{meta['split']}_test"] = headline_metrics(compute_metrics(ds.labels[split["test"]], test_probs))
+        decision, metrics[f"{meta['split']}_test"], served_domain = fit_served_decision(
+            out, ds.labels, split, images, meta["split"])
         if domain is not None:
-            scores = outputs[DOMAIN_OUTPUT]
-            val_scores, test_scores = scores[: len(split["val"])], scores[len(split["val"]) :]
-            threshold = float(val_scores.max())
             domain_card = {
-                "output": DOMAIN_OUTPUT, "threshold": round(threshold, 4),
+                "output": DOMAIN_OUTPUT, "threshold": served_domain["threshold"],
                 "method": "Mahalanobis distance of the domain embedding from the training part's Gaussian; "
                           "covariance shrunk towards a scaled identity",
                 "embedding": model.DOMAIN_EMBEDDING,
                 "shrinkage": shrinkage, "shrinkage_chosen_on": f"{meta['split']} split, val part (likelihood)",
                 "fitted_on": f"{meta['split']} split, train part ({len(split['train'])} images)",
-                "threshold_chosen_on": f"{meta['split']} split, val part: the largest score "
-                                       f"({len(split['val'])} images)",
+                "threshold_chosen_on": served_domain["threshold_chosen_on"],
                 "embedding_dims": int(domain[0].shape[0]),
-                "test_flagged": round(float((test_scores > threshold).mean()), 4),
+                "test_flagged": served_domain["test_flagged"],
             }
-            served = [result_fields(p, decision["uncertain_below"], float(sc), threshold)
-                      for p, sc in zip(test_probs, test_scores)]
-            metrics[f"{meta['split']}_test"]["decision"] = decision_metrics(ds.labels[split["test"]], served)
     metrics.update(copied)
     card = build_card(name or Path(out).stem, ckpt, metrics)
     card["outputs"] = list(OUTPUT_NAMES) + ([DOMAIN_OUTPUT] if domain_card else [])

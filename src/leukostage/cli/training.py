@@ -1,4 +1,4 @@
-"""Training-path verbs: train, evaluate, export, audit, calibrate-validator. Torch is imported inside each verb."""
+"""Training-path verbs: train, evaluate, export, quantize, audit, calibrate-validator. Torch is imported inside each verb."""
 from __future__ import annotations
 
 import argparse
@@ -62,6 +62,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--external", nargs="*", default=[], metavar="REPORT",
                    help="`evaluate --external` metrics.json files (other laboratories' images) to copy into the card")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("quantize", help="int8 version of an exported lite0 model (the served file), with its card",
+                       description="Quantise an exported float model to int8 (static, calibrated on its split's "
+                       "training part), choose its decision thresholds again on the validation part, score the test "
+                       "part, and write its card (with how far it moved from the float reference).")
+    p.add_argument("--model", required=True, help="the float .onnx written by `export` (its card beside it)")
+    p.add_argument("--out", required=True, help="int8 ONNX file to write (the card goes beside it)")
+    p.add_argument("--name", default=None, help="model name in the card (default: the file stem)")
+    p.add_argument("--data", default=str(default_data_dir()), help="the model's training data (calibration, "
+                   "thresholds, test metrics)")
+    p.add_argument("--metrics", nargs="*", default=[], help="metrics.json files to copy into the card")
+    p.add_argument("--external", nargs="*", default=[], metavar="REPORT",
+                   help="`evaluate --external` metrics.json files (of the quantised model) to copy into the card")
+    p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("audit", help="shortcut audit on the model's test split: Grad-CAM on cells, accuracy with "
                        "scale bar masked, background replaced, colour shifted; writes metrics.json + report.md",
@@ -128,6 +142,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     card = export_model(args.checkpoint, args.out, name=args.name, metrics_files=args.metrics, data=args.data,
                         external_files=args.external)
     print(f"wrote {args.out} and its card ({card['name']} {card['version']})")
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from ..quantize import quantize_model
+
+    card = quantize_model(args.model, args.out, args.data, name=args.name, metrics_files=args.metrics,
+                          external_files=args.external)
+    moved = card["quantization"]["val_change_from_reference"]
+    print(f"wrote {args.out} and its card ({card['name']} {card['version']}); on the val part: {json.dumps(moved)}")
     return 0
 
 
