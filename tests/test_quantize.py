@@ -177,3 +177,20 @@ def test_shipped_int8_heat_maps_follow_its_reference(model_path, reference_model
         assert got.class_key == want.class_key
         r = np.corrcoef(got.heatmap.ravel(), want.heatmap.ravel())[0, 1]
         assert r >= 0.9, f"{path.name}: heat map correlation {r:.3f} with the float reference"
+
+
+def test_served_int8_answers_are_the_exact_kernels_answers(model_path, sample_smears, data_dir):
+    """Serving on this CPU gives what ONNX Runtime's exact uint8 x uint8 kernels give (the arithmetic a CPU without
+    VNNI is switched to): the fast path, where this CPU takes it, saturates nothing on real images."""
+    import onnxruntime as ort
+
+    from leukostage.predict import EXACT_INT8_OPTION, session_options
+
+    files = [*sample_smears.values(), *sorted((data_dir / "pbc_sample").glob("*/*.jpg"))[:2]]
+    batch = np.stack([preprocess(load_image(f), 224) for f in files])
+    served = Predictor.load(model_path)
+    exact = ort.InferenceSession(str(model_path), session_options(exact_int8=True), providers=["CPUExecutionProvider"])
+    assert exact.get_session_options().get_session_config_entry(EXACT_INT8_OPTION) == "1"
+    names = ["probabilities", DOMAIN_OUTPUT]
+    got, want = served.session.run(names, {"image": batch}), exact.run(names, {"image": batch})
+    assert np.allclose(got[0], want[0], atol=1e-5) and np.allclose(got[1], want[1], rtol=1e-4)

@@ -27,7 +27,7 @@ from .classes import CLASSES
 from .domain import DOMAIN_OUTPUT
 from .evaluate import headline_metrics
 from .imaging import BACKGROUND_LEVEL, BACKGROUND_QUANTILE, IMAGE_SIZE
-from .predict import card_path_for, result_fields
+from .predict import card_path_for, result_fields, session_options
 
 OUTPUT_NAMES = ("probabilities", "features", "weights")
 OPSET = 18
@@ -169,7 +169,7 @@ def onnx_outputs(onnx_path: str | Path, batch: np.ndarray, chunk: int = 64) -> d
     """Every output of the exported file, in chunks (used by export and the parity checks)."""
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(onnx_path), session_options(), providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     parts = [sess.run(names, {"image": batch[i : i + chunk].astype(np.float32)}) for i in range(0, len(batch), chunk)]
     return {name: np.concatenate([p[j] for p in parts]) for j, name in enumerate(names)}

@@ -54,6 +54,33 @@ def uncertain_threshold(card: dict, path: Path) -> float:
     return value
 
 
+# ONNX Runtime's session option that multiplies int8 as uint8 x uint8 (exact, slower) instead of uint8 x int8
+EXACT_INT8_OPTION = "session.x64quantprecision"
+
+
+def session_options(threads: int | None = None, exact_int8: bool | None = None):
+    """ONNX Runtime options for every session that scores images (serving, batch, export, evaluation), so that the
+    thresholds chosen at export and the answers served come from the same arithmetic.
+
+    Args:
+        threads: intra-op threads (default: ONNX Runtime's, all cores).
+        exact_int8: x86 CPUs without VNNI add pairs of uint8 x int8 products in 16 bits, which can saturate and
+            change an int8 model's answers; this makes ONNX Runtime use exact uint8 x uint8 kernels instead.
+            Default: where the CPU lacks VNNI (VNNI CPUs are exact and faster without it). No effect on float models.
+    """
+    import onnxruntime as ort
+
+    from .cores import cpu_has_vnni
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    if exact_int8 if exact_int8 is not None else not cpu_has_vnni():
+        opts.add_session_config_entry(EXACT_INT8_OPTION, "1")
+    return opts
+
+
 class Predictor:
     """A loaded model: ``predict_proba`` on preprocessed batches, plus the card that says how it was made.
 
@@ -97,12 +124,9 @@ class Predictor:
             raise FileNotFoundError(f"model file {path} not found; train and export one, or pass --model")
         if not card_path.is_file():
             raise FileNotFoundError(f"model card {card_path} not found beside {path.name}")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
         try:
-            session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(path), sess_options=session_options(threads),
+                                           providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own unrelated types (InvalidProtobuf, Fail, ...) for bad files
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(f"model file {path} is not a loadable ONNX model ({first[:160]}); re-export it "
