@@ -41,7 +41,8 @@ def body_nodes(graph) -> list[str]:
 
 
 def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: np.ndarray) -> list[str]:
-    """Write the int8 (QDQ) version of ``float_path``; ``calibration`` is (N, H, W, 3) float32 in [0, 1].
+    """Write the int8 (QDQ) version of ``float_path``; ``calibration`` is (N, H, W, 3) uint8 images (scaled to the
+    model's [0, 1] input a batch at a time: the whole training part in float32 would take 1 GB).
 
     Returns the names of the nodes quantised.
 
@@ -64,7 +65,9 @@ def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: np.
 
         def get_next(self):
             start = next(self.starts, None)
-            return None if start is None else {"image": calibration[start : start + CALIBRATION_BATCH]}
+            if start is None:
+                return None
+            return {"image": calibration[start : start + CALIBRATION_BATCH].astype(np.float32) / 255.0}
 
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
@@ -135,7 +138,7 @@ def quantize_model(model: str | Path, out: str | Path, data: str | Path, name: s
     split = make_split(ds, training["split"], training["seed"])
     images = load_arrays(ds, size=card["architecture"]["image_size"], progress=False)
     out.parent.mkdir(parents=True, exist_ok=True)
-    nodes = quantize_onnx(model, out, images[split["train"]].astype(np.float32) / 255.0)
+    nodes = quantize_onnx(model, out, images[split["train"]])
 
     decision, test_metrics, served_domain = fit_served_decision(out, ds.labels, split, images, training["split"])
     x_val = images[split["val"]].astype(np.float32) / 255.0
