@@ -157,6 +157,9 @@ def quantize_model(model: str | Path, out: str | Path, data: str | Path, name: s
     card.pop("external", None)
     if external_files:
         card["external"] = external_summaries(external_files)
+    import onnxruntime
+
+    card["versions"] = {**card.get("versions", {}), "onnxruntime": onnxruntime.__version__}  # the quantiser's
     card["quantization"] = {
         "method": "static QDQ (onnxruntime.quantization): weights int8 per output channel, activations uint8 per "
                   "tensor, MinMax ranges",
