@@ -6,7 +6,7 @@ import pytest
 
 from leukostage.classes import CLASSES
 from leukostage.data import (cell_mask, stain_mask, discover, file_number, load_arrays, make_split,
-                             segmented_twin, split_summary)
+                             segmented_twin, split_summary, reproduce_split)
 from leukostage.imaging import load_image, preprocess, to_unit_range
 
 DUPLICATE_PAIRS = 36  # byte-identical pairs on disk (sha256), all in cancerous/advanced/ (the data README says 40)
@@ -140,3 +140,13 @@ def test_stain_mask_covers_the_white_cells_of_a_real_smear(sample_smears):
     mask, theirs = stain_mask(rgb), cell_mask(load_image(segmented_twin(sample_smears["early"])))
     assert 0.01 < mask.mean() < 0.5
     assert (mask & theirs).sum() / theirs.sum() > 0.6
+
+
+def test_reproduce_split_rebuilds_the_models_parts_and_refuses_other_data(data_dir):
+    ds = discover(data_dir)
+    got, parts, images = reproduce_split(data_dir, ds.fingerprint, "blocked", 42, 128)
+    want = make_split(ds, "blocked", 42)
+    assert got.fingerprint == ds.fingerprint and all(np.array_equal(parts[k], want[k]) for k in want)
+    assert images.shape == (len(ds), 128, 128, 3) and images.dtype == np.uint8
+    with pytest.raises(ValueError, match="differs from the model's training data"):
+        reproduce_split(data_dir, "0" * 16, "blocked", 42, 128)

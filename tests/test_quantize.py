@@ -87,7 +87,7 @@ def test_only_the_backbone_is_quantised(quantised, float_lite):
     assert len(head) == 1 and initializers[head[0].input[1]].data_type == onnx.TensorProto.FLOAT
     int8_weights = [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
     assert len(int8_weights) == 48  # every backbone convolution's weight (49 convolutions less the head's)
-    assert f"{card['quantization']['quantised']}".endswith("backbone nodes (Conv, Clip, Add)")
+    assert card["quantization"]["quantised"].endswith("backbone nodes (Conv, Clip, Add)")
     assert out.stat().st_size < 0.5 * float_lite.stat().st_size
 
 

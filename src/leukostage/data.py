@@ -185,6 +185,21 @@ def load_arrays(
     return out
 
 
+def reproduce_split(data: str | Path, fingerprint: str, split: str, seed: int,
+                    size: int) -> tuple[Dataset, dict[str, np.ndarray], np.ndarray]:
+    """A model's own split rebuilt on ``data``, with every image at the model's input size (:func:`load_arrays`).
+
+    Raises:
+        ValueError: ``data`` is not the data the model was trained on (its fingerprint differs), so the model's
+            held-out parts cannot be rebuilt on it.
+    """
+    ds = discover(data)
+    if ds.fingerprint != fingerprint:
+        raise ValueError(f"data fingerprint {ds.fingerprint} differs from the model's training data ({fingerprint}): "
+                         "the split cannot be reproduced on this folder")
+    return ds, make_split(ds, split, seed), load_arrays(ds, size=size, progress=False)
+
+
 def segmented_twin(path: Path) -> Path:
     """The dataset authors' segmentation of an original image: same class folder and name under segmented/."""
     parts = list(path.parts)

@@ -216,7 +216,7 @@ def evaluate_model(
         ValueError: the data differ from the training data, or the requested split/seed is not the one the model was
             trained with (its test images could then be training images: a leaked, meaningless score).
     """
-    from .data import discover, load_arrays, make_split
+    from .data import reproduce_split
 
     prov = model_provenance(model_path)
     split = split or prov["split"]
@@ -226,14 +226,9 @@ def evaluate_model(
             f"the model was trained on the {prov['split']} split with seed {prov['seed']}; scoring it on the "
             f"{split} split (seed {seed}) would count training images as held out. Evaluate a model trained on that split."
         )
-    ds = discover(data)
-    if ds.fingerprint != prov["fingerprint"]:
-        raise ValueError(
-            f"data fingerprint {ds.fingerprint} differs from the model's training data ({prov['fingerprint']}): "
-            "the split cannot be reproduced on this folder"
-        )
-    idx = make_split(ds, split, seed)[part]
-    images = load_arrays(ds, size=prov["image_size"], progress=False)[idx]
+    ds, parts, images = reproduce_split(data, prov["fingerprint"], split, seed, prov["image_size"])
+    idx = parts[part]
+    images = images[idx]
     if Path(model_path).suffix == ".pt":
         probs = model_probabilities(model_path, images)
         metrics = compute_metrics(ds.labels[idx], probs)

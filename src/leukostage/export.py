@@ -261,9 +261,16 @@ def fit_domain(train_embeddings: np.ndarray, val_embeddings: np.ndarray) -> tupl
     return mean, best[1], best[2]
 
 
-def fit_served_decision(onnx_path: str | Path, labels: np.ndarray, split: dict, images: np.ndarray,
+def val_test_outputs(onnx_path: str | Path, images: np.ndarray, split: dict) -> dict[str, np.ndarray]:
+    """Every output of the exported file, exactly as it will be served, for the val part then the test part (one
+    ONNX Runtime session scores both)."""
+    return onnx_outputs(onnx_path, images[np.concatenate([split["val"], split["test"]])].astype(np.float32) / 255.0)
+
+
+def fit_served_decision(outputs: dict[str, np.ndarray], labels: np.ndarray, split: dict,
                         split_name: str) -> tuple[dict, dict, dict | None]:
-    """The decisions' thresholds, chosen on the val part, and the test part's metrics: all from the file as served.
+    """The decisions' thresholds, chosen on the val part, and the test part's metrics, from the served file's
+    outputs for the val part then the test part (:func:`val_test_outputs`).
 
     The uncertainty threshold is the smallest meeting the target selective accuracy; the domain threshold (where the
     graph has a domain score) is the largest val score, so every in-domain val image passes. The test part is scored
@@ -272,9 +279,6 @@ def fit_served_decision(onnx_path: str | Path, labels: np.ndarray, split: dict, 
     """
     from .evaluate import compute_metrics, decision_metrics
 
-    # one ONNX Runtime session scores both parts: the exported file, exactly as it will be served
-    both = images[np.concatenate([split["val"], split["test"]])].astype(np.float32) / 255.0
-    outputs = onnx_outputs(onnx_path, both)
     n_val = len(split["val"])
     val_probs, test_probs = outputs["probabilities"][:n_val], outputs["probabilities"][n_val:]
     decision = {"uncertain_below": choose_uncertain_threshold(labels[split["val"]], val_probs),
@@ -346,7 +350,7 @@ def export_model(checkpoint: str | Path, out: str | Path, name: str | None = Non
         ValueError: ``data`` or a ``metrics_files`` report is not the data the model was trained on (fingerprint
             mismatch).
     """
-    from .data import discover, load_arrays, make_split
+    from .data import reproduce_split
     from .train import load_checkpoint, to_input
 
     model, ckpt = load_checkpoint(checkpoint)
@@ -360,11 +364,7 @@ def export_model(checkpoint: str | Path, out: str | Path, name: str | None = Non
     if data is None:
         out = export_onnx(model, out, size)
     else:
-        ds = discover(data)
-        if ds.fingerprint != meta["fingerprint"]:
-            raise ValueError(f"data fingerprint {ds.fingerprint} is not the model's training data ({meta['fingerprint']})")
-        split = make_split(ds, meta["split"], meta["seed"])
-        images = load_arrays(ds, size=size, progress=False)
+        ds, split, images = reproduce_split(data, meta["fingerprint"], meta["split"], meta["seed"], size)
         x_val, y_val = images[split["val"]], ds.labels[split["val"]]
         with torch.no_grad():
             logits_val = torch.cat([model(to_input(x_val[i : i + 64])) for i in range(0, len(x_val), 64)]).numpy()
@@ -379,7 +379,7 @@ def export_model(checkpoint: str | Path, out: str | Path, name: str | None = Non
             domain = (mean, whitening)
         out = export_onnx(model, out, size, temperature=temperature, domain=domain)
         decision, metrics[f"{meta['split']}_test"], served_domain = fit_served_decision(
-            out, ds.labels, split, images, meta["split"])
+            val_test_outputs(out, images, split), ds.labels, split, meta["split"])
         if domain is not None:
             domain_card = {
                 "output": DOMAIN_OUTPUT, "threshold": served_domain["threshold"],

@@ -110,13 +110,10 @@ def quantize_model(model: str | Path, out: str | Path, data: str | Path, name: s
             data the model was trained on (fingerprint mismatch).
         FileNotFoundError: the model's card is missing.
     """
-    from .data import discover, load_arrays, make_split
-    from .export import (
-        copied_metrics,
-        external_summaries,
-        fit_served_decision,
-        onnx_outputs,
-    )
+    import onnxruntime
+
+    from .data import reproduce_split
+    from .export import copied_metrics, external_summaries, fit_served_decision, onnx_outputs, val_test_outputs
 
     model, out = Path(model), Path(out)
     if model.resolve() == out.resolve():
@@ -131,19 +128,17 @@ def quantize_model(model: str | Path, out: str | Path, data: str | Path, name: s
         raise ValueError(f"{model} is a {arch!r} model; int8 quantisation supports {', '.join(QUANTISABLE_ARCHS)}")
     training = card["training"]
     copied = copied_metrics(metrics_files or [], training["data_fingerprint"])  # refused before any work is done
-    ds = discover(data)
-    if ds.fingerprint != training["data_fingerprint"]:
-        raise ValueError(f"data fingerprint {ds.fingerprint} is not the model's training data "
-                         f"({training['data_fingerprint']})")
-    split = make_split(ds, training["split"], training["seed"])
-    images = load_arrays(ds, size=card["architecture"]["image_size"], progress=False)
+    ds, split, images = reproduce_split(data, training["data_fingerprint"], training["split"], training["seed"],
+                                        card["architecture"]["image_size"])
     out.parent.mkdir(parents=True, exist_ok=True)
     nodes = quantize_onnx(model, out, images[split["train"]])
 
-    decision, test_metrics, served_domain = fit_served_decision(out, ds.labels, split, images, training["split"])
-    x_val = images[split["val"]].astype(np.float32) / 255.0
+    outputs = val_test_outputs(out, images, split)
+    decision, test_metrics, served_domain = fit_served_decision(outputs, ds.labels, split, training["split"])
+    n_val = len(split["val"])
+    reference = onnx_outputs(model, images[split["val"]].astype(np.float32) / 255.0)
     thresholds = (card["domain"]["threshold"], served_domain["threshold"]) if served_domain else None
-    moved = agreement(onnx_outputs(model, x_val), onnx_outputs(out, x_val), thresholds)
+    moved = agreement(reference, {name: values[:n_val] for name, values in outputs.items()}, thresholds)
 
     card.update(name=name or out.stem, version=__version__,
                 created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -157,8 +152,6 @@ def quantize_model(model: str | Path, out: str | Path, data: str | Path, name: s
     card.pop("external", None)
     if external_files:
         card["external"] = external_summaries(external_files)
-    import onnxruntime
-
     card["versions"] = {**card.get("versions", {}), "onnxruntime": onnxruntime.__version__}  # the quantiser's
     card["quantization"] = {
         "method": "static QDQ (onnxruntime.quantization): weights int8 per output channel, activations uint8 per "
