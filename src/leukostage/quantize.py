@@ -35,14 +35,18 @@ CALIBRATION_BATCH = 32
 QUANTISABLE_ARCHS = ("lite0",)
 
 
-def body_nodes(graph) -> list[str]:
-    """Names of the backbone's convolutions, clips and adds in an (optimised) exported graph."""
-    return [n.name for n in graph.node if n.op_type in BODY_OPS and n.name.startswith(BODY_PREFIXES)]
+def body_nodes(graph, ops: tuple[str, ...] = BODY_OPS) -> list[str]:
+    """Names of the backbone's nodes of type ``ops`` in an (optimised) exported graph."""
+    return [n.name for n in graph.node if n.op_type in ops and n.name.startswith(BODY_PREFIXES)]
 
 
-def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: np.ndarray) -> list[str]:
+def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: np.ndarray,
+                  ops: tuple[str, ...] = BODY_OPS, **options) -> list[str]:
     """Write the int8 (QDQ) version of ``float_path``; ``calibration`` is (N, H, W, 3) uint8 images (scaled to the
     model's [0, 1] input a batch at a time: the whole training part in float32 would take 1 GB).
+
+    ``ops`` and ``options`` (keyword arguments of onnxruntime's ``quantize_static``, e.g. ``reduce_range``) replace
+    the shipped settings, to compare others (experiments/quantization_variants.py).
 
     Returns the names of the nodes quantised.
 
@@ -73,14 +77,14 @@ def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: np.
         prepared = Path(tmp) / "prepared.onnx"
         # ONNX Runtime's own graph optimisation first: BatchNorm folded into the convolutions, constants folded
         quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
-        nodes = body_nodes(onnx.load(str(prepared)).graph)
+        nodes = body_nodes(onnx.load(str(prepared)).graph, ops)
         if not nodes:
             raise ValueError(f"{float_path} has no backbone nodes ({', '.join(BODY_PREFIXES)}) to quantise; only "
                              f"{', '.join(QUANTISABLE_ARCHS)} exports can be quantised")
-        quantize_static(str(prepared), str(out_path), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=list(BODY_OPS), nodes_to_quantize=nodes,
-                        calibrate_method=CalibrationMethod.MinMax)
+        settings = {"quant_format": QuantFormat.QDQ, "per_channel": True, "activation_type": QuantType.QUInt8,
+                    "weight_type": QuantType.QInt8, "calibrate_method": CalibrationMethod.MinMax, **options}
+        quantize_static(str(prepared), str(out_path), Batches(), op_types_to_quantize=list(ops),
+                        nodes_to_quantize=nodes, **settings)
     return nodes
 
 
