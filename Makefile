@@ -8,7 +8,7 @@ PORT ?= 8000
 LEUKOSTAGE_DATA ?= $(abspath ../shared/data)
 export LEUKOSTAGE_DATA
 
-.PHONY: setup run test bench clean browser postgres
+.PHONY: setup run test lint bench clean browser postgres
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,14 @@ run: setup
 	$(BIN)/leukostage db upgrade
 	$(BIN)/leukostage serve --host $(HOST) --port $(PORT)
 
-test: setup browser postgres
+# The house rules a machine checks: lint and format (ruff), and the import contracts in pyproject.toml
+# (only the CLI imports training/, nothing outside training/ imports torch, no import circles).
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+test: setup browser postgres lint
 	$(BIN)/python -m pytest -q
 
 bench: setup

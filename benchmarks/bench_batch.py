@@ -7,6 +7,7 @@ change in the machine's other load hits them alike), local pool start-up include
 
     python benchmarks/bench_batch.py [--images 1000] [--workers N] [--repeats 3] [--dask] [--json out.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from leukostage.batch import BatchConfig, run_batch
 from leukostage.cores import cpu_count, threads_per_worker
-from leukostage.data import default_data_dir
+from leukostage.training.data import default_data_dir
 
 
 def archive(folder: Path, n: int) -> Path:
@@ -59,8 +60,10 @@ def dask_rates(root: Path, tmp: Path, repeats: int, workers: int) -> dict[int, t
     whole measurement (cluster start-up excluded: a cluster is started once and serves many batches)."""
     from distributed import LocalCluster
 
-    clusters = {n: LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                host="127.0.0.1") for n in sorted({1, workers})}
+    clusters = {
+        n: LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0", host="127.0.0.1")
+        for n in sorted({1, workers})
+    }
     try:
         engines = {n: {"scheduler": c.scheduler_address} for n, c in clusters.items()}
         alternating(root, tmp, 1, engines)  # warm: each worker's plugin loads the model
@@ -84,19 +87,32 @@ def main() -> None:
         # the issue's comparison (threads = cores / workers: one worker gets every core), and one worker held to
         # the many workers' thread count, which shows how the pool itself scales
         single = threads_per_worker(args.workers)
-        local = alternating(root, tmp, args.repeats, {
-            "one": {"workers": 1}, "one_thin": {"workers": 1, "threads_per_worker": single},
-            "many": {"workers": args.workers}})
+        local = alternating(
+            root,
+            tmp,
+            args.repeats,
+            {
+                "one": {"workers": 1},
+                "one_thin": {"workers": 1, "threads_per_worker": single},
+                "many": {"workers": args.workers},
+            },
+        )
         (one, start_one), (thin, _), (many, start_many) = local["one"], local["one_thin"], local["many"]
         results = {
-            "local": {"images_per_second_1_worker": round(one, 1),
-                      f"images_per_second_{args.workers}_workers": round(many, 1),
-                      "speedup": round(many / one, 2),
-                      f"images_per_second_1_worker_{single}_threads": round(thin, 1),
-                      f"speedup_over_1_worker_{single}_threads": round(many / thin, 2),
-                      "seconds_to_first_chunk": {"1_worker": start_one, f"{args.workers}_workers": start_many}},
-            "setup": {"images": args.images, "repeats": args.repeats, "cores": cpu_count(),
-                      "input": "224x224 JPEG (Taleqani), read + hash + decode + validate + infer + write JSONL"},
+            "local": {
+                "images_per_second_1_worker": round(one, 1),
+                f"images_per_second_{args.workers}_workers": round(many, 1),
+                "speedup": round(many / one, 2),
+                f"images_per_second_1_worker_{single}_threads": round(thin, 1),
+                f"speedup_over_1_worker_{single}_threads": round(many / thin, 2),
+                "seconds_to_first_chunk": {"1_worker": start_one, f"{args.workers}_workers": start_many},
+            },
+            "setup": {
+                "images": args.images,
+                "repeats": args.repeats,
+                "cores": cpu_count(),
+                "input": "224x224 JPEG (Taleqani), read + hash + decode + validate + infer + write JSONL",
+            },
         }
         if args.dask:
             rates = dask_rates(root, tmp, args.repeats, args.workers)
@@ -104,7 +120,8 @@ def main() -> None:
             results["dask_local_cluster"] = {f"images_per_second_{n}_workers": round(r, 1) for n, r in dask.items()}
             results["dask_local_cluster"]["speedup"] = round(dask[args.workers] / dask[1], 2)
             results["dask_local_cluster"]["added_by_each_worker"] = round(
-                (dask[args.workers] - dask[1]) / max(1, args.workers - 1), 1)
+                (dask[args.workers] - dask[1]) / max(1, args.workers - 1), 1
+            )
     print(json.dumps(results, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

@@ -8,12 +8,14 @@ stopped at the end; --url measures a server that is already running. Each reques
 sync workers close after every response). The image is one the validator accepts, so every request runs the model.
 Other load on the machine (e.g. a training job) slows every number: the report includes the load average.
 
-    python benchmarks/bench_http.py [--models OLD.onnx NEW.onnx] [--rounds 3] [--workers N] [--seconds 10] [--json out.json]
+    python benchmarks/bench_http.py [--models OLD.onnx NEW.onnx] [--rounds 3] [--workers N] [--seconds 10]
+                                    [--json out.json]
 
 With several models, each round starts one server per model in turn (the same image, the same phases), so the
 models meet the same machine load; every number is the median over the rounds, and each model after the first
 gets its p50 ratio to the first.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,11 +34,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import cv2
-
-from leukostage.data import default_data_dir
-from leukostage.predict import default_model_path
-from leukostage.cores import cpu_count
 from timing import report  # benchmarks/timing.py
+
+from leukostage.cores import cpu_count
+from leukostage.predict import default_model_path
+from leukostage.training.data import default_data_dir
 
 TARGET_P50_MS = 15.0  # issue 9: HTTP /predict p50 for a 224x224 JPEG on the 2-core machine
 TARGET_RPS = 80.0
@@ -55,8 +57,14 @@ def sample_jpeg(data_dir: Path) -> list[tuple[bytes, str]]:
 
 def multipart(data: bytes) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="smear.jpg"\r\n'
-            f"Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="smear.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, f"multipart/form-data; boundary={boundary}"
 
 
@@ -79,17 +87,37 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def summary(latencies: list[float]) -> dict:
-    return {"n": len(latencies), "p50_ms": round(percentile(latencies, 50), 2),
-            "p95_ms": round(percentile(latencies, 95), 2), "mean_ms": round(statistics.fmean(latencies), 2)}
+    return {
+        "n": len(latencies),
+        "p50_ms": round(percentile(latencies, 50), 2),
+        "p95_ms": round(percentile(latencies, 95), 2),
+        "mean_ms": round(statistics.fmean(latencies), 2),
+    }
 
 
 def start_server(model: str, workers: int) -> tuple[subprocess.Popen, int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "leukostage.cli", "serve", "--host", "127.0.0.1", "--port",
-                             str(port), "--workers", str(workers), "--model", model],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "leukostage.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--model",
+            model,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -163,8 +191,13 @@ def concurrent(host: str, port: int, body: bytes, ctype: str, seconds: float, cl
     for t in threads:
         t.join()
     elapsed = time.monotonic() - t0
-    return {"clients": clients, "seconds": round(elapsed, 2), "requests_per_s": round(len(latencies) / elapsed, 1),
-            "failures": len(failures), **summary(latencies)}
+    return {
+        "clients": clients,
+        "seconds": round(elapsed, 2),
+        "requests_per_s": round(len(latencies) / elapsed, 1),
+        "failures": len(failures),
+        **summary(latencies),
+    }
 
 
 def measure_server(host: str, port: int, body: bytes, ctype: str, args, proc) -> dict:
@@ -208,8 +241,12 @@ def median_of(runs: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=[str(default_model_path())],
-                        help="ONNX models, measured in alternating rounds; the first is the baseline")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=[str(default_model_path())],
+        help="ONNX models, measured in alternating rounds; the first is the baseline",
+    )
     parser.add_argument("--model", default=None, help="one model (same as --models M)")
     parser.add_argument("--rounds", type=int, default=1, help="rounds per model; each number is their median")
     parser.add_argument("--workers", type=int, default=None, help="gunicorn workers (default: cores)")
@@ -226,7 +263,7 @@ def main() -> None:
     load_before = os.getloadavg()
     runs: dict[str, list[dict]] = {m: [] for m in models}
     for _ in range(args.rounds):
-        for model in (models if not args.url else models[:1]):
+        for model in models if not args.url else models[:1]:
             proc = None
             if args.url:
                 parts = urlsplit(args.url)
@@ -242,16 +279,23 @@ def main() -> None:
                     stop_server(proc)
     load_after = os.getloadavg()
     per_model = {m: median_of(r) for m, r in runs.items() if r}
-    for m, res in per_model.items():
-        res["targets"] = {"p50_ms": TARGET_P50_MS, "requests_per_s": TARGET_RPS,
-                          "p50_met": res["single"]["p50_ms"] <= TARGET_P50_MS,
-                          "throughput_met": res["concurrent"]["requests_per_s"] >= TARGET_RPS}
+    for res in per_model.values():
+        res["targets"] = {
+            "p50_ms": TARGET_P50_MS,
+            "requests_per_s": TARGET_RPS,
+            "p50_met": res["single"]["p50_ms"] <= TARGET_P50_MS,
+            "throughput_met": res["concurrent"]["requests_per_s"] >= TARGET_RPS,
+        }
     base = per_model[models[0]]
     for m in list(per_model)[1:]:
         per_model[m]["p50_ratio_to_baseline"] = round(per_model[m]["single"]["p50_ms"] / base["single"]["p50_ms"], 3)
     result = {
-        "image": source, "image_bytes": len(data), "cores": cpu_count(), "workers": None if args.url else workers,
-        "rounds": args.rounds, "baseline": models[0],
+        "image": source,
+        "image_bytes": len(data),
+        "cores": cpu_count(),
+        "workers": None if args.url else workers,
+        "rounds": args.rounds,
+        "baseline": models[0],
         "loadavg_1m_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
         "models": per_model,
     }

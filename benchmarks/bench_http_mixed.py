@@ -7,6 +7,7 @@ and as a ratio to the baseline (which cancels most of the machine's other load).
 
     python benchmarks/bench_http_mixed.py [--requests 1000] [--clients 16] [--repeats 3] [--json out.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from leukostage.data import default_data_dir
 from leukostage.predict import default_model_path
+from leukostage.training.data import default_data_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_http import start_server, stop_server  # noqa: E402
@@ -36,12 +37,19 @@ FORMER_BUDGET_S = 50.0  # what test_web_robustness asserted before issue 12
 
 def post(port: int, data: bytes) -> int:
     boundary = uuid.uuid4().hex
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
-        conn.request("POST", "/predict", body=body,
-                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        conn.request(
+            "POST", "/predict", body=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        )
         response = conn.getresponse()
         response.read()
         return response.status
@@ -72,6 +80,7 @@ def inputs(port: int, data_dir: Path) -> dict[str, bytes]:
 
 def run(port: int, bodies: list[bytes], clients: int) -> tuple[float, int]:
     """Wall seconds for all bodies from ``clients`` threads, and how many answers were 5xx or failed."""
+
     def one(data: bytes) -> bool:
         try:
             return post(port, data) >= 500
@@ -114,12 +123,16 @@ def main() -> None:
         stop_server(proc)
     med = {k: statistics.median(v) for k, v in walls.items()}
     result = {
-        "requests": len(mixed), "clients": args.clients, "repeats": args.repeats, "workers": 2,
+        "requests": len(mixed),
+        "clients": args.clients,
+        "repeats": args.repeats,
+        "workers": 2,
         "loadavg_1m": round(os.getloadavg()[0], 2),
         "median_wall_s": {k: round(v, 2) for k, v in med.items()},
         "median_requests_per_s": {k: round(len(mixed) / v, 1) for k, v in med.items()},
         "mixed_over_valid_only": round(med["mixed"] / med["valid_only"], 3),
-        "former_test_budget_s": FORMER_BUDGET_S, "mixed_within_former_budget": med["mixed"] < FORMER_BUDGET_S,
+        "former_test_budget_s": FORMER_BUDGET_S,
+        "mixed_within_former_budget": med["mixed"] < FORMER_BUDGET_S,
         "5xx_or_failed": failures,
     }
     report(result, args.json)

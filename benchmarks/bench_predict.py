@@ -9,6 +9,7 @@ given too.
 
     python benchmarks/bench_predict.py [--models OLD.onnx NEW.onnx] [--repeats 100] [--rounds 3] [--json out.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,11 +19,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from timing import median_ms, report  # benchmarks/timing.py
 
-from leukostage.data import default_data_dir
 from leukostage.imaging import decode_image, preprocess
 from leukostage.predict import Predictor, default_model_path
-from timing import median_ms, report  # benchmarks/timing.py
+from leukostage.training.data import default_data_dir
 
 TARGET_BATCH32_IMG_S = 200.0
 TARGET_MODEL_MB = 25.0
@@ -44,10 +45,12 @@ def measure(path: str, data: bytes, repeats: int, batch_repeats: int) -> dict:
     size = one_thread.image_size
     batch32 = np.repeat(preprocess(decode_image(data), size)[None], 32, axis=0)
     return {
-        "latency_ms_batch1_1thread": median_ms(lambda: one_thread.run_decision(
-            preprocess(decode_image(data), size)[None]), repeats),
-        "latency_ms_batch1_all_threads": median_ms(lambda: all_threads.run_decision(
-            preprocess(decode_image(data), size)[None]), repeats),
+        "latency_ms_batch1_1thread": median_ms(
+            lambda: one_thread.run_decision(preprocess(decode_image(data), size)[None]), repeats
+        ),
+        "latency_ms_batch1_all_threads": median_ms(
+            lambda: all_threads.run_decision(preprocess(decode_image(data), size)[None]), repeats
+        ),
         "throughput_img_s_batch32": 32_000 / median_ms(lambda: all_threads.run_decision(batch32), batch_repeats, 2),
     }
 
@@ -57,7 +60,7 @@ def torch_latency(path: str, data: bytes, repeats: int) -> float | None:
     try:
         import torch
 
-        from leukostage.model import build_model, config_from_dict
+        from leukostage.training.model import build_model, config_from_dict
     except ImportError:
         return None
     card = Predictor.load(path).card
@@ -73,8 +76,12 @@ def torch_latency(path: str, data: bytes, repeats: int) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=[str(default_model_path())],
-                        help="ONNX models; the first is the baseline the others are compared with")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=[str(default_model_path())],
+        help="ONNX models; the first is the baseline the others are compared with",
+    )
     parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--batch-repeats", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; each number is their median")
@@ -92,15 +99,22 @@ def main() -> None:
         results[m]["model_mb"] = round(Path(m).stat().st_size / 1e6, 2)
         t = torch_latency(m, data, max(10, args.repeats // 4))
         results[m]["torch_latency_ms_batch1"] = None if t is None else round(t, 2)
-        results[m]["targets_met"] = {"batch32_img_s": results[m]["throughput_img_s_batch32"] >= TARGET_BATCH32_IMG_S,
-                                     "model_mb": results[m]["model_mb"] <= TARGET_MODEL_MB}
+        results[m]["targets_met"] = {
+            "batch32_img_s": results[m]["throughput_img_s_batch32"] >= TARGET_BATCH32_IMG_S,
+            "model_mb": results[m]["model_mb"] <= TARGET_MODEL_MB,
+        }
     base = results[args.models[0]]
     for m in args.models[1:]:
         results[m]["ratio_to_baseline"] = {k: round(results[m][k] / base[k], 3) for k in rounds[m][0]}
-    results["setup"] = {"baseline": args.models[0], "repeats": args.repeats, "rounds": args.rounds,
-                        "cores": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2),
-                        "input": "one 224x224 Taleqani JPEG: decode + preprocess (to each model's input side) + "
-                                 "inference (probabilities and, where the model has one, the domain score)"}
+    results["setup"] = {
+        "baseline": args.models[0],
+        "repeats": args.repeats,
+        "rounds": args.rounds,
+        "cores": os.cpu_count(),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+        "input": "one 224x224 Taleqani JPEG: decode + preprocess (to each model's input side) + "
+        "inference (probabilities and, where the model has one, the domain score)",
+    }
     report(results, args.json)
 
 

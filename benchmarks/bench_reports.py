@@ -6,21 +6,23 @@ The PDF without overlays is the baseline in the same run: the ratio says what th
 
     python benchmarks/bench_reports.py [--fields 80] [--repeats 5] [--json out.json]
 """
+
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
 
+from timing import median_ms  # benchmarks/timing.py
+
 from leukostage.cases.rule import summarise
-from leukostage.data import default_data_dir
 from leukostage.explain import explain_image, overlay, png_bytes
 from leukostage.imaging import decode_image
 from leukostage.predict import Predictor, analyse_bytes
 from leukostage.reports.csv import case_csv
 from leukostage.reports.fhir import case_bundle
 from leukostage.reports.pdf import case_pdf
-from timing import median_ms  # benchmarks/timing.py
+from leukostage.training.data import default_data_dir
 
 
 def make_case(predictor: Predictor, n: int) -> tuple[dict, dict[str, bytes]]:
@@ -34,14 +36,34 @@ def make_case(predictor: Predictor, n: int) -> tuple[dict, dict[str, bytes]]:
         data = path.read_bytes()
         sha = hashlib.sha256(data).hexdigest()
         store[sha] = data
-        images.append({"image_id": i + 1, "sha256": sha, "filename": path.name, "uploaded_at": "2026-11-26T10:00:00Z",
-                       "uploaded_by": "tech", "width": 224, "height": 224,
-                       "result": analyse_bytes(data, path.name, predictor).result, "override": None})
-    case = {"id": 1, "accession": "BENCH-1", "patient_ref": "Patient/bench", "note": None, "status": "signed_off",
-            "created_at": "2026-11-26T10:00:00Z", "created_by": "tech", "updated_at": "2026-11-26T11:00:00Z",
-            "model": predictor.info, "images": images, "summary": summarise([i["result"] for i in images]),
-            "review": {"final_call": "mid", "comment": "", "reviewer": "rev", "signed_off_at": "2026-11-26T11:00:00Z"},
-            "amendments": []}
+        images.append(
+            {
+                "image_id": i + 1,
+                "sha256": sha,
+                "filename": path.name,
+                "uploaded_at": "2026-11-26T10:00:00Z",
+                "uploaded_by": "tech",
+                "width": 224,
+                "height": 224,
+                "result": analyse_bytes(data, path.name, predictor).result,
+                "override": None,
+            }
+        )
+    case = {
+        "id": 1,
+        "accession": "BENCH-1",
+        "patient_ref": "Patient/bench",
+        "note": None,
+        "status": "signed_off",
+        "created_at": "2026-11-26T10:00:00Z",
+        "created_by": "tech",
+        "updated_at": "2026-11-26T11:00:00Z",
+        "model": predictor.info,
+        "images": images,
+        "summary": summarise([i["result"] for i in images]),
+        "review": {"final_call": "mid", "comment": "", "reviewer": "rev", "signed_off_at": "2026-11-26T11:00:00Z"},
+        "amendments": [],
+    }
     return case, store
 
 
@@ -63,8 +85,9 @@ def main() -> None:
     results = {
         "fields": args.fields,
         "pdf_ms": median_ms(lambda: case_pdf(case, predictor.card, store.__getitem__, gradcam), args.repeats, 1),
-        "pdf_no_overlays_ms": median_ms(lambda: case_pdf(case, predictor.card, store.__getitem__, lambda d: None),
-                                        args.repeats, 1),
+        "pdf_no_overlays_ms": median_ms(
+            lambda: case_pdf(case, predictor.card, store.__getitem__, lambda d: None), args.repeats, 1
+        ),
         "pdf_bytes": pdf_size,
         "fhir_ms": median_ms(lambda: case_bundle(case, predictor.card), args.repeats * 4, 2),
         "csv_ms": median_ms(lambda: case_csv(case), args.repeats * 4, 2),

@@ -13,6 +13,7 @@ tested, because they depend on the machine and its load.
 
     python benchmarks/bench_validate.py [--repeats 300] [--threads N] [--json out.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,11 +23,11 @@ import platform
 
 import cv2
 import numpy as np
-
-from leukostage.data import default_data_dir
-from leukostage.imaging import decode_image
-from leukostage.validate import validate_bytes, validate_image
 from timing import median_ms  # benchmarks/timing.py
+
+from leukostage.imaging import decode_image
+from leukostage.training.data import default_data_dir
+from leukostage.validate import validate_bytes, validate_image
 
 
 def sample_jpeg() -> bytes:
@@ -72,14 +73,20 @@ def main() -> None:
         "default_vs_paper": round(ms["default"] / ms["paper"], 2),
         "default_vs_cvtColor": round(ms["default"] / ms["cvtColor"], 2),
         "target_ms": 5.0,
-        "machine": {"cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
-                    "python": platform.python_version(), "opencv": cv2.__version__,
-                    "opencv_threads": cv2.getNumThreads()},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "load_avg_1m": round(os.getloadavg()[0], 2),
+            "python": platform.python_version(),
+            "opencv": cv2.__version__,
+            "opencv_threads": cv2.getNumThreads(),
+        },
     }
     for k, v in ms.items():
         print(f"{k:>15}: {v:7.3f} ms")
-    print(f"default / paper = {result['default_vs_paper']}x, default / cvtColor = {result['default_vs_cvtColor']}x "
-          f"(target: default <= 5 ms)")
+    print(
+        f"default / paper = {result['default_vs_paper']}x, default / cvtColor = {result['default_vs_cvtColor']}x "
+        f"(target: default <= 5 ms)"
+    )
     print(json.dumps(result, indent=2))
     if args.json:
         with open(args.json, "w") as fh:

@@ -1,9 +1,10 @@
 """Shared timing helper for the benchmark scripts (run them as `python benchmarks/<name>.py`)."""
+
 from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 10) -> float:

@@ -8,6 +8,7 @@ Needs torch (the train extra).
 
     python experiments/colour_norm_cost.py [--model src/leukostage/models/lite0-float.onnx] [--threads 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-
 from gradcam_layers import FLOAT_MODEL, torch_model  # experiments/gradcam_layers.py
-from leukostage.data import default_data_dir, discover, make_split
-from leukostage.export import export_onnx
+
 from leukostage.imaging import load_image
-from leukostage.model import MIN_BACKGROUND_LEVEL, ColourNormalise
 from leukostage.predict import preprocess
+from leukostage.training.data import default_data_dir, discover, make_split
+from leukostage.training.export import export_onnx
+from leukostage.training.model import MIN_BACKGROUND_LEVEL, ColourNormalise
 
 
 def session(path, threads: int, profile_prefix: str | None = None) -> ort.InferenceSession:
@@ -58,7 +59,7 @@ def stride2(self, x: torch.Tensor) -> torch.Tensor:
 
 def timings(path, x: np.ndarray, threads: int) -> dict[str, float]:
     many, one = session(path, threads), session(path, 1)
-    probs = np.concatenate([many.run(["probabilities"], {"image": x[i:i + 32]})[0] for i in range(0, len(x), 32)])
+    probs = np.concatenate([many.run(["probabilities"], {"image": x[i : i + 32]})[0] for i in range(0, len(x), 32)])
     batch = []
     for _ in range(5):
         t = time.perf_counter()
@@ -69,8 +70,11 @@ def timings(path, x: np.ndarray, threads: int) -> dict[str, float]:
         t = time.perf_counter()
         one.run(["probabilities"], {"image": x[:1]})
         single.append(time.perf_counter() - t)
-    return {"probs": probs, "batch32_img_s": round(32 / float(np.median(batch)), 1),
-            "batch1_1thread_ms": round(1000 * float(np.median(single)), 2)}
+    return {
+        "probs": probs,
+        "batch32_img_s": round(32 / float(np.median(batch)), 1),
+        "batch1_1thread_ms": round(1000 * float(np.median(single)), 2),
+    }
 
 
 def main() -> None:
@@ -96,10 +100,21 @@ def main() -> None:
         finally:
             ColourNormalise.forward = shipped_forward
     p, q = exact.pop("probs"), fast.pop("probs")
-    print(json.dumps({"model": args.model, "threads": args.threads, "kernel_time_share_percent": shares,
-                      "percentile_every_pixel": exact, "percentile_stride_2": fast,
-                      "val_images": len(idx), "max_abs_probability_change": round(float(np.abs(p - q).max()), 5),
-                      "val_label_changes": int((p.argmax(1) != q.argmax(1)).sum())}, indent=2))
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "threads": args.threads,
+                "kernel_time_share_percent": shares,
+                "percentile_every_pixel": exact,
+                "percentile_stride_2": fast,
+                "val_images": len(idx),
+                "max_abs_probability_change": round(float(np.abs(p - q).max()), 5),
+                "val_label_changes": int((p.argmax(1) != q.argmax(1)).sum()),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

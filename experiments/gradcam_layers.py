@@ -7,6 +7,7 @@ the audit's (segmented twins, ratio of means).
 
     python experiments/gradcam_layers.py [--model src/leukostage/models/lite0-float.onnx] [--part val]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,15 +18,21 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from leukostage.audit import heat_mass_share, load_mask
-from leukostage.data import default_data_dir, discover, make_split
 from leukostage.explain import upsample
 from leukostage.imaging import load_image
-from leukostage.model import build_model, config_from_dict
 from leukostage.predict import MODELS_DIR, card_path_for, preprocess
+from leukostage.training.audit import heat_mass_share, load_mask
+from leukostage.training.data import default_data_dir, discover, make_split
+from leukostage.training.model import build_model, config_from_dict
 
-LAYERS = {"block 7 (14x14)": "blocks.7", "block 10 (14x14)": "blocks.10", "block 13 (7x7)": "blocks.13",
-          "block 14 (7x7)": "blocks.14", "block 15 (7x7)": "blocks.15", "conv head (7x7, served)": "conv_head"}
+LAYERS = {
+    "block 7 (14x14)": "blocks.7",
+    "block 10 (14x14)": "blocks.10",
+    "block 13 (7x7)": "blocks.13",
+    "block 14 (7x7)": "blocks.14",
+    "block 15 (7x7)": "blocks.15",
+    "conv head (7x7, served)": "conv_head",
+}
 FLOAT_MODEL = MODELS_DIR / "lite0-float.onnx"  # the served lite0.onnx is its int8 version: no torch weights in it
 
 
@@ -34,8 +41,10 @@ def torch_model(path):
     card = json.loads(card_path_for(path).read_text())
     model = build_model(config_from_dict(card["architecture"]))
     weights = {i.name.removeprefix("model."): numpy_helper.to_array(i) for i in onnx.load(path).graph.initializer}
-    model.load_state_dict({k: torch.from_numpy(weights[k].copy()) for k in model.state_dict()
-                           if not k.endswith("num_batches_tracked")}, strict=False)
+    model.load_state_dict(
+        {k: torch.from_numpy(weights[k].copy()) for k in model.state_dict() if not k.endswith("num_batches_tracked")},
+        strict=False,
+    )
     return model.eval(), card
 
 
@@ -50,10 +59,12 @@ def main() -> None:
     idx = make_split(ds, card["training"]["split"], card["training"]["seed"])[args.part]
     modules = dict(model.named_modules())
     acts: dict[str, torch.Tensor] = {}
+
     def keep(name: str):
         def hook(module, inputs, output) -> None:  # returning None keeps the output as it is
             output.retain_grad()
             acts[name] = output
+
         return hook
 
     for name, key in LAYERS.items():
@@ -78,8 +89,18 @@ def main() -> None:
         m = np.array(values)
         ok = ~np.isnan(m)
         result[name] = round(float(m[ok].mean() / areas[ok].mean()), 3)
-    print(json.dumps({"model": args.model, "split": card["training"]["split"], "part": args.part, "n": len(idx),
-                      "gradcam_mass_on_cells_over_area_share": result}, indent=2))
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "split": card["training"]["split"],
+                "part": args.part,
+                "n": len(idx),
+                "gradcam_mass_on_cells_over_area_share": result,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ speed). Everything on the validation part of the float model's own split; nothin
 
     python experiments/quantization_variants.py [--model src/leukostage/models/lite0-float.onnx] [--threads 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from gradcam_layers import FLOAT_MODEL  # experiments/gradcam_layers.py
 from onnxruntime.quantization import QuantType
 
-from gradcam_layers import FLOAT_MODEL  # experiments/gradcam_layers.py
-from leukostage.data import default_data_dir, reproduce_split
 from leukostage.domain import DOMAIN_OUTPUT
 from leukostage.predict import card_path_for, session_options
-from leukostage.quantize import quantize_onnx
+from leukostage.training.data import default_data_dir, reproduce_split
+from leukostage.training.quantize import quantize_onnx
 
 VARIANTS = {
     "backbone convolutions, clips and adds (shipped)": {},
@@ -40,7 +41,7 @@ def outputs_and_timings(path, x: np.ndarray, threads: int, exact_int8: bool | No
     many = ort.InferenceSession(str(path), session_options(threads, exact_int8), providers=["CPUExecutionProvider"])
     one = ort.InferenceSession(str(path), session_options(1, exact_int8), providers=["CPUExecutionProvider"])
     names = ["probabilities", "features", DOMAIN_OUTPUT]
-    parts = [many.run(names, {"image": x[i:i + 32]}) for i in range(0, len(x), 32)]
+    parts = [many.run(names, {"image": x[i : i + 32]}) for i in range(0, len(x), 32)]
     outputs = {name: np.concatenate([p[j] for p in parts]) for j, name in enumerate(names)}
     batch, single = [], []
     for _ in range(5):
@@ -49,20 +50,26 @@ def outputs_and_timings(path, x: np.ndarray, threads: int, exact_int8: bool | No
         batch.append(time.perf_counter() - t)
     for i in range(30):
         t = time.perf_counter()
-        one.run(["probabilities"], {"image": x[i:i + 1]})
+        one.run(["probabilities"], {"image": x[i : i + 1]})
         single.append(time.perf_counter() - t)
-    return outputs, {"batch32_img_s": round(32 / float(np.median(batch)), 1),
-                     "batch1_1thread_ms": round(1000 * float(np.median(single)), 2)}
+    return outputs, {
+        "batch32_img_s": round(32 / float(np.median(batch)), 1),
+        "batch1_1thread_ms": round(1000 * float(np.median(single)), 2),
+    }
 
 
 def moved(ref: dict, got: dict) -> dict:
     p, q = ref["probabilities"], got["probabilities"]
-    return {"max_abs_probability_change": round(float(np.abs(p - q).max()), 4),
-            "top_class_changes": int((p.argmax(1) != q.argmax(1)).sum()),
-            "median_domain_score_change": round(float(np.median(np.abs(got[DOMAIN_OUTPUT] - ref[DOMAIN_OUTPUT])
-                                                                 / ref[DOMAIN_OUTPUT])), 4),
-            "gradcam_layer_correlation": round(float(np.corrcoef(ref["features"].ravel(),
-                                                                 got["features"].ravel())[0, 1]), 4)}
+    return {
+        "max_abs_probability_change": round(float(np.abs(p - q).max()), 4),
+        "top_class_changes": int((p.argmax(1) != q.argmax(1)).sum()),
+        "median_domain_score_change": round(
+            float(np.median(np.abs(got[DOMAIN_OUTPUT] - ref[DOMAIN_OUTPUT]) / ref[DOMAIN_OUTPUT])), 4
+        ),
+        "gradcam_layer_correlation": round(
+            float(np.corrcoef(ref["features"].ravel(), got["features"].ravel())[0, 1]), 4
+        ),
+    }
 
 
 def main() -> None:
@@ -73,8 +80,9 @@ def main() -> None:
     args = parser.parse_args()
     card = json.loads(card_path_for(args.model).read_text())
     training = card["training"]
-    _, split, images = reproduce_split(args.data, training["data_fingerprint"], training["split"], training["seed"],
-                                       card["architecture"]["image_size"])
+    _, split, images = reproduce_split(
+        args.data, training["data_fingerprint"], training["split"], training["seed"], card["architecture"]["image_size"]
+    )
     x = images[split["val"]].astype(np.float32) / 255.0
     ref, ref_timing = outputs_and_timings(args.model, x, args.threads)
     report = {"model": args.model, "threads": args.threads, "val_images": len(x), "float": ref_timing, "variants": {}}
@@ -91,9 +99,11 @@ def main() -> None:
             if not options:  # the shipped setting: also with the exact kernels forced on
                 exact, exact_timing = outputs_and_timings(path, x, args.threads, exact_int8=True)
                 report["shipped_with_exact_int8_kernels"] = {
-                    "max_abs_probability_change_from_fast_path": float(np.abs(exact["probabilities"]
-                                                                              - got["probabilities"]).max()),
-                    **exact_timing}
+                    "max_abs_probability_change_from_fast_path": float(
+                        np.abs(exact["probabilities"] - got["probabilities"]).max()
+                    ),
+                    **exact_timing,
+                }
     print(json.dumps(report, indent=2))
 
 

@@ -6,6 +6,7 @@ PostgreSQL comes from Debian's ``postgresql`` package (``make test`` installs it
 loopback port, run as the ``postgres`` user when the tests run as root (initdb refuses root). Missing binaries skip
 the PostgreSQL half locally and fail it under CI=true.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,9 @@ class PgCluster:
         import psycopg
 
         name = f"t_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user={PG_USER} dbname=postgres",
-                             autocommit=True) as conn:
+        with psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user={PG_USER} dbname=postgres", autocommit=True
+        ) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
@@ -65,7 +67,9 @@ def default_instance(tmp_path_factory):
 def pg_cluster():
     bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
     if not bins:
-        message = "PostgreSQL binaries not found under /usr/lib/postgresql (apt-get install postgresql; `make test` does)"
+        message = (
+            "PostgreSQL binaries not found under /usr/lib/postgresql (apt-get install postgresql; `make test` does)"
+        )
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
@@ -79,19 +83,36 @@ def pg_cluster():
             shutil.chown(path, "postgres")
         run_as = ["runuser", "-u", "postgres", "--"]
     port = _free_port()
-    subprocess.run(run_as + [str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", PG_USER, "--no-sync"],
-                   check=True, capture_output=True)
-    subprocess.run(run_as + [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "pg.log"), "-w", "-o",
-                             f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
-                             "start"], check=True, capture_output=True)
+    subprocess.run(
+        run_as + [str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", PG_USER, "--no-sync"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        run_as
+        + [
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(root / "pg.log"),
+            "-w",
+            "-o",
+            f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield PgCluster(port)
     finally:
         from leukostage.cases import db
 
         db.dispose_all()
-        subprocess.run(run_as + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
+        subprocess.run(
+            run_as + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -111,8 +132,11 @@ class Instance:
 
     @property
     def env(self) -> dict[str, str]:
-        return {"LEUKOSTAGE_INSTANCE": str(self.root), "LEUKOSTAGE_DATABASE_URL": self.url,
-                "LEUKOSTAGE_STORAGE": str(self.storage)}
+        return {
+            "LEUKOSTAGE_INSTANCE": str(self.root),
+            "LEUKOSTAGE_DATABASE_URL": self.url,
+            "LEUKOSTAGE_STORAGE": str(self.storage),
+        }
 
 
 @pytest.fixture
@@ -158,8 +182,16 @@ def people(instance) -> People:
 def case_app(instance, model_path):
     from leukostage.web import create_app
 
-    return create_app({"TESTING": True, "MODEL_PATH": str(model_path), "DATABASE_URL": instance.url,
-                       "STORAGE": str(instance.storage), "INSTANCE": str(instance.root), "WARM_UP": False})
+    return create_app(
+        {
+            "TESTING": True,
+            "MODEL_PATH": str(model_path),
+            "DATABASE_URL": instance.url,
+            "STORAGE": str(instance.storage),
+            "INSTANCE": str(instance.root),
+            "WARM_UP": False,
+        }
+    )
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
 """Shared fixtures: the real data folder (fails, not skips, under CI when missing) and the shipped model."""
+
 from __future__ import annotations
 
 import importlib
@@ -74,8 +75,10 @@ def reference_model_path(model_path) -> Path:
         return model_path
     path = model_path.parent / reference["file"]
     if not path.is_file():
-        pytest.fail(f"the shipped model's float reference {path} is missing (it is not in a wheel: run the tests "
-                    "from the repository)")
+        pytest.fail(
+            f"the shipped model's float reference {path} is missing (it is not in a wheel: run the tests "
+            "from the repository)"
+        )
     return path
 
 
@@ -92,14 +95,18 @@ def shipped_torch_model(reference_model_path):
     import onnx
     from onnx import numpy_helper
 
-    from leukostage.model import build_model, config_from_dict
     from leukostage.predict import card_path_for
+    from leukostage.training.model import build_model, config_from_dict
 
     card = json.loads(card_path_for(reference_model_path).read_text())
     model = build_model(config_from_dict(card["architecture"]))
-    weights = {i.name.removeprefix("model."): numpy_helper.to_array(i)
-               for i in onnx.load(reference_model_path).graph.initializer}
-    state = {k: torch.from_numpy(weights[k].copy()) for k in model.state_dict() if not k.endswith("num_batches_tracked")}
+    weights = {
+        i.name.removeprefix("model."): numpy_helper.to_array(i)
+        for i in onnx.load(reference_model_path).graph.initializer
+    }
+    state = {
+        k: torch.from_numpy(weights[k].copy()) for k in model.state_dict() if not k.endswith("num_batches_tracked")
+    }
     model.load_state_dict(state, strict=False)
     return model.eval(), float(card["calibration"]["temperature"])
 

@@ -1,13 +1,15 @@
 """Shortcut audit: the perturbations on small synthetic images, the masks on a real one, and the whole audit on the
 shipped model against the issue targets and its committed report."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require
 
-from leukostage.audit import (
+from leukostage.training.audit import (
     CORNER_FRAC,
     audit_name,
     background_mean,
@@ -22,7 +24,6 @@ from leukostage.audit import (
     tone_curve,
     white_balance,
 )
-from conftest import require
 
 
 @pytest.fixture
@@ -50,11 +51,14 @@ def test_mask_corners_paints_only_the_bottom_right_patch_with_the_background_col
     assert (both[:5, :5] == (1, 2, 3)).all() and (both[-5:, -5:] == (1, 2, 3)).all()
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"corners": ("middle",)}, "unknown corner 'middle'; expected one of top_left"),
-    ({"frac": 0.0}, "corner fraction must be in"),
-    ({"frac": 0.7}, "corner fraction must be in"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"corners": ("middle",)}, "unknown corner 'middle'; expected one of top_left"),
+        ({"frac": 0.0}, "corner fraction must be in"),
+        ({"frac": 0.7}, "corner fraction must be in"),
+    ],
+)
 def test_mask_corners_rejects_bad_arguments(smear, kwargs, message):
     with pytest.raises(ValueError, match=message):
         mask_corners(smear[0], **kwargs)
@@ -151,11 +155,12 @@ def test_audit_name():
 
 def test_audit_refuses_a_split_the_model_was_not_trained_on(data_dir, tmp_path):
     torch = require("torch")
-    from leukostage.audit import run_audit
+    from leukostage.training.audit import run_audit
 
     ckpt = tmp_path / "best.pt"
-    torch.save({"meta": {"split": "random", "seed": 42, "fingerprint": "whatever"},
-                "model_config": {"image_size": 128}}, ckpt)
+    torch.save(
+        {"meta": {"split": "random", "seed": 42, "fingerprint": "whatever"}, "model_config": {"image_size": 128}}, ckpt
+    )
     with pytest.raises(ValueError, match="trained on the random split"):
         run_audit(ckpt, data_dir, split="blocked", out=tmp_path / "audit")
 
@@ -183,8 +188,10 @@ def shipped_audit(model_path, data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("shipped-audit")
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        assert main(["audit", "--model", str(model_path), "--data", str(data_dir), "--out", str(out),
-                     "--no-examples"]) == 0
+        assert (
+            main(["audit", "--model", str(model_path), "--data", str(data_dir), "--out", str(out), "--no-examples"])
+            == 0
+        )
     return card, expected, json.loads(stdout.getvalue()), json.loads((out / "metrics.json").read_text()), out
 
 
@@ -220,9 +227,9 @@ def test_audit_of_the_validation_part_scores_the_val_images_only(model_path, dat
     validation images of the model's own split, never the test part."""
     import json
 
-    from leukostage.audit import run_audit
-    from leukostage.data import discover, make_split
     from leukostage.predict import card_path_for
+    from leukostage.training.audit import run_audit
+    from leukostage.training.data import discover, make_split
 
     card = json.loads(card_path_for(model_path).read_text())
     parts = make_split(discover(data_dir), card["training"]["split"], card["training"]["seed"])

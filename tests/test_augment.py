@@ -1,6 +1,6 @@
 import torch
 
-from leukostage.augment import AugmentConfig, StainConfig, augment_batch, random_affine_matrices, stain_jitter
+from leukostage.training.augment import AugmentConfig, StainConfig, augment_batch, random_affine_matrices, stain_jitter
 
 
 def test_identity_config_leaves_images_unchanged():

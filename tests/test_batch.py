@@ -1,5 +1,6 @@
 """Batch scoring (issue 11) on real images: discovery, rows equal to ``predict --json``, formats, flat memory, resume
 after SIGKILL, a hostile archive, and a real Dask LocalCluster (2 worker processes, one killed mid-run)."""
+
 from __future__ import annotations
 
 import csv
@@ -29,8 +30,9 @@ BATCH_FIELDS = {"folder", "sha256", "width", "height", "uncertain_reason"}
 
 
 def run_cli(*args, timeout: int = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "leukostage.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "leukostage.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -41,11 +43,17 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def png_bytes(width: int, height: int, rows: int = 1) -> bytes:
     """A PNG whose header declares width x height, with only ``rows`` rows of (zero) pixel data."""
+
     def chunk(tag: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
     pixels = zlib.compress((b"\x00" + b"\x00" * (width * 3)) * rows)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", pixels)
+        + chunk(b"IEND", b"")
+    )
 
 
 # --- fixtures ---------------------------------------------------------------------------------------------------------
@@ -101,8 +109,10 @@ def test_discovery_recursive_hidden_skipped_links_once_and_lists(tmp_path, real_
     (tmp_path / "a" / "b" / "loop").symlink_to(tmp_path / "a")  # a cycle: walked once
     (tmp_path / "empty").mkdir()
     got = list(iter_inputs([str(tmp_path / "a")]))
-    assert [(i.path, i.folder) for i in got] == [(str(tmp_path / "a" / "b" / "x.jpg"), "b"),
-                                                (str(tmp_path / "a" / "y.PNG"), ".")]
+    assert [(i.path, i.folder) for i in got] == [
+        (str(tmp_path / "a" / "b" / "x.jpg"), "b"),
+        (str(tmp_path / "a" / "y.PNG"), "."),
+    ]
     listing = tmp_path / "list.txt"
     listing.write_text(f"# a comment\n{tmp_path / 'a' / 'y.PNG'}\n\n{tmp_path / 'empty'}\n{tmp_path / 'nope.jpg'}\n")
     items = expand_inputs([f"@{listing}"])
@@ -134,8 +144,9 @@ def test_predict_descends_into_table2_layout(table2):
 # --- rows -------------------------------------------------------------------------------------------------------------
 def test_table2_rows_equal_predict_json(table2, tmp_path):
     out = tmp_path / "r.jsonl"
-    proc = run_cli("batch", table2, "--out", out, "--workers", "2", "--chunk-size", "3",
-                   "--summary-json", tmp_path / "s.json")
+    proc = run_cli(
+        "batch", table2, "--out", out, "--workers", "2", "--chunk-size", "3", "--summary-json", tmp_path / "s.json"
+    )
     assert proc.returncode in (0, 1), proc.stderr
     rows = {r["file"]: r for r in read_jsonl(out)}
     reference = json.loads(run_cli("predict", "--json", table2).stdout)
@@ -171,9 +182,15 @@ def test_csv_and_parquet_hold_the_same_rows(table2, tmp_path):
 
 def test_flatten_is_generic():
     """Issue 9's fields flow through: domain flattened, unknown fields kept in ``extra``."""
-    row = {"file": "x.jpg", "valid": True, "label": "uncertain", "uncertain_reason": "outside_training_domain",
-           "probabilities": {"normal": 0.1, "early": 0.2, "mid": 0.3, "advanced": 0.4},
-           "domain": {"score": 0.2, "threshold": 0.5, "in_domain": False}, "new_field": [1, 2]}
+    row = {
+        "file": "x.jpg",
+        "valid": True,
+        "label": "uncertain",
+        "uncertain_reason": "outside_training_domain",
+        "probabilities": {"normal": 0.1, "early": 0.2, "mid": 0.3, "advanced": 0.4},
+        "domain": {"score": 0.2, "threshold": 0.5, "in_domain": False},
+        "new_field": [1, 2],
+    }
     flat = flatten(row)
     assert (flat["domain_score"], flat["domain_threshold"], flat["in_domain"]) == (0.2, 0.5, False)
     assert flat["probabilities_advanced"] == 0.4 and flat["uncertain_reason"] == "outside_training_domain"
@@ -220,8 +237,12 @@ def test_resume_rescores_changed_content(tmp_path, real_files):
 def _start(tree: Path, out: Path, *extra: str) -> subprocess.Popen:
     """A batch run in its own process group, stderr to ``<out>.log``."""
     with open(f"{out}.log", "w") as log:
-        return subprocess.Popen([sys.executable, "-m", "leukostage.cli", "batch", str(tree), "--out", str(out),
-                                 *extra], stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "leukostage.cli", "batch", str(tree), "--out", str(out), *extra],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+        )
 
 
 def _wait_for_rows(out: Path, n: int, proc: subprocess.Popen) -> None:
@@ -247,7 +268,7 @@ def test_interrupted_run_then_resume_gives_one_row_per_input(tree_2k, tmp_path, 
     assert out.read_text().endswith("\n")  # a torn line was cut, not continued
     files = [r["file"] for r in rows]
     assert len(files) == 2_000 and len(set(files)) == 2_000
-    assert {r["file"]: r for r in rows[:len(before)]} == {r["file"]: r for r in before}
+    assert {r["file"]: r for r in rows[: len(before)]} == {r["file"]: r for r in before}
 
 
 def test_repair_tail_cuts_a_torn_line(tmp_path):
@@ -275,9 +296,15 @@ def test_hostile_archive_gives_a_coded_row_per_entry_and_finishes(tmp_path, real
     rows = {Path(r["file"]).name: r for r in read_jsonl(tmp_path / "h.jsonl")}
     assert set(rows) == {p.name for p in bad.iterdir()}
     assert rows["good.jpg"]["valid"] and rows["good.jpg"]["sha256"]
-    expected = {"truncated.jpg": "unreadable", "notes.jpg": "unreadable", "bomb.png": "too_large",
-                "empty.png": "unreadable", "broken.jpg": "unreadable", "loop.jpg": "unreadable",
-                "pipe.jpg": "unreadable"}
+    expected = {
+        "truncated.jpg": "unreadable",
+        "notes.jpg": "unreadable",
+        "bomb.png": "too_large",
+        "empty.png": "unreadable",
+        "broken.jpg": "unreadable",
+        "loop.jpg": "unreadable",
+        "pipe.jpg": "unreadable",
+    }
     for name, code in expected.items():
         assert (rows[name]["valid"], rows[name]["code"]) == (False, code), rows[name]
         assert rows[name]["reason"]
@@ -345,9 +372,11 @@ def test_threads_per_worker_defaults_to_cores_over_workers_and_can_be_set(table2
 
 
 def test_batch_never_imports_torch(table2, tmp_path):
-    code = ("import sys; from leukostage.cli import main; main(['batch', %r, '--out', %r, '--workers', '1']); "
-            "import leukostage.batch.dask_plugin; "
-            "sys.exit(3 if 'torch' in sys.modules else 0)" % (str(table2), str(tmp_path / "r.jsonl")))
+    code = (
+        f"import sys; from leukostage.cli import main; main(['batch', {str(table2)!r}, '--out', "
+        f"{str(tmp_path / 'r.jsonl')!r}, '--workers', '1']); import leukostage.batch.dask_plugin; "
+        "sys.exit(3 if 'torch' in sys.modules else 0)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
 
@@ -358,16 +387,23 @@ def dask_cluster():
     import distributed
 
     # dashboard on any free port: a fixed 8787 clashes with other clusters on the machine (a warning, so an error)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                  host="127.0.0.1") as cluster, distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", host="127.0.0.1"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         yield cluster, client
 
 
 def test_dask_cluster_rows_equal_local_rows(dask_cluster, table2, tmp_path):
     cluster, _ = dask_cluster
     local = run_batch(BatchConfig([str(table2)], tmp_path / "l.jsonl", workers=1, chunk_size=3, progress=False))
-    remote = run_batch(BatchConfig([str(table2)], tmp_path / "d.jsonl", scheduler=cluster.scheduler_address,
-                                   chunk_size=3, progress=False))
+    remote = run_batch(
+        BatchConfig(
+            [str(table2)], tmp_path / "d.jsonl", scheduler=cluster.scheduler_address, chunk_size=3, progress=False
+        )
+    )
     assert remote["engine"] == "dask" and remote["workers"] == 2
     key = lambda r: r["file"]  # noqa: E731
     assert sorted(read_jsonl(tmp_path / "d.jsonl"), key=key) == sorted(read_jsonl(tmp_path / "l.jsonl"), key=key)
@@ -395,5 +431,12 @@ def test_dask_worker_killed_mid_run_loses_no_row_and_duplicates_none(dask_cluste
 def test_dask_worker_without_the_model_is_a_clear_error(dask_cluster, table2, tmp_path):
     cluster, _ = dask_cluster
     with pytest.raises(BatchError, match="same path"):
-        run_batch(BatchConfig([str(table2)], tmp_path / "d.jsonl", scheduler=cluster.scheduler_address,
-                              model=str(tmp_path / "missing.onnx"), progress=False))
+        run_batch(
+            BatchConfig(
+                [str(table2)],
+                tmp_path / "d.jsonl",
+                scheduler=cluster.scheduler_address,
+                model=str(tmp_path / "missing.onnx"),
+                progress=False,
+            )
+        )

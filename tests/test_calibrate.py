@@ -1,13 +1,23 @@
 """The calibration machinery in small: splits, thresholds, the exported MLP, the negative generators, the report."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from leukostage import negatives
-from leukostage.calibrate import (GENUINE_SOURCES, augment_smear, choose_threshold, derive_colour_rule, fit_mlp,
-                                  genuine_split, model_scores, report_markdown, sample_weights)
-from leukostage.data import discover, make_split
+from leukostage.training.calibrate import (
+    GENUINE_SOURCES,
+    augment_smear,
+    choose_threshold,
+    derive_colour_rule,
+    fit_mlp,
+    genuine_split,
+    model_scores,
+    report_markdown,
+    sample_weights,
+)
+from leukostage.training.data import discover, make_split
 
 
 def test_genuine_split_is_deterministic_disjoint_and_uses_the_project_split(data_dir):
@@ -111,20 +121,51 @@ def test_tissue_halves_do_not_overlap(data_dir):
 
 
 def test_report_renders_every_group():
-    row = lambda group, key, share: {"group": group, "n": 10,  # noqa: E731
-                                     "paper": {key: 0.5, "codes": {}}, "default": {key: share, "codes": {"x": 1}}}
+    def row(group, key, share):
+        return {
+            "group": group,
+            "n": 10,
+            "paper": {key: 0.5, "codes": {}},
+            "default": {key: share, "codes": {"x": 1}},
+        }
+
     metrics = {
         "command": "leukostage calibrate-validator --data d --seed 42",
         "targets": {"genuine": 0.99, "table7": 1.0, "hard": 0.95},
-        "table": {"taleqani": row("genuine", "accepted", 1.0), "dark": row("table7", "rejected", 1.0),
-                  "tissue_he": row("hard", "rejected", 0.9), "hue_shifted": row("extra", "rejected", 0.8)},
+        "table": {
+            "taleqani": row("genuine", "accepted", 1.0),
+            "dark": row("table7", "rejected", 1.0),
+            "tissue_he": row("hard", "rejected", 0.9),
+            "hue_shifted": row("extra", "rejected", 0.8),
+        },
         "ablations": {},
-        "thresholds": {"paper": {"min_saturation": 20, "min_brightness": 30, "max_brightness": 240, "hue_low": 120,
-                                 "hue_high": 180, "min_stain_ratio": 0.05},
-                       "default": {"min_saturation": 6, "min_brightness": 150, "max_brightness": 255, "hue_low": 120,
-                                   "hue_high": 180, "min_stain_ratio": 0.01, "smear_score": 0.9}},
-        "heldout_negative_sources": {"photos": ["chelsea"], "textures": ["gravel"], "documents": ["text"],
-                                     "tissue": "right halves", "microscopy": "right half", "seed": 1042},
+        "thresholds": {
+            "paper": {
+                "min_saturation": 20,
+                "min_brightness": 30,
+                "max_brightness": 240,
+                "hue_low": 120,
+                "hue_high": 180,
+                "min_stain_ratio": 0.05,
+            },
+            "default": {
+                "min_saturation": 6,
+                "min_brightness": 150,
+                "max_brightness": 255,
+                "hue_low": 120,
+                "hue_high": 180,
+                "min_stain_ratio": 0.01,
+                "smear_score": 0.9,
+            },
+        },
+        "heldout_negative_sources": {
+            "photos": ["chelsea"],
+            "textures": ["gravel"],
+            "documents": ["text"],
+            "tissue": "right halves",
+            "microscopy": "right half",
+            "seed": 1042,
+        },
     }
     text = report_markdown(metrics)
     assert "| taleqani | 10 | 50.0% | 100.0% | yes |" in text
@@ -136,28 +177,29 @@ def test_report_renders_every_group():
 def test_run_end_to_end_on_a_small_slice(data_dir, tmp_path, monkeypatch):
     """The whole command on a few files per source: JSON written and loadable, report regenerable from it."""
     from leukostage import calibrate
-    from leukostage.calibrate import CalibrationConfig, run
+    from leukostage.training.calibrate import CalibrationConfig, run
     from leukostage.validate import get_preset, load_calibration
 
     full = genuine_split(data_dir, 42)
-    small = {s: {part: files[:: max(1, len(files) // 12)][:12] for part, files in parts.items()}
-             for s, parts in full.items()}
+    small = {
+        s: {part: files[:: max(1, len(files) // 12)][:12] for part, files in parts.items()} for s, parts in full.items()
+    }
     monkeypatch.setattr(calibrate, "genuine_split", lambda data, seed: small)
-    cfg = CalibrationConfig(data=str(data_dir), negatives_per_category=4, heldout_per_category=2,
-                            genuine_per_source=16, folds=2)
+    cfg = CalibrationConfig(
+        data=str(data_dir), negatives_per_category=4, heldout_per_category=2, genuine_per_source=16, folds=2
+    )
     path = tmp_path / "validator.json"
     metrics = run(cfg, path, tmp_path / "report", refit=True, ablations=False)
     assert load_calibration(path)["config"]["negatives_per_category"] == 4
     assert get_preset("default", path).content.threshold == metrics["thresholds"]["default"]["smear_score"]
     assert set(metrics["table"]) == set(GENUINE_SOURCES) | set(negatives.CATEGORIES)
     assert (tmp_path / "report" / "report.md").read_text().startswith("# Input validation")
-    again = run(CalibrationConfig(data=str(data_dir), seed=0), path, tmp_path / "again", refit=False,
-                ablations=False)
+    again = run(CalibrationConfig(data=str(data_dir), seed=0), path, tmp_path / "again", refit=False, ablations=False)
     assert again["config"]["seed"] == 42  # --report-only scores the JSON with the seed it was made with
     assert again["table"] == metrics["table"]
 
 
-# --- the CLI verb: a named file, never the packaged one by surprise (issue 12 items 6 and 8) ---------------------------
+# --- the CLI verb: a named file, never the packaged one by surprise (issue 12 items 6 and 8) -------------------------
 def test_cli_calibrate_needs_a_named_new_file(tmp_path, capsys):
     from leukostage.cli import main
     from leukostage.validate import VALIDATOR_PATH
@@ -182,24 +224,55 @@ def test_cli_calibrate_writes_the_named_file_and_predict_uses_it(data_dir, tmp_p
 
     monkeypatch.setenv("LEUKOSTAGE_VALIDATOR", str(VALIDATOR_PATH))  # restored after --validator sets it
     full = genuine_split(data_dir, 42)
-    small = {s: {part: files[:: max(1, len(files) // 12)][:12] for part, files in parts.items()}
-             for s, parts in full.items()}
+    small = {
+        s: {part: files[:: max(1, len(files) // 12)][:12] for part, files in parts.items()} for s, parts in full.items()
+    }
     monkeypatch.setattr(calibrate, "genuine_split", lambda data, seed: small)
-    monkeypatch.setattr(calibrate, "CalibrationConfig", functools.partial(
-        calibrate.CalibrationConfig, negatives_per_category=4, heldout_per_category=2, genuine_per_source=16,
-        folds=2))
+    monkeypatch.setattr(
+        calibrate,
+        "CalibrationConfig",
+        functools.partial(
+            calibrate.CalibrationConfig,
+            negatives_per_category=4,
+            heldout_per_category=2,
+            genuine_per_source=16,
+            folds=2,
+        ),
+    )
     packaged = VALIDATOR_PATH.read_bytes()
     out = tmp_path / "lab.json"
-    args = ["calibrate-validator", "--data", str(data_dir), "--out", str(out), "--report", str(tmp_path / "r"),
-            "--no-ablations"]
+    args = [
+        "calibrate-validator",
+        "--data",
+        str(data_dir),
+        "--out",
+        str(out),
+        "--report",
+        str(tmp_path / "r"),
+        "--no-ablations",
+    ]
     assert main(args) == 0
     shares = json.loads(capsys.readouterr().out)
     assert set(shares) >= {"taleqani", "pbc_sample", "bccd_smears"} and 0 <= shares["taleqani"]["default"] <= 1
     assert out.is_file() and VALIDATOR_PATH.read_bytes() == packaged
     assert (tmp_path / "r" / "report.md").is_file()
     assert main(args) == 2 and "exists" in capsys.readouterr().err  # a second run does not overwrite silently
-    assert main(["calibrate-validator", "--report-only", "--validator", str(out), "--data", str(data_dir),
-                 "--report", str(tmp_path / "again"), "--no-ablations"]) == 0
+    assert (
+        main(
+            [
+                "calibrate-validator",
+                "--report-only",
+                "--validator",
+                str(out),
+                "--data",
+                str(data_dir),
+                "--report",
+                str(tmp_path / "again"),
+                "--no-ablations",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out) == shares
     smear = small["taleqani"]["heldout"][0]
     assert main(["validate", "--json", "--validator", str(out), str(smear)]) in (0, 1)

@@ -1,5 +1,6 @@
 """The case HTTP API on SQLite and PostgreSQL: the workflow, the security matrix (401/403/404/CSRF), sessions,
 the login limit, reports, and that no patient identifier reaches the logs."""
+
 from __future__ import annotations
 
 import csv
@@ -15,9 +16,12 @@ ACCESSION, PATIENT = "ACC-SECRET-77", "Patient/SECRET-PATIENT-99"
 
 def upload(client, token, case_id, blobs, names=None):
     names = names or [f"field-{i}.jpg" for i in range(len(blobs))]
-    return client.post(f"/api/v1/cases/{case_id}/images", headers=People.auth(token),
-                       data={"files": [(io.BytesIO(b), n) for b, n in zip(blobs, names)]},
-                       content_type="multipart/form-data")
+    return client.post(
+        f"/api/v1/cases/{case_id}/images",
+        headers=People.auth(token),
+        data={"files": [(io.BytesIO(b), n) for b, n in zip(blobs, names)]},
+        content_type="multipart/form-data",
+    )
 
 
 def make_case(client, token, accession=ACCESSION, **extra) -> int:
@@ -44,20 +48,26 @@ def test_workflow_technician_then_reviewer(case_client, people, case_fields):
     assert c.post(f"/api/v1/cases/{cid}/review", json=review, headers=People.auth(people.tech)).status_code == 403
     r = c.post(f"/api/v1/cases/{cid}/review", json=review, headers=People.auth(people.rev))
     assert r.status_code == 200 and r.json["status"] == "signed_off"
-    assert r.json["images"][0]["override"]["label"] == "mid" and r.json["images"][0]["result"] == case["images"][0]["result"]
+    assert (
+        r.json["images"][0]["override"]["label"] == "mid"
+        and r.json["images"][0]["result"] == case["images"][0]["result"]
+    )
     assert c.post(f"/api/v1/cases/{cid}/review", json=review, headers=People.auth(people.rev)).status_code == 409
     r = upload(c, people.tech, cid, case_fields["advanced"][3:4])
     assert r.status_code == 409 and r.json["error"]["code"] == "case_signed_off"
-    r = c.post(f"/api/v1/cases/{cid}/amend", json={"reason": "recount", "final_call": "mid"},
-               headers=People.auth(people.rev))
+    r = c.post(
+        f"/api/v1/cases/{cid}/amend", json={"reason": "recount", "final_call": "mid"}, headers=People.auth(people.rev)
+    )
     assert r.status_code == 200 and r.json["status"] == "amended"
     img = c.get(f"/api/v1/cases/{cid}/images/{image_id}", headers=People.auth(people.tech))
     assert img.status_code == 200 and img.data == case_fields["advanced"][0] and img.mimetype == "image/jpeg"
     overlay = c.get(f"/api/v1/cases/{cid}/images/{image_id}/overlay.png", headers=People.auth(people.tech))
     assert overlay.status_code == 200 and overlay.data.startswith(b"\x89PNG")
     refused_id = entries[-1]["image_id"]
-    assert c.get(f"/api/v1/cases/{cid}/images/{refused_id}/overlay.png",
-                 headers=People.auth(people.tech)).status_code == 422
+    assert (
+        c.get(f"/api/v1/cases/{cid}/images/{refused_id}/overlay.png", headers=People.auth(people.tech)).status_code
+        == 422
+    )
     events = c.get(f"/api/v1/cases/{cid}/audit", headers=People.auth(people.rev)).json["events"]
     actions = [e["action"] for e in events]
     assert actions[:5] == ["created", "image_added", "image_added", "image_added", "image_added"]
@@ -77,8 +87,12 @@ def test_duplicate_accession_and_bad_bodies(case_client, people):
 
 
 def case_routes(app) -> list[tuple[str, str]]:
-    return [(rule.rule, m) for rule in app.url_map.iter_rules() if CASE_ROUTE.match(rule.rule)
-            for m in sorted(rule.methods - {"HEAD", "OPTIONS"})]
+    return [
+        (rule.rule, m)
+        for rule in app.url_map.iter_rules()
+        if CASE_ROUTE.match(rule.rule)
+        for m in sorted(rule.methods - {"HEAD", "OPTIONS"})
+    ]
 
 
 def fill(rule: str, case_id: int, image_id: int) -> str:
@@ -111,20 +125,32 @@ def test_roles_unknown_cases_and_other_cases_images(case_app, case_client, peopl
     for path in (f"/api/v1/cases/{mine}/review", f"/api/v1/cases/{mine}/amend"):
         r = c.post(path, json={"final_call": "normal", "reason": "x"}, headers=People.auth(people.tech))
         assert r.status_code == 403 and r.json["error"]["code"] == "forbidden"
-    for path in (f"/api/v1/cases/{mine}/images/{other_image}", f"/api/v1/cases/{mine}/images/{other_image}/overlay.png"):
+    for path in (
+        f"/api/v1/cases/{mine}/images/{other_image}",
+        f"/api/v1/cases/{mine}/images/{other_image}/overlay.png",
+    ):
         r = c.get(path, headers=People.auth(people.rev))
         assert r.status_code == 404 and r.json["error"]["code"] == "unknown_image"
-    r = c.post(f"/api/v1/cases/{mine}/review", headers=People.auth(people.rev),
-               json={"final_call": "normal", "image_overrides": [{"image_id": other_image, "label": "mid"}]})
+    r = c.post(
+        f"/api/v1/cases/{mine}/review",
+        headers=People.auth(people.rev),
+        json={"final_call": "normal", "image_overrides": [{"image_id": other_image, "label": "mid"}]},
+    )
     assert r.status_code == 404
     for rule, method in case_routes(case_app):
         if "<int:case_id>" not in rule:
             continue
-        r = c.open(fill(rule, 999999, other_image), method=method, headers=People.auth(people.rev),
-                   json={"final_call": "normal", "reason": "x"})
+        r = c.open(
+            fill(rule, 999999, other_image),
+            method=method,
+            headers=People.auth(people.rev),
+            json={"final_call": "normal", "reason": "x"},
+        )
         assert r.status_code == 404, (rule, method)
-    assert c.post(f"/api/v1/cases/{mine}/amend", json={"reason": "x"},
-                  headers=People.auth(people.admin)).status_code == 409  # admin may review; nothing to amend yet
+    assert (
+        c.post(f"/api/v1/cases/{mine}/amend", json={"reason": "x"}, headers=People.auth(people.admin)).status_code
+        == 409
+    )  # admin may review; nothing to amend yet
 
 
 def login(client, username="tech", password=PASSWORD):
@@ -145,9 +171,11 @@ def test_session_login_csrf_and_cookie_flags(case_client, people):
     r = c.post("/api/v1/cases", json={"accession": "REAL"}, headers={"X-CSRFToken": token})
     assert r.status_code == 201
     cid = r.json["id"]
-    forged_forms = [(f"/api/v1/cases/{cid}/images", {"files": (io.BytesIO(b"x"), "a.jpg")}),
-                    (f"/api/v1/cases/{cid}/review", {"final_call": "normal"}),
-                    (f"/api/v1/cases/{cid}/amend", {"reason": "x"})]
+    forged_forms = [
+        (f"/api/v1/cases/{cid}/images", {"files": (io.BytesIO(b"x"), "a.jpg")}),
+        (f"/api/v1/cases/{cid}/review", {"final_call": "normal"}),
+        (f"/api/v1/cases/{cid}/amend", {"reason": "x"}),
+    ]
     for path, form in forged_forms:  # plain HTML form posts from another site carry the cookie, not the token
         r = c.post(path, data=form, content_type="multipart/form-data")
         assert r.status_code == 400 and r.json["error"]["code"] == "csrf_failed", path
@@ -167,8 +195,9 @@ def test_login_form_needs_csrf_and_right_password(case_client, people):
     assert r.status_code == 302 and r.headers["Location"].startswith("/")
     page = c.get("/login")
     token = re.search(rb'name="csrf_token" value="([^"]+)"', page.data).group(1).decode()
-    r = c.post("/login", data={"username": "tech", "password": PASSWORD, "csrf_token": token,
-                               "next": "https://evil.example/"})
+    r = c.post(
+        "/login", data={"username": "tech", "password": PASSWORD, "csrf_token": token, "next": "https://evil.example/"}
+    )
     assert "evil" not in r.headers["Location"]  # no open redirect
 
 
@@ -213,8 +242,9 @@ def test_no_patient_identifiers_in_logs(case_app, case_client, people, case_fiel
     upload(case_client, people.tech, cid, case_fields["mid"][:1])
     case_client.get(f"/api/v1/cases/{cid}", headers=People.auth(people.tech))
     case_client.get(f"/api/v1/cases?q={PATIENT}", headers=People.auth(people.tech))
-    case_client.post("/api/v1/cases", json={"accession": ACCESSION, "patient_ref": PATIENT},
-                     headers=People.auth(people.tech))
+    case_client.post(
+        "/api/v1/cases", json={"accession": ACCESSION, "patient_ref": PATIENT}, headers=People.auth(people.tech)
+    )
     case_client.get(f"/api/v1/cases/{cid}/fhir", headers=People.auth(people.tech))
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "SECRET" not in logged

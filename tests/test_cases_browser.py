@@ -6,6 +6,7 @@ the call and the heat maps, and finds no sign-off control; a reviewer searches, 
 amends. Only 127.0.0.1 is contacted; console errors (CSP violations show there) fail the test. Screenshots go to
 test-artifacts/ (gitignored).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,10 +16,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from web_server import LiveServer, launch_chromium, watched_page
 
 from leukostage.classes import CLASS_KEYS, DISCLAIMER
 from leukostage.reports import content
-from web_server import LiveServer, launch_chromium, watched_page
 
 pytestmark = pytest.mark.browser
 
@@ -28,10 +29,15 @@ UPLOAD_TIMEOUT_MS = 120_000  # six fields analysed on a shared 2-core machine
 PASSWORD = "correct horse battery 9"
 
 
-
 def cli(env: dict, *args: str, stdin: str | None = None) -> str:
-    done = subprocess.run([sys.executable, "-m", "leukostage.cli", *args], env=env, input=stdin, text=True,
-                          capture_output=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "leukostage.cli", *args],
+        env=env,
+        input=stdin,
+        text=True,
+        capture_output=True,
+        timeout=300,
+    )
     assert done.returncode == 0, f"leukostage {' '.join(args)}: {done.stdout[-500:]} {done.stderr[-500:]}"
     return done.stdout
 
@@ -40,8 +46,11 @@ def cli(env: dict, *args: str, stdin: str | None = None) -> str:
 def instance(tmp_path_factory) -> dict:
     """A migrated SQLite instance with users ``tech`` (technician) and ``rev`` (reviewer), and rev's API token."""
     root = tmp_path_factory.mktemp("cases-browser")
-    env = {**os.environ, "LEUKOSTAGE_INSTANCE": str(root / "instance"),
-           "LEUKOSTAGE_STORAGE": str(root / "instance" / "images")}
+    env = {
+        **os.environ,
+        "LEUKOSTAGE_INSTANCE": str(root / "instance"),
+        "LEUKOSTAGE_STORAGE": str(root / "instance" / "images"),
+    }
     env.pop("LEUKOSTAGE_DATABASE_URL", None)
     cli(env, "db", "upgrade")
     for name, role in (("tech", "technician"), ("rev", "reviewer")):
@@ -97,21 +106,30 @@ def api_case(pg, case_id: int) -> dict:
 
 def create_case_via_api(server_url: str, token: str, accession: str, files: list[Path]) -> int:
     """A case with fields, made the way a LIMS would (bearer token), for the reviewer's walk."""
-    from web_server import HOST, multipart
     import http.client
+
+    from web_server import HOST, multipart
 
     conn = http.client.HTTPConnection(HOST, int(server_url.rsplit(":", 1)[1]), timeout=120)
     try:
-        conn.request("POST", "/api/v1/cases", body=json.dumps({"accession": accession, "patient_ref": "Patient/rv-1"}),
-                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        conn.request(
+            "POST",
+            "/api/v1/cases",
+            body=json.dumps({"accession": accession, "patient_ref": "Patient/rv-1"}),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
         response = conn.getresponse()
         case = json.loads(response.read())
         assert response.status == 201, case
         if not files:
             return case["id"]
         body, ctype = multipart("files", [(f.name, f.read_bytes()) for f in files])
-        conn.request("POST", f"/api/v1/cases/{case['id']}/images", body=body,
-                     headers={"Authorization": f"Bearer {token}", "Content-Type": ctype})
+        conn.request(
+            "POST",
+            f"/api/v1/cases/{case['id']}/images",
+            body=body,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": ctype},
+        )
         response = conn.getresponse()
         assert response.status == 201, response.read()[:300]
         response.read()
@@ -171,8 +189,11 @@ def test_technician_creates_a_case_drops_many_fields_and_cannot_sign_off(page, f
     assert page.locator("#sign-off").count() == 0
     assert page.locator(".override-select").count() == 0
     csrf = page.get_attribute('meta[name="csrf-token"]', "content")
-    refused = page.request.post(f"{page.base}/api/v1/cases/{case_id}/review", headers={"X-CSRFToken": csrf},
-                                data={"final_call": "advanced", "comment": "x"})
+    refused = page.request.post(
+        f"{page.base}/api/v1/cases/{case_id}/review",
+        headers={"X-CSRFToken": csrf},
+        data={"final_call": "advanced", "comment": "x"},
+    )
     assert refused.status == 403
 
     # Original / Heat map: the heat maps of the valid fields load; the refused field keeps its original
@@ -280,7 +301,7 @@ def test_wrong_password_and_duplicate_accession_are_explained(page):
     assert "Wrong user name or password" in page.inner_text("#login-error")
 
     sign_in(page, "tech")
-    for attempt in range(2):
+    for _attempt in range(2):
         page.goto(page.base + "/cases/new")
         page.fill("#accession", "BR-DUP-4")
         page.click("#create-case")

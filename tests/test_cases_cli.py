@@ -1,4 +1,5 @@
 """The case verbs of the command line, run as a user runs them (subprocesses), on SQLite and PostgreSQL."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,14 @@ from leukostage.cases.store import ImageStore
 
 
 def cli(*args: str, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "leukostage.cli", *args], input=stdin, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "leukostage.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_db_upgrade_creates_then_is_idempotent(db_url, tmp_path):
@@ -104,8 +111,13 @@ def test_serve_on_a_fresh_install_creates_the_default_database(tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        r = subprocess.run([sys.executable, "-m", "leukostage.cli", "serve", "--port", str(busy.getsockname()[1])],
-                           capture_output=True, text=True, timeout=120, env=env)
+        r = subprocess.run(
+            [sys.executable, "-m", "leukostage.cli", "serve", "--port", str(busy.getsockname()[1])],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
     assert (tmp_path / "fresh" / "leukostage.sqlite3").is_file()
     assert "created a new case database" in r.stderr
     assert r.returncode == 2 and "not migrated" not in r.stderr  # it got as far as the port check

@@ -1,5 +1,6 @@
 """The case API under a real gunicorn server, on SQLite and PostgreSQL: many clients uploading to one case at once,
 and a worker killed (SIGKILL) in the middle of an upload."""
+
 from __future__ import annotations
 
 import hashlib
@@ -24,8 +25,15 @@ pytestmark = pytest.mark.slow
 CLIENTS, PER_CLIENT = 8, 10
 
 
-def call(port: int, method: str, path: str, token: str, body: bytes | None = None, content_type: str | None = None,
-         timeout: float = 120.0) -> tuple[int, object]:
+def call(
+    port: int,
+    method: str,
+    path: str,
+    token: str,
+    body: bytes | None = None,
+    content_type: str | None = None,
+    timeout: float = 120.0,
+) -> tuple[int, object]:
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
         headers = {"Authorization": f"Bearer {token}"}
@@ -69,7 +77,7 @@ def test_eight_clients_ten_fields_each_into_one_case(instance, people, eighty_fi
         failures: list = []
 
         def client(k: int) -> None:
-            for name, data in eighty_fields[k * PER_CLIENT:(k + 1) * PER_CLIENT]:
+            for name, data in eighty_fields[k * PER_CLIENT : (k + 1) * PER_CLIENT]:
                 body, ctype = multipart("files", [(name, data)])
                 try:
                     status, out = call(server.port, "POST", f"/api/v1/cases/{cid}/images", people.tech, body, ctype)
@@ -89,8 +97,11 @@ def test_eight_clients_ten_fields_each_into_one_case(instance, people, eighty_fi
     assert len({i["image_id"] for i in images}) == len(images)
     assert sorted(i["sha256"] for i in images) == sorted(hashlib.sha256(d).hexdigest() for _, d in eighty_fields)
     counts = case["summary"]["counts"]
-    counted_or_refused = sum(counts[k] for k in ("normal", "early", "mid", "advanced")) + \
-        sum(counts["uncertain"].values()) + sum(counts["refused"].values())
+    counted_or_refused = (
+        sum(counts[k] for k in ("normal", "early", "mid", "advanced"))
+        + sum(counts["uncertain"].values())
+        + sum(counts["refused"].values())
+    )
     assert counted_or_refused == CLIENTS * PER_CLIENT
     with db.session_scope(instance.url) as s:
         assert s.scalar(select(func.count(Image.id))) == s.scalar(select(func.count(Result.id))) == 80
@@ -139,8 +150,12 @@ def test_worker_killed_mid_upload_leaves_whole_fields_only(instance, people, eig
         assert s.scalar(select(func.count(Image.id))) == s.scalar(select(func.count(Result.id))) == stored + 1
     # a field whose file was written but whose rows never committed is an orphan; db check removes it
     orphan = ImageStore(instance.storage).put(b"as a killed worker leaves it: file, no rows")
-    check = subprocess.run([sys.executable, "-m", "leukostage.cli", "db", "check", "--min-age", "0"],
-                           capture_output=True, text=True, timeout=120)
+    check = subprocess.run(
+        [sys.executable, "-m", "leukostage.cli", "db", "check", "--min-age", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     report = json.loads(check.stdout)
     assert check.returncode == 0, check.stdout + check.stderr
     assert orphan in report["removed"] and report["rows_without_file"] == []

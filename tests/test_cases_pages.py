@@ -1,6 +1,7 @@
 """The case pages through Flask's test client, on SQLite and PostgreSQL: who sees which controls, the forms and
 their errors, escaping of what users typed, the badge style sheet, and the strict-CSP rules (no inline script or
 style). The browser walk is tests/test_cases_browser.py."""
+
 from __future__ import annotations
 
 import io
@@ -8,7 +9,6 @@ import re
 
 import cv2
 import numpy as np
-
 from cases_fixtures import PASSWORD, People
 
 from leukostage.classes import CLASSES, UNCERTAIN_COLOUR, text_colour
@@ -24,16 +24,19 @@ def sign_in(client, username: str) -> str:
     return token
 
 
-def new_case(client, token: str, **form) -> "object":
+def new_case(client, token: str, **form) -> object:
     return client.post("/cases/new", data={"csrf_token": token, **form})
 
 
 def case_with_fields(client, people, blobs: list[bytes], accession: str = "PG-1") -> int:
     r = client.post("/api/v1/cases", json={"accession": accession}, headers=People.auth(people.tech))
     case_id = r.json["id"]
-    r = client.post(f"/api/v1/cases/{case_id}/images", headers=People.auth(people.tech),
-                    data={"files": [(io.BytesIO(b), f"field-{i}.jpg") for i, b in enumerate(blobs)]},
-                    content_type="multipart/form-data")
+    r = client.post(
+        f"/api/v1/cases/{case_id}/images",
+        headers=People.auth(people.tech),
+        data={"files": [(io.BytesIO(b), f"field-{i}.jpg") for i, b in enumerate(blobs)]},
+        content_type="multipart/form-data",
+    )
     assert r.status_code == 201
     return case_id
 
@@ -79,8 +82,11 @@ def test_technician_sees_no_review_controls_and_reviewer_does(case_client, peopl
     page = reviewer.get(f"/cases/{case_id}").data
     assert b'id="review-form"' in page and b'id="sign-off"' in page
     assert page.count(b'class="override-select"') == 3  # not for the refused field
-    r = reviewer.post(f"/api/v1/cases/{case_id}/review", headers=People.auth(people.rev),
-                      json={"final_call": "advanced", "comment": "ok"})
+    r = reviewer.post(
+        f"/api/v1/cases/{case_id}/review",
+        headers=People.auth(people.rev),
+        json={"final_call": "advanced", "comment": "ok"},
+    )
     assert r.status_code == 200
     page = reviewer.get(f"/cases/{case_id}").data
     assert b'id="amend"' in page and b'id="sign-off"' not in page and b'id="file-input"' not in page
@@ -99,12 +105,18 @@ def test_list_searches_by_accession_and_status(case_client, people):
 
 def test_what_users_typed_is_escaped(case_client, people, case_fields):
     evil = "<script>alert(1)</script>"
-    r = case_client.post("/api/v1/cases", json={"accession": "XSS-1", "patient_ref": evil, "note": evil},
-                         headers=People.auth(people.tech))
+    r = case_client.post(
+        "/api/v1/cases",
+        json={"accession": "XSS-1", "patient_ref": evil, "note": evil},
+        headers=People.auth(people.tech),
+    )
     case_id = r.json["id"]
-    case_client.post(f"/api/v1/cases/{case_id}/images", headers=People.auth(people.tech),
-                     data={"files": [(io.BytesIO(case_fields["mid"][0]), f"{evil}.jpg")]},
-                     content_type="multipart/form-data")
+    case_client.post(
+        f"/api/v1/cases/{case_id}/images",
+        headers=People.auth(people.tech),
+        data={"files": [(io.BytesIO(case_fields["mid"][0]), f"{evil}.jpg")]},
+        content_type="multipart/form-data",
+    )
     sign_in(case_client, "tech")
     for path in (f"/cases/{case_id}", "/cases"):
         page = case_client.get(path).data
@@ -135,6 +147,5 @@ def test_badge_style_sheet_comes_from_classes(case_client):
     assert r.status_code == 200 and r.mimetype == "text/css"
     css = r.data.decode()
     for key, colour in [(c.key, c.colour) for c in CLASSES] + [("uncertain", UNCERTAIN_COLOUR)]:
-        assert (f'[data-label="{key}"].badge {{ background-color: {colour}; color: {text_colour(colour)}; }}'
-                in css)
+        assert f'[data-label="{key}"].badge {{ background-color: {colour}; color: {text_colour(colour)}; }}' in css
     assert '[data-label="refused"].badge' in css

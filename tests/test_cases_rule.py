@@ -1,4 +1,5 @@
 """The case call: which fields count, how the call is made, and the rule chosen by evaluate-cases."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,15 @@ def refused(code: str = "not_blood_smear") -> dict:
 
 
 def test_counts_classes_uncertain_by_reason_and_refused():
-    results = [field("mid"), field("mid"), field("uncertain"), field("uncertain", reason="outside_training_domain"),
-               refused(), refused("unreadable"), refused()]
+    results = [
+        field("mid"),
+        field("mid"),
+        field("uncertain"),
+        field("uncertain", reason="outside_training_domain"),
+        refused(),
+        refused("unreadable"),
+        refused(),
+    ]
     c = counts(results)
     assert c["mid"] == 2 and c["normal"] == 0
     assert c["uncertain"] == {"low_confidence": 1, "outside_training_domain": 1}  # missing reason -> low confidence

@@ -1,5 +1,6 @@
 """Case service functions on a real database (SQLite and PostgreSQL): create, add fields, summarise, review, amend,
 audit; plus users and tokens. Fields are real images through the real pipeline (predict.analyse_bytes)."""
+
 from __future__ import annotations
 
 import pytest
@@ -75,8 +76,9 @@ def test_review_needs_a_reviewer_and_freezes_the_case(instance, staff, case_fiel
     cid = new_case(instance.url, tech)
     store = ImageStore(instance.storage)
     with db.session_scope(instance.url) as s:
-        image_id = service.add_image(s, tech, cid, analysed(case_fields["early"][0], "e.jpg", predictor), store,
-                                     MODEL)["image_id"]
+        image_id = service.add_image(s, tech, cid, analysed(case_fields["early"][0], "e.jpg", predictor), store, MODEL)[
+            "image_id"
+        ]
         model_payload = s.get(Image, image_id).result.payload
     body = {"final_call": "early", "comment": "agree", "image_overrides": [{"image_id": image_id, "label": "mid"}]}
     with pytest.raises(service.Forbidden), db.session_scope(instance.url) as s:
@@ -101,11 +103,11 @@ def test_overrides_only_for_this_cases_fields(instance, staff, case_fields, pred
     tech, rev = staff["technician"], staff["reviewer"]
     a, b = new_case(instance.url, tech, "A"), new_case(instance.url, tech, "B")
     with db.session_scope(instance.url) as s:
-        other = service.add_image(s, tech, b, analysed(case_fields["normal"][0], "n.jpg", predictor),
-                                  ImageStore(instance.storage), MODEL)["image_id"]
+        other = service.add_image(
+            s, tech, b, analysed(case_fields["normal"][0], "n.jpg", predictor), ImageStore(instance.storage), MODEL
+        )["image_id"]
     with pytest.raises(service.NotFound, match="not a field of case"), db.session_scope(instance.url) as s:
-        service.sign_off(s, rev, a, {"final_call": "normal", "image_overrides": [{"image_id": other,
-                                                                                  "label": "mid"}]})
+        service.sign_off(s, rev, a, {"final_call": "normal", "image_overrides": [{"image_id": other, "label": "mid"}]})
     with db.session_scope(instance.url) as s:
         assert service.get_case(s, a).status == "open"  # the failed sign-off left nothing behind
 
@@ -127,8 +129,15 @@ def test_amend_after_sign_off_only_with_a_reason(instance, staff):
         case = service.case_dict(s, cid)
         events = service.audit_events(s, cid)
     assert case["status"] == "amended" and case["review"]["final_call"] == "normal"
-    assert case["amendments"] == [{"reason": "second look", "by": "revi", "at": case["amendments"][0]["at"],
-                                   "final_call": "mid", "comment": "blasts seen"}]
+    assert case["amendments"] == [
+        {
+            "reason": "second look",
+            "by": "revi",
+            "at": case["amendments"][0]["at"],
+            "final_call": "mid",
+            "comment": "blasts seen",
+        }
+    ]
     assert [e["action"] for e in events] == ["created", "signed_off", "amended"]
     assert events[-1]["user"] == "revi" and events[-1]["detail"]["final_call"] == "mid"
 
@@ -164,8 +173,12 @@ def test_users_passwords_and_tokens(instance):
         token = users.issue_token(s, user)
         assert users.user_for_token(s, token).username == "ann"
         assert token not in {t.token_hash for t in user.tokens}
-        for bad in (("ann", "reviewer", "another-pass"), ("bob", "chief", "password-1"), ("c d", "admin", "pw-12345"),
-                    ("eve", "admin", "short")):
+        for bad in (
+            ("ann", "reviewer", "another-pass"),
+            ("bob", "chief", "password-1"),
+            ("c d", "admin", "pw-12345"),
+            ("eve", "admin", "short"),
+        ):
             with pytest.raises(users.UserError):
                 users.add_user(s, *bad)
     with db.session_scope(instance.url) as s:
@@ -179,10 +192,12 @@ def test_check_storage_finds_orphans_and_missing_files(instance, staff, case_fie
     cid = new_case(instance.url, staff["technician"])
     store = ImageStore(instance.storage)
     with db.session_scope(instance.url) as s:
-        kept = service.add_image(s, staff["technician"], cid, analysed(case_fields["mid"][0], "a.jpg", predictor),
-                                 store, MODEL)
-        lost = service.add_image(s, staff["technician"], cid, analysed(case_fields["mid"][1], "b.jpg", predictor),
-                                 store, MODEL)
+        kept = service.add_image(
+            s, staff["technician"], cid, analysed(case_fields["mid"][0], "a.jpg", predictor), store, MODEL
+        )
+        lost = service.add_image(
+            s, staff["technician"], cid, analysed(case_fields["mid"][1], "b.jpg", predictor), store, MODEL
+        )
     orphan = store.put(b"a field whose rows were never committed")
     store.delete(_sha(instance.url, lost["image_id"]))
     with db.session_scope(instance.url) as s:

@@ -1,4 +1,5 @@
 """The content-addressed image store: names are digests only, writes are atomic, leftovers are swept."""
+
 from __future__ import annotations
 
 import hashlib

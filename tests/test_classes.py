@@ -6,8 +6,7 @@ from leukostage.classes import BY_KEY, CLASS_KEYS, CLASSES, class_info, parse_cl
 def test_keys_names_and_dataset_labels_are_the_contract():
     assert CLASS_KEYS == ("normal", "early", "mid", "advanced")
     assert [c.display_name for c in CLASSES] == ["Normal", "Early Stage", "Mid Stage", "Advanced Stage"]
-    assert [c.dataset_label for c in CLASSES] == [
-        "Benign (hematogones)", "Early Pre-B ALL", "Pre-B ALL", "Pro-B ALL"]
+    assert [c.dataset_label for c in CLASSES] == ["Benign (hematogones)", "Early Pre-B ALL", "Pre-B ALL", "Pro-B ALL"]
     assert [c.folder for c in CLASSES] == ["normal", "cancerous/early", "cancerous/mid", "cancerous/advanced"]
 
 
@@ -17,10 +16,22 @@ def test_unknown_class_lists_valid_keys():
         class_info("stage4")
 
 
-@pytest.mark.parametrize("text, key", [
-    ("mid", "mid"), ("Mid", "mid"), ("MID", "mid"), (" mid ", "mid"), ("Mid Stage", "mid"), ("mid  stage", "mid"),
-    ("Pre-B ALL", "mid"), ("pro-b all", "advanced"), ("Normal", "normal"), ("Early Stage", "early"),
-    ("Benign (hematogones)", "normal")])
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("mid", "mid"),
+        ("Mid", "mid"),
+        ("MID", "mid"),
+        (" mid ", "mid"),
+        ("Mid Stage", "mid"),
+        ("mid  stage", "mid"),
+        ("Pre-B ALL", "mid"),
+        ("pro-b all", "advanced"),
+        ("Normal", "normal"),
+        ("Early Stage", "early"),
+        ("Benign (hematogones)", "normal"),
+    ],
+)
 def test_parse_class_takes_keys_in_any_case_and_display_names(text, key):
     assert parse_class(text) is BY_KEY[key]
 

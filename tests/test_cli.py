@@ -16,8 +16,9 @@ from leukostage.cli import build_parser, main
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "leukostage.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "leukostage.cli", *map(str, args)], capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +32,14 @@ def bad_inputs(tmp_path_factory, sample_smears):
 
 
 def test_predict_json_contract_in_input_order_with_failures(bad_inputs, sample_smears):
-    files = [sample_smears["normal"], bad_inputs / "missing.png", bad_inputs / "corrupt.jpg",
-             bad_inputs / "text.jpg", bad_inputs / "empty_dir", sample_smears["advanced"]]
+    files = [
+        sample_smears["normal"],
+        bad_inputs / "missing.png",
+        bad_inputs / "corrupt.jpg",
+        bad_inputs / "text.jpg",
+        bad_inputs / "empty_dir",
+        sample_smears["advanced"],
+    ]
     proc = run_cli("predict", "--json", *files)
     assert proc.returncode == 1  # some inputs failed
     results = json.loads(proc.stdout)
@@ -57,8 +64,10 @@ def test_predict_exit_zero_and_readable_table(sample_smears, capsys):
 
 
 def test_predict_never_imports_torch(sample_smears):
-    code = ("import sys; from leukostage.cli import main; main(['predict', '--json', %r]); "
-            "sys.exit(3 if 'torch' in sys.modules else 0)" % str(sample_smears["normal"]))
+    code = (
+        f"import sys; from leukostage.cli import main; main(['predict', '--json', {str(sample_smears['normal'])!r}]); "
+        "sys.exit(3 if 'torch' in sys.modules else 0)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
 
@@ -95,8 +104,9 @@ def test_model_without_card_is_one_line(model_with_card, sample_smears):
 def test_corrupt_model_is_one_line(model_with_card, sample_smears):
     corrupt = model_with_card(lambda card: card, name="corrupt")
     corrupt.write_bytes(b"not an onnx file" * 100)
-    one_line_error(run_cli("predict", "--model", corrupt, sample_smears["mid"]), "not a loadable ONNX model",
-                   "leukostage export")
+    one_line_error(
+        run_cli("predict", "--model", corrupt, sample_smears["mid"]), "not a loadable ONNX model", "leukostage export"
+    )
 
 
 def test_explain_out_an_existing_file_is_one_line(tmp_path, sample_smears):
@@ -111,8 +121,12 @@ def test_explain_out_an_existing_file_is_one_line(tmp_path, sample_smears):
 def test_output_into_a_closed_pipe_is_quiet(tmp_path, verb):
     """`leukostage validate DIR | head -1`: far more output than a pipe buffer holds, reader gone after one line."""
     missing = [str(tmp_path / f"missing-{i:05d}.jpg") for i in range(3000)]
-    proc = subprocess.run(["/bin/bash", "-c", f"{sys.executable} -m leukostage.cli {verb} \"$@\" | head -n 1", "sh",
-                           *missing], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        ["/bin/bash", "-c", f'{sys.executable} -m leukostage.cli {verb} "$@" | head -n 1', "sh", *missing],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.stdout.startswith(missing[0]) and proc.stdout.count("\n") == 1
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
 
@@ -164,8 +178,17 @@ def test_every_verb_has_a_description_and_the_paper_preset_is_explained():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     for verb, parser in sub.choices.items():
         assert parser.description and len(parser.description) > 40, verb
-    assert {"predict", "validate", "explain", "serve", "train", "evaluate", "export", "audit",
-            "calibrate-validator"} <= set(sub.choices)
+    assert {
+        "predict",
+        "validate",
+        "explain",
+        "serve",
+        "train",
+        "evaluate",
+        "export",
+        "audit",
+        "calibrate-validator",
+    } <= set(sub.choices)
     for verb in ("predict", "validate", "explain"):
         text = sub.choices[verb].format_help()
         assert "Code Snippet 4" in text and "content check" in text, verb
@@ -180,8 +203,11 @@ def test_uncertain_row_names_the_top_class(model_with_card, sample_smears, capsy
 
 
 def test_serve_with_a_missing_validator_fails_before_starting(tmp_path):
-    one_line_error(run_cli("serve", "--port", "1", "--validator", tmp_path / "none.json"), "validator file",
-                   "calibrate-validator --out")
+    one_line_error(
+        run_cli("serve", "--port", "1", "--validator", tmp_path / "none.json"),
+        "validator file",
+        "calibrate-validator --out",
+    )
 
 
 # --- explain --json, class names as people type them (issue 12 items 5 and 8) ---------------------------------------

@@ -1,5 +1,6 @@
 """The training-path verbs through the CLI, on the real data and small: train -> evaluate (and its guards) ->
 export --metrics (and its fingerprint check). These are the commands that make the README's numbers."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from leukostage.cli import main
-from leukostage.data import discover, make_split
+from leukostage.training.data import discover, make_split
 
 pytestmark = pytest.mark.slow
 
@@ -17,16 +18,49 @@ pytestmark = pytest.mark.slow
 def run_dir(data_dir, tmp_path_factory) -> Path:
     """`leukostage train` for one epoch on 8 images per class (fp32: the same numbers on every CPU)."""
     out = tmp_path_factory.mktemp("run")
-    assert main(["train", "--data", str(data_dir), "--out", str(out), "--epochs", "1", "--limit-per-class", "8",
-                 "--batch-size", "16", "--precision", "fp32", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data_dir),
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+                "--limit-per-class",
+                "8",
+                "--batch-size",
+                "16",
+                "--precision",
+                "fp32",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return out
 
 
 @pytest.fixture(scope="module")
 def val_report(run_dir, data_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("eval") / "val"
-    assert main(["evaluate", "--model", str(run_dir / "best.pt"), "--data", str(data_dir), "--part", "val",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(run_dir / "best.pt"),
+                "--data",
+                str(data_dir),
+                "--part",
+                "val",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -39,19 +73,29 @@ def test_train_prints_its_summary_and_writes_the_run(run_dir):
 def test_evaluate_scores_the_models_own_split(val_report, data_dir, capsys):
     doc = json.loads((val_report / "metrics.json").read_text())
     ds = discover(data_dir)
-    assert doc["meta"] == {**doc["meta"], "split": "random", "part": "val", "seed": 42,
-                           "data_fingerprint": ds.fingerprint}
+    assert doc["meta"] == {
+        **doc["meta"],
+        "split": "random",
+        "part": "val",
+        "seed": 42,
+        "data_fingerprint": ds.fingerprint,
+    }
     assert doc["metrics"]["n"] == len(make_split(ds, "random", 42)["val"])
     assert 0.0 <= doc["metrics"]["accuracy"] <= 1.0 and (val_report / "report.md").is_file()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--split", "blocked"], "trained on the random split with seed 42"),
-    (["--seed", "7"], "would count training images as held out"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--split", "blocked"], "trained on the random split with seed 42"),
+        (["--seed", "7"], "would count training images as held out"),
+    ],
+)
 def test_evaluate_refuses_another_split_or_seed(run_dir, data_dir, tmp_path, capsys, args, message):
-    assert main(["evaluate", "--model", str(run_dir / "best.pt"), "--data", str(data_dir), "--out", str(tmp_path),
-                 *args]) == 2
+    assert (
+        main(["evaluate", "--model", str(run_dir / "best.pt"), "--data", str(data_dir), "--out", str(tmp_path), *args])
+        == 2
+    )
     assert message in capsys.readouterr().err
     assert not (tmp_path / "metrics.json").exists()
 
@@ -69,20 +113,39 @@ def changed_data(data_dir, tmp_path_factory) -> Path:
 
 
 def test_evaluate_refuses_other_data(run_dir, changed_data, tmp_path, capsys):
-    assert main(["evaluate", "--model", str(run_dir / "best.pt"), "--data", str(changed_data), "--out",
-                 str(tmp_path)]) == 2
+    assert (
+        main(["evaluate", "--model", str(run_dir / "best.pt"), "--data", str(changed_data), "--out", str(tmp_path)])
+        == 2
+    )
     assert "data fingerprint" in capsys.readouterr().err and not (tmp_path / "metrics.json").exists()
 
 
 def test_export_copies_metrics_of_the_same_data(run_dir, val_report, data_dir, tmp_path, capsys):
     onnx = tmp_path / "smoke.onnx"
-    assert main(["export", "--checkpoint", str(run_dir / "best.pt"), "--out", str(onnx), "--data", str(data_dir),
-                 "--metrics", str(val_report / "metrics.json")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--checkpoint",
+                str(run_dir / "best.pt"),
+                "--out",
+                str(onnx),
+                "--data",
+                str(data_dir),
+                "--metrics",
+                str(val_report / "metrics.json"),
+            ]
+        )
+        == 0
+    )
     assert "wrote" in capsys.readouterr().out
     card = json.loads(onnx.with_suffix(".card.json").read_text())
     report = json.loads((val_report / "metrics.json").read_text())
     copied = card["metrics"]["random_val"]
-    assert copied["accuracy"] == report["metrics"]["accuracy"] and copied["data_fingerprint"] == discover(data_dir).fingerprint
+    assert (
+        copied["accuracy"] == report["metrics"]["accuracy"]
+        and copied["data_fingerprint"] == discover(data_dir).fingerprint
+    )
     assert card["metrics"]["random_test"]["n"] == len(make_split(discover(data_dir), "random", 42)["test"])
 
 
@@ -92,6 +155,7 @@ def test_export_refuses_metrics_of_other_data(run_dir, val_report, tmp_path, cap
     foreign = tmp_path / "foreign.json"
     foreign.write_text(json.dumps(doc))
     onnx = tmp_path / "x.onnx"
-    assert main(["export", "--checkpoint", str(run_dir / "best.pt"), "--out", str(onnx), "--metrics",
-                 str(foreign)]) == 2
+    assert (
+        main(["export", "--checkpoint", str(run_dir / "best.pt"), "--out", str(onnx), "--metrics", str(foreign)]) == 2
+    )
     assert "0123456789abcdef" in capsys.readouterr().err and not onnx.exists()

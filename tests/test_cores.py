@@ -1,4 +1,5 @@
 """CPU facts the serving path acts on: the thread rule and whether int8 products are exact at full speed."""
+
 from __future__ import annotations
 
 from leukostage.cores import cpu_has_vnni, has_vnni, threads_per_worker

@@ -5,9 +5,18 @@ import numpy as np
 import pytest
 
 from leukostage.classes import CLASSES
-from leukostage.data import (cell_mask, stain_mask, discover, file_number, load_arrays, make_split,
-                             segmented_twin, split_summary, reproduce_split)
 from leukostage.imaging import load_image, preprocess, to_unit_range
+from leukostage.training.data import (
+    cell_mask,
+    discover,
+    file_number,
+    load_arrays,
+    make_split,
+    reproduce_split,
+    segmented_twin,
+    split_summary,
+    stain_mask,
+)
 
 DUPLICATE_PAIRS = 36  # byte-identical pairs on disk (sha256), all in cancerous/advanced/ (the data README says 40)
 PATIENT_BLOCK = 30  # consecutive capture numbers the blocked split keeps together (about one patient's captures)

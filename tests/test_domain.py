@@ -1,11 +1,12 @@
 """The domain check: the numpy reference, and the shipped model's answers on real in- and out-of-domain images."""
+
 import numpy as np
 import pytest
 
-from leukostage.data import discover, load_arrays, make_split
 from leukostage.domain import domain_fields, mahalanobis
 from leukostage.imaging import to_unit_range
 from leukostage.predict import analyse_path
+from leukostage.training.data import discover, load_arrays, make_split
 
 
 def test_whitened_distance_is_the_mahalanobis_distance():
@@ -43,8 +44,10 @@ def test_shipped_card_says_how_the_domain_threshold_was_chosen(shipped_domain, p
 
 def test_another_laboratorys_cells_are_outside_the_training_domain(shipped_domain, predictor, data_dir):
     """PBC cells (Barcelona, May Gruenwald-Giemsa) are normal blood: the shipped model must not classify them."""
-    files = [sorted((data_dir / "pbc_sample" / kind).glob("*.jpg"))[0] for kind in ("lymphocyte", "neutrophil",
-                                                                                      "monocyte", "basophil")]
+    files = [
+        sorted((data_dir / "pbc_sample" / kind).glob("*.jpg"))[0]
+        for kind in ("lymphocyte", "neutrophil", "monocyte", "basophil")
+    ]
     results = [analyse_path(f, predictor).result for f in files]
     for r in results:
         assert r["valid"], r

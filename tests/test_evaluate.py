@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from leukostage.classes import CLASS_KEYS
-from leukostage.evaluate import compute_metrics, expected_calibration_error, score_external, write_report
+from leukostage.training.evaluate import compute_metrics, expected_calibration_error, score_external, write_report
 
 
 def test_perfect_and_confused_predictions():
@@ -55,7 +55,10 @@ def test_external_scoring_counts_rejections_and_breaks_results_down_by_subfolder
     assert s["n"] == 5 and s["refused"] == 1 and sum(s["refused_codes"].values()) == 1
     # every valid image is counted once: under its class label or under one uncertain reason
     assert sum(s["labels"].values()) + sum(s["uncertain"].values()) == 4
-    assert list(s["labels"]) == list(CLASS_KEYS) and set(s["uncertain"]) == {"low_confidence", "outside_training_domain"}
+    assert list(s["labels"]) == list(CLASS_KEYS) and set(s["uncertain"]) == {
+        "low_confidence",
+        "outside_training_domain",
+    }
     assert s["leukaemia_labelled"] == s["labels"]["early"] + s["labels"]["mid"] + s["labels"]["advanced"]
     assert 0 <= s["leukaemia_confident"] <= s["leukaemia_labelled"]
     assert {k: v["n"] for k, v in s["by_subfolder"].items()} == {"lymphocyte": 3, "neutrophil": 2}

@@ -5,6 +5,7 @@ reference is the model users get, before int8 quantisation; test_quantize holds 
 exported one (the trained checkpoint of the current run when there is one, since runs/ is not in the repository,
 else a seeded random model), which exercises the export itself.
 """
+
 from __future__ import annotations
 
 import base64
@@ -16,13 +17,24 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import require
 
 from leukostage.classes import CLASS_KEYS
-from leukostage.explain import (EXPLAIN_MAX_SIDE, HEAT_STOPS, TRANSPARENT_BELOW, explain_image, explain_rgb, gradcam,
-                                heat_colours, overlay, overlay_png_base64, render, save_explanation)
+from leukostage.explain import (
+    EXPLAIN_MAX_SIDE,
+    HEAT_STOPS,
+    TRANSPARENT_BELOW,
+    explain_image,
+    explain_rgb,
+    gradcam,
+    heat_colours,
+    overlay,
+    overlay_png_base64,
+    render,
+    save_explanation,
+)
 from leukostage.imaging import load_image, preprocess
 from leukostage.predict import Predictor
-from conftest import require
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = Path(os.environ.get("LEUKOSTAGE_TEST_CHECKPOINT", ROOT / "runs" / "paper-random" / "best.pt"))
@@ -46,7 +58,7 @@ def _load_checkpoint_bytes(path: Path, tries: int = 5):
 def torch_model(request):
     """(model in eval mode, checkpoint-like dict or None for the shipped model)."""
     torch = require("torch")
-    from leukostage.model import ModelConfig, build_model, config_dict, config_from_dict
+    from leukostage.training.model import ModelConfig, build_model, config_dict, config_from_dict
 
     if request.param == "shipped":
         return request.getfixturevalue("shipped_torch_model")[0], None
@@ -66,7 +78,7 @@ def torch_model(request):
 
 @pytest.fixture(scope="module")
 def onnx_model(torch_model, reference_model_path, tmp_path_factory) -> Path:
-    from leukostage.export import build_card, export_onnx, write_card
+    from leukostage.training.export import build_card, export_onnx, write_card
 
     model, ckpt = torch_model
     if ckpt is None:  # the shipped model's float graph: the int8 file's own heat maps are checked below
@@ -232,8 +244,21 @@ def test_cli_explain_writes_both_files_and_reports_bad_inputs(onnx_model, pbc_im
     bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
     out = tmp_path / "maps"
     # the paper preset (colour rule only) keeps this test independent of the validator's calibration file
-    rc = main(["explain", "--model", str(onnx_model), "--preset", "paper", "--class", "early", "--out", str(out),
-               str(bad), str(pbc_image)])
+    rc = main(
+        [
+            "explain",
+            "--model",
+            str(onnx_model),
+            "--preset",
+            "paper",
+            "--class",
+            "early",
+            "--out",
+            str(out),
+            str(bad),
+            str(pbc_image),
+        ]
+    )
     stdout = capsys.readouterr().out
     assert rc == 1  # one input failed; the other was still explained
     assert "broken.jpg\tREJECTED [unreadable]" in stdout

@@ -4,11 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from leukostage.data import discover, load_arrays, make_split
-from leukostage.export import (TEMPERATURE_GRID, choose_uncertain_threshold, export_model, export_onnx,
-                               fit_temperature, onnx_probabilities)
 from leukostage.imaging import load_image, preprocess
-from leukostage.model import ModelConfig, build_model, config_dict
+from leukostage.training.data import discover, load_arrays, make_split
+from leukostage.training.export import (
+    TEMPERATURE_GRID,
+    choose_uncertain_threshold,
+    export_model,
+    export_onnx,
+    fit_temperature,
+    onnx_probabilities,
+)
+from leukostage.training.model import ModelConfig, build_model, config_dict
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +32,21 @@ def random_model():
 def checkpoint(random_model, data_dir, tmp_path_factory):
     ds = discover(data_dir)
     path = tmp_path_factory.mktemp("ckpt") / "best.pt"
-    torch.save({"model": random_model.state_dict(), "model_config": config_dict(ModelConfig()), "train_config": {},
-                "meta": {"fingerprint": ds.fingerprint, "split": "random", "seed": 42}, "epoch": 1}, path)
+    torch.save(
+        {
+            "model": random_model.state_dict(),
+            "model_config": config_dict(ModelConfig()),
+            "train_config": {},
+            "meta": {"fingerprint": ds.fingerprint, "split": "random", "seed": 42},
+            "epoch": 1,
+        },
+        path,
+    )
     return path
 
 
 def _real_batch(taleqani, n=6, size=128):
-    files = sorted(taleqani.glob("*/*.jpg"))[:3] + sorted(taleqani.glob("cancerous/*/*.jpg"))[:n - 3]
+    files = sorted(taleqani.glob("*/*.jpg"))[:3] + sorted(taleqani.glob("cancerous/*/*.jpg"))[: n - 3]
     return np.stack([preprocess(load_image(f), size) for f in files])
 
 
@@ -106,8 +120,11 @@ def test_export_model_writes_card_with_provenance_and_threshold(checkpoint, data
     val_probs = onnx_probabilities(tmp_path / "x.onnx", val_images)
     y_val = discover(data_dir).labels[split["val"]]
     conf, correct = val_probs.max(1), val_probs.argmax(1) == y_val
-    reaching = [t for t in np.round(np.arange(0.40, 0.96, 0.05), 2) if (conf >= t).any()
-                and correct[conf >= t].mean() >= card["decision"]["target_selective_accuracy"]]
+    reaching = [
+        t
+        for t in np.round(np.arange(0.40, 0.96, 0.05), 2)
+        if (conf >= t).any() and correct[conf >= t].mean() >= card["decision"]["target_selective_accuracy"]
+    ]
     assert card["decision"]["uncertain_below"] == pytest.approx(min(reaching) if reaching else 0.95)
     assert card["decision"]["target_selective_accuracy"] == 0.99
     assert card["calibration"]["fitted_on"].startswith("random split, val")
@@ -159,15 +176,13 @@ def random_lite():
     return build_model(ModelConfig(arch="lite0", image_size=224, colour_norm=True, pretrained=True)).eval()
 
 
-
-
 def test_lite0_onnx_matches_torch_with_gradcam_weights_and_domain_score(random_lite, taleqani, data_dir, tmp_path):
     """One export covers the whole serving graph of the new architecture: probabilities, the Grad-CAM channel weights
     (autograd through the global average pool) and the domain score (numpy Mahalanobis on torch's embeddings)."""
     import onnxruntime as ort
 
     from leukostage.domain import mahalanobis
-    from leukostage.export import embeddings, fit_domain
+    from leukostage.training.export import embeddings, fit_domain
 
     batch = _real_batch(taleqani, size=224)
     uint8 = np.round(batch * 255).astype(np.uint8)
@@ -199,13 +214,18 @@ def test_domain_score_ranks_another_laboratory_far(random_lite, taleqani, data_d
     """Even an untrained body's features separate PBC cells from Taleqani fields; with a covariance fitted on
     Taleqani images, held-out Taleqani images must score lower than the other laboratory's."""
     from leukostage.domain import mahalanobis
-    from leukostage.export import SHRINKAGE_GRID, embeddings, fit_domain
+    from leukostage.training.export import SHRINKAGE_GRID, embeddings, fit_domain
 
     def load(files):
         return np.stack([np.round(preprocess(load_image(f), 224) * 255).astype(np.uint8) for f in files])
 
-    fit = load([f for c in ("normal", "cancerous/early", "cancerous/mid", "cancerous/advanced")
-                for f in sorted((taleqani / c).glob("*.jpg"))[:25]])
+    fit = load(
+        [
+            f
+            for c in ("normal", "cancerous/early", "cancerous/mid", "cancerous/advanced")
+            for f in sorted((taleqani / c).glob("*.jpg"))[:25]
+        ]
+    )
     held_out = load([f for c in ("normal", "cancerous/mid") for f in sorted((taleqani / c).glob("*.jpg"))[-5:]])
     other = load(sorted((data_dir / "pbc_sample").rglob("*.jpg"))[::40][:10])
     mean, whitening, shrinkage = fit_domain(embeddings(random_lite, fit[::2]), embeddings(random_lite, fit[1::2]))

@@ -1,4 +1,5 @@
 """Layer 1 of the input gate: every decoding path, with crafted files (no fixtures on disk)."""
+
 from __future__ import annotations
 
 import io
@@ -8,10 +9,21 @@ import zlib
 import cv2
 import numpy as np
 import pytest
-
-from leukostage.imaging import (MAX_BYTES, MAX_PIXELS, MIN_SIDE, ImageError, decode_image, load_image, preprocess,
-                                read_bytes, read_header, size_limit_message, sniff_format)
 from conftest import require
+
+from leukostage.imaging import (
+    MAX_BYTES,
+    MAX_PIXELS,
+    MIN_SIDE,
+    ImageError,
+    decode_image,
+    load_image,
+    preprocess,
+    read_bytes,
+    read_header,
+    size_limit_message,
+    sniff_format,
+)
 
 
 # --- builders -------------------------------------------------------------------------------------------------------
@@ -76,24 +88,39 @@ def jpeg_with_orientation(rgb: np.ndarray, orientation: int, endian: str = ">") 
 
 
 # --- format sniffing and header guard -------------------------------------------------------------------------------
-@pytest.mark.parametrize("head, fmt", [
-    (b"\xff\xd8\xff\xe0rest", "jpeg"), (b"\x89PNG\r\n\x1a\nrest", "png"), (b"II*\x00rest", "tiff"),
-    (b"MM\x00*rest", "tiff"), (b"BMrest", "bmp"), (b"GIF89arest", "gif"), (b"GIF87arest", "gif"),
-    (b"RIFF\x00\x00\x00\x00WEBPVP8 ", "webp"), (b"%PDF-1.7", None), (b"hello world", None), (b"", None),
-])
+@pytest.mark.parametrize(
+    "head, fmt",
+    [
+        (b"\xff\xd8\xff\xe0rest", "jpeg"),
+        (b"\x89PNG\r\n\x1a\nrest", "png"),
+        (b"II*\x00rest", "tiff"),
+        (b"MM\x00*rest", "tiff"),
+        (b"BMrest", "bmp"),
+        (b"GIF89arest", "gif"),
+        (b"GIF87arest", "gif"),
+        (b"RIFF\x00\x00\x00\x00WEBPVP8 ", "webp"),
+        (b"%PDF-1.7", None),
+        (b"hello world", None),
+        (b"", None),
+    ],
+)
 def test_format_is_sniffed_from_content(head, fmt):
     assert sniff_format(head) == fmt
 
 
-@pytest.mark.parametrize("data, code", [
-    (b"", "unreadable"),
-    (b"this is a text file, not a photograph\n" * 20, "unreadable"),
-    (b"%PDF-1.7\n" + b"0" * 400, "unreadable"),
-    (b"\xff\xd8\xff" + b"\x00" * 200, "unreadable"),  # JPEG magic, no frame header
-    (b"\x89PNG\r\n\x1a\n\x00\x00", "unreadable"),  # PNG magic, IHDR cut off
-    (b"BM\x00", "unreadable"),  # BMP magic, header cut off
-    (b"II*\x00\xff\xff\x00\x00", "unreadable"),  # TIFF whose first IFD lies beyond the file
-], ids=["empty", "text", "pdf", "jpeg-no-sof", "png-cut-header", "bmp-cut-header", "tiff-bad-ifd"])
+@pytest.mark.parametrize(
+    "data, code",
+    [
+        (b"", "unreadable"),
+        (b"this is a text file, not a photograph\n" * 20, "unreadable"),
+        (b"%PDF-1.7\n" + b"0" * 400, "unreadable"),
+        (b"\xff\xd8\xff" + b"\x00" * 200, "unreadable"),  # JPEG magic, no frame header
+        (b"\x89PNG\r\n\x1a\n\x00\x00", "unreadable"),  # PNG magic, IHDR cut off
+        (b"BM\x00", "unreadable"),  # BMP magic, header cut off
+        (b"II*\x00\xff\xff\x00\x00", "unreadable"),  # TIFF whose first IFD lies beyond the file
+    ],
+    ids=["empty", "text", "pdf", "jpeg-no-sof", "png-cut-header", "bmp-cut-header", "tiff-bad-ifd"],
+)
 def test_damaged_or_foreign_bytes_are_unreadable(data, code):
     with pytest.raises(ImageError) as err:
         decode_image(data)
@@ -101,12 +128,16 @@ def test_damaged_or_foreign_bytes_are_unreadable(data, code):
     assert err.value.message
 
 
-@pytest.mark.parametrize("make, code", [
-    (lambda: gif(1), "unsupported_format"),
-    (lambda: gif(3), "animated"),
-    (lambda: encode(".webp", gradient()), "unsupported_format"),
-    (apng, "animated"),
-], ids=["gif", "animated-gif", "webp", "apng"])
+@pytest.mark.parametrize(
+    "make, code",
+    [
+        (lambda: gif(1), "unsupported_format"),
+        (lambda: gif(3), "animated"),
+        (lambda: encode(".webp", gradient()), "unsupported_format"),
+        (apng, "animated"),
+    ],
+    ids=["gif", "animated-gif", "webp", "apng"],
+)
 def test_unsupported_and_animated_containers(make, code):
     with pytest.raises(ImageError) as err:
         read_header(make())
@@ -125,7 +156,7 @@ def test_decompression_bomb_is_refused_from_the_header(width, height):
 def test_too_large_jpeg_bmp_and_tiff_headers():
     jpeg = bytearray(encode(".jpg", gradient()))
     sof = jpeg.find(b"\xff\xc0")
-    jpeg[sof + 5:sof + 9] = struct.pack(">HH", 60_000, 60_000)
+    jpeg[sof + 5 : sof + 9] = struct.pack(">HH", 60_000, 60_000)
     bmp = bytearray(encode(".bmp", gradient()))
     bmp[18:26] = struct.pack("<ii", 20_000, -20_000)  # negative height: top-down BMP
     entries = [struct.pack("<HHII", tag, 4, 1, 100_000) for tag in (256, 257)]  # LONG width and height
@@ -175,14 +206,21 @@ def test_read_bytes_guards(tmp_path):
     assert err.value.code == "too_large"
 
 
-@pytest.mark.parametrize("size, limit, what, text", [
-    (22_400_000, 20 * 2**20, "file", "The file is 21.4 MiB; at most 20 MiB are accepted per file."),
-    (20 * 2**20 + 1, 20 * 2**20, "file", "The file is 20,971,521 bytes; at most 20,971,520 bytes (20 MiB) are "
-                                         "accepted per file."),
-    (70 * 2**20, 64 * 2**20, "request", "The request is 70 MiB; at most 64 MiB are accepted per request."),
-    (None, 64 * 2**20, "request", "The request is larger than 64 MiB, the most accepted per request."),
-    (2000, 1000, "file", "The file is 2 KiB; at most 1 KiB are accepted per file."),
-])
+@pytest.mark.parametrize(
+    "size, limit, what, text",
+    [
+        (22_400_000, 20 * 2**20, "file", "The file is 21.4 MiB; at most 20 MiB are accepted per file."),
+        (
+            20 * 2**20 + 1,
+            20 * 2**20,
+            "file",
+            "The file is 20,971,521 bytes; at most 20,971,520 bytes (20 MiB) are accepted per file.",
+        ),
+        (70 * 2**20, 64 * 2**20, "request", "The request is 70 MiB; at most 64 MiB are accepted per request."),
+        (None, 64 * 2**20, "request", "The request is larger than 64 MiB, the most accepted per request."),
+        (2000, 1000, "file", "The file is 2 KiB; at most 1 KiB are accepted per file."),
+    ],
+)
 def test_size_limit_message_says_which_limit_in_binary_units(size, limit, what, text):
     """One message for the CLI and the web app (issue 12: "21.0 MB; at most 21 MB" for a 20 MiB limit)."""
     message = size_limit_message(size, limit, what)
@@ -267,11 +305,19 @@ def test_alpha_is_composited_over_white():
     assert out[0, 30].tolist() == [255, 255, 255]
 
 
-@pytest.mark.parametrize("orientation, expected", [
-    (1, lambda a: a), (2, lambda a: a[:, ::-1]), (3, lambda a: a[::-1, ::-1]), (4, lambda a: a[::-1]),
-    (5, lambda a: np.transpose(a, (1, 0, 2))), (6, lambda a: np.rot90(a, -1)),
-    (7, lambda a: np.rot90(a[:, ::-1], 1)), (8, lambda a: np.rot90(a, 1)),
-])
+@pytest.mark.parametrize(
+    "orientation, expected",
+    [
+        (1, lambda a: a),
+        (2, lambda a: a[:, ::-1]),
+        (3, lambda a: a[::-1, ::-1]),
+        (4, lambda a: a[::-1]),
+        (5, lambda a: np.transpose(a, (1, 0, 2))),
+        (6, lambda a: np.rot90(a, -1)),
+        (7, lambda a: np.rot90(a[:, ::-1], 1)),
+        (8, lambda a: np.rot90(a, 1)),
+    ],
+)
 @pytest.mark.parametrize("endian", [">", "<"])
 def test_exif_orientation_is_applied(orientation, expected, endian):
     img = gradient(48, 96)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from leukostage.model import ColourNormalise, ModelConfig, build_model, count_trainable
+from leukostage.training.model import ColourNormalise, ModelConfig, build_model, count_trainable
 
 
 def test_trainable_parameters_match_table_4():
@@ -94,8 +94,15 @@ def test_lite0_shape_after_each_stage():
             shapes.append(tuple(x.shape[1:]))
         # the last block of each stage: 16@112, 24@56, 40@28, 80@14, 112@14, 192@7, 320@7
         ends = [shapes[i] for i in (0, 2, 4, 7, 10, 14, 15)]
-        assert ends == [(16, 112, 112), (24, 56, 56), (40, 28, 28), (80, 14, 14), (112, 14, 14), (192, 7, 7),
-                        (320, 7, 7)]
+        assert ends == [
+            (16, 112, 112),
+            (24, 56, 56),
+            (40, 28, 28),
+            (80, 14, 14),
+            (112, 14, 14),
+            (192, 7, 7),
+            (320, 7, 7),
+        ]
         assert len(model.blocks) == 16
         maps, pooled = model.forward_maps(torch.rand(2, 3, 224, 224))
     assert tuple(maps.shape) == (2, 1280, 7, 7) and tuple(pooled.shape) == (2, 1280, 1, 1)
@@ -103,7 +110,7 @@ def test_lite0_shape_after_each_stage():
 
 
 def test_same_padding_is_tensorflows():
-    from leukostage.model import same_padding
+    from leukostage.training.model import same_padding
 
     assert same_padding(224, 3, 2) == (0, 1, 0, 1)  # asymmetric: the extra row/column goes right and bottom
     assert same_padding(112, 3, 1) == (1, 1, 1, 1)
@@ -139,7 +146,7 @@ def test_lite0_stochastic_depth_only_in_training():
 
 
 def test_lite0_domain_embedding_is_the_stage_ends_global_averages():
-    from leukostage.model import LITE0_DOMAIN_BLOCKS
+    from leukostage.training.model import LITE0_DOMAIN_BLOCKS
 
     model = _lite().eval()
     x = torch.rand(2, 3, 224, 224)

@@ -1,5 +1,6 @@
 """The package as a new user gets it: build the wheel, install it into a fresh venv (base dependencies only, no
 torch), and predict and serve with the model and validator shipped inside it."""
+
 from __future__ import annotations
 
 import json
@@ -66,8 +67,11 @@ def test_wheel_carries_every_file_the_package_reads(wheel):
     """Every tracked non-Python file under src/leukostage (model, card, validator.json, templates, static) is in
     the wheel: package data is not only what an editable install happens to see. The float graph the served int8
     model was quantised from is the tests' reference, not served: it stays out of the wheel."""
-    wanted = {str(Path(f).relative_to("src")) for f in tracked_files()
-              if f.startswith("src/leukostage/") and not f.endswith(".py")}
+    wanted = {
+        str(Path(f).relative_to("src"))
+        for f in tracked_files()
+        if f.startswith("src/leukostage/") and not f.endswith(".py")
+    }
     assert {"leukostage/validator.json", "leukostage/models/lite0.onnx", "leukostage/models/lite0.card.json"} <= wanted
     assert any(f.startswith("leukostage/web/templates/") for f in wanted)
     assert any(f.startswith("leukostage/web/static/") for f in wanted)
@@ -84,8 +88,16 @@ def test_installed_wheel_predicts_with_its_own_model(installed, sample_smears, t
     (row,) = json.loads(r.stdout)
     assert row["valid"] and row["label"] in ("normal", "early", "mid", "advanced", "uncertain")
     assert row["validator"]["name"] == "validator.json (packaged)"
-    where = run([bin_ / "python", "-c", "import leukostage.predict as p, importlib.util as u; "
-                 "print(p.default_model_path()); print(u.find_spec('torch') is None)"], cwd=tmp_path, env=user_env())
+    where = run(
+        [
+            bin_ / "python",
+            "-c",
+            "import leukostage.predict as p, importlib.util as u; "
+            "print(p.default_model_path()); print(u.find_spec('torch') is None)",
+        ],
+        cwd=tmp_path,
+        env=user_env(),
+    )
     model, no_torch = where.stdout.split()
     assert Path(model).is_relative_to(installed) and no_torch == "True"  # the wheel's copy, and the base install
 
@@ -101,9 +113,14 @@ def test_installed_wheel_serves(installed, tmp_path):
     r = run([installed / "bin" / "leukostage", "db", "upgrade"], cwd=tmp_path, env=user_env())
     assert r.returncode == 0, r.stderr
     port = free_port()
-    proc = subprocess.Popen([installed / "bin" / "leukostage", "serve", "--port", str(port), "--workers", "1"],
-                            cwd=tmp_path, env=user_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [installed / "bin" / "leukostage", "serve", "--port", str(port), "--workers", "1"],
+        cwd=tmp_path,
+        env=user_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         health = None
         for _ in range(240):  # up to 2 min on a loaded machine; returns as soon as the worker answers

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from leukostage.classes import CLASS_KEYS
-from leukostage.data import discover, load_arrays, make_split
 from leukostage.imaging import to_unit_range
 from leukostage.predict import Predictor, analyse_bytes, analyse_path, decide, result_fields
+from leukostage.training.data import discover, load_arrays, make_split
 
 REGRESSION_SUBSET = 120  # the first N images of the shipped model's own test split, in split order
 
@@ -54,7 +54,11 @@ def test_decide_marks_low_confidence_uncertain_but_keeps_probabilities():
 
 def test_decide_puts_the_domain_check_before_confidence():
     probs = np.array([0.01, 0.01, 0.01, 0.97])
-    assert decide(probs, 0.5, domain_score=12.0, domain_threshold=10.0) == ("uncertain", 0.97, "outside_training_domain")
+    assert decide(probs, 0.5, domain_score=12.0, domain_threshold=10.0) == (
+        "uncertain",
+        0.97,
+        "outside_training_domain",
+    )
     assert decide(probs, 0.5, domain_score=9.0, domain_threshold=10.0) == ("advanced", 0.97, None)
     far = result_fields(probs, 0.5, 12.0, 10.0)
     assert far["label"] == "uncertain" and far["uncertain_reason"] == "outside_training_domain"
@@ -71,7 +75,7 @@ def test_shipped_model_still_scores_on_its_own_test_split(predictor, data_dir):
     assert ds.fingerprint == training["data_fingerprint"], "data changed since the shipped model was trained"
     idx = make_split(ds, training["split"], training["seed"])["test"][:REGRESSION_SUBSET]
     images = to_unit_range(load_arrays(ds, size=predictor.image_size, progress=False)[idx])
-    probs = np.concatenate([predictor.predict_proba(images[i:i + 40]) for i in range(0, len(images), 40)])
+    probs = np.concatenate([predictor.predict_proba(images[i : i + 40]) for i in range(0, len(images), 40)])
     accuracy = (probs.argmax(1) == ds.labels[idx]).mean()
     assert accuracy >= 0.95, f"shipped model accuracy {accuracy:.3f} on {len(idx)} test images"
 
@@ -96,8 +100,9 @@ def test_card_threshold_makes_predictor_cli_and_web_answer_uncertain(model_with_
     import subprocess
     import sys
 
-    from leukostage.web import create_app
     from web_server import multipart
+
+    from leukostage.web import create_app
 
     path = sample_smears["advanced"]
     shipped = analyse_path(path, predictor).result
@@ -112,8 +117,12 @@ def test_card_threshold_makes_predictor_cli_and_web_answer_uncertain(model_with_
     assert result["uncertain_reason"] == "low_confidence"  # the card's threshold, not the domain check
     assert result["probabilities"] == shipped["probabilities"]
 
-    cli = subprocess.run([sys.executable, "-m", "leukostage.cli", "predict", "--json", "--model", str(doubtful),
-                          str(path)], capture_output=True, text=True, timeout=120)
+    cli = subprocess.run(
+        [sys.executable, "-m", "leukostage.cli", "predict", "--json", "--model", str(doubtful), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert cli.returncode == 0 and json.loads(cli.stdout)[0]["label"] == "uncertain"
 
     client = create_app({"TESTING": True, "MODEL_PATH": str(doubtful), "ORT_THREADS": 1}).test_client()

@@ -1,5 +1,6 @@
 """int8 quantisation: what the quantiser does to a real lite0 graph, the card it writes, and the shipped int8 model
 against the float graph it was quantised from, on real images."""
+
 from __future__ import annotations
 
 import json
@@ -10,11 +11,11 @@ import onnx
 import pytest
 
 from leukostage.cli import main
-from leukostage.data import discover, load_arrays, make_split
 from leukostage.domain import DOMAIN_OUTPUT
 from leukostage.imaging import load_image, preprocess
 from leukostage.predict import Predictor, card_path_for
-from leukostage.quantize import BODY_PREFIXES, agreement, quantize_model, sha256
+from leukostage.training.data import discover, load_arrays, make_split
+from leukostage.training.quantize import BODY_PREFIXES, agreement, quantize_model, sha256
 
 torch = pytest.importorskip("torch")  # the train extra: export (torch) makes the float graph quantised here
 
@@ -38,14 +39,14 @@ def small_data(data_dir, tmp_path_factory) -> Path:
 def float_lite(small_data, tmp_path_factory) -> Path:
     """A lite0 export (ImageNet body, random head, a domain check fitted on the small data's training part) with a
     card naming the small data, as `export` writes one."""
-    from leukostage.export import (
+    from leukostage.training.export import (
         build_card,
         embeddings,
         export_onnx,
         fit_domain,
         write_card,
     )
-    from leukostage.model import ModelConfig, build_model, config_dict
+    from leukostage.training.model import ModelConfig, build_model, config_dict
 
     torch.manual_seed(3)
     cfg = ModelConfig(arch="lite0", image_size=224, colour_norm=True, pretrained=True)
@@ -148,22 +149,29 @@ def test_shipped_model_is_the_int8_version_of_its_reference(model_path, referenc
     assert model_path.stat().st_size <= 25e6  # issue 9's size limit
 
 
-def test_shipped_int8_model_decides_as_its_float_reference_on_real_images(model_path, reference_model_path, taleqani,
-                                                                         data_dir):
+def test_shipped_int8_model_decides_as_its_float_reference_on_real_images(
+    model_path, reference_model_path, taleqani, data_dir
+):
     """The same classes and the same domain verdicts (each file against its own threshold) on in-domain images of
     every class and on another laboratory's cells; probabilities within a few points."""
-    files = [f for c in ("normal", "cancerous/early", "cancerous/mid", "cancerous/advanced")
-             for f in sorted((taleqani / c).glob("*.jpg"))[::40][:6]]
+    files = [
+        f
+        for c in ("normal", "cancerous/early", "cancerous/mid", "cancerous/advanced")
+        for f in sorted((taleqani / c).glob("*.jpg"))[::40][:6]
+    ]
     foreign = sorted((data_dir / "pbc_sample").glob("*/*.jpg"))[::50][:8]
     int8, ref = Predictor.load(model_path), Predictor.load(reference_model_path)
     batch = np.stack([preprocess(load_image(f), int8.image_size) for f in files + foreign])
     got, want = int8.decide_batch(int8.run_decision(batch)), ref.decide_batch(ref.run_decision(batch))
     assert [r["label"] for r in got] == [r["label"] for r in want]
     assert [r["domain"]["in_domain"] for r in got] == [r["domain"]["in_domain"] for r in want]
-    assert not any(r["domain"]["in_domain"] for r in got[len(files):])  # the other laboratory stays outside
+    assert not any(r["domain"]["in_domain"] for r in got[len(files) :])  # the other laboratory stays outside
     # in the domain, the probabilities move by a few points at most (outside it they are not evidence of anything)
-    change = max(abs(a["probabilities"][k] - b["probabilities"][k])
-                 for a, b in zip(got[: len(files)], want[: len(files)]) for k in a["probabilities"])
+    change = max(
+        abs(a["probabilities"][k] - b["probabilities"][k])
+        for a, b in zip(got[: len(files)], want[: len(files)])
+        for k in a["probabilities"]
+    )
     assert change < 0.1
 
 

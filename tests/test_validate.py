@@ -1,4 +1,5 @@
 """The input gate on real smears and generated negatives: every code path, both presets, the CLI contract."""
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,20 @@ import pytest
 from leukostage import negatives
 from leukostage.cli import main
 from leukostage.imaging import load_image
-from leukostage.validate import (FEATURE_NAMES, MESSAGES, PAPER_RULE, PRESETS, VALIDATOR_PATH, analysis_image,
-                                 content_features, get_preset, load_calibration, validate_bytes, validate_image,
-                                 validate_path)
+from leukostage.validate import (
+    FEATURE_NAMES,
+    MESSAGES,
+    PAPER_RULE,
+    PRESETS,
+    VALIDATOR_PATH,
+    analysis_image,
+    content_features,
+    get_preset,
+    load_calibration,
+    validate_bytes,
+    validate_image,
+    validate_path,
+)
 
 TEST_SEED = 7  # neither the calibration seed (42) nor the report's (1042): fresh negatives from held-out sources
 
@@ -26,7 +38,7 @@ def png(rgb: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="session")
 def split(data_dir):
-    from leukostage.calibrate import genuine_split
+    from leukostage.training.calibrate import genuine_split
 
     return genuine_split(data_dir, 42)
 
@@ -123,19 +135,28 @@ def green_field() -> np.ndarray:
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-@pytest.mark.parametrize("make, code", [
-    (lambda: flat((255, 255, 255)), "low_saturation"),
-    (lambda: flat((128, 128, 128)), "low_saturation"),
-    (lambda: flat((6, 4, 10)), "abnormal_brightness"),
-    (green_field, "no_stain_profile"),
-], ids=["blank-white", "grey", "black", "green-field"])
+@pytest.mark.parametrize(
+    "make, code",
+    [
+        (lambda: flat((255, 255, 255)), "low_saturation"),
+        (lambda: flat((128, 128, 128)), "low_saturation"),
+        (lambda: flat((6, 4, 10)), "abnormal_brightness"),
+        (green_field, "no_stain_profile"),
+    ],
+    ids=["blank-white", "grey", "black", "green-field"],
+)
 def test_colour_layer_codes_and_paper_messages(make, code, preset):
     verdict = validate_image(make(), preset)
     assert not verdict.valid
     assert verdict.code == code
-    assert verdict.reason == {"low_saturation": "Image lacks colour saturation",
-                              "abnormal_brightness": "Abnormal brightness levels",
-                              "no_stain_profile": "No blood smear colour profile detected"}[code]
+    assert (
+        verdict.reason
+        == {
+            "low_saturation": "Image lacks colour saturation",
+            "abnormal_brightness": "Abnormal brightness levels",
+            "no_stain_profile": "No blood smear colour profile detected",
+        }[code]
+    )
 
 
 def test_content_layer_code_when_colour_passes():
@@ -164,10 +185,15 @@ def test_unknown_preset_lists_the_valid_ones(one_smear):
         validate_image(one_smear, "strict")
 
 
-@pytest.mark.parametrize("data, code", [
-    (b"", "unreadable"), (b"plain text", "unreadable"), (b"GIF89a" + b"\x00" * 40, "unsupported_format"),
-    (png(np.zeros((8, 8, 3), np.uint8)), "too_small"),
-])
+@pytest.mark.parametrize(
+    "data, code",
+    [
+        (b"", "unreadable"),
+        (b"plain text", "unreadable"),
+        (b"GIF89a" + b"\x00" * 40, "unsupported_format"),
+        (png(np.zeros((8, 8, 3), np.uint8)), "too_small"),
+    ],
+)
 def test_validate_bytes_never_raises_for_bad_bytes(data, code):
     rgb, verdict, decode_ms = validate_bytes(data)
     assert rgb is None and not verdict.valid and verdict.code == code and verdict.checks == {}
@@ -181,8 +207,11 @@ def test_validate_path_reports_missing_files(tmp_path):
 
 @pytest.mark.parametrize("shape", [(32, 32, 3), (32, 3000, 3), (3000, 32, 3), (40, 41, 3)])
 def test_features_are_finite_for_odd_shapes(shape):
-    for img in (np.zeros(shape, np.uint8), np.full(shape, 255, np.uint8),
-                np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)):
+    for img in (
+        np.zeros(shape, np.uint8),
+        np.full(shape, 255, np.uint8),
+        np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8),
+    ):
         f = content_features(analysis_image(img))
         assert f.shape == (len(FEATURE_NAMES),) and np.isfinite(f).all()
         assert validate_image(img).valid is False
@@ -217,9 +246,11 @@ def test_missing_or_foreign_calibration_is_a_clear_error(tmp_path):
 
 
 def test_serving_path_imports_no_training_libraries():
-    code = ("import sys, numpy as np; import leukostage.validate as v; "
-            "v.validate_image(np.zeros((64, 64, 3), np.uint8)); "
-            "print(','.join(m for m in ('torch', 'sklearn', 'skimage') if m in sys.modules))")
+    code = (
+        "import sys, numpy as np; import leukostage.validate as v; "
+        "v.validate_image(np.zeros((64, 64, 3), np.uint8)); "
+        "print(','.join(m for m in ('torch', 'sklearn', 'skimage') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 
@@ -250,7 +281,7 @@ def test_cli_validate_paper_preset_and_text_output(capsys, split):
     assert capsys.readouterr().out.strip().endswith("ok")
 
 
-# --- which validator judged: --validator FILE / $LEUKOSTAGE_VALIDATOR (issue 12 item 6) --------------------------------
+# --- which validator judged: --validator FILE / $LEUKOSTAGE_VALIDATOR (issue 12 item 6) ------------------------------
 def strict_validator(tmp_path: Path, threshold: float = 0.99999) -> Path:
     """The packaged calibration with its content threshold raised: every real smear fails the content check only."""
     data = json.loads(VALIDATOR_PATH.read_text())
@@ -264,8 +295,10 @@ def test_every_verdict_names_its_validator_by_file_and_hash(sample_smears):
     import hashlib
 
     verdict = validate_path(sample_smears["mid"]).to_dict()
-    assert verdict["validator"] == {"name": "validator.json (packaged)",
-                                    "sha256": hashlib.sha256(VALIDATOR_PATH.read_bytes()).hexdigest()}
+    assert verdict["validator"] == {
+        "name": "validator.json (packaged)",
+        "sha256": hashlib.sha256(VALIDATOR_PATH.read_bytes()).hexdigest(),
+    }
     assert validate_path(sample_smears["mid"], "paper").validator["sha256"] is None
 
 
@@ -290,7 +323,9 @@ def test_content_only_failure_near_the_threshold_is_an_unusual_smear_not_tissue(
     assert "unusual smear" in verdict.reason and "tissue" not in verdict.reason
     assert f"{verdict.checks['smear_score'].value:.3f}" in verdict.reason
     monkeypatch.delenv("LEUKOSTAGE_VALIDATOR")
-    tissue = validate_path(Path(str(sample_smears["mid"]).split("taleqani_all")[0]) / "not_blood" / "he_histology_1.png")
+    tissue = validate_path(
+        Path(str(sample_smears["mid"]).split("taleqani_all")[0]) / "not_blood" / "he_histology_1.png"
+    )
     assert tissue.code == "not_blood_smear" and tissue.reason == MESSAGES["not_blood_smear"]
 
 

@@ -1,4 +1,5 @@
 """The web app through Flask's test client: every route, every error status, the headers, the page's assets."""
+
 from __future__ import annotations
 
 import base64
@@ -14,18 +15,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from web_server import multipart, smear_candidates
 
 from leukostage import cli
 from leukostage.classes import BY_KEY, CLASS_KEYS, CLASSES, DISCLAIMER, UNCERTAIN_COLOUR
+from leukostage.cores import threads_per_worker
 from leukostage.explain import EXPLAIN_MAX_SIDE, METHOD, colour_scale_info
 from leukostage.imaging import MAX_BYTES, decode_image, size_limit_message
 from leukostage.validate import validate_bytes, validate_path
-from leukostage.web import PREDICTOR_KEY, create_app
+from leukostage.web import PREDICTOR_KEY, REQUEST_BUDGET_S, create_app
 from leukostage.web.pages import text_colour
-from leukostage.web import REQUEST_BUDGET_S
-from leukostage.cores import threads_per_worker
 from leukostage.web.server import bind_address, gunicorn_options, serve, worker_timeout_s
-from web_server import multipart, smear_candidates
 
 WEB = Path(__file__).resolve().parents[1] / "src" / "leukostage" / "web"
 
@@ -49,6 +49,7 @@ def grey_text() -> bytes:
 
 def png_bomb(side: int = 8000) -> bytes:
     """A real PNG of side x side black pixels (64 megapixels) that compresses to about 60 kB."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
 
@@ -104,8 +105,9 @@ def test_page_renders_with_disclaimer_and_class_colours(client):
     assert "Research decision support, not a diagnosis" in html
     text = re.sub(r"<[^>]+>", "", html_lib.unescape(html))
     assert DISCLAIMER in text and text.count("Research decision support, not a diagnosis") == 2  # notice, result
-    config = json.loads(re.search(r'<script type="application/json" id="page-config">(.*?)</script>', html,
-                                  re.S).group(1))
+    config = json.loads(
+        re.search(r'<script type="application/json" id="page-config">(.*?)</script>', html, re.S).group(1)
+    )
     colours = {c["key"]: c["colour"] for c in config["classes"]}
     assert colours == {**{c.key: c.colour for c in CLASSES}, "uncertain": UNCERTAIN_COLOUR}
     assert config["max_bytes"] == 20 * 1024 * 1024
@@ -132,6 +134,7 @@ def test_page_has_no_inline_script_or_style(client):
 def test_badge_text_is_readable(background):
     def lum(hex_colour):
         from leukostage.web.pages import _luminance
+
         return _luminance(hex_colour)
 
     fg = text_colour(background)
@@ -149,19 +152,35 @@ def test_predict_returns_the_cli_object_plus_model_and_timing(client, app, smear
     assert set(body["timing_ms"]) == {"decode", "validate", "preprocess", "inference", "total"}
     assert abs(sum(body["probabilities"].values()) - 1) < 1e-4
 
-    assert cli.main(["predict", "--json", "--model", str(model_path), "--preset", app.config["VALIDATION_PRESET"],
-                     str(smear_path)]) == 0
+    assert (
+        cli.main(
+            [
+                "predict",
+                "--json",
+                "--model",
+                str(model_path),
+                "--preset",
+                app.config["VALIDATION_PRESET"],
+                str(smear_path),
+            ]
+        )
+        == 0
+    )
     (from_cli,) = json.loads(capsys.readouterr().out)
     expected = {**from_cli, "file": smear_path.name}
     assert {k: v for k, v in body.items() if k not in ("model", "timing_ms")} == expected
 
 
 def test_the_format_is_decided_by_content_not_name_or_type(client, smear):
-    r = client.post("/predict", data={"file": (io.BytesIO(smear), "notes.txt", "text/plain")},
-                    content_type="multipart/form-data")
+    r = client.post(
+        "/predict", data={"file": (io.BytesIO(smear), "notes.txt", "text/plain")}, content_type="multipart/form-data"
+    )
     assert r.status_code == 200 and r.json["valid"] is True
-    r = client.post("/predict", data={"file": (io.BytesIO(b"plain text, not pixels"), "photo.jpg", "image/jpeg")},
-                    content_type="multipart/form-data")
+    r = client.post(
+        "/predict",
+        data={"file": (io.BytesIO(b"plain text, not pixels"), "photo.jpg", "image/jpeg")},
+        content_type="multipart/form-data",
+    )
     assert r.status_code == 415 and r.json["error"]["code"] == "unreadable"
 
 
@@ -199,9 +218,15 @@ def test_explain_adds_a_png_overlay_of_the_original_size(client, smear):
     info = BY_KEY[body["top_class"]]  # the predicted class by default, even when the label is uncertain
     height, width = decode_image(smear).shape[:2]  # under EXPLAIN_MAX_SIDE: the original resolution
     assert {k: v for k, v in e.items() if k != "overlay_png_base64"} == {
-        "method": METHOD, "class": info.key, "display_class": info.display_name,
-        "dataset_label": info.dataset_label, "media_type": "image/png", "width": width, "height": height,
-        "colour_scale": colour_scale_info()}
+        "method": METHOD,
+        "class": info.key,
+        "display_class": info.display_name,
+        "dataset_label": info.dataset_label,
+        "media_type": "image/png",
+        "width": width,
+        "height": height,
+        "colour_scale": colour_scale_info(),
+    }
     assert overlay_shape(e) == (height, width, 3)  # not the model's input size
     drop = ("explanation", "timing_ms")
     assert {k: v for k, v in body.items() if k not in drop} == {k: v for k, v in plain.items() if k not in drop}
@@ -209,8 +234,10 @@ def test_explain_adds_a_png_overlay_of_the_original_size(client, smear):
     assert timing["explain"] > 0 and timing["total"] >= timing["inference"] + timing["explain"]
 
 
-@pytest.mark.parametrize("value, on", [("1", True), ("true", True), ("YES", True), ("0", False), ("false", False),
-                                       ("on", False), ("", False)])
+@pytest.mark.parametrize(
+    "value, on",
+    [("1", True), ("true", True), ("YES", True), ("0", False), ("false", False), ("on", False), ("", False)],
+)
 def test_explain_values(client, smear, value, on):
     r = upload(client, smear, path=f"/predict?explain={value}")
     assert r.status_code == 200 and ("explanation" in r.json) is on
@@ -236,8 +263,9 @@ def test_unknown_class_is_400_listing_the_keys(client, smear, path, field, query
 
 
 @pytest.mark.parametrize("path, field", [("/predict", "file"), ("/api/v1/predict", "files")])
-@pytest.mark.parametrize("query", ["class=mid", "class=MID", "class=Mid%20Stage", "class=pre-b%20all",
-                                   "explain=1&class=Mid"])
+@pytest.mark.parametrize(
+    "query", ["class=mid", "class=MID", "class=Mid%20Stage", "class=pre-b%20all", "explain=1&class=Mid"]
+)
 def test_class_is_parsed_leniently_and_implies_explain(client, smear, path, field, query):
     r = upload(client, smear, field=field, path=f"{path}?{query}")
     assert r.status_code == 200, r.json
@@ -259,8 +287,12 @@ def test_non_smear_gets_no_explanation(client, make):
 
 
 def test_batch_explains_each_valid_file_only(client, smear):
-    files = [(io.BytesIO(smear), "smear.jpg"), (io.BytesIO(blank_white()), "white.png"),
-             (io.BytesIO(b"garbage"), "garbage.jpg"), (io.BytesIO(b""), "empty.jpg")]
+    files = [
+        (io.BytesIO(smear), "smear.jpg"),
+        (io.BytesIO(blank_white()), "white.png"),
+        (io.BytesIO(b"garbage"), "garbage.jpg"),
+        (io.BytesIO(b""), "empty.jpg"),
+    ]
     r = client.post("/api/v1/predict?explain=1", data={"files": files}, content_type="multipart/form-data")
     assert r.status_code == 200
     assert [e["valid"] for e in r.json] == [True, False, False, False]
@@ -383,14 +415,18 @@ def test_bad_upload_gets_json_error_with_status(client, app, smear, make, status
     assert "Traceback" not in r.get_data(as_text=True)
 
 
-@pytest.mark.parametrize("kwargs, code", [
-    ({"data": {}, "content_type": "multipart/form-data"}, "no_file"),
-    ({"data": {"image": (io.BytesIO(b"x"), "a.jpg")}, "content_type": "multipart/form-data"}, "no_file"),
-    ({"data": {"file": "a form field, not a file"}, "content_type": "multipart/form-data"}, "no_file"),
-    ({"data": {"file": (io.BytesIO(b""), "")}, "content_type": "multipart/form-data"}, "no_file"),  # nothing chosen
-    ({"json": {"file": "aGVsbG8="}}, "no_file"),
-    ({"data": b"\xff\xd8\xff raw bytes", "content_type": "image/jpeg"}, "no_file"),
-], ids=["no-fields", "wrong-field", "text-field", "browser-empty-part", "json-body", "raw-body"])
+@pytest.mark.parametrize(
+    "kwargs, code",
+    [
+        ({"data": {}, "content_type": "multipart/form-data"}, "no_file"),
+        ({"data": {"image": (io.BytesIO(b"x"), "a.jpg")}, "content_type": "multipart/form-data"}, "no_file"),
+        ({"data": {"file": "a form field, not a file"}, "content_type": "multipart/form-data"}, "no_file"),
+        ({"data": {"file": (io.BytesIO(b""), "")}, "content_type": "multipart/form-data"}, "no_file"),  # nothing chosen
+        ({"json": {"file": "aGVsbG8="}}, "no_file"),
+        ({"data": b"\xff\xd8\xff raw bytes", "content_type": "image/jpeg"}, "no_file"),
+    ],
+    ids=["no-fields", "wrong-field", "text-field", "browser-empty-part", "json-body", "raw-body"],
+)
 def test_missing_file_is_400(client, kwargs, code):
     r = client.post("/predict", **kwargs)
     assert r.status_code == 400
@@ -398,8 +434,11 @@ def test_missing_file_is_400(client, kwargs, code):
 
 
 def test_two_files_on_predict_is_400(client, smear):
-    r = client.post("/predict", data={"file": [(io.BytesIO(smear), "a.jpg"), (io.BytesIO(smear), "b.jpg")]},
-                    content_type="multipart/form-data")
+    r = client.post(
+        "/predict",
+        data={"file": [(io.BytesIO(smear), "a.jpg"), (io.BytesIO(smear), "b.jpg")]},
+        content_type="multipart/form-data",
+    )
     assert r.status_code == 400 and r.json["error"]["code"] == "too_many_files"
     assert "/api/v1/predict" in r.json["error"]["message"]
 
@@ -426,13 +465,17 @@ def test_upload_limit_is_configurable(client, app, smear, monkeypatch):
 
 def test_batch_takes_several_files_each_under_the_per_file_limit(client):
     """9.5 + 9.5 + 4 MiB: over one file's limit together, but each file is allowed and is judged on its own."""
-    files = [(f"{k}.jpg", b"\xff\xd8\xff" + bytes(n)) for k, n in enumerate([int(9.5 * 2**20), int(9.5 * 2**20),
-                                                                             4 * 2**20])]
+    files = [
+        (f"{k}.jpg", b"\xff\xd8\xff" + bytes(n)) for k, n in enumerate([int(9.5 * 2**20), int(9.5 * 2**20), 4 * 2**20])
+    ]
     body, content_type = multipart("files", files)
     r = client.post("/api/v1/predict", data=body, content_type=content_type)
     assert r.status_code == 200, r.json
-    assert [(e["file"], e["code"]) for e in r.json] == [("0.jpg", "unreadable"), ("1.jpg", "unreadable"),
-                                                        ("2.jpg", "unreadable")]
+    assert [(e["file"], e["code"]) for e in r.json] == [
+        ("0.jpg", "unreadable"),
+        ("1.jpg", "unreadable"),
+        ("2.jpg", "unreadable"),
+    ]
 
 
 def test_batch_judges_an_oversize_file_as_its_own_entry(client, app, smear, monkeypatch):
@@ -445,21 +488,31 @@ def test_batch_judges_an_oversize_file_as_its_own_entry(client, app, smear, monk
     assert r.json[1]["reason"] == size_limit_message(len(smear) + 100, len(smear) + 10, "file")
 
 
-@pytest.mark.parametrize("body", [
-    b"".join(b'--xx\r\nContent-Disposition: form-data; name="f%d"\r\n\r\nv\r\n' % i for i in range(1500)),
-    b'--xx\r\nContent-Disposition: form-data; name="file"\r\n\r\n' + b"a" * 600_000 + b"\r\n",
-], ids=["too-many-parts", "huge-text-field"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"".join(b'--xx\r\nContent-Disposition: form-data; name="f%d"\r\n\r\nv\r\n' % i for i in range(1500)),
+        b'--xx\r\nContent-Disposition: form-data; name="file"\r\n\r\n' + b"a" * 600_000 + b"\r\n",
+    ],
+    ids=["too-many-parts", "huge-text-field"],
+)
 def test_form_limits_are_413_with_their_own_code(client, body):
     r = client.post("/predict", data=body + b"--xx--\r\n", content_type="multipart/form-data; boundary=xx")
     assert r.status_code == 413 and r.json["error"]["code"] == "form_too_large"
 
 
-@pytest.mark.parametrize("body, content_type", [
-    (b"abc", "multipart/form-data"),
-    (b'--xx\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\nabc',
-     "multipart/form-data; boundary=xx"),
-    (b"file=abc", "application/x-www-form-urlencoded"),
-], ids=["no-boundary", "unterminated", "urlencoded"])
+@pytest.mark.parametrize(
+    "body, content_type",
+    [
+        (b"abc", "multipart/form-data"),
+        (
+            b'--xx\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\nabc',
+            "multipart/form-data; boundary=xx",
+        ),
+        (b"file=abc", "application/x-www-form-urlencoded"),
+    ],
+    ids=["no-boundary", "unterminated", "urlencoded"],
+)
 def test_malformed_forms_are_400(client, body, content_type):
     r = client.post("/predict", data=body, content_type=content_type)
     assert r.status_code == 400 and r.json["error"]["code"] == "no_file"
@@ -482,17 +535,25 @@ def test_unexpected_failure_is_a_bare_json_500(model_path):
 
     r = app.test_client().get("/boom")
     assert r.status_code == 500
-    assert r.json == {"error": {"code": "internal_error",
-                                "message": "The server failed to process this request; the error was logged."}}
+    assert r.json == {
+        "error": {
+            "code": "internal_error",
+            "message": "The server failed to process this request; the error was logged.",
+        }
+    }
     assert "secret" not in r.get_data(as_text=True)
     assert r.headers["X-Content-Type-Options"] == "nosniff"
 
 
 # --- POST /api/v1/predict -------------------------------------------------------------------------------------------
 def test_batch_returns_one_entry_per_file_in_order(client, smear):
-    files = [(io.BytesIO(smear), "smear.jpg"), (io.BytesIO(b"garbage"), "garbage.jpg"),
-             (io.BytesIO(blank_white()), "white.png"), (io.BytesIO(b""), "empty.jpg"),
-             (io.BytesIO(smear), "again.jpg")]
+    files = [
+        (io.BytesIO(smear), "smear.jpg"),
+        (io.BytesIO(b"garbage"), "garbage.jpg"),
+        (io.BytesIO(blank_white()), "white.png"),
+        (io.BytesIO(b""), "empty.jpg"),
+        (io.BytesIO(smear), "again.jpg"),
+    ]
     r = client.post("/api/v1/predict", data={"files": files}, content_type="multipart/form-data")
     assert r.status_code == 200
     out = r.json
@@ -559,12 +620,24 @@ def test_openapi_describes_every_route_and_status(client, app):
     assert r.status_code == 200
     spec = r.json
     assert spec["openapi"].startswith("3.1")
-    routes = {(re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), m.lower()) for rule in app.url_map.iter_rules() if rule.endpoint != "static"
-              for m in rule.methods - {"HEAD", "OPTIONS"}}
+    routes = {
+        (re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), m.lower())
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint != "static"
+        for m in rule.methods - {"HEAD", "OPTIONS"}
+    }
     documented = {(path, m) for path, ops in spec["paths"].items() for m in ops}
     assert routes == documented
-    assert set(spec["paths"]["/predict"]["post"]["responses"]) == {"200", "400", "413", "415", "422", "500", "501",
-                                                                   "503"}
+    assert set(spec["paths"]["/predict"]["post"]["responses"]) == {
+        "200",
+        "400",
+        "413",
+        "415",
+        "422",
+        "500",
+        "501",
+        "503",
+    }
     assert set(spec["paths"]["/api/v1/predict"]["post"]["responses"]) == {"200", "400", "413", "500", "501", "503"}
     refs = set(re.findall(r'"#/components/schemas/(\w+)"', r.get_data(as_text=True)))
     assert refs <= set(spec["components"]["schemas"])

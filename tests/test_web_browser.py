@@ -3,6 +3,7 @@
 Only 127.0.0.1 is contacted; any other request the page makes fails the test (it must work offline). Screenshots go
 to test-artifacts/ (gitignored).
 """
+
 from __future__ import annotations
 
 import re
@@ -11,16 +12,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from web_server import LiveServer, launch_chromium, post, smear_candidates, watched_page
 
 from leukostage.classes import BY_KEY, CLASS_KEYS, UNCERTAIN_COLOUR, UNCERTAIN_KEY
 from leukostage.imaging import decode_image
-from web_server import LiveServer, launch_chromium, post, smear_candidates, watched_page
 
 pytestmark = pytest.mark.browser
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 TIMEOUT_MS = 20_000
-
 
 
 def rgb_css(hex_colour: str) -> str:

@@ -4,6 +4,7 @@ request, and a worker stopped by gunicorn's own timeout. Asserts shapes, headers
 Issue 12, item 2: one such JPEG with explain cost 2.3 GB and 25 MB of JSON; ten of them got gunicorn's HTML 500 page
 after its worker timeout, without the JSON error shape or the security headers.
 """
+
 from __future__ import annotations
 
 import base64
@@ -12,10 +13,10 @@ import json
 import cv2
 import numpy as np
 import pytest
+from web_server import LiveServer, get, post_raw, rss_mb, smear_candidates
 
 from leukostage.explain import EXPLAIN_MAX_SIDE
 from leukostage.validate import validate_path
-from web_server import LiveServer, get, post_raw, rss_mb, smear_candidates
 
 pytestmark = pytest.mark.slow
 
@@ -84,8 +85,14 @@ def test_ten_huge_images_answer_json_with_headers_and_the_worker_survives(server
 def test_a_worker_stopped_by_gunicorns_timeout_still_answers_json(model_path, huge_jpeg, tmp_path):
     """A real worker timeout: gunicorn's timeout set to 1 s, the app's budget far above it, a request of many
     short steps (so the worker reaches Python code soon after gunicorn's SIGABRT)."""
-    medium = cv2.imencode(".jpg", cv2.resize(cv2.imdecode(np.frombuffer(huge_jpeg, np.uint8), cv2.IMREAD_COLOR),
-                                             (2500, 2500), interpolation=cv2.INTER_AREA))[1].tobytes()
+    medium = cv2.imencode(
+        ".jpg",
+        cv2.resize(
+            cv2.imdecode(np.frombuffer(huge_jpeg, np.uint8), cv2.IMREAD_COLOR),
+            (2500, 2500),
+            interpolation=cv2.INTER_AREA,
+        ),
+    )[1].tobytes()
     env = {"GUNICORN_CMD_ARGS": "--timeout 1", "LEUKOSTAGE_REQUEST_BUDGET_S": "3600"}
     with LiveServer(model_path, workers=1, env=env, log=tmp_path / "server.log") as live:
         (worker,) = live.worker_pids()

@@ -7,6 +7,7 @@ measured by benchmarks/bench_http_mixed.py, against a baseline in the same run. 
 2 MiB for this run so that the 200 oversize requests stay cheap on loopback; the 413 path is the same as at the default
 20 MiB.
 """
+
 from __future__ import annotations
 
 import collections
@@ -17,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 import pytest
-
 from web_server import LiveServer, post, rss_mb, smear_candidates
 
 pytestmark = pytest.mark.slow
@@ -83,8 +83,10 @@ def test_mixed_load_no_5xx_no_drops_bounded_memory(server, inputs):
     server_errors = [(kind, status) for kind, status, _ in results if status and status >= 500]
     wrong = {key: n for key, n in statuses.items() if key[1] is not None and key[1] != inputs[key[0]][1]}
     growth = {pid: after.get(pid, float("nan")) - before[pid] for pid in before}
-    print(f"\n{len(results)} requests from {CLIENTS} clients in {elapsed:.1f} s ({len(results) / elapsed:.0f}/s); "
-          f"statuses {dict(statuses)}; worker RSS before {before} after {after} (MB)")
+    print(
+        f"\n{len(results)} requests from {CLIENTS} clients in {elapsed:.1f} s ({len(results) / elapsed:.0f}/s); "
+        f"statuses {dict(statuses)}; worker RSS before {before} after {after} (MB)"
+    )
 
     assert server_errors == []
     assert dropped == []

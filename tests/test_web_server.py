@@ -1,6 +1,7 @@
 """`leukostage serve` start-up: what is wrong with the model, its card or the port is said in one line, before
 gunicorn starts (issue 12, item 4: a missing card gave 55 lines of worker tracebacks and exit 3, a corrupt model 67,
 a port in use 9 ERROR lines and no hint)."""
+
 from __future__ import annotations
 
 import shutil
@@ -9,15 +10,19 @@ import subprocess
 import sys
 
 import pytest
+from web_server import HOST, free_port
 
 from leukostage.predict import card_path_for
-from web_server import HOST, free_port
 
 
 def serve(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run `leukostage serve` as a user would; it must exit by itself (a start-up failure)."""
-    return subprocess.run([sys.executable, "-m", "leukostage.cli", "serve", "--host", HOST, *args],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "leukostage.cli", "serve", "--host", HOST, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def assert_one_line_failure(r: subprocess.CompletedProcess, *words: str) -> str:
@@ -40,21 +45,24 @@ def model_copy(model_path, tmp_path):
 
 
 def test_a_model_without_its_card(model_copy):
-    line = assert_one_line_failure(serve("--port", str(free_port()), "--model", str(model_copy)),
-                                   "copy.card.json not found", "leukostage export")
+    line = assert_one_line_failure(
+        serve("--port", str(free_port()), "--model", str(model_copy)), "copy.card.json not found", "leukostage export"
+    )
     assert str(model_copy) in line
 
 
 def test_a_corrupt_model(model_path, model_copy):
     model_copy.write_bytes(b"not an onnx file" * 100)
     shutil.copy(card_path_for(model_path), card_path_for(model_copy))
-    assert_one_line_failure(serve("--port", str(free_port()), "--model", str(model_copy)),
-                            str(model_copy), "ONNX", "re-export")
+    assert_one_line_failure(
+        serve("--port", str(free_port()), "--model", str(model_copy)), str(model_copy), "ONNX", "re-export"
+    )
 
 
 def test_a_missing_model(tmp_path):
-    assert_one_line_failure(serve("--port", str(free_port()), "--model", str(tmp_path / "none.onnx")),
-                            "not found", "--model")
+    assert_one_line_failure(
+        serve("--port", str(free_port()), "--model", str(tmp_path / "none.onnx")), "not found", "--model"
+    )
 
 
 def test_a_port_in_use(model_path):
@@ -62,10 +70,14 @@ def test_a_port_in_use(model_path):
         busy.bind((HOST, 0))
         busy.listen()
         port = busy.getsockname()[1]
-        assert_one_line_failure(serve("--port", str(port), "--model", str(model_path)),
-                                f"port {port}", "already in use", "--port")
+        assert_one_line_failure(
+            serve("--port", str(port), "--model", str(model_path)), f"port {port}", "already in use", "--port"
+        )
 
 
 def test_a_host_that_is_not_this_machine(model_path):
-    assert_one_line_failure(serve("--host", "192.0.2.1", "--port", str(free_port()), "--model", str(model_path)),
-                            "cannot listen on 192.0.2.1", "--host")
+    assert_one_line_failure(
+        serve("--host", "192.0.2.1", "--port", str(free_port()), "--model", str(model_path)),
+        "cannot listen on 192.0.2.1",
+        "--host",
+    )

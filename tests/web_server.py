@@ -2,6 +2,7 @@
 
 Only 127.0.0.1 is ever contacted. The server runs in its own session, so stopping it ends its workers too.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,8 +43,12 @@ def multipart(field: str, files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
     chunks = []
     for name, data in files:
-        chunks.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
-                      f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+        chunks.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n".encode()
+            + data
+            + b"\r\n"
+        )
     chunks.append(f"--{boundary}--\r\n".encode())
     return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
 
@@ -100,12 +105,27 @@ class LiveServer:
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
-    def start(self, timeout: float = 60.0) -> "LiveServer":
+    def start(self, timeout: float = 60.0) -> LiveServer:
         self._out = open(self.log, "wb") if self.log else None
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "leukostage.cli", "serve", "--host", HOST, "--port", str(self.port),
-             "--workers", str(self.workers), "--model", self.model],
-            env=self.env, stdout=self._out or subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "leukostage.cli",
+                "serve",
+                "--host",
+                HOST,
+                "--port",
+                str(self.port),
+                "--workers",
+                str(self.workers),
+                "--model",
+                self.model,
+            ],
+            env=self.env,
+            stdout=self._out or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -139,7 +159,7 @@ class LiveServer:
             self._out.close()
             self._out = None
 
-    def __enter__(self) -> "LiveServer":
+    def __enter__(self) -> LiveServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

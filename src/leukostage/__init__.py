@@ -2,4 +2,5 @@
 
 Not a diagnosis. See README.md.
 """
+
 __version__ = "0.1.0"

@@ -3,6 +3,7 @@
 The stage names are the seed paper's; the dataset labels are the Taleqani dataset's B-ALL subtypes (determined by
 flow cytometry). They are not clinical stages, and every surface that shows a result says so.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -64,8 +65,9 @@ def parse_class(text: str) -> ClassInfo:
     found = _BY_NAME.get(_folded(str(text)))
     if found is None:
         names = ", ".join(c.display_name for c in CLASSES)
-        raise ValueError(f"unknown class {text!r}; expected one of {', '.join(CLASS_KEYS)} (any case), or a "
-                         f"display name: {names}")
+        raise ValueError(
+            f"unknown class {text!r}; expected one of {', '.join(CLASS_KEYS)} (any case), or a display name: {names}"
+        )
     return found
 
 

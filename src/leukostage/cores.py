@@ -1,6 +1,7 @@
 """How many cores this process may use, and how worker processes share them: the web server's gunicorn workers and
 the batch engines' workers size their ONNX Runtime and OpenCV thread pools by the same rule. Also whether the CPU
 multiplies int8 exactly at full speed (VNNI), which decides how ONNX Runtime runs an int8 model."""
+
 from __future__ import annotations
 
 import functools

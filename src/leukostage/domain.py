@@ -5,9 +5,10 @@ stain or magnification passes the validator but lies far from every training ima
 space, and there the class probabilities mean little. The score is the Mahalanobis distance of an embedding
 (mid-level stage outputs, globally averaged: they carry magnification, focus and stain texture) from the training
 part's mean, under the training part's covariance shrunk towards a scaled identity (see
-``leukostage.export.fit_domain``). The exported graph computes it as an output;
+``leukostage.training.export.fit_domain``). The exported graph computes it as an output;
 ``mahalanobis`` is the same computation in numpy, used to fit the threshold and to check the graph.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,5 +31,8 @@ def mahalanobis(embeddings: np.ndarray, mean: np.ndarray, whitening: np.ndarray)
 
 def domain_fields(score: float, threshold: float) -> dict:
     """The ``domain`` part of the public JSON contract."""
-    return {"score": round(float(score), 4), "threshold": round(float(threshold), 4),
-            "in_domain": bool(score <= threshold)}
+    return {
+        "score": round(float(score), 4),
+        "threshold": round(float(threshold), 4),
+        "in_domain": bool(score <= threshold),
+    }

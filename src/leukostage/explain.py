@@ -1,9 +1,10 @@
 """Grad-CAM and overlays on the serving path: numpy and OpenCV only, no torch.
 
-The ONNX graph (see :mod:`leukostage.export`) returns the last convolutional layer's activations and, for every
+The ONNX graph (see :mod:`leukostage.training.export`) returns the last convolutional layer's activations and, for every
 class, Grad-CAM's channel weights (the spatial mean of the exact gradient of the class logit with respect to those
 activations), so Grad-CAM here is a weighted sum and a resize.
 """
+
 from __future__ import annotations
 
 import base64
@@ -34,7 +35,9 @@ class Explanation(NamedTuple):
     probabilities: np.ndarray  # float32 (4,), in CLASS_KEYS order
 
 
-GRADCAM_OUTPUTS = frozenset({"features", "weights"})  # the graph outputs Grad-CAM needs (see leukostage.export)
+GRADCAM_OUTPUTS = frozenset(
+    {"features", "weights"}
+)  # the graph outputs Grad-CAM needs (see leukostage.training.export)
 
 
 def gradcam(features: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -78,8 +81,13 @@ def resolve_class(class_key: str | None, probabilities: np.ndarray) -> int:
     return CLASS_KEYS.index(parse_class(class_key).key)
 
 
-def explain_image(predictor: Predictor, rgb: np.ndarray, class_key: str | None = None,
-                  outputs: dict[str, np.ndarray] | None = None, max_side: int | None = None) -> Explanation:
+def explain_image(
+    predictor: Predictor,
+    rgb: np.ndarray,
+    class_key: str | None = None,
+    outputs: dict[str, np.ndarray] | None = None,
+    max_side: int | None = None,
+) -> Explanation:
     """Grad-CAM for one 8-bit RGB image, at its original resolution or at most ``max_side`` on its longest side.
 
     Args:
@@ -199,14 +207,21 @@ def colour_scale_info(levels: int = 11) -> dict:
     the stops, the transparency rule, and ``ramp``, the drawn colour and opacity sampled at ``levels`` heat values."""
     xs = np.linspace(0.0, 1.0, levels, dtype=np.float32)
     colours = np.round(heat_colours(xs)).astype(int)
-    ramp = [{"at": round(float(x), 3), "colour": "#%02x%02x%02x" % tuple(c), "alpha": round(float(a), 3)}
-            for x, c, a in zip(xs, colours, heat_alpha(xs))]
-    return {"stops": [{"at": x, "colour": c} for x, c in HEAT_STOPS], "transparent_below": TRANSPARENT_BELOW,
-            "max_alpha": MAX_ALPHA, "ramp": ramp}
+    ramp = [
+        {"at": round(float(x), 3), "colour": "#{:02x}{:02x}{:02x}".format(*c), "alpha": round(float(a), 3)}
+        for x, c, a in zip(xs, colours, heat_alpha(xs))
+    ]
+    return {
+        "stops": [{"at": x, "colour": c} for x, c in HEAT_STOPS],
+        "transparent_below": TRANSPARENT_BELOW,
+        "max_alpha": MAX_ALPHA,
+        "ramp": ramp,
+    }
 
 
-def explain_rgb(predictor: Predictor, rgb: np.ndarray, class_key: str | None = None,
-                outputs: dict[str, np.ndarray] | None = None) -> dict:
+def explain_rgb(
+    predictor: Predictor, rgb: np.ndarray, class_key: str | None = None, outputs: dict[str, np.ndarray] | None = None
+) -> dict:
     """The JSON-ready explanation the web API adds to a result when asked (``?explain=1``).
 
     The heat map is computed and drawn at most ``EXPLAIN_MAX_SIDE`` pixels on a side, never at the upload's full

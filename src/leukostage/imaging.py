@@ -3,6 +3,7 @@
 Training and serving both call :func:`preprocess` (or its two halves, :func:`resize_for_model` and
 :func:`to_unit_range`), so the tensors they feed the network cannot drift apart.
 """
+
 from __future__ import annotations
 
 import os
@@ -267,8 +268,11 @@ def size_limit_message(size: int | None, limit: int, what: str = "file") -> str:
     >>> size_limit_message(22_400_000, 20 * 2**20)
     'The file is 21.4 MiB; at most 20 MiB are accepted per file. Send a smaller image (e.g. re-save it as JPEG).'
     """
-    advice = ("Send a smaller image (e.g. re-save it as JPEG)." if what == "file"
-              else "Send fewer files per request, in several requests.")
+    advice = (
+        "Send a smaller image (e.g. re-save it as JPEG)."
+        if what == "file"
+        else "Send fewer files per request, in several requests."
+    )
     if size is None:
         return f"The {what} is larger than {mebibytes(limit)}, the most accepted per {what}. {advice}"
     shown, most = mebibytes(size), mebibytes(limit)

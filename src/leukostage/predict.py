@@ -2,13 +2,14 @@
 
 bytes -> decode -> validate -> preprocess -> infer -> decide (label or uncertain). No torch here.
 """
+
 from __future__ import annotations
 
 import json
 import os
-from importlib import resources
 import time
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +48,10 @@ def uncertain_threshold(card: dict, path: Path) -> float:
     try:
         value = float(card["decision"]["uncertain_below"])
     except (KeyError, TypeError, ValueError):
-        raise ValueError(f"model card of {path} has no decision.uncertain_below; re-export the model with "
-                         "`leukostage export` (or add the threshold to the card)") from None
+        raise ValueError(
+            f"model card of {path} has no decision.uncertain_below; re-export the model with "
+            "`leukostage export` (or add the threshold to the card)"
+        ) from None
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"model card of {path}: decision.uncertain_below {value} is not a probability in [0, 1]")
     return value
@@ -101,11 +104,13 @@ class Predictor:
         # the domain check, where the model has one: the graph's score output and the card's threshold
         self.domain_threshold = float(card["domain"]["threshold"]) if "domain" in card else None
         if self.domain_threshold is not None and DOMAIN_OUTPUT not in self.outputs:
-            raise ValueError(f"model card {path} names a domain threshold but the model has no {DOMAIN_OUTPUT!r} output")
+            raise ValueError(
+                f"model card {path} names a domain threshold but the model has no {DOMAIN_OUTPUT!r} output"
+            )
         self.decision_outputs = ["probabilities"] + ([DOMAIN_OUTPUT] if self.domain_threshold is not None else [])
 
     @classmethod
-    def load(cls, path: str | Path | None = None, threads: int | None = None) -> "Predictor":
+    def load(cls, path: str | Path | None = None, threads: int | None = None) -> Predictor:
         """Load an ONNX model and its ``<name>.card.json``.
 
         Args:
@@ -125,12 +130,15 @@ class Predictor:
         if not card_path.is_file():
             raise FileNotFoundError(f"model card {card_path} not found beside {path.name}")
         try:
-            session = ort.InferenceSession(str(path), sess_options=session_options(threads),
-                                           providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(
+                str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+            )
         except Exception as exc:  # ORT raises its own unrelated types (InvalidProtobuf, Fail, ...) for bad files
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelLoadError(f"model file {path} is not a loadable ONNX model ({first[:160]}); re-export it "
-                                 "with `leukostage export`, or pass another --model") from None
+            raise ModelLoadError(
+                f"model file {path} is not a loadable ONNX model ({first[:160]}); re-export it "
+                "with `leukostage export`, or pass another --model"
+            ) from None
         try:
             card = json.loads(card_path.read_text())
         except ValueError as exc:
@@ -158,16 +166,19 @@ class Predictor:
     def decide_batch(self, outputs: dict[str, np.ndarray]) -> list[dict]:
         """The contract's prediction fields for each image of a batch's outputs (see :func:`result_fields`)."""
         scores = outputs.get(DOMAIN_OUTPUT)
-        return [result_fields(p, self.uncertain_below, None if scores is None else float(scores[i]),
-                              self.domain_threshold) for i, p in enumerate(outputs["probabilities"])]
+        return [
+            result_fields(p, self.uncertain_below, None if scores is None else float(scores[i]), self.domain_threshold)
+            for i, p in enumerate(outputs["probabilities"])
+        ]
 
     def predict(self, batch: np.ndarray) -> list[str]:
         """Decided labels: a class key, or ``uncertain`` (outside the training domain, or not confident enough)."""
         return [r["label"] for r in self.decide_batch(self.run_decision(batch))]
 
 
-def decide(probs: np.ndarray, uncertain_below: float, domain_score: float | None = None,
-           domain_threshold: float | None = None) -> tuple[str, float, str | None]:
+def decide(
+    probs: np.ndarray, uncertain_below: float, domain_score: float | None = None, domain_threshold: float | None = None
+) -> tuple[str, float, str | None]:
     """Label, top probability and why no class is asserted (None when one is).
 
     The domain check comes first: far from every training image, the probabilities are not evidence for any class,
@@ -182,8 +193,9 @@ def decide(probs: np.ndarray, uncertain_below: float, domain_score: float | None
     return CLASS_KEYS[top], confidence, None
 
 
-def result_fields(probs: np.ndarray, uncertain_below: float, domain_score: float | None = None,
-                  domain_threshold: float | None = None) -> dict:
+def result_fields(
+    probs: np.ndarray, uncertain_below: float, domain_score: float | None = None, domain_threshold: float | None = None
+) -> dict:
     """The prediction part of the public JSON contract."""
     label, confidence, reason = decide(probs, uncertain_below, domain_score, domain_threshold)
     info = BY_KEY.get(label)
@@ -212,8 +224,9 @@ class Analysis:
     outputs: dict[str, np.ndarray] | None = None  # every graph output, kept when the caller will explain the image
 
 
-def analyse_bytes(data: bytes, name: str, predictor: Predictor, preset: str = DEFAULT_PRESET,
-                  all_outputs: bool = False) -> Analysis:
+def analyse_bytes(
+    data: bytes, name: str, predictor: Predictor, preset: str = DEFAULT_PRESET, all_outputs: bool = False
+) -> Analysis:
     """The whole pipeline for one image. Never raises for bad input: failures become ``valid: false`` results.
 
     ``all_outputs`` keeps the graph's Grad-CAM outputs too, so explaining the image needs no second inference.
@@ -229,8 +242,9 @@ def analyse_bytes(data: bytes, name: str, predictor: Predictor, preset: str = DE
     t2 = time.perf_counter()
     outputs = predictor.run_all(x) if all_outputs else predictor.run_decision(x)
     t3 = time.perf_counter()
-    timing.update(preprocess=round((t2 - t1) * 1000, 3), inference=round((t3 - t2) * 1000, 3),
-                  total=round((t3 - t0) * 1000, 3))
+    timing.update(
+        preprocess=round((t2 - t1) * 1000, 3), inference=round((t3 - t2) * 1000, 3), total=round((t3 - t0) * 1000, 3)
+    )
     result = {"file": name, "valid": True, **predictor.decide_batch(outputs)[0], "validator": verdict.validator}
     if verdict.checks:
         result["checks"] = verdict.checks_dict()

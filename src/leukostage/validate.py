@@ -13,6 +13,7 @@ colour thresholds calibrated on genuine smears plus the content check. The calib
 ``validator.json`` beside this file, written by ``leukostage calibrate-validator`` (module ``calibrate``); the paper's
 numbers live in :data:`PAPER_RULE`. Nothing else holds a threshold. Serving imports only numpy and cv2.
 """
+
 from __future__ import annotations
 
 import functools
@@ -35,8 +36,12 @@ VALIDATOR_ENV = "LEUKOSTAGE_VALIDATOR"  # another calibration file (what `--vali
 ANALYSIS_SIDE = 128  # the default preset looks at a copy whose long side is this many pixels (speed, scale)
 MIN_ANALYSIS_SIDE = 8  # short side floor for very elongated images
 
-LAYER_ORDER = (("saturation", "low_saturation"), ("brightness", "abnormal_brightness"),
-               ("stain_ratio", "no_stain_profile"), ("smear_score", "not_blood_smear"))
+LAYER_ORDER = (
+    ("saturation", "low_saturation"),
+    ("brightness", "abnormal_brightness"),
+    ("stain_ratio", "no_stain_profile"),
+    ("smear_score", "not_blood_smear"),
+)
 MESSAGES = {
     "low_saturation": "Image lacks colour saturation",
     "abnormal_brightness": "Abnormal brightness levels",
@@ -46,10 +51,12 @@ MESSAGES = {
 }
 # A content score this close below the threshold is a smear the validator did not expect, not tissue or a photo.
 UNUSUAL_SMEAR_MARGIN = 0.25
-UNUSUAL_SMEAR_MESSAGE = ("Image passes the colour checks, but its content is unlike the blood smears this validator "
-                         "was calibrated on (smear score {score:.3f}, at least {threshold:.3f} needed): an unusual "
-                         "smear (staining, magnification, focus) or not a smear; retake the field, or use a validator "
-                         "calibrated on such smears (--validator)")
+UNUSUAL_SMEAR_MESSAGE = (
+    "Image passes the colour checks, but its content is unlike the blood smears this validator "
+    "was calibrated on (smear score {score:.3f}, at least {threshold:.3f} needed): an unusual "
+    "smear (staining, magnification, focus) or not a smear; retake the field, or use a validator "
+    "calibrated on such smears (--validator)"
+)
 
 
 # --- presets --------------------------------------------------------------------------------------------------------
@@ -89,7 +96,7 @@ class ContentModel:
         return float(1.0 / (1.0 + np.exp(-np.clip(z, -60.0, 60.0))))
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ContentModel":
+    def from_dict(cls, d: dict) -> ContentModel:
         layers = d["layers"]
         return cls(
             mean=np.asarray(d["mean"], np.float64),
@@ -127,8 +134,10 @@ def validator_info(path: str | Path | None = None) -> dict:
 def _file_info(path: str) -> dict:
     p = Path(path)
     packaged = p == VALIDATOR_PATH.resolve()
-    return {"name": f"{p.name} (packaged)" if packaged else p.name,
-            "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+    return {
+        "name": f"{p.name} (packaged)" if packaged else p.name,
+        "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+    }
 
 
 PAPER_VALIDATOR = {"name": "paper rule (Code Snippet 4)", "sha256": None}  # no file: the rule is in the code
@@ -171,8 +180,13 @@ def _build_preset(name: str, path: str) -> Preset:
         return Preset("paper", PAPER_RULE, None, None, PAPER_VALIDATOR)
     if name == "default":
         data = load_calibration(path)
-        return Preset("default", ColourRule(**data["colour"]), ContentModel.from_dict(data["content"]),
-                      int(data["analysis_side"]), validator_info(path))
+        return Preset(
+            "default",
+            ColourRule(**data["colour"]),
+            ContentModel.from_dict(data["content"]),
+            int(data["analysis_side"]),
+            validator_info(path),
+        )
     raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
 
 
@@ -193,12 +207,19 @@ class ValidationResult:
     validator: dict | None = None  # validator_info() of the calibration that judged the image
 
     def checks_dict(self) -> dict:
-        return {k: {"value": round(c.value, 4), "threshold": c.threshold, "passed": c.passed}
-                for k, c in self.checks.items()}
+        return {
+            k: {"value": round(c.value, 4), "threshold": c.threshold, "passed": c.passed}
+            for k, c in self.checks.items()
+        }
 
     def to_dict(self) -> dict:
-        return {"valid": self.valid, "code": self.code, "reason": self.reason, "checks": self.checks_dict(),
-                "validator": self.validator}
+        return {
+            "valid": self.valid,
+            "code": self.code,
+            "reason": self.reason,
+            "checks": self.checks_dict(),
+            "validator": self.validator,
+        }
 
 
 # --- layer 2: colour ------------------------------------------------------------------------------------------------
@@ -223,8 +244,9 @@ def colour_checks(hsv: np.ndarray, rule: ColourRule) -> dict[str, Check]:
     sat, val, ratio = colour_stats(hsv, rule)
     return {
         "saturation": Check(sat, rule.min_saturation, sat >= rule.min_saturation),
-        "brightness": Check(val, [rule.min_brightness, rule.max_brightness],
-                            rule.min_brightness <= val <= rule.max_brightness),
+        "brightness": Check(
+            val, [rule.min_brightness, rule.max_brightness], rule.min_brightness <= val <= rule.max_brightness
+        ),
         "stain_ratio": Check(ratio, rule.min_stain_ratio, ratio >= rule.min_stain_ratio),
     }
 
@@ -238,11 +260,35 @@ def _names() -> tuple[str, ...]:
     for ch in ("L", "a", "b"):
         n += [f"{ch}_mean", f"{ch}_std", f"{ch}_p05", f"{ch}_p50", f"{ch}_p95"]
     n += ["bright_a", "bright_b", "bright_L_std", "dark_a", "dark_b", "dark_L"]
-    n += ["grad_mean", "grad_std", "grad_p50", "grad_p90", "grad_p99", "grad_flat", "lap_zero", "lap_abs",
-          "grad_fine_coarse", "edge_density", "axis_aligned", "chroma_grad_a", "chroma_grad_b"]
+    n += [
+        "grad_mean",
+        "grad_std",
+        "grad_p50",
+        "grad_p90",
+        "grad_p99",
+        "grad_flat",
+        "lap_zero",
+        "lap_abs",
+        "grad_fine_coarse",
+        "edge_density",
+        "axis_aligned",
+        "chroma_grad_a",
+        "chroma_grad_b",
+    ]
     n += ["colours_used", "top3_colours", "top1_colour"]
-    n += ["otsu_level", "otsu_separation", "fg_fraction", "blob_count", "blob_largest", "blob_median_area",
-          "blob_extent", "blob_roundness", "blob_small_fraction", "nucleus_fraction", "nucleus_blobs"]
+    n += [
+        "otsu_level",
+        "otsu_separation",
+        "fg_fraction",
+        "blob_count",
+        "blob_largest",
+        "blob_median_area",
+        "blob_extent",
+        "blob_roundness",
+        "blob_small_fraction",
+        "nucleus_fraction",
+        "nucleus_blobs",
+    ]
     return tuple(n)
 
 
@@ -402,8 +448,11 @@ def validate_bytes(data: bytes, preset: str = DEFAULT_PRESET) -> tuple[np.ndarra
     try:
         rgb = decode_image(data)
     except ImageError as exc:
-        return None, ValidationResult(False, exc.code, exc.message, validator=gate.validator), \
-            (time.perf_counter() - t0) * 1000
+        return (
+            None,
+            ValidationResult(False, exc.code, exc.message, validator=gate.validator),
+            (time.perf_counter() - t0) * 1000,
+        )
     decode_ms = (time.perf_counter() - t0) * 1000
     return rgb, run_checks(rgb, gate), decode_ms
 

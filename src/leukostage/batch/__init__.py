@@ -4,11 +4,21 @@ streaming resumable output (jsonl, csv, parquet). The serving path: no torch her
     from leukostage.batch import BatchConfig, run_batch
     summary = run_batch(BatchConfig(["archive/"], out="results.jsonl", workers=2))
 """
+
 from __future__ import annotations
 
 from .discover import BatchInput, expand_inputs, iter_inputs
 from .run import DEFAULT_CHUNK_SIZE, BatchConfig, format_summary, run_batch
 from .writers import FORMATS, BatchError
 
-__all__ = ["BatchConfig", "BatchError", "BatchInput", "DEFAULT_CHUNK_SIZE", "FORMATS", "expand_inputs",
-           "format_summary", "iter_inputs", "run_batch"]
+__all__ = [
+    "BatchConfig",
+    "BatchError",
+    "BatchInput",
+    "DEFAULT_CHUNK_SIZE",
+    "FORMATS",
+    "expand_inputs",
+    "format_summary",
+    "iter_inputs",
+    "run_batch",
+]

@@ -1,4 +1,5 @@
 """The Dask worker plugin that loads the model once per worker (imported only when a cluster is used)."""
+
 from __future__ import annotations
 
 from urllib.parse import urlparse

@@ -4,10 +4,12 @@ Shared by ``leukostage batch`` and ``predict``/``validate``/``explain`` DIR, so 
 Folders are walked depth first, one directory listing at a time, so the first inputs are ready long before a
 million-file tree has been listed; memory holds one listing per open level, never the whole tree.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Iterable, Iterator, NamedTuple
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 from ..imaging import IMAGE_SUFFIXES
 
@@ -55,7 +57,7 @@ def _walk(root: str, rel: str, seen: set[tuple[int, int]]) -> Iterator[BatchInpu
 def _list_file_items(spec: str) -> Iterator[str]:
     """Paths in an ``@list.txt`` file: one per line; blank lines and ``#`` comments skipped; relative paths are
     relative to the current directory, as if typed on the command line."""
-    path = spec[len(LIST_PREFIX):]
+    path = spec[len(LIST_PREFIX) :]
     try:
         with open(path, encoding="utf-8") as fh:
             for line in fh:
@@ -93,8 +95,12 @@ def iter_inputs(items: Iterable[str]) -> Iterator[BatchInput | dict]:
             found = True
             yield inp
         if not found:
-            yield {"file": item, "valid": False, "code": "unreadable",
-                   "reason": f"{item} is a folder with no images ({', '.join(IMAGE_SUFFIXES)}) at any depth"}
+            yield {
+                "file": item,
+                "valid": False,
+                "code": "unreadable",
+                "reason": f"{item} is a folder with no images ({', '.join(IMAGE_SUFFIXES)}) at any depth",
+            }
 
 
 def expand_inputs(items: list[str]) -> list[str | dict]:
@@ -106,4 +112,3 @@ def expand_inputs(items: list[str]) -> list[str | dict]:
 def count_inputs(items: Iterable[str]) -> int:
     """How many inputs ``iter_inputs`` will give (a second walk, run beside the work for the progress bar's ETA)."""
     return sum(1 for _ in iter_inputs(items))
-

@@ -3,14 +3,15 @@
 Both run :func:`score.score_chunk` and keep a bounded number of chunks in flight, so discovery stays lazy and memory
 flat; both yield each chunk's rows exactly once, in completion order, to the caller that writes them.
 """
+
 from __future__ import annotations
 
 import itertools
 import multiprocessing
 import signal
 import uuid
+from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from typing import Iterable, Iterator
 from urllib.parse import urlparse
 
 from ..cores import limit_opencv_threads, threads_per_worker
@@ -47,8 +48,9 @@ class LocalEngine:
         if first is None:
             return
         ctx = multiprocessing.get_context("spawn")  # no fork of a parent holding threads (progress bar, counter)
-        pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_local_worker,
-                                   initargs=(self.threads,))
+        pool = ProcessPoolExecutor(
+            self.workers, mp_context=ctx, initializer=_init_local_worker, initargs=(self.threads,)
+        )
         pending: set = set()
         try:
             for chunk in itertools.chain([first], chunks):
@@ -95,8 +97,10 @@ class DaskEngine:
         try:
             return Client(self.scheduler, timeout="20s")
         except (OSError, TimeoutError) as exc:
-            raise BatchError(f"cannot reach the Dask scheduler at {self.scheduler} ({exc}); start one with "
-                             "`dask scheduler` and give its tcp://HOST:PORT") from exc
+            raise BatchError(
+                f"cannot reach the Dask scheduler at {self.scheduler} ({exc}); start one with "
+                "`dask scheduler` and give its tcp://HOST:PORT"
+            ) from exc
 
     def map_chunks(self, chunks: Iterable[list[BatchInput]]) -> Iterator[list[dict]]:
         from distributed import as_completed
@@ -115,8 +119,17 @@ class DaskEngine:
             run = uuid.uuid4().hex[:8]
             pending = as_completed()
             for n, chunk in enumerate(chunks):
-                pending.add(client.submit(score_chunk, chunk, self.model, self.preset, key=f"leukostage-{run}-{n}",
-                                          pure=False, retries=self.retries))
+                pending.add(
+                    client.submit(
+                        score_chunk,
+                        chunk,
+                        self.model,
+                        self.preset,
+                        key=f"leukostage-{run}-{n}",
+                        pure=False,
+                        retries=self.retries,
+                    )
+                )
                 if pending.count() >= in_flight:
                     yield self._result(next(pending))
             for future in pending:
@@ -135,5 +148,7 @@ class DaskEngine:
 
 
 def _model_missing(exc: FileNotFoundError) -> BatchError:
-    return BatchError(f"a Dask worker could not load the model: {exc}. Every worker needs leukostage installed and "
-                      "the model at the same path (--model, or $LEUKOSTAGE_MODEL in the worker's environment)")
+    return BatchError(
+        f"a Dask worker could not load the model: {exc}. Every worker needs leukostage installed and "
+        "the model at the same path (--model, or $LEUKOSTAGE_MODEL in the worker's environment)"
+    )

@@ -1,4 +1,5 @@
 """One batch run: discover lazily -> chunk -> score on an engine -> write each chunk as it completes -> summary."""
+
 from __future__ import annotations
 
 import resource
@@ -7,10 +8,10 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from ..cores import cpu_count
 from ..predict import card_path_for, default_model_path
@@ -197,9 +198,13 @@ def summary(tally: Tally, t0: float, interrupted: bool, out: Path, fmt: str, eng
     """The run in numbers: what was written, per label and per refusal code, and how fast (``t0``: the start)."""
     seconds = time.perf_counter() - t0
     return {
-        "out": str(out), "format": fmt, "interrupted": interrupted,
-        "rows_written": tally.written, "skipped_already_done": tally.skipped,
-        "valid": sum(tally.labels.values()), "refused": sum(tally.refused_by_code.values()),
+        "out": str(out),
+        "format": fmt,
+        "interrupted": interrupted,
+        "rows_written": tally.written,
+        "skipped_already_done": tally.skipped,
+        "valid": sum(tally.labels.values()),
+        "refused": sum(tally.refused_by_code.values()),
         "labels": dict(sorted(tally.labels.items())),
         "uncertain_by_reason": dict(sorted(tally.uncertain_by_reason.items())),
         "refused_by_code": dict(sorted(tally.refused_by_code.items())),
@@ -213,13 +218,21 @@ def summary(tally: Tally, t0: float, interrupted: bool, out: Path, fmt: str, eng
 
 def format_summary(s: dict) -> str:
     """The summary for people (stderr)."""
-    lines = [f"{'INTERRUPTED: ' if s['interrupted'] else ''}{s['rows_written']} rows written to {s['out']} "
-             f"({s['format']}) in {s['seconds']:.1f} s, {s['images_per_second'] or 0:.1f} images/s"
-             + (f"; {s['skipped_already_done']} already done, skipped" if s["skipped_already_done"] else "")]
+    lines = [
+        f"{'INTERRUPTED: ' if s['interrupted'] else ''}{s['rows_written']} rows written to {s['out']} "
+        f"({s['format']}) in {s['seconds']:.1f} s, {s['images_per_second'] or 0:.1f} images/s"
+        + (f"; {s['skipped_already_done']} already done, skipped" if s["skipped_already_done"] else "")
+    ]
     if s["labels"]:
-        lines.append("labels: " + ", ".join(f"{k} {v}" for k, v in s["labels"].items())
-                     + (f" (uncertain: {', '.join(f'{k} {v}' for k, v in s['uncertain_by_reason'].items())})"
-                        if s["uncertain_by_reason"] else ""))
+        lines.append(
+            "labels: "
+            + ", ".join(f"{k} {v}" for k, v in s["labels"].items())
+            + (
+                f" (uncertain: {', '.join(f'{k} {v}' for k, v in s['uncertain_by_reason'].items())})"
+                if s["uncertain_by_reason"]
+                else ""
+            )
+        )
     if s["refused_by_code"]:
         lines.append("refused: " + ", ".join(f"{k} {v}" for k, v in s["refused_by_code"].items()))
     if s["interrupted"]:

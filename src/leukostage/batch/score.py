@@ -1,10 +1,11 @@
 """Scoring a chunk of inputs into rows: the one function both engines run (local processes and Dask workers), so the
 two cannot disagree. Each process loads the model once and keeps it for every chunk it scores.
 """
+
 from __future__ import annotations
 
 import hashlib
-from typing import Callable
+from collections.abc import Callable
 
 from ..imaging import ImageError, read_bytes, read_header
 from ..predict import Predictor, analyse_bytes, default_model_path
@@ -62,23 +63,30 @@ def score_input(inp: BatchInput, predictor: Callable[[], Predictor], preset: str
     except ImageError as exc:
         if inp.resumed and inp.previous_sha256 is None:
             return skipped(inp)
-        return batch_fields({"file": inp.path, "valid": False, "code": exc.code, "reason": exc.message},
-                            inp, None, (None, None))
+        return batch_fields(
+            {"file": inp.path, "valid": False, "code": exc.code, "reason": exc.message}, inp, None, (None, None)
+        )
     digest = hashlib.sha256(data).hexdigest()
     if inp.resumed and inp.previous_sha256 == digest:
         return skipped(inp)
     try:
         analysis = analyse_bytes(data, inp.path, predictor(), preset)
     except Exception as exc:  # noqa: BLE001 - one bad input must not stop an archive of a million
-        result = {"file": inp.path, "valid": False, "code": "internal_error",
-                  "reason": f"unexpected {type(exc).__name__} while analysing this file: {exc}"}
+        result = {
+            "file": inp.path,
+            "valid": False,
+            "code": "internal_error",
+            "reason": f"unexpected {type(exc).__name__} while analysing this file: {exc}",
+        }
         return batch_fields(result, inp, digest, image_size(data, None))
     return batch_fields(analysis.result, inp, digest, image_size(data, analysis.rgb))
 
 
-def score_chunk(inputs: list[BatchInput], model: str | None = None, preset: str = DEFAULT_PRESET,
-                threads: int | None = None) -> list[dict]:
+def score_chunk(
+    inputs: list[BatchInput], model: str | None = None, preset: str = DEFAULT_PRESET, threads: int | None = None
+) -> list[dict]:
     """Rows for a chunk, in input order. Runs in a worker process (local pool or Dask)."""
+
     def predictor() -> Predictor:
         return load_predictor(model, threads)
 

@@ -6,6 +6,7 @@ written generically: JSONL keeps each result dict whole (nested ``probabilities`
 parquet flatten one level (``probabilities_normal``, ``domain_score``, ``in_domain``) into fixed columns and keep
 anything else as JSON in ``extra``, so a field a newer model adds is never dropped.
 """
+
 from __future__ import annotations
 
 import csv
@@ -13,8 +14,9 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -25,11 +27,25 @@ SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parque
 PARQUET_ROWS_PER_PART = 8192  # parquet: rows per part file (chunks wait in a JSONL journal until a part is full)
 PARQUET_JOURNAL = "_pending.jsonl"  # "_" prefix: parquet readers skip it
 FLAT_COLUMNS: tuple[tuple[str, str], ...] = (  # (column, type) for csv and parquet, in order
-    ("file", "string"), ("folder", "string"), ("valid", "bool"), ("code", "string"), ("reason", "string"),
-    ("label", "string"), ("display_label", "string"), ("dataset_label", "string"), ("confidence", "float64"),
-    ("top_class", "string"), *((f"probabilities_{k}", "float64") for k in CLASS_KEYS),
-    ("uncertain_reason", "string"), ("domain_score", "float64"), ("domain_threshold", "float64"),
-    ("in_domain", "bool"), ("sha256", "string"), ("width", "int64"), ("height", "int64"), ("extra", "string"),
+    ("file", "string"),
+    ("folder", "string"),
+    ("valid", "bool"),
+    ("code", "string"),
+    ("reason", "string"),
+    ("label", "string"),
+    ("display_label", "string"),
+    ("dataset_label", "string"),
+    ("confidence", "float64"),
+    ("top_class", "string"),
+    *((f"probabilities_{k}", "float64") for k in CLASS_KEYS),
+    ("uncertain_reason", "string"),
+    ("domain_score", "float64"),
+    ("domain_threshold", "float64"),
+    ("in_domain", "bool"),
+    ("sha256", "string"),
+    ("width", "int64"),
+    ("height", "int64"),
+    ("extra", "string"),
 )
 COLUMN_NAMES = tuple(name for name, _ in FLAT_COLUMNS)
 
@@ -50,8 +66,10 @@ def format_for(out: str | Path, fmt: str | None) -> str:
         return fmt
     guessed = SUFFIX_FORMATS.get(Path(out).suffix.lower())
     if guessed is None:
-        raise BatchError(f"cannot tell the format of {out} from its suffix; pass --format {'|'.join(FORMATS)} "
-                         f"or name it {' / '.join(SUFFIX_FORMATS)}")
+        raise BatchError(
+            f"cannot tell the format of {out} from its suffix; pass --format {'|'.join(FORMATS)} "
+            f"or name it {' / '.join(SUFFIX_FORMATS)}"
+        )
     return guessed
 
 
@@ -219,8 +237,9 @@ def open_writer(out: Path, fmt: str, resume: bool) -> RowWriter:
     """
     exists = any(out.iterdir()) if out.is_dir() else (out.exists() and out.stat().st_size > 0)
     if exists and not resume:
-        raise BatchError(f"{out} already exists; pass --resume to skip what it holds and add the rest, "
-                         "or choose another --out")
+        raise BatchError(
+            f"{out} already exists; pass --resume to skip what it holds and add the rest, or choose another --out"
+        )
     if fmt == "parquet":
         if out.exists() and not out.is_dir():
             raise BatchError(f"parquet output is a folder of part files, and {out} is a file; choose another --out")
@@ -300,6 +319,6 @@ class DoneIndex:
         return True, (digest.hex() if any(digest) else None)
 
     @classmethod
-    def read(cls, out: Path, fmt: str) -> "DoneIndex":
+    def read(cls, out: Path, fmt: str) -> DoneIndex:
         exists = out.is_dir() if fmt == "parquet" else out.is_file()
         return cls(_done_pairs(out, fmt) if exists else iter(()))

@@ -6,6 +6,7 @@
   ``postgresql+psycopg://user@host/db`` (psycopg 3; a plain ``postgresql://`` URL is read as psycopg 3 too).
 - ``LEUKOSTAGE_STORAGE``: the image store (default ``<instance>/images``).
 """
+
 from __future__ import annotations
 
 import os
@@ -27,7 +28,7 @@ def database_url() -> str:
     url = os.environ.get(DATABASE_URL_ENV) or f"sqlite:///{instance_dir() / SQLITE_NAME}"
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return "postgresql+psycopg://" + url[len(prefix) :]
     return url
 
 

@@ -5,14 +5,15 @@ timeout, foreign keys on, and every transaction opened with ``BEGIN IMMEDIATE`` 
 instead of deadlocking on a read-to-write upgrade. PostgreSQL serialises writers to one case with row locks
 (``SELECT ... FOR UPDATE``, see ``service``).
 """
+
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -140,8 +141,10 @@ def require_current(url: str | None = None) -> None:
     try:
         current = current_revision(url)
     except SQLAlchemyError as exc:
-        raise DatabaseNotReady(f"cannot open the case database {redacted(url)} "
-                               f"({type(exc.orig or exc).__name__}); check LEUKOSTAGE_DATABASE_URL") from None
+        raise DatabaseNotReady(
+            f"cannot open the case database {redacted(url)} "
+            f"({type(exc.orig or exc).__name__}); check LEUKOSTAGE_DATABASE_URL"
+        ) from None
     head = head_revision()
     if current != head:
         state = "is not migrated" if current is None else f"is at revision {current}, this version needs {head}"

@@ -4,9 +4,10 @@ A model's result is written once and never changed: a reviewer's correction is a
 sign-off a ``Review``, a later change an ``Amendment``; ``AuditEvent`` rows are append-only (the database refuses
 UPDATE and DELETE on them, see the first migration).
 """
+
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text
@@ -20,7 +21,7 @@ FILENAME_MAX = 255  # the client's file name, metadata only (web.api.MAX_NAME_CH
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
@@ -37,7 +38,7 @@ class User(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    tokens: Mapped[list["ApiToken"]] = relationship(back_populates="user")
+    tokens: Mapped[list[ApiToken]] = relationship(back_populates="user")
 
 
 class ApiToken(Base):
@@ -69,9 +70,9 @@ class Case(Base):
     model_version: Mapped[str] = mapped_column(String(64))
 
     created_by: Mapped[User] = relationship()
-    images: Mapped[list["Image"]] = relationship(back_populates="case", order_by="Image.id")
-    review: Mapped["Review | None"] = relationship(back_populates="case")
-    amendments: Mapped[list["Amendment"]] = relationship(order_by="Amendment.id")
+    images: Mapped[list[Image]] = relationship(back_populates="case", order_by="Image.id")
+    review: Mapped[Review | None] = relationship(back_populates="case")
+    amendments: Mapped[list[Amendment]] = relationship(order_by="Amendment.id")
 
 
 class Image(Base):
@@ -91,8 +92,8 @@ class Image(Base):
 
     case: Mapped[Case] = relationship(back_populates="images")
     uploaded_by: Mapped[User] = relationship()
-    result: Mapped["Result"] = relationship(back_populates="image")
-    overrides: Mapped[list["Override"]] = relationship(order_by="Override.id")
+    result: Mapped[Result] = relationship(back_populates="image")
+    overrides: Mapped[list[Override]] = relationship(order_by="Override.id")
 
 
 class Result(Base):
@@ -168,4 +169,3 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(32))
     at: Mapped[datetime] = mapped_column(default=utcnow)
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
-

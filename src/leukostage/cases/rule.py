@@ -11,13 +11,14 @@ share below ``min_share``, the case is ``uncertain``. ``normal`` is only called 
 in force are those ``leukostage evaluate-cases`` chose on the validation part of the blocked split and wrote to
 ``case_rule.json`` beside this module (see reports/cases/report.md).
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from importlib import resources
 from pathlib import Path
-from typing import Iterable
 
 from ..classes import BY_KEY, CLASS_KEYS, UNCERTAIN_KEY
 
@@ -36,12 +37,17 @@ class CaseRule:
     normal_min: float = 0.5
 
     def describe(self) -> str:
-        how = ("the mean class probability over" if self.kind == "mean" else "the majority of the top classes of")
-        normal = (f"; normal only with a share of at least {self.normal_min:.2f}, else the likeliest leukaemic class"
-                  if self.normal_min > 0.5 else "")
+        how = "the mean class probability over" if self.kind == "mean" else "the majority of the top classes of"
+        normal = (
+            f"; normal only with a share of at least {self.normal_min:.2f}, else the likeliest leukaemic class"
+            if self.normal_min > 0.5
+            else ""
+        )
         floor = f"; below a share of {self.min_share:.2f} it is uncertain" if self.min_share > 0 else ""
-        return (f"Called from {how} the fields that passed the input check and lie in the model's training domain "
-                f"(at least {self.min_fields}, else uncertain){normal}{floor}.")
+        return (
+            f"Called from {how} the fields that passed the input check and lie in the model's training domain "
+            f"(at least {self.min_fields}, else uncertain){normal}{floor}."
+        )
 
 
 def load_rule(path: str | Path | None = None) -> CaseRule:
@@ -111,8 +117,13 @@ def summarise(results: list[dict], rule: CaseRule | None = None) -> dict:
     """The case dict's ``summary``: counts, how many fields counted, their mean probabilities, the call and its rule."""
     rule = rule or load_rule()
     counted = [r for r in results if is_counted(r)]
-    return {"counts": counts(results), "counted": len(counted), "mean_probabilities": mean_probabilities(counted),
-            "case_call": call(counted, rule), "case_rule": rule.describe()}
+    return {
+        "counts": counts(results),
+        "counted": len(counted),
+        "mean_probabilities": mean_probabilities(counted),
+        "case_call": call(counted, rule),
+        "case_rule": rule.describe(),
+    }
 
 
 def rule_dict(rule: CaseRule) -> dict:

@@ -5,6 +5,7 @@ metadata and never touches the file system. A rename is atomic, so a reader sees
 killed mid-write leaves only a ``.tmp-*`` file in ``<root>/tmp``, which ``sweep_temporary`` (``leukostage db check``)
 removes. The same bytes uploaded twice are stored once.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -12,8 +13,8 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 TMP_DIR = "tmp"

@@ -5,6 +5,7 @@ amends; ``admin`` manages users (and may do what a reviewer does). Passwords are
 are random 256-bit strings of which only the SHA-256 is stored (a token has the entropy a password lacks, so a fast
 hash is enough and lets a request find its user with one indexed lookup).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -67,8 +68,9 @@ def add_user(session: Session, username: str, role: str, password: str) -> User:
 def get_user(session: Session, username: str) -> User:
     user = session.scalar(select(User).where(User.username == username))
     if user is None:
-        raise UserError(f"no user {username!r}; add one with `leukostage users add {username} --role ROLE "
-                        "--password-stdin`")
+        raise UserError(
+            f"no user {username!r}; add one with `leukostage users add {username} --role ROLE --password-stdin`"
+        )
     return user
 
 
@@ -91,13 +93,15 @@ def issue_token(session: Session, user: User) -> str:
 
 def revoke_tokens(session: Session, user: User) -> int:
     """Revoke every live token of ``user``; returns how many."""
-    result = session.execute(update(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
-                             .values(revoked_at=utcnow()))
+    result = session.execute(
+        update(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None)).values(revoked_at=utcnow())
+    )
     return result.rowcount or 0
 
 
 def user_for_token(session: Session, token: str) -> User | None:
     """The active user a live token belongs to, else None."""
-    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token),
-                                                ApiToken.revoked_at.is_(None)))
+    row = session.scalar(
+        select(ApiToken).where(ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None))
+    )
     return row.user if row is not None and row.user.active else None

@@ -3,6 +3,7 @@
 Each verb group is a module with ``register(sub)``, which adds its sub-parsers and sets ``func`` on each; ``main``
 is the one place that turns expected failures into a one-line error and an exit status.
 """
+
 from __future__ import annotations
 
 import argparse

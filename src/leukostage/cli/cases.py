@@ -1,30 +1,40 @@
 """Command line verbs for cases: ``db upgrade|check``, ``users add|token``, ``evaluate-cases``; and the guard that
 keeps ``serve`` from starting on an unmigrated database. A verb group of the ``cli`` package (``register``)."""
+
 from __future__ import annotations
 
 import argparse
 import json
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
-from ..data import default_data_dir
+from ..training.data import default_data_dir
 
 Command = Callable[[argparse.Namespace], int]
 
 
 def _add_db(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("db", help="the case database: apply migrations, check stored images against rows",
-                       description="The case database ($LEUKOSTAGE_DATABASE_URL, default a SQLite file in the "
-                       "instance folder): `db upgrade` applies every pending migration (serve refuses an unmigrated "
-                       "database); `db check` compares the image store with the rows.")
+    p = sub.add_parser(
+        "db",
+        help="the case database: apply migrations, check stored images against rows",
+        description="The case database ($LEUKOSTAGE_DATABASE_URL, default a SQLite file in the "
+        "instance folder): `db upgrade` applies every pending migration (serve refuses an unmigrated "
+        "database); `db check` compares the image store with the rows.",
+    )
     verbs = p.add_subparsers(dest="db_command", required=True)
     verbs.add_parser("upgrade", help="apply every pending migration (creates the SQLite file on first use)")
-    c = verbs.add_parser("check", help="find stored image files without a row (and remove them) and rows whose "
-                                       "file is missing")
+    c = verbs.add_parser(
+        "check", help="find stored image files without a row (and remove them) and rows whose file is missing"
+    )
     c.add_argument("--dry-run", action="store_true", help="report only; remove nothing")
-    c.add_argument("--min-age", type=float, default=60.0, metavar="SECONDS",
-                   help="remove only orphan files older than this (a younger one may be an upload in flight)")
+    c.add_argument(
+        "--min-age",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="remove only orphan files older than this (a younger one may be an upload in flight)",
+    )
 
 
 def cmd_db(args: argparse.Namespace) -> int:
@@ -50,16 +60,23 @@ def cmd_db(args: argparse.Namespace) -> int:
 def _add_users(sub: argparse._SubParsersAction) -> None:
     from ..cases.models import ROLES
 
-    p = sub.add_parser("users", help="users of the case workflow: add one, issue or revoke API tokens",
-                       description="Users of the case workflow and their roles (technician: creates cases and "
-                       "uploads; reviewer: overrides and signs off; admin: users). Passwords and tokens are stored "
-                       "hashed only.")
+    p = sub.add_parser(
+        "users",
+        help="users of the case workflow: add one, issue or revoke API tokens",
+        description="Users of the case workflow and their roles (technician: creates cases and "
+        "uploads; reviewer: overrides and signs off; admin: users). Passwords and tokens are stored "
+        "hashed only.",
+    )
     verbs = p.add_subparsers(dest="users_command", required=True)
     a = verbs.add_parser("add", help="add a user (the password is read from stdin)")
     a.add_argument("name")
     a.add_argument("--role", required=True, choices=ROLES)
-    a.add_argument("--password-stdin", action="store_true", required=True,
-                   help="read the password from the first line of stdin (never from the command line)")
+    a.add_argument(
+        "--password-stdin",
+        action="store_true",
+        required=True,
+        help="read the password from the first line of stdin (never from the command line)",
+    )
     t = verbs.add_parser("token", help="print a new bearer token, alone on the last line (only its hash is stored)")
     t.add_argument("name")
     t.add_argument("--revoke", action="store_true", help="revoke every token of the user instead")
@@ -86,26 +103,33 @@ def cmd_users(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate_cases(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate-cases", help="choose the case-call rule on the blocked split's validation part "
-                       "and score it on its test part (pseudo-cases of 10 consecutive files); writes "
-                       "reports/cases/metrics.json + report.md and the package's case_rule.json",
-                       description="Choose the case-call rule on the blocked split's validation part (pseudo-cases of "
-                       "10 consecutive file numbers of one class) and score it on the test part; writes "
-                       "reports/cases/metrics.json + report.md and the package's case_rule.json.")
+    p = sub.add_parser(
+        "evaluate-cases",
+        help="choose the case-call rule on the blocked split's validation part "
+        "and score it on its test part (pseudo-cases of 10 consecutive files); writes "
+        "reports/cases/metrics.json + report.md and the package's case_rule.json",
+        description="Choose the case-call rule on the blocked split's validation part (pseudo-cases of "
+        "10 consecutive file numbers of one class) and score it on the test part; writes "
+        "reports/cases/metrics.json + report.md and the package's case_rule.json.",
+    )
     p.add_argument("--data", default=str(default_data_dir()), help="dataset folder (default: $LEUKOSTAGE_DATA)")
     p.add_argument("--model", default=None, help="ONNX model (default: the model shipped in the package)")
     p.add_argument("--seed", type=int, default=None, help="split seed (default: the model's training seed)")
     p.add_argument("--out", default="reports/cases", help="report folder")
-    p.add_argument("--rule-out", default=None, help="where to write the chosen rule (default: the package's "
-                                                     "leukostage/cases/case_rule.json)")
+    p.add_argument(
+        "--rule-out",
+        default=None,
+        help="where to write the chosen rule (default: the package's leukostage/cases/case_rule.json)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def cmd_evaluate_cases(args: argparse.Namespace) -> int:
-    from ..cases.evaluate import run
+    from ..training.evaluate_cases import run
 
-    metrics = run(args.data, model=args.model, seed=args.seed, out=args.out, rule_out=args.rule_out,
-                  progress=not args.quiet)
+    metrics = run(
+        args.data, model=args.model, seed=args.seed, out=args.out, rule_out=args.rule_out, progress=not args.quiet
+    )
     print(json.dumps({k: metrics[k] for k in ("rule", "validation", "test")}, indent=2))
     return 0
 
@@ -118,6 +142,7 @@ def guard_serve(serve: Command) -> Command:
     the app starts: `pip install leukostage && leukostage serve` works. A configured or existing database that is
     behind is never changed by ``serve``.
     """
+
     def guarded(args: argparse.Namespace) -> int:
         from ..cases import db
         from ..cases.config import DATABASE_URL_ENV, SQLITE_NAME, instance_dir
@@ -127,8 +152,11 @@ def guard_serve(serve: Command) -> Command:
         if not os.environ.get(DATABASE_URL_ENV) and not default_file.exists():
             default_file.parent.mkdir(parents=True, exist_ok=True)
             _, revision = db.upgrade()
-            print(f"leukostage serve: created a new case database at {default_file} (revision {revision}); after "
-                  f"an update, `leukostage db upgrade` migrates it", file=sys.stderr)
+            print(
+                f"leukostage serve: created a new case database at {default_file} (revision {revision}); after "
+                f"an update, `leukostage db upgrade` migrates it",
+                file=sys.stderr,
+            )
         try:
             require_current()
         except DatabaseNotReady as exc:
@@ -136,6 +164,7 @@ def guard_serve(serve: Command) -> Command:
             return 2
         dispose_all()  # no open connection is inherited by the workers
         return serve(args)
+
     guarded.guarded = True  # type: ignore[attr-defined]
     return guarded
 
@@ -155,6 +184,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _friendly(command: Command) -> Command:
     """Case errors as one line on stderr, exit status 2 (like cli.main does for ValueError)."""
+
     def run(args: argparse.Namespace) -> int:
         from sqlalchemy.exc import SQLAlchemyError
 
@@ -166,7 +196,10 @@ def _friendly(command: Command) -> Command:
             print(f"leukostage {args.command}: error: {exc}", file=sys.stderr)
             return 2
         except SQLAlchemyError as exc:
-            print(f"leukostage {args.command}: database error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
-                  file=sys.stderr)
+            print(
+                f"leukostage {args.command}: database error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                file=sys.stderr,
+            )
             return 2
+
     return run

@@ -1,4 +1,5 @@
 """What the verbs share: input expansion, progress on a terminal, line output, shared options."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,23 +14,33 @@ from ..validate import DEFAULT_PRESET, PRESETS, VALIDATOR_ENV
 
 T = TypeVar("T")
 
-PRESET_HELP = ("validation preset: 'default' = colour thresholds calibrated on genuine smears plus the learned "
-               "smear-vs-other content check (the validator JSON); 'paper' = the seed paper's fixed colour rule "
-               "(Code Snippet 4) only, at full resolution, kept for comparison")
+PRESET_HELP = (
+    "validation preset: 'default' = colour thresholds calibrated on genuine smears plus the learned "
+    "smear-vs-other content check (the validator JSON); 'paper' = the seed paper's fixed colour rule "
+    "(Code Snippet 4) only, at full resolution, kept for comparison"
+)
 
 
 def add_model_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, metavar="FILE",
-                   help="ONNX model with its <name>.card.json beside it (default: $LEUKOSTAGE_MODEL, else the model "
-                   "shipped in the package)")
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="FILE",
+        help="ONNX model with its <name>.card.json beside it (default: $LEUKOSTAGE_MODEL, else the model "
+        "shipped in the package)",
+    )
 
 
 def add_validation_options(p: argparse.ArgumentParser) -> None:
     """--preset and --validator: which input gate runs, and with which calibration file."""
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESETS, help=PRESET_HELP)
-    p.add_argument("--validator", default=None, metavar="FILE",
-                   help=f"validator calibration JSON for the default preset (default: ${VALIDATOR_ENV}, else the "
-                   "validator.json shipped in the package); written by `leukostage calibrate-validator --out FILE`")
+    p.add_argument(
+        "--validator",
+        default=None,
+        metavar="FILE",
+        help=f"validator calibration JSON for the default preset (default: ${VALIDATOR_ENV}, else the "
+        "validator.json shipped in the package); written by `leukostage calibrate-validator --out FILE`",
+    )
 
 
 def use_validator(path: str | None) -> None:
@@ -42,8 +53,10 @@ def use_validator(path: str | None) -> None:
         return
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"validator file {path} not found; write one with `leukostage calibrate-validator "
-                                "--out FILE` or leave out --validator")
+        raise FileNotFoundError(
+            f"validator file {path} not found; write one with `leukostage calibrate-validator "
+            "--out FILE` or leave out --validator"
+        )
     os.environ[VALIDATOR_ENV] = str(p.resolve())
 
 
@@ -64,4 +77,3 @@ def emit(line: str) -> None:
 
     tqdm.write(line, file=sys.stdout)
     sys.stdout.flush()
-

@@ -1,57 +1,79 @@
 """Serving verbs: predict, validate, explain, serve. None of them imports torch."""
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..classes import BY_KEY, DISCLAIMER
 from .common import add_model_option, add_validation_options, emit, expand_inputs, progress, use_validator
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="classify blood smear images (validation runs first)",
-                       description="Validate each image, then classify it with the ONNX model: a class, or "
-                       "'uncertain' when the model is not sure enough (threshold from the model card). "
-                       "Exit status 0 when every input was accepted, 1 otherwise. " + DISCLAIMER)
+    p = sub.add_parser(
+        "predict",
+        help="classify blood smear images (validation runs first)",
+        description="Validate each image, then classify it with the ONNX model: a class, or "
+        "'uncertain' when the model is not sure enough (threshold from the model card). "
+        "Exit status 0 when every input was accepted, 1 otherwise. " + DISCLAIMER,
+    )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
     add_model_option(p)
     p.add_argument("--json", action="store_true", help="one JSON list, one object per input, in input order")
     add_validation_options(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("validate", help="check that images are usable blood smear photographs",
-                       description="Run only the input gate (decoding, colour, content) on each image and say why "
-                       "an image is rejected. Exit status 0 when every input was accepted, 1 otherwise.")
+    p = sub.add_parser(
+        "validate",
+        help="check that images are usable blood smear photographs",
+        description="Run only the input gate (decoding, colour, content) on each image and say why "
+        "an image is rejected. Exit status 0 when every input was accepted, 1 otherwise.",
+    )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
     p.add_argument("--json", action="store_true", help="one JSON list, one object per input, in input order")
     add_validation_options(p)
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("explain", help="Grad-CAM heat maps: <stem>.gradcam.png (overlay) + <stem>.gradcam.npy",
-                       description="Classify each image, then write a Grad-CAM heat map of where the model looked: "
-                       "an overlay PNG and the raw map as .npy, in the --out folder.")
+    p = sub.add_parser(
+        "explain",
+        help="Grad-CAM heat maps: <stem>.gradcam.png (overlay) + <stem>.gradcam.npy",
+        description="Classify each image, then write a Grad-CAM heat map of where the model looked: "
+        "an overlay PNG and the raw map as .npy, in the --out folder.",
+    )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
     add_model_option(p)
-    p.add_argument("--class", dest="class_key", default=None, metavar="CLASS",
-                   help="class to explain: a key (normal, early, mid, advanced) or a display name, any case "
-                   "(default: the predicted class)")
+    p.add_argument(
+        "--class",
+        dest="class_key",
+        default=None,
+        metavar="CLASS",
+        help="class to explain: a key (normal, early, mid, advanced) or a display name, any case "
+        "(default: the predicted class)",
+    )
     p.add_argument("--out", required=True, help="folder for the heat maps (created if missing; not a file)")
     p.add_argument("--json", action="store_true", help="one JSON list, one object per input, in input order")
     add_validation_options(p)
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("serve", help="serve the web app and HTTP API (gunicorn; --debug: Flask dev server)",
-                       description="Serve the upload page and the JSON API (/api/v1, OpenAPI at /api/v1/openapi.json) "
-                       "with gunicorn until interrupted.")
+    p = sub.add_parser(
+        "serve",
+        help="serve the web app and HTTP API (gunicorn; --debug: Flask dev server)",
+        description="Serve the upload page and the JSON API (/api/v1, OpenAPI at /api/v1/openapi.json) "
+        "with gunicorn until interrupted.",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=None, help="gunicorn workers (default: number of cores)")
     add_model_option(p)
-    p.add_argument("--validator", default=None, metavar="FILE",
-                   help="validator calibration JSON (default: $LEUKOSTAGE_VALIDATOR, else the packaged one)")
+    p.add_argument(
+        "--validator",
+        default=None,
+        metavar="FILE",
+        help="validator calibration JSON (default: $LEUKOSTAGE_VALIDATOR, else the packaged one)",
+    )
     p.add_argument("--debug", action="store_true", help="Flask's development server instead of gunicorn")
     p.set_defaults(func=cmd_serve)
 
@@ -83,8 +105,13 @@ def _finish(results: list[dict], as_json: bool, disclaimer: bool = True) -> int:
     return 0 if all(r["valid"] for r in results) else 1
 
 
-def _each_input(args: argparse.Namespace, verb: str, analyse: Callable[[str], dict], row: Callable[[dict], str],
-                disclaimer: bool = True) -> int:
+def _each_input(
+    args: argparse.Namespace,
+    verb: str,
+    analyse: Callable[[str], dict],
+    row: Callable[[dict], str],
+    disclaimer: bool = True,
+) -> int:
     """Every input of ``args.images`` (folders expanded), analysed in turn: a table line each as it is done, or one
     JSON list at the end; exit status 1 when any input was refused."""
     results: list[dict] = []
@@ -108,8 +135,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from ..validate import validate_path
 
     use_validator(args.validator)
-    return _each_input(args, "validate", lambda item: {"file": item, **validate_path(item, args.preset).to_dict()},
-                       lambda r: f"{r['file']}\tok" if r["valid"] else rejected_row(r), disclaimer=False)
+    return _each_input(
+        args,
+        "validate",
+        lambda item: {"file": item, **validate_path(item, args.preset).to_dict()},
+        lambda r: f"{r['file']}\tok" if r["valid"] else rejected_row(r),
+        disclaimer=False,
+    )
 
 
 def heatmap_folder(out: str) -> Path:
@@ -128,8 +160,10 @@ def heatmap_folder(out: str) -> Path:
 def explained_row(r: dict) -> str:
     if not r.get("valid"):
         return rejected_row(r)
-    return (f"{r['file']}\tGrad-CAM for {r['explained_class']} (prediction {r['label']}, confidence "
-            f"{r['confidence']:.3f})\t{r['gradcam_png']}")
+    return (
+        f"{r['file']}\tGrad-CAM for {r['explained_class']} (prediction {r['label']}, confidence "
+        f"{r['confidence']:.3f})\t{r['gradcam_png']}"
+    )
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

@@ -1,4 +1,7 @@
-"""Training-path verbs: train, evaluate, export, quantize, audit, calibrate-validator. Torch is imported inside each verb."""
+"""Training-path verbs: train, evaluate, export, quantize, audit, calibrate-validator.
+
+Torch is imported inside each verb."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,105 +9,170 @@ import json
 import sys
 from pathlib import Path
 
-from ..data import SPLIT_METHODS, default_data_dir
+from ..training.data import SPLIT_METHODS, default_data_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model on the Table 2 folder layout",
-                       description="Train a model (needs the 'train' extra: torch). Writes best.pt, a log and "
-                       "curves into --out; stops early when the validation loss stops improving.")
+    p = sub.add_parser(
+        "train",
+        help="train a model on the Table 2 folder layout",
+        description="Train a model (needs the 'train' extra: torch). Writes best.pt, a log and "
+        "curves into --out; stops early when the validation loss stops improving.",
+    )
     p.add_argument("--data", default=str(default_data_dir()), help="dataset folder (default: $LEUKOSTAGE_DATA)")
     p.add_argument("--out", required=True, help="run folder for checkpoint, log, curves")
-    p.add_argument("--arch", default="paper", choices=("paper", "lite0"),
-                   help="paper: Table 4 CNN at 128 px, from scratch; lite0: EfficientNet-Lite0 at 224 px from ImageNet "
-                   "weights (use with --recipe transfer)")
+    p.add_argument(
+        "--arch",
+        default="paper",
+        choices=("paper", "lite0"),
+        help="paper: Table 4 CNN at 128 px, from scratch; lite0: EfficientNet-Lite0 at 224 px from ImageNet "
+        "weights (use with --recipe transfer)",
+    )
     p.add_argument("--split", default="random", choices=SPLIT_METHODS)
-    p.add_argument("--recipe", default="paper", choices=("paper", "robust", "transfer", "transfer-cells"),
-                   help="paper: Table 3 augmentation; robust: plus colour normalisation in the model, stain "
-                   "jitter and a cell-attention loss (the shortcut fix); transfer: fine-tuning a pretrained body "
-                   "(colour normalisation, stain jitter, rotations, AdamW one-cycle with warm-up, lower body rate, "
-                   "label smoothing); transfer-cells: transfer plus the cell-attention loss; see "
-                   "leukostage.train.RECIPES")
+    p.add_argument(
+        "--recipe",
+        default="paper",
+        choices=("paper", "robust", "transfer", "transfer-cells"),
+        help="paper: Table 3 augmentation; robust: plus colour normalisation in the model, stain "
+        "jitter and a cell-attention loss (the shortcut fix); transfer: fine-tuning a pretrained body "
+        "(colour normalisation, stain jitter, rotations, AdamW one-cycle with warm-up, lower body rate, "
+        "label smoothing); transfer-cells: transfer plus the cell-attention loss; see "
+        "leukostage.training.train.RECIPES",
+    )
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     p.add_argument("--limit-per-class", type=int, default=0, help="train on a small per-class subset (smoke runs)")
-    p.add_argument("--attention-weight", type=float, default=None, metavar="W",
-                   help="weight of the cell-attention loss instead of the recipe's (0 turns it off); choose it on "
-                   "the validation part (audit --part val)")
+    p.add_argument(
+        "--attention-weight",
+        type=float,
+        default=None,
+        metavar="W",
+        help="weight of the cell-attention loss instead of the recipe's (0 turns it off); choose it on "
+        "the validation part (audit --part val)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="score a checkpoint or ONNX model on a split; writes metrics.json + report.md",
-                       description="Score a model on the held-out part of the split it was trained with (another "
-                       "split, seed or dataset fingerprint is refused), or with --external on other image folders.")
+    p = sub.add_parser(
+        "evaluate",
+        help="score a checkpoint or ONNX model on a split; writes metrics.json + report.md",
+        description="Score a model on the held-out part of the split it was trained with (another "
+        "split, seed or dataset fingerprint is refused), or with --external on other image folders.",
+    )
     p.add_argument("--model", required=True, help="a run's best.pt, or an exported .onnx")
     p.add_argument("--data", default=str(default_data_dir()))
     p.add_argument("--split", default=None, choices=SPLIT_METHODS, help="default: the split the model was trained on")
     p.add_argument("--part", default="test", choices=("train", "val", "test"))
     p.add_argument("--seed", type=int, default=None, help="default: the model's training seed")
     p.add_argument("--out", default=None, help="report folder (default: reports/<model>-<split>)")
-    p.add_argument("--external", nargs="+", default=None, metavar="DIR",
-                   help="instead: run the serving pipeline on image folders outside the training data")
+    p.add_argument(
+        "--external",
+        nargs="+",
+        default=None,
+        metavar="DIR",
+        help="instead: run the serving pipeline on image folders outside the training data",
+    )
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("export", help="export a checkpoint to ONNX + model card, with test-split metrics",
-                       description="Export a checkpoint to ONNX and write its model card (preprocessing, classes, "
-                       "calibration, decision threshold, metrics) beside it.")
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint to ONNX + model card, with test-split metrics",
+        description="Export a checkpoint to ONNX and write its model card (preprocessing, classes, "
+        "calibration, decision threshold, metrics) beside it.",
+    )
     p.add_argument("--checkpoint", required=True, help="a run's best.pt")
     p.add_argument("--out", required=True, help="ONNX file to write, e.g. models/robust.onnx (the card goes beside it)")
     p.add_argument("--name", default=None, help="model name in the card (default: the file stem)")
     p.add_argument("--data", default=str(default_data_dir()), help="to score the test split(s) for the card")
-    p.add_argument("--metrics", nargs="*", default=[], help="metrics.json files to copy into the card (their data "
-                   "fingerprint must match the checkpoint's)")
-    p.add_argument("--external", nargs="*", default=[], metavar="REPORT",
-                   help="`evaluate --external` metrics.json files (other laboratories' images) to copy into the card")
+    p.add_argument(
+        "--metrics",
+        nargs="*",
+        default=[],
+        help="metrics.json files to copy into the card (their data fingerprint must match the checkpoint's)",
+    )
+    p.add_argument(
+        "--external",
+        nargs="*",
+        default=[],
+        metavar="REPORT",
+        help="`evaluate --external` metrics.json files (other laboratories' images) to copy into the card",
+    )
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("quantize", help="int8 version of an exported lite0 model (the served file), with its card",
-                       description="Quantise an exported float model to int8 (static, calibrated on its split's "
-                       "training part), choose its decision thresholds again on the validation part, score the test "
-                       "part, and write its card (with how far it moved from the float reference).")
+    p = sub.add_parser(
+        "quantize",
+        help="int8 version of an exported lite0 model (the served file), with its card",
+        description="Quantise an exported float model to int8 (static, calibrated on its split's "
+        "training part), choose its decision thresholds again on the validation part, score the test "
+        "part, and write its card (with how far it moved from the float reference).",
+    )
     p.add_argument("--model", required=True, help="the float .onnx written by `export` (its card beside it)")
     p.add_argument("--out", required=True, help="int8 ONNX file to write (the card goes beside it)")
     p.add_argument("--name", default=None, help="model name in the card (default: the file stem)")
-    p.add_argument("--data", default=str(default_data_dir()), help="the model's training data (calibration, "
-                   "thresholds, test metrics)")
+    p.add_argument(
+        "--data",
+        default=str(default_data_dir()),
+        help="the model's training data (calibration, thresholds, test metrics)",
+    )
     p.add_argument("--metrics", nargs="*", default=[], help="metrics.json files to copy into the card")
-    p.add_argument("--external", nargs="*", default=[], metavar="REPORT",
-                   help="`evaluate --external` metrics.json files (of the quantised model) to copy into the card")
+    p.add_argument(
+        "--external",
+        nargs="*",
+        default=[],
+        metavar="REPORT",
+        help="`evaluate --external` metrics.json files (of the quantised model) to copy into the card",
+    )
     p.set_defaults(func=cmd_quantize)
 
-    p = sub.add_parser("audit", help="shortcut audit on the model's test split: Grad-CAM on cells, accuracy with "
-                       "scale bar masked, background replaced, colour shifted; writes metrics.json + report.md",
-                       description="Does the model look at cells? Grad-CAM mass on cells, and accuracy when the "
-                       "scale bar is masked, the background replaced or the colours shifted.")
+    p = sub.add_parser(
+        "audit",
+        help="shortcut audit on the model's test split: Grad-CAM on cells, accuracy with "
+        "scale bar masked, background replaced, colour shifted; writes metrics.json + report.md",
+        description="Does the model look at cells? Grad-CAM mass on cells, and accuracy when the "
+        "scale bar is masked, the background replaced or the colours shifted.",
+    )
     p.add_argument("--model", required=True, help="a run's best.pt, or an exported .onnx")
     p.add_argument("--data", default=str(default_data_dir()), help="dataset folder (needs segmented/ beside original/)")
-    p.add_argument("--split", default=None, choices=SPLIT_METHODS,
-                   help="default: the split the model was trained on (any other is refused)")
+    p.add_argument(
+        "--split",
+        default=None,
+        choices=SPLIT_METHODS,
+        help="default: the split the model was trained on (any other is refused)",
+    )
     p.add_argument("--out", default=None, help="report folder (default: reports/audit-<model>-<split>)")
-    p.add_argument("--part", default="test", choices=("val", "test"),
-                   help="the part audited (default: test; val where a training setting is chosen by the audit)")
+    p.add_argument(
+        "--part",
+        default="test",
+        choices=("val", "test"),
+        help="the part audited (default: test; val where a training setting is chosen by the audit)",
+    )
     p.add_argument("--no-examples", action="store_true", help="numbers only: no example heat-map images")
     p.set_defaults(func=cmd_audit)
 
-    p = sub.add_parser("calibrate-validator", help="fit the input validator on real data and write it to a named "
-                       "file, with its held-out report (reports/validation/report.md + metrics.json)",
-                       description="Fit the input validator (colour thresholds + content check) on real data and "
-                       "score it on held-out images. The calibration goes to --out, never silently over an "
-                       "existing file (the packaged validator.json included); serve or predict with it through "
-                       "--validator FILE or $LEUKOSTAGE_VALIDATOR.")
+    p = sub.add_parser(
+        "calibrate-validator",
+        help="fit the input validator on real data and write it to a named "
+        "file, with its held-out report (reports/validation/report.md + metrics.json)",
+        description="Fit the input validator (colour thresholds + content check) on real data and "
+        "score it on held-out images. The calibration goes to --out, never silently over an "
+        "existing file (the packaged validator.json included); serve or predict with it through "
+        "--validator FILE or $LEUKOSTAGE_VALIDATOR.",
+    )
     p.add_argument("--data", default=str(default_data_dir()), help="data folder (default: $LEUKOSTAGE_DATA)")
     p.add_argument("--seed", type=int, default=42, help="split and generator seed (--report-only: the JSON's)")
-    p.add_argument("--out", default=None, metavar="FILE", help="validator JSON to write (required unless "
-                   "--report-only)")
+    p.add_argument(
+        "--out", default=None, metavar="FILE", help="validator JSON to write (required unless --report-only)"
+    )
     p.add_argument("--overwrite", action="store_true", help="allow --out to replace an existing file")
-    p.add_argument("--validator", default=None, metavar="FILE",
-                   help="--report-only: the validator JSON to score (default: $LEUKOSTAGE_VALIDATOR, else the "
-                   "packaged one)")
+    p.add_argument(
+        "--validator",
+        default=None,
+        metavar="FILE",
+        help="--report-only: the validator JSON to score (default: $LEUKOSTAGE_VALIDATOR, else the packaged one)",
+    )
     p.add_argument("--report", default="reports/validation", help="report folder")
     p.add_argument("--report-only", action="store_true", help="score an existing JSON without refitting")
     p.add_argument("--no-ablations", action="store_true", help="skip the leave-one-source-out refits")
@@ -112,12 +180,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..train import TrainConfig, train
+    from ..training.train import TrainConfig, train
 
     cfg = TrainConfig(
-        data=args.data, out=args.out, arch=args.arch, split=args.split, recipe=args.recipe, seed=args.seed,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, precision=args.precision,
-        limit_per_class=args.limit_per_class, attention_weight=args.attention_weight,
+        data=args.data,
+        out=args.out,
+        arch=args.arch,
+        split=args.split,
+        recipe=args.recipe,
+        seed=args.seed,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        precision=args.precision,
+        limit_per_class=args.limit_per_class,
+        attention_weight=args.attention_weight,
     )
     summary = train(cfg, progress=not args.quiet)
     print(json.dumps({k: summary[k] for k in ("best_epoch", "best_val_loss", "epochs_run", "median_epoch_seconds")}))
@@ -125,11 +202,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate_model, score_external
+    from ..training.evaluate import evaluate_model, score_external
 
     if args.external:
-        print(json.dumps(score_external(args.model, args.external, args.out, progress=sys.stderr.isatty()),
-                         indent=2))
+        print(json.dumps(score_external(args.model, args.external, args.out, progress=sys.stderr.isatty()), indent=2))
         return 0
     out = evaluate_model(args.model, args.data, split=args.split, part=args.part, seed=args.seed, out=args.out)
     print(json.dumps(out, indent=2))
@@ -137,31 +213,42 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..export import export_model
+    from ..training.export import export_model
 
-    card = export_model(args.checkpoint, args.out, name=args.name, metrics_files=args.metrics, data=args.data,
-                        external_files=args.external)
+    card = export_model(
+        args.checkpoint,
+        args.out,
+        name=args.name,
+        metrics_files=args.metrics,
+        data=args.data,
+        external_files=args.external,
+    )
     print(f"wrote {args.out} and its card ({card['name']} {card['version']})")
     return 0
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from ..quantize import quantize_model
+    from ..training.quantize import quantize_model
 
-    card = quantize_model(args.model, args.out, args.data, name=args.name, metrics_files=args.metrics,
-                          external_files=args.external)
+    card = quantize_model(
+        args.model, args.out, args.data, name=args.name, metrics_files=args.metrics, external_files=args.external
+    )
     moved = card["quantization"]["val_change_from_reference"]
     print(f"wrote {args.out} and its card ({card['name']} {card['version']}); on the val part: {json.dumps(moved)}")
     return 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from ..audit import run_audit
+    from ..training.audit import run_audit
 
-    doc = run_audit(args.model, args.data, split=args.split, out=args.out, examples=not args.no_examples,
-                    part=args.part)
-    print(json.dumps({"report": doc["meta"]["report"], "drops_points": doc["drops_points"], "checks": doc["checks"]},
-                     indent=2))
+    doc = run_audit(
+        args.model, args.data, split=args.split, out=args.out, examples=not args.no_examples, part=args.part
+    )
+    print(
+        json.dumps(
+            {"report": doc["meta"]["report"], "drops_points": doc["drops_points"], "checks": doc["checks"]}, indent=2
+        )
+    )
     return 0
 
 
@@ -176,8 +263,10 @@ def calibration_target(args: argparse.Namespace) -> Path:
     if args.report_only:
         return Path(args.validator) if args.validator else active_validator_path()
     if args.out is None:
-        raise ValueError("--out FILE is required: name the validator JSON to write (then use it with --validator "
-                         "FILE); the packaged validator.json is not replaced implicitly")
+        raise ValueError(
+            "--out FILE is required: name the validator JSON to write (then use it with --validator "
+            "FILE); the packaged validator.json is not replaced implicitly"
+        )
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise ValueError(f"--out {out} exists; pass --overwrite to replace it, or name a new file")
@@ -185,10 +274,15 @@ def calibration_target(args: argparse.Namespace) -> Path:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from ..calibrate import CalibrationConfig, run, summary
+    from ..training.calibrate import CalibrationConfig, run, summary
 
     target = calibration_target(args)
-    metrics = run(CalibrationConfig(data=args.data, seed=args.seed), target, args.report,
-                  refit=not args.report_only, ablations=not args.no_ablations)
+    metrics = run(
+        CalibrationConfig(data=args.data, seed=args.seed),
+        target,
+        args.report,
+        refit=not args.report_only,
+        ablations=not args.no_ablations,
+    )
     print(json.dumps(summary(metrics), indent=1))
     return 0

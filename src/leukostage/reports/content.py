@@ -2,9 +2,10 @@
 
 All of it reads the case dict only (see ``cases.service.case_dict``).
 """
+
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from ..classes import BY_KEY, CLASS_KEYS, UNCERTAIN_DISPLAY_NAME, UNCERTAIN_KEY
 
@@ -19,7 +20,9 @@ def display_name(key: str | None) -> str:
 
 
 def long_name(key: str | None) -> str:
-    """Stage name with the dataset's subtype, e.g. ``Mid Stage \u2013 Pre-B ALL``: every surface names the real label."""
+    """Stage name with the dataset's subtype, e.g. ``Mid Stage \u2013 Pre-B ALL``.
+
+    Every surface names the real label."""
     return f"{BY_KEY[key].display_name} \u2013 {BY_KEY[key].dataset_label}" if key in BY_KEY else UNCERTAIN_DISPLAY_NAME
 
 
@@ -94,7 +97,7 @@ def parse_time(value: str | None) -> datetime | None:
 def show_time(value: str | None) -> str:
     """A case time for people: ``2026-11-26 19:54 UTC``."""
     moment = parse_time(value)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if moment else "—"
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if moment else "—"
 
 
 def percent(fraction: float | None) -> str:

@@ -3,6 +3,7 @@
 Text a client chose (file names) is neutralised against spreadsheet formula injection: a cell that would start with
 ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading apostrophe.
 """
+
 from __future__ import annotations
 
 import csv
@@ -11,10 +12,32 @@ import io
 from ..classes import CLASS_KEYS
 from . import content
 
-COLUMNS = ("accession", "image_id", "filename", "sha256", "uploaded_at", "uploaded_by", "width", "height", "valid",
-           "model_label", "display_label", "dataset_label", "confidence", "top_class",
-           *(f"p_{k}" for k in CLASS_KEYS), "uncertain_reason", "domain_score", "in_domain", "refused_code",
-           "refused_reason", "override_label", "override_by", "override_at", "final_field_label")
+COLUMNS = (
+    "accession",
+    "image_id",
+    "filename",
+    "sha256",
+    "uploaded_at",
+    "uploaded_by",
+    "width",
+    "height",
+    "valid",
+    "model_label",
+    "display_label",
+    "dataset_label",
+    "confidence",
+    "top_class",
+    *(f"p_{k}" for k in CLASS_KEYS),
+    "uncertain_reason",
+    "domain_score",
+    "in_domain",
+    "refused_code",
+    "refused_reason",
+    "override_label",
+    "override_by",
+    "override_at",
+    "final_field_label",
+)
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -35,17 +58,29 @@ def field_row(case: dict, image: dict) -> dict:
     domain = result.get("domain") or {}
     override = image.get("override") or {}
     return {
-        "accession": case["accession"], "image_id": image["image_id"], "filename": image.get("filename"),
-        "sha256": image.get("sha256"), "uploaded_at": image.get("uploaded_at"),
-        "uploaded_by": image.get("uploaded_by"), "width": image.get("width"), "height": image.get("height"),
-        "valid": bool(result.get("valid")), "model_label": content.model_label(image),
-        "display_label": result.get("display_label"), "dataset_label": result.get("dataset_label"),
-        "confidence": result.get("confidence"), "top_class": result.get("top_class"),
+        "accession": case["accession"],
+        "image_id": image["image_id"],
+        "filename": image.get("filename"),
+        "sha256": image.get("sha256"),
+        "uploaded_at": image.get("uploaded_at"),
+        "uploaded_by": image.get("uploaded_by"),
+        "width": image.get("width"),
+        "height": image.get("height"),
+        "valid": bool(result.get("valid")),
+        "model_label": content.model_label(image),
+        "display_label": result.get("display_label"),
+        "dataset_label": result.get("dataset_label"),
+        "confidence": result.get("confidence"),
+        "top_class": result.get("top_class"),
         **{f"p_{k}": probabilities.get(k) for k in CLASS_KEYS},
-        "uncertain_reason": content.uncertain_reason(image), "domain_score": domain.get("score"),
-        "in_domain": domain.get("in_domain"), "refused_code": None if result.get("valid") else result.get("code"),
+        "uncertain_reason": content.uncertain_reason(image),
+        "domain_score": domain.get("score"),
+        "in_domain": domain.get("in_domain"),
+        "refused_code": None if result.get("valid") else result.get("code"),
         "refused_reason": None if result.get("valid") else result.get("reason"),
-        "override_label": override.get("label"), "override_by": override.get("by"), "override_at": override.get("at"),
+        "override_label": override.get("label"),
+        "override_by": override.get("by"),
+        "override_at": override.get("at"),
         "final_field_label": content.shown_label(image),
     }
 

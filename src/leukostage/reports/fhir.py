@@ -16,10 +16,12 @@ asserted, v3-ObservationValue) on every Observation and on an unreviewed report;
 verbatim as the subject reference; nothing else about a patient is written, and no Patient resource is made up.
 Resource ids are UUIDs derived from the case id and accession, so the same case gives the same bundle.
 """
+
 from __future__ import annotations
 
 import uuid
 
+from fhir.resources.R4B.annotation import Annotation
 from fhir.resources.R4B.bundle import Bundle, BundleEntry
 from fhir.resources.R4B.codeableconcept import CodeableConcept
 from fhir.resources.R4B.coding import Coding
@@ -27,7 +29,6 @@ from fhir.resources.R4B.device import Device, DeviceDeviceName, DeviceVersion
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.identifier import Identifier
 from fhir.resources.R4B.meta import Meta
-from fhir.resources.R4B.annotation import Annotation
 from fhir.resources.R4B.observation import Observation, ObservationComponent
 from fhir.resources.R4B.provenance import Provenance, ProvenanceAgent
 from fhir.resources.R4B.quantity import Quantity
@@ -51,8 +52,9 @@ CODE_SYSTEM = "urn:leukostage:code"  # what the report and each observation meas
 USER_SYSTEM = "urn:leukostage:user"  # the application's user names (reviewers), not a person registry
 
 AI_ASSERTED = Coding(system=V3_OBSERVATION_VALUE, code="AIAST", display="Artificial Intelligence asserted")
-CLINICIAN_ASSERTED_FROM_AI = Coding(system=AI_TRANSPARENCY, code="CLINAST_AIRPT",
-                                    display="Clinician Asserted from AI Reported")
+CLINICIAN_ASSERTED_FROM_AI = Coding(
+    system=AI_TRANSPARENCY, code="CLINAST_AIRPT", display="Clinician Asserted from AI Reported"
+)
 REPORT_STATUS = {"open": "preliminary", "signed_off": "final", "amended": "amended"}
 ID_NAMESPACE = uuid.UUID("6f0b6a52-3f0e-4d35-9a43-1c5d0f8a2b71")  # fixed: ids are stable across exports
 
@@ -76,7 +78,9 @@ def case_bundle(case: dict, card: dict) -> dict:
     provenances = [_model_provenance(case, observations, ids)] + _review_provenances(case, report, ids)
     entries = [report, *observations, device, *provenances]
     bundle = Bundle(
-        id=ids.of("bundle"), type="collection", timestamp=case["updated_at"],
+        id=ids.of("bundle"),
+        type="collection",
+        timestamp=case["updated_at"],
         identifier=Identifier(system=CODE_SYSTEM, value=f"case-{case['id']}-{case['status']}"),
         entry=[BundleEntry(fullUrl=ids.url(r.id), resource=r) for r in entries],
     )
@@ -108,8 +112,9 @@ def _concept(system: str, code: str, display: str, text: str | None = None) -> C
 
 def _class_concept(key: str) -> CodeableConcept:
     """A class key (or ``uncertain``) coded, with the dataset's subtype in the text."""
-    return _concept(CLASS_SYSTEM, key if key in BY_KEY else UNCERTAIN_KEY, content.display_name(key),
-                    content.long_name(key))
+    return _concept(
+        CLASS_SYSTEM, key if key in BY_KEY else UNCERTAIN_KEY, content.display_name(key), content.long_name(key)
+    )
 
 
 def _subject(case: dict) -> Reference | None:
@@ -161,41 +166,68 @@ def _class_observation(case: dict, key: str, ids: _Ids) -> Observation:
     shares = content.class_shares(summary)
     mean = (summary.get("mean_probabilities") or {}).get(key)
     name = content.long_name(key)
-    components = [ObservationComponent(
-        code=_concept(CODE_SYSTEM, "field-count", f"Fields labelled {name}"),
-        valueInteger=int((summary.get("counts") or {}).get(key) or 0))]
+    components = [
+        ObservationComponent(
+            code=_concept(CODE_SYSTEM, "field-count", f"Fields labelled {name}"),
+            valueInteger=int((summary.get("counts") or {}).get(key) or 0),
+        )
+    ]
     if mean is not None:
-        components.append(ObservationComponent(
-            code=_concept(CODE_SYSTEM, "mean-probability", f"Mean probability of {name} over the counted fields"),
-            valueQuantity=_percent(float(mean))))
-    value = {"valueQuantity": _percent(shares[key])} if shares else {
-        "dataAbsentReason": CodeableConcept(coding=[Coding(system=DATA_ABSENT, code="not-applicable",
-                                                           display="Not Applicable")],
-                                            text="no field of this case could be counted")}
+        components.append(
+            ObservationComponent(
+                code=_concept(CODE_SYSTEM, "mean-probability", f"Mean probability of {name} over the counted fields"),
+                valueQuantity=_percent(float(mean)),
+            )
+        )
+    value = (
+        {"valueQuantity": _percent(shares[key])}
+        if shares
+        else {
+            "dataAbsentReason": CodeableConcept(
+                coding=[Coding(system=DATA_ABSENT, code="not-applicable", display="Not Applicable")],
+                text="no field of this case could be counted",
+            )
+        }
+    )
     return Observation(
-        id=ids.of(f"proportion/{key}"), meta=Meta(security=[AI_ASSERTED]), status=_obs_status(case),
+        id=ids.of(f"proportion/{key}"),
+        meta=Meta(security=[AI_ASSERTED]),
+        status=_obs_status(case),
         category=_laboratory(),
         code=_concept(CODE_SYSTEM, f"proportion-{key}", f"Share of counted fields classified as {name}"),
-        subject=_subject(case), effectiveDateTime=case["created_at"], issued=case["updated_at"],
-        device=ids.ref("device"), component=components, **value,
+        subject=_subject(case),
+        effectiveDateTime=case["created_at"],
+        issued=case["updated_at"],
+        device=ids.ref("device"),
+        component=components,
+        **value,
     )
 
 
 def _call_observation(case: dict, ids: _Ids) -> Observation:
     """The model's call for the whole case and the rule that made it."""
     summary = case["summary"]
-    counts = [("counted-fields", "Fields that entered the call", summary.get("counted") or 0),
-              ("uncertain-fields", "Fields the model was uncertain about", content.uncertain_total(summary)),
-              ("refused-fields", "Fields refused by the input check", content.refused_total(summary))]
+    counts = [
+        ("counted-fields", "Fields that entered the call", summary.get("counted") or 0),
+        ("uncertain-fields", "Fields the model was uncertain about", content.uncertain_total(summary)),
+        ("refused-fields", "Fields refused by the input check", content.refused_total(summary)),
+    ]
     return Observation(
-        id=ids.of("case-call"), meta=Meta(security=[AI_ASSERTED]), status=_obs_status(case),
+        id=ids.of("case-call"),
+        meta=Meta(security=[AI_ASSERTED]),
+        status=_obs_status(case),
         category=_laboratory(),
         code=_concept(CODE_SYSTEM, "case-call", "Model's case-level call over all fields"),
-        subject=_subject(case), effectiveDateTime=case["created_at"], issued=case["updated_at"],
-        device=ids.ref("device"), valueCodeableConcept=_class_concept(summary["case_call"]),
+        subject=_subject(case),
+        effectiveDateTime=case["created_at"],
+        issued=case["updated_at"],
+        device=ids.ref("device"),
+        valueCodeableConcept=_class_concept(summary["case_call"]),
         method=CodeableConcept(text=summary.get("case_rule") or "not stated"),
-        component=[ObservationComponent(code=_concept(CODE_SYSTEM, code, text), valueInteger=int(n))
-                   for code, text, n in counts],
+        component=[
+            ObservationComponent(code=_concept(CODE_SYSTEM, code, text), valueInteger=int(n))
+            for code, text, n in counts
+        ],
         note=[Annotation(text=DISCLAIMER)],
     )
 
@@ -205,16 +237,21 @@ def _conclusion(case: dict) -> tuple[str, str]:
     model_call = case["summary"]["case_call"]
     reviewed = content.final_call(case)
     if reviewed is None:
-        return (f"Preliminary, not reviewed: the model's call over {case['summary'].get('counted') or 0} counted "
-                f"fields is {content.long_name(model_call)}. {DISCLAIMER}"), model_call
-    parts = [f"Reviewer's final call: {content.long_name(reviewed)} (the model's call: "
-             f"{content.long_name(model_call)})."]
+        return (
+            f"Preliminary, not reviewed: the model's call over {case['summary'].get('counted') or 0} counted "
+            f"fields is {content.long_name(model_call)}. {DISCLAIMER}"
+        ), model_call
+    parts = [
+        f"Reviewer's final call: {content.long_name(reviewed)} (the model's call: {content.long_name(model_call)})."
+    ]
     comment = content.final_comment(case)
     if comment:
         parts.append(f"Comment: \u201c{comment}\u201d.")
     amendments = case.get("amendments") or []
     if amendments:
-        parts.append(f"Amended {len(amendments)}x after sign-off; latest reason: \u201c{amendments[-1]['reason']}\u201d.")
+        parts.append(
+            f"Amended {len(amendments)}x after sign-off; latest reason: \u201c{amendments[-1]['reason']}\u201d."
+        )
     return " ".join([*parts, DISCLAIMER]), reviewed
 
 
@@ -228,13 +265,18 @@ def _report(case: dict, observations: list[Observation], ids: _Ids) -> Diagnosti
         identifier=[Identifier(type=_concept(V2_IDENTIFIER_TYPE, "ACSN", "Accession ID"), value=case["accession"])],
         status=REPORT_STATUS[case["status"]],
         category=[_concept(V2_DIAGNOSTIC_SECTION, "HM", "Hematology")],
-        code=_concept(CODE_SYSTEM, "smear-image-analysis",
-                      "Peripheral blood smear image analysis, ALL subtype (research decision support)"),
-        subject=_subject(case), effectiveDateTime=case["created_at"],
+        code=_concept(
+            CODE_SYSTEM,
+            "smear-image-analysis",
+            "Peripheral blood smear image analysis, ALL subtype (research decision support)",
+        ),
+        subject=_subject(case),
+        effectiveDateTime=case["created_at"],
         issued=case["updated_at"] if case["status"] == "amended" else (signed_at or case["updated_at"]),
         resultsInterpreter=[_user(reviewer)] if reviewer else None,
         result=[Reference(reference=ids.url(o.id)) for o in observations],
-        conclusion=text, conclusionCode=[_class_concept(key)],
+        conclusion=text,
+        conclusionCode=[_class_concept(key)],
     )
 
 
@@ -242,10 +284,16 @@ def _model_provenance(case: dict, observations: list[Observation], ids: _Ids) ->
     """The AI transparency guide's second level: which device asserted the observations."""
     name, version = _model_name(case, {})
     return Provenance(
-        id=ids.of("provenance/model"), meta=Meta(security=[AI_ASSERTED]),
-        target=[Reference(reference=ids.url(o.id)) for o in observations], recorded=case["updated_at"],
-        agent=[ProvenanceAgent(type=_concept(PROVENANCE_AGENT_TYPE, "author", "Author"),
-                               who=ids.ref("device", f"leukostage {name} {version}"))],
+        id=ids.of("provenance/model"),
+        meta=Meta(security=[AI_ASSERTED]),
+        target=[Reference(reference=ids.url(o.id)) for o in observations],
+        recorded=case["updated_at"],
+        agent=[
+            ProvenanceAgent(
+                type=_concept(PROVENANCE_AGENT_TYPE, "author", "Author"),
+                who=ids.ref("device", f"leukostage {name} {version}"),
+            )
+        ],
         activity=CodeableConcept(text="Classification of each field by the model, and the case call by its rule"),
     )
 
@@ -256,19 +304,35 @@ def _review_provenances(case: dict, report: DiagnosticReport, ids: _Ids) -> list
     if not review:
         return []
     target = [Reference(reference=ids.url(report.id))]
-    out = [Provenance(
-        id=ids.of("provenance/sign-off"), target=target, recorded=review["signed_off_at"],
-        agent=[ProvenanceAgent(type=_concept(PROVENANCE_AGENT_TYPE, "verifier", "Verifier"),
-                               who=_user(review["reviewer"]))],
-        activity=CodeableConcept(text=f"Reviewed and signed off; final call {content.long_name(review['final_call'])}"),
-    )]
+    out = [
+        Provenance(
+            id=ids.of("provenance/sign-off"),
+            target=target,
+            recorded=review["signed_off_at"],
+            agent=[
+                ProvenanceAgent(
+                    type=_concept(PROVENANCE_AGENT_TYPE, "verifier", "Verifier"), who=_user(review["reviewer"])
+                )
+            ],
+            activity=CodeableConcept(
+                text=f"Reviewed and signed off; final call {content.long_name(review['final_call'])}"
+            ),
+        )
+    ]
     for n, amendment in enumerate(case.get("amendments") or [], start=1):
-        change = (f"; final call {content.long_name(amendment['final_call'])}" if amendment.get("final_call") else "")
-        out.append(Provenance(
-            id=ids.of(f"provenance/amendment/{n}"), target=target, recorded=amendment["at"],
-            agent=[ProvenanceAgent(type=_concept(PROVENANCE_AGENT_TYPE, "verifier", "Verifier"),
-                                   who=_user(amendment["by"]))],
-            activity=CodeableConcept(text=f"Amended after sign-off{change}"),
-            reason=[CodeableConcept(text=amendment["reason"])],
-        ))
+        change = f"; final call {content.long_name(amendment['final_call'])}" if amendment.get("final_call") else ""
+        out.append(
+            Provenance(
+                id=ids.of(f"provenance/amendment/{n}"),
+                target=target,
+                recorded=amendment["at"],
+                agent=[
+                    ProvenanceAgent(
+                        type=_concept(PROVENANCE_AGENT_TYPE, "verifier", "Verifier"), who=_user(amendment["by"])
+                    )
+                ],
+                activity=CodeableConcept(text=f"Amended after sign-off{change}"),
+                reason=[CodeableConcept(text=amendment["reason"])],
+            )
+        )
     return out

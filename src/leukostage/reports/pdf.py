@@ -6,11 +6,12 @@ in the call, the model with its card's limits, and the disclaimer on every page.
 ``read_image(sha256)``; the heat maps through ``overlay(image_bytes)`` (a PNG, or None where the model cannot
 explain): this module never opens a database, a model or a file of its own, except fonts.
 """
+
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 from xml.sax.saxutils import escape
 
 import cv2
@@ -24,8 +25,16 @@ from reportlab.lib.units import mm
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.pdfgen.canvas import Canvas
-from reportlab.platypus import (CondPageBreak, Image, KeepTogether, Paragraph, SimpleDocTemplate, Spacer, Table,
-                                TableStyle)
+from reportlab.platypus import (
+    CondPageBreak,
+    Image,
+    KeepTogether,
+    Paragraph,
+    SimpleDocTemplate,
+    Spacer,
+    Table,
+    TableStyle,
+)
 
 from ..classes import BY_KEY, CLASS_KEYS, DISCLAIMER, UNCERTAIN_COLOUR, text_colour
 from ..imaging import ImageError, decode_image
@@ -63,15 +72,25 @@ def case_pdf(case: dict, card: dict, read_image: ReadImage, overlay: Overlay) ->
     images = _ImageCache(read_image)
     out = io.BytesIO()
     doc = SimpleDocTemplate(
-        out, pagesize=A4, leftMargin=MARGIN, rightMargin=MARGIN, topMargin=MARGIN, bottomMargin=MARGIN + 6 * mm,
-        title=f"leukostage case report {case['accession']}", author="leukostage",
+        out,
+        pagesize=A4,
+        leftMargin=MARGIN,
+        rightMargin=MARGIN,
+        topMargin=MARGIN,
+        bottomMargin=MARGIN + 6 * mm,
+        title=f"leukostage case report {case['accession']}",
+        author="leukostage",
         subject="Research decision support, not a diagnosis",
     )
     width = doc.width
     story = [
-        *_heading(case, styles), *_facts(case, styles, width), *_calls(case, styles, width),
-        *_chart_section(case, styles, width), *_fields_section(case, styles, images, width),
-        *_explanations(case, styles, images, overlay, width), *_model_section(case, card, styles),
+        *_heading(case, styles),
+        *_facts(case, styles, width),
+        *_calls(case, styles, width),
+        *_chart_section(case, styles, width),
+        *_fields_section(case, styles, images, width),
+        *_explanations(case, styles, images, overlay, width),
+        *_model_section(case, card, styles),
     ]
     footer = _footer(case, styles.font)
     doc.build(story, canvasmaker=lambda *a, **k: _NumberedCanvas(*a, footer=footer, **k))
@@ -81,7 +100,10 @@ def case_pdf(case: dict, card: dict, read_image: ReadImage, overlay: Overlay) ->
 # --- fonts and styles ---------------------------------------------------------------------------------------------
 
 FONT_CANDIDATES = (  # a Unicode TTF so names and comments in any Latin, Greek or Cyrillic script print
-    (Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"), Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")),
+    (
+        Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"),
+        Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"),
+    ),
 )
 
 
@@ -96,8 +118,9 @@ def _register_fonts() -> tuple[str, str]:
         if regular.is_file() and bold.is_file():
             pdfmetrics.registerFont(TTFont("LeukoSans", str(regular)))
             pdfmetrics.registerFont(TTFont("LeukoSans-Bold", str(bold)))
-            pdfmetrics.registerFontFamily("LeukoSans", normal="LeukoSans", bold="LeukoSans-Bold",
-                                          italic="LeukoSans", boldItalic="LeukoSans-Bold")
+            pdfmetrics.registerFontFamily(
+                "LeukoSans", normal="LeukoSans", bold="LeukoSans-Bold", italic="LeukoSans", boldItalic="LeukoSans-Bold"
+            )
             return "LeukoSans", "LeukoSans-Bold"
     return "Helvetica", "Helvetica-Bold"
 
@@ -105,15 +128,26 @@ def _register_fonts() -> tuple[str, str]:
 class _Styles:
     def __init__(self):
         self.font, self.bold = _register_fonts()
-        base = ParagraphStyle("body", fontName=self.font, fontSize=9.5, leading=12.5, textColor=colors.HexColor("#1f2328"))
+        base = ParagraphStyle(
+            "body", fontName=self.font, fontSize=9.5, leading=12.5, textColor=colors.HexColor("#1f2328")
+        )
         self.body = base
         self.small = ParagraphStyle("small", base, fontSize=8, leading=10, textColor=colors.HexColor("#57606a"))
         self.caption = ParagraphStyle("caption", self.small, fontSize=6.8, leading=8.2, alignment=TA_CENTER)
         self.title = ParagraphStyle("title", base, fontName=self.bold, fontSize=18, leading=22, spaceAfter=2)
-        self.h2 = ParagraphStyle("h2", base, fontName=self.bold, fontSize=12.5, leading=16, spaceBefore=10, spaceAfter=4)
-        self.notice = ParagraphStyle("notice", base, backColor=colors.HexColor("#fff8c5"),
-                                     borderColor=colors.HexColor("#9a6700"), borderWidth=0.8, borderPadding=5,
-                                     spaceBefore=6, spaceAfter=10)
+        self.h2 = ParagraphStyle(
+            "h2", base, fontName=self.bold, fontSize=12.5, leading=16, spaceBefore=10, spaceAfter=4
+        )
+        self.notice = ParagraphStyle(
+            "notice",
+            base,
+            backColor=colors.HexColor("#fff8c5"),
+            borderColor=colors.HexColor("#9a6700"),
+            borderWidth=0.8,
+            borderPadding=5,
+            spaceBefore=6,
+            spaceAfter=10,
+        )
 
 
 def _p(text: str, style: ParagraphStyle) -> Paragraph:
@@ -122,6 +156,7 @@ def _p(text: str, style: ParagraphStyle) -> Paragraph:
 
 
 # --- images -------------------------------------------------------------------------------------------------------
+
 
 class _ImageCache:
     """Each stored field read once; a field that cannot be read is None, and the report says so for it."""
@@ -165,12 +200,16 @@ def _picture(data: bytes | None, box: float, max_px: int) -> Image | None:
 
 def _placeholder(text: str, box: float, styles: _Styles) -> Table:
     cell = Table([[_p(text, styles.caption)]], colWidths=[box], rowHeights=[box])
-    cell.setStyle(TableStyle([("BACKGROUND", (0, 0), (-1, -1), colors.HexColor("#eaeef2")),
-                              ("VALIGN", (0, 0), (-1, -1), "MIDDLE")]))
+    cell.setStyle(
+        TableStyle(
+            [("BACKGROUND", (0, 0), (-1, -1), colors.HexColor("#eaeef2")), ("VALIGN", (0, 0), (-1, -1), "MIDDLE")]
+        )
+    )
     return cell
 
 
 # --- badges and the chart ----------------------------------------------------------------------------------------
+
 
 def _colour(key: str) -> str:
     if key == content.REFUSED:
@@ -182,10 +221,30 @@ def _badge(key: str, font: str, width: float = THUMB_SIDE, height: float = 4.6 *
     """A rounded badge in the class colour, text black or white for contrast (as on the web page)."""
     label = "Refused" if key == content.REFUSED else content.display_name(key)
     d = Drawing(width, height)
-    d.add(Rect(0, 0, width, height, rx=height / 2, ry=height / 2, fillColor=colors.HexColor(_colour(key)),
-               strokeColor=colors.Color(0, 0, 0, 0.25), strokeWidth=0.5))
-    d.add(String(width / 2, height / 2 - size * 0.35, label, fontName=font, fontSize=size, textAnchor="middle",
-                 fillColor=colors.HexColor(text_colour(_colour(key)))))
+    d.add(
+        Rect(
+            0,
+            0,
+            width,
+            height,
+            rx=height / 2,
+            ry=height / 2,
+            fillColor=colors.HexColor(_colour(key)),
+            strokeColor=colors.Color(0, 0, 0, 0.25),
+            strokeWidth=0.5,
+        )
+    )
+    d.add(
+        String(
+            width / 2,
+            height / 2 - size * 0.35,
+            label,
+            fontName=font,
+            fontSize=size,
+            textAnchor="middle",
+            fillColor=colors.HexColor(text_colour(_colour(key))),
+        )
+    )
     return d
 
 
@@ -206,32 +265,77 @@ def _chart(case: dict, styles: _Styles, width: float) -> Drawing:
         y = d.height - top - (i + 1) * row_h + 2 * mm
         info = BY_KEY[key]
         d.add(String(0, y + 4 * mm, info.display_name, fontName=styles.bold, fontSize=8.5))
-        d.add(String(0, y + 0.8 * mm, info.dataset_label, fontName=styles.font, fontSize=7,
-                     fillColor=colors.HexColor("#57606a")))
-        d.add(Rect(label_w, y, track_w, 6.5 * mm, fillColor=colors.HexColor("#eaeef2"),
-                   strokeColor=colors.HexColor("#d0d7de"), strokeWidth=0.5))
-        d.add(Rect(label_w, y + 1.8 * mm, track_w * shares[key], 4.7 * mm, fillColor=colors.HexColor(info.colour),
-                   strokeWidth=0))
+        d.add(
+            String(
+                0,
+                y + 0.8 * mm,
+                info.dataset_label,
+                fontName=styles.font,
+                fontSize=7,
+                fillColor=colors.HexColor("#57606a"),
+            )
+        )
+        d.add(
+            Rect(
+                label_w,
+                y,
+                track_w,
+                6.5 * mm,
+                fillColor=colors.HexColor("#eaeef2"),
+                strokeColor=colors.HexColor("#d0d7de"),
+                strokeWidth=0.5,
+            )
+        )
+        d.add(
+            Rect(
+                label_w,
+                y + 1.8 * mm,
+                track_w * shares[key],
+                4.7 * mm,
+                fillColor=colors.HexColor(info.colour),
+                strokeWidth=0,
+            )
+        )
         if key in means:
-            d.add(Rect(label_w, y + 0.4 * mm, track_w * float(means[key]), 1.1 * mm, fillColor=colors.black,
-                       strokeWidth=0))
-        d.add(String(label_w + track_w + 2 * mm, y + 3.6 * mm, f"{content.percent(shares[key])} of fields",
-                     fontName=styles.font, fontSize=8))
-        d.add(String(label_w + track_w + 2 * mm, y + 0.6 * mm,
-                     f"mean p {content.percent(float(means[key])) if key in means else '—'}",
-                     fontName=styles.font, fontSize=7, fillColor=colors.HexColor("#57606a")))
+            d.add(
+                Rect(
+                    label_w, y + 0.4 * mm, track_w * float(means[key]), 1.1 * mm, fillColor=colors.black, strokeWidth=0
+                )
+            )
+        d.add(
+            String(
+                label_w + track_w + 2 * mm,
+                y + 3.6 * mm,
+                f"{content.percent(shares[key])} of fields",
+                fontName=styles.font,
+                fontSize=8,
+            )
+        )
+        d.add(
+            String(
+                label_w + track_w + 2 * mm,
+                y + 0.6 * mm,
+                f"mean p {content.percent(float(means[key])) if key in means else '—'}",
+                fontName=styles.font,
+                fontSize=7,
+                fillColor=colors.HexColor("#57606a"),
+            )
+        )
     d.add(Line(label_w, d.height - top, label_w, 0, strokeColor=colors.HexColor("#8c959f"), strokeWidth=0.5))
     return d
 
 
 # --- sections -----------------------------------------------------------------------------------------------------
 
+
 def _heading(case: dict, styles: _Styles) -> list:
     lead, _, rest = DISCLAIMER.partition(". ")
     return [
         Paragraph(f"Case report &nbsp;{escape(case['accession'])}", styles.title),
-        _p("leukostage: blood smear fields classified by a machine-learning model, reviewed by a haematologist",
-           styles.small),
+        _p(
+            "leukostage: blood smear fields classified by a machine-learning model, reviewed by a haematologist",
+            styles.small,
+        ),
         Paragraph(f"<b>{escape(lead)}.</b> {escape(rest)}", styles.notice),
     ]
 
@@ -246,61 +350,103 @@ def _facts(case: dict, styles: _Styles, width: float) -> list:
         ("Status", content.STATUS_NAMES.get(case["status"], case["status"])),
         ("Created", f"{content.show_time(case['created_at'])} by {case['created_by']}"),
         ("Last updated", content.show_time(case.get("updated_at"))),
-        ("Signed off", f"{content.show_time(review['signed_off_at'])} by {review['reviewer']}" if review
-         else "not yet: this report is preliminary"),
+        (
+            "Signed off",
+            f"{content.show_time(review['signed_off_at'])} by {review['reviewer']}"
+            if review
+            else "not yet: this report is preliminary",
+        ),
         ("Model", f"{case['model']['name']} {case['model']['version']}"),
-        ("Fields", f"{n} uploaded: {summary.get('counted') or 0} counted in the call, "
-                   f"{content.uncertain_total(summary)} uncertain, {content.refused_total(summary)} refused by the "
-                   f"input check"),
+        (
+            "Fields",
+            f"{n} uploaded: {summary.get('counted') or 0} counted in the call, "
+            f"{content.uncertain_total(summary)} uncertain, {content.refused_total(summary)} refused by the "
+            f"input check",
+        ),
     ]
     if case.get("note"):
         rows.append(("Note", case["note"]))
     table = Table([[_p(k, styles.small), _p(v, styles.body)] for k, v in rows], colWidths=[34 * mm, width - 34 * mm])
-    table.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("BOTTOMPADDING", (0, 0), (-1, -1), 2),
-                               ("TOPPADDING", (0, 0), (-1, -1), 2),
-                               ("LINEBELOW", (0, 0), (-1, -2), 0.3, colors.HexColor("#d0d7de"))]))
+    table.setStyle(
+        TableStyle(
+            [
+                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 2),
+                ("TOPPADDING", (0, 0), (-1, -1), 2),
+                ("LINEBELOW", (0, 0), (-1, -2), 0.3, colors.HexColor("#d0d7de")),
+            ]
+        )
+    )
     return [table]
 
 
 def _call_row(title: str, key: str | None, detail: str, styles: _Styles, width: float) -> Table:
     badge = _badge(key, styles.bold, width=30 * mm, height=6 * mm, size=9) if key else _p("—", styles.body)
     subtype = f"dataset subtype: {BY_KEY[key].dataset_label}" if key in BY_KEY else ""
-    row = Table([[_p(title, styles.small), badge, [_p(subtype, styles.body), _p(detail, styles.small)]]],
-                colWidths=[34 * mm, 34 * mm, width - 68 * mm])
-    row.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "MIDDLE"), ("TOPPADDING", (0, 0), (-1, -1), 4),
-                             ("BOTTOMPADDING", (0, 0), (-1, -1), 4)]))
+    row = Table(
+        [[_p(title, styles.small), badge, [_p(subtype, styles.body), _p(detail, styles.small)]]],
+        colWidths=[34 * mm, 34 * mm, width - 68 * mm],
+    )
+    row.setStyle(
+        TableStyle(
+            [
+                ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
+                ("TOPPADDING", (0, 0), (-1, -1), 4),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 4),
+            ]
+        )
+    )
     return row
 
 
 def _calls(case: dict, styles: _Styles, width: float) -> list:
     summary = case["summary"]
     final = content.final_call(case)
-    out = [Paragraph("The call", styles.h2),
-           _call_row("Model's call", summary["case_call"], summary.get("case_rule") or "", styles, width)]
+    out = [
+        Paragraph("The call", styles.h2),
+        _call_row("Model's call", summary["case_call"], summary.get("case_rule") or "", styles, width),
+    ]
     if final is None:
-        out.append(_call_row("Reviewer's final call", None,
-                             "Not reviewed yet. A haematologist must review and sign off this case.", styles, width))
+        out.append(
+            _call_row(
+                "Reviewer's final call",
+                None,
+                "Not reviewed yet. A haematologist must review and sign off this case.",
+                styles,
+                width,
+            )
+        )
         return out
     comment = content.final_comment(case)
-    out.append(_call_row("Reviewer's final call", final, f"Comment: {comment}" if comment else "No comment.",
-                         styles, width))
+    out.append(
+        _call_row("Reviewer's final call", final, f"Comment: {comment}" if comment else "No comment.", styles, width)
+    )
     for a in case.get("amendments") or []:
         change = f" Final call set to {content.long_name(a['final_call'])}." if a.get("final_call") else ""
         out.append(_p(f"Amended {content.show_time(a['at'])} by {a['by']}: {a['reason']}.{change}", styles.small))
     overrides = [i for i in case.get("images") or [] if i.get("override")]
     if overrides:
-        out.append(_p(f"The reviewer relabelled {len(overrides)} field(s); the model's own results are kept beside "
-                      f"the overrides and are what the chart shows.", styles.small))
+        out.append(
+            _p(
+                f"The reviewer relabelled {len(overrides)} field(s); the model's own results are kept beside "
+                f"the overrides and are what the chart shows.",
+                styles.small,
+            )
+        )
     return out
 
 
 def _chart_section(case: dict, styles: _Styles, width: float) -> list:
     counted = case["summary"].get("counted") or 0
-    note = (f"Over the {counted} counted field(s). Uncertain (low-confidence) fields count through their "
-            f"probabilities but carry no class, so the shares may add up to less than 100%."
-            if counted else "No field could be counted: the chart is empty and the call is uncertain.")
-    return [KeepTogether([Paragraph("Class proportions", styles.h2), _chart(case, styles, width),
-                          _p(note, styles.small)])]
+    note = (
+        f"Over the {counted} counted field(s). Uncertain (low-confidence) fields count through their "
+        f"probabilities but carry no class, so the shares may add up to less than 100%."
+        if counted
+        else "No field could be counted: the chart is empty and the call is uncertain."
+    )
+    return [
+        KeepTogether([Paragraph("Class proportions", styles.h2), _chart(case, styles, width), _p(note, styles.small)])
+    ]
 
 
 def _field_cell(image: dict, styles: _Styles, images: _ImageCache) -> list:
@@ -316,14 +462,21 @@ def _field_cell(image: dict, styles: _Styles, images: _ImageCache) -> list:
     elif content.uncertain_reason(image) == "outside_training_domain":
         detail = "outside training domain"
     elif content.model_label(image) == "uncertain":
-        detail = f"low confidence; top {content.display_name(result.get('top_class'))} " \
-                 f"{content.percent(result.get('confidence'))}"
+        detail = (
+            f"low confidence; top {content.display_name(result.get('top_class'))} "
+            f"{content.percent(result.get('confidence'))}"
+        )
     else:
         detail = f"p {content.percent(result.get('confidence'))}"
     name = image.get("filename") or ""
     name = name if len(name) <= 22 else name[:10] + "…" + name[-10:]
-    return [picture, Spacer(1, 1 * mm), _badge(shown, styles.bold),
-            _p(f"#{image['image_id']} {name}", styles.caption), _p(detail, styles.caption)]
+    return [
+        picture,
+        Spacer(1, 1 * mm),
+        _badge(shown, styles.bold),
+        _p(f"#{image['image_id']} {name}", styles.caption),
+        _p(detail, styles.caption),
+    ]
 
 
 def _fields_section(case: dict, styles: _Styles, images: _ImageCache, width: float) -> list:
@@ -331,14 +484,27 @@ def _fields_section(case: dict, styles: _Styles, images: _ImageCache, width: flo
     out = [CondPageBreak(50 * mm), Paragraph(f"Fields ({len(fields)})", styles.h2)]
     if not fields:
         return out + [_p("No field has been uploaded.", styles.body)]
-    out.append(_p("Each field with the label it carries now (the reviewer's override where there is one, else the "
-                  "model's) and, beneath, the model's confidence or why the field was not counted.", styles.small))
+    out.append(
+        _p(
+            "Each field with the label it carries now (the reviewer's override where there is one, else the "
+            "model's) and, beneath, the model's confidence or why the field was not counted.",
+            styles.small,
+        )
+    )
     cells = [_field_cell(i, styles, images) for i in fields]
-    rows = [cells[i:i + THUMBS_PER_ROW] for i in range(0, len(cells), THUMBS_PER_ROW)]
+    rows = [cells[i : i + THUMBS_PER_ROW] for i in range(0, len(cells), THUMBS_PER_ROW)]
     rows[-1] += [""] * (THUMBS_PER_ROW - len(rows[-1]))
     grid = Table(rows, colWidths=[width / THUMBS_PER_ROW] * THUMBS_PER_ROW, repeatRows=0)
-    grid.setStyle(TableStyle([("ALIGN", (0, 0), (-1, -1), "CENTER"), ("VALIGN", (0, 0), (-1, -1), "TOP"),
-                              ("TOPPADDING", (0, 0), (-1, -1), 4), ("BOTTOMPADDING", (0, 0), (-1, -1), 4)]))
+    grid.setStyle(
+        TableStyle(
+            [
+                ("ALIGN", (0, 0), (-1, -1), "CENTER"),
+                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                ("TOPPADDING", (0, 0), (-1, -1), 4),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 4),
+            ]
+        )
+    )
     return out + [grid]
 
 
@@ -381,21 +547,32 @@ def _explanations(case: dict, styles: _Styles, images: _ImageCache, overlay: Ove
             continue
         original = _picture(data, side, OVERLAY_MAX_PX)
         result = image["result"]
-        caption = (f"#{image['image_id']} {image.get('filename') or ''}: {content.display_name(result['top_class'])} "
-                   f"{content.percent(float(result['probabilities'][result['top_class']]))}")
+        caption = (
+            f"#{image['image_id']} {image.get('filename') or ''}: {content.display_name(result['top_class'])} "
+            f"{content.percent(float(result['probabilities'][result['top_class']]))}"
+        )
         pairs.append([[original, _p("original", styles.caption)], [heat, _p(caption, styles.caption)]])
-    out = heading + [_p("Heat maps of the evidence for each field's top class (Grad-CAM on the last convolutional "
-                        "layer): where the model's evidence lies, not a segmentation, and not diagnostic.",
-                        styles.small)]
+    out = heading + [
+        _p(
+            "Heat maps of the evidence for each field's top class (Grad-CAM on the last convolutional "
+            "layer): where the model's evidence lies, not a segmentation, and not diagnostic.",
+            styles.small,
+        )
+    ]
     if pairs:
-        rows = [sum(pairs[i:i + 2], []) for i in range(0, len(pairs), 2)]
+        rows = [sum(pairs[i : i + 2], []) for i in range(0, len(pairs), 2)]
         rows[-1] += [""] * (4 - len(rows[-1]))
         grid = Table(rows, colWidths=[width / 4] * 4)
         grid.setStyle(TableStyle([("ALIGN", (0, 0), (-1, -1), "CENTER"), ("VALIGN", (0, 0), (-1, -1), "TOP")]))
         out.append(grid)
     if missing:
-        out.append(_p(f"No heat map for {missing} of the top fields (the model cannot explain them, or the image is "
-                      f"not available).", styles.small))
+        out.append(
+            _p(
+                f"No heat map for {missing} of the top fields (the model cannot explain them, or the image is "
+                f"not available).",
+                styles.small,
+            )
+        )
     return out
 
 
@@ -406,10 +583,14 @@ def _metric_lines(card: dict) -> list[str]:
         if not m or "accuracy" not in m:
             continue
         recall = m.get("recall") or {}
-        per_class = ", ".join(f"{BY_KEY[k].display_name} {content.percent(recall[k])}" for k in CLASS_KEYS
-                              if k in recall)
-        lines.append(f"Test accuracy on the {name}: {content.percent(m['accuracy'])} over {m.get('n', '?')} images"
-                     + (f"; recall {per_class}" if per_class else "") + ".")
+        per_class = ", ".join(
+            f"{BY_KEY[k].display_name} {content.percent(recall[k])}" for k in CLASS_KEYS if k in recall
+        )
+        lines.append(
+            f"Test accuracy on the {name}: {content.percent(m['accuracy'])} over {m.get('n', '?')} images"
+            + (f"; recall {per_class}" if per_class else "")
+            + "."
+        )
     return lines
 
 
@@ -423,17 +604,31 @@ def _limits(card: dict) -> list[str]:
 
 def _model_section(case: dict, card: dict, styles: _Styles) -> list:
     name, version = case["model"]["name"], case["model"]["version"]
-    out = [CondPageBreak(60 * mm), Paragraph("The model and its limits", styles.h2),
-           _p(f"Results made by model {name} {version}.", styles.body)]
+    out = [
+        CondPageBreak(60 * mm),
+        Paragraph("The model and its limits", styles.h2),
+        _p(f"Results made by model {name} {version}.", styles.body),
+    ]
     if (card.get("name"), card.get("version")) != (name, version):
-        out.append(_p(f"This server now runs model {card.get('name')} {card.get('version')}; the card below is that "
-                      f"model's, not the one that made these results.", styles.small))
+        out.append(
+            _p(
+                f"This server now runs model {card.get('name')} {card.get('version')}; the card below is that "
+                f"model's, not the one that made these results.",
+                styles.small,
+            )
+        )
     if card.get("intended_use"):
         out.append(_p(f"Intended use: {card['intended_use']}", styles.body))
     training = card.get("training") or {}
     if training.get("data"):
-        out.append(_p(f"Training data: {training['data']}"
-                      + (f", {training['split']} split" if training.get("split") else "") + ".", styles.body))
+        out.append(
+            _p(
+                f"Training data: {training['data']}"
+                + (f", {training['split']} split" if training.get("split") else "")
+                + ".",
+                styles.body,
+            )
+        )
     for line in _metric_lines(card):
         out.append(_p(line, styles.body))
     threshold = (card.get("decision") or {}).get("uncertain_below")
@@ -445,6 +640,7 @@ def _model_section(case: dict, card: dict, styles: _Styles) -> list:
 
 
 # --- page furniture -----------------------------------------------------------------------------------------------
+
 
 def _footer(case: dict, font: str) -> Callable[[Canvas, int, int], None]:
     accession = case["accession"] if len(case["accession"]) <= 32 else case["accession"][:31] + "\u2026"

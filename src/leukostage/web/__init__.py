@@ -7,6 +7,7 @@ after the fork (no ``--preload``), so no ONNX Runtime thread pool is shared acro
 
 The serving path imports numpy, OpenCV, ONNX Runtime and Flask only: never torch.
 """
+
 from __future__ import annotations
 
 import io
@@ -43,8 +44,13 @@ class InMemoryRequest(Request):
             return config["MAX_FILE_BYTES"] + FORM_OVERHEAD_BYTES
         return config["MAX_REQUEST_BYTES"]
 
-    def _get_file_stream(self, total_content_length: int | None, content_type: str | None,
-                         filename: str | None = None, content_length: int | None = None) -> IO[bytes]:
+    def _get_file_stream(
+        self,
+        total_content_length: int | None,
+        content_type: str | None,
+        filename: str | None = None,
+        content_length: int | None = None,
+    ) -> IO[bytes]:
         return io.BytesIO()
 
 
@@ -75,8 +81,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     if test_config is not None:
         app.config.from_mapping(test_config)
     if app.config["VALIDATION_PRESET"] not in PRESETS:
-        raise ValueError(f"unknown VALIDATION_PRESET {app.config['VALIDATION_PRESET']!r}; "
-                         f"expected one of {', '.join(PRESETS)}")
+        raise ValueError(
+            f"unknown VALIDATION_PRESET {app.config['VALIDATION_PRESET']!r}; expected one of {', '.join(PRESETS)}"
+        )
 
     app.request_class = InMemoryRequest
     app.json.sort_keys = False  # keep the field order of `leukostage predict --json`
@@ -92,6 +99,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     from .cases_api import init_cases  # cases: database, auth, the case API (issue 10)
+
     init_cases(app)
     responses.register_error_handlers(app)
     app.after_request(responses.security_headers)
@@ -108,8 +116,9 @@ def warm_up(predictor: Predictor, preset: str) -> None:
     predictor.predict_proba(np.zeros((1, predictor.image_size, predictor.image_size, 3), np.float32))
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None, model: str | None = None,
-          debug: bool = False) -> int:
+def serve(
+    host: str = "127.0.0.1", port: int = 8000, workers: int | None = None, model: str | None = None, debug: bool = False
+) -> int:
     """Run the app: gunicorn with ``workers`` processes, or Flask's development server with ``debug``.
 
     See :mod:`leukostage.web.server`.

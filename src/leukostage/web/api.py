@@ -12,6 +12,7 @@ any case, or a display name) and implies ``explain``; an unknown class is a 400 
 ``explain`` set to off is a 400 ``class_without_explain``. Every request has a time budget (``REQUEST_BUDGET_S``):
 past it, a 503 ``over_time_budget``.
 """
+
 from __future__ import annotations
 
 import time
@@ -52,9 +53,12 @@ class Work:
     def check_time(self) -> None:
         """Raises: ApiError 503 ``over_time_budget`` once the budget is spent."""
         if time.monotonic() > self.deadline:
-            raise ApiError(503, "over_time_budget",
-                           f"The request needed more than {self.budget_s:g} s of server time and was stopped; send "
-                           "fewer or smaller images per request, or ask without explain.")
+            raise ApiError(
+                503,
+                "over_time_budget",
+                f"The request needed more than {self.budget_s:g} s of server time and was stopped; send "
+                "fewer or smaller images per request, or ask without explain.",
+            )
 
     def take_pixels(self, height: int, width: int) -> bool:
         """Reserve one overlay's pixels (at its capped size); False, reserving nothing, when they do not fit."""
@@ -105,7 +109,7 @@ class Explain(NamedTuple):
     class_key: str | None
 
     @classmethod
-    def from_request(cls) -> "Explain":
+    def from_request(cls) -> Explain:
         """Parse ``?explain=`` and ``?class=``; ``class`` alone implies ``explain`` (asking which class's evidence
         to show is asking for the heat map). Call it after the body is read (an early error response with the
         upload still unread can reach the client as a connection reset).
@@ -126,12 +130,19 @@ class Explain(NamedTuple):
             if asked is None:
                 on = True
             elif not on:
-                raise ApiError(400, "class_without_explain",
-                               f"'class={key}' chooses which class the heat map explains, but explain={asked!r} "
-                               "turns the heat map off; drop one of the two (explain=1 or no explain at all).")
+                raise ApiError(
+                    400,
+                    "class_without_explain",
+                    f"'class={key}' chooses which class the heat map explains, but explain={asked!r} "
+                    "turns the heat map off; drop one of the two (explain=1 or no explain at all).",
+                )
         if on and not can_explain(predictor()):
-            raise ApiError(501, "explain_unavailable", "This model was exported without the Grad-CAM outputs; "
-                                                       "ask without explain, or re-export it with leukostage export.")
+            raise ApiError(
+                501,
+                "explain_unavailable",
+                "This model was exported without the Grad-CAM outputs; "
+                "ask without explain, or re-export it with leukostage export.",
+            )
         return cls(on, key)
 
 
@@ -148,7 +159,8 @@ def _payload(analysis: Analysis, explain: Explain) -> dict:
         payload["explanation_omitted"] = {
             "code": "explain_limit",
             "message": f"No heat map: this request's heat maps already use the {most:,} pixels one request may "
-                       "have; send this image in its own request with explain=1."}
+            "have; send this image in its own request with explain=1.",
+        }
         return payload
     work.check_time()
     t0 = time.perf_counter()
@@ -177,8 +189,12 @@ def _read_request(field: str, limit: int, too_many: str) -> tuple[list[Upload], 
     uploads = _uploads(field)
     explain = Explain.from_request()
     if not uploads:
-        raise ApiError(400, "no_file", f"No file in the request: send the image as multipart/form-data in the field "
-                                       f"'{field}' (JPEG, PNG, TIFF or BMP).")
+        raise ApiError(
+            400,
+            "no_file",
+            f"No file in the request: send the image as multipart/form-data in the field "
+            f"'{field}' (JPEG, PNG, TIFF or BMP).",
+        )
     if len(uploads) > limit:
         raise ApiError(400, "too_many_files", too_many.format(n=len(uploads)))
     return uploads, explain
@@ -187,8 +203,9 @@ def _read_request(field: str, limit: int, too_many: str) -> tuple[list[Upload], 
 @bp.post("/predict")
 def predict_one():
     """One image in the multipart field ``file``: 200 with the prediction, or an error status."""
-    uploads, explain = _read_request("file", 1,
-                                     "/predict takes one file; {n} were sent. Use /api/v1/predict for several.")
+    uploads, explain = _read_request(
+        "file", 1, "/predict takes one file; {n} were sent. Use /api/v1/predict for several."
+    )
     refused = uploads[0].refusal()
     if refused:
         raise ApiError(*refused)
@@ -197,8 +214,9 @@ def predict_one():
     result = analysis.result
     if not result["valid"]:
         extra = {"checks": result["checks"]} if result.get("checks") else {}
-        raise ApiError(STATUS_BY_CODE.get(result["code"], NOT_A_SMEAR_STATUS), result["code"], result["reason"],
-                       **extra)
+        raise ApiError(
+            STATUS_BY_CODE.get(result["code"], NOT_A_SMEAR_STATUS), result["code"], result["reason"], **extra
+        )
     return jsonify(_payload(analysis, explain))
 
 

@@ -7,6 +7,7 @@ session cookie must carry the Flask-WTF token (form field ``csrf_token`` or head
 always needs it. Session cookies are HttpOnly and SameSite=Lax. Usernames are logged on failed logins; nothing about
 patients is logged anywhere here.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from flask import (Blueprint, Flask, current_app, g, redirect, render_template, render_template_string, request,
-                   url_for)
+from flask import Blueprint, Flask, current_app, g, redirect, render_template, render_template_string, request, url_for
 from flask_login import LoginManager, current_user, login_user, logout_user
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
@@ -60,7 +60,7 @@ class CurrentUser:
         return str(self.id)
 
     @classmethod
-    def of(cls, user, via_token: bool = False) -> "CurrentUser":
+    def of(cls, user, via_token: bool = False) -> CurrentUser:
         return cls(user.id, user.username, user.role, via_token)
 
 
@@ -92,8 +92,11 @@ def _load_token_user(req) -> CurrentUser | None:
 def _unauthorized():
     if request.path.startswith("/api/"):
         _drain_refused_body()
-        response, status = error_response(401, "unauthorized", "Sign in, or send a valid API token as "
-                                          "'Authorization: Bearer <token>' (`leukostage users token NAME`).")
+        response, status = error_response(
+            401,
+            "unauthorized",
+            "Sign in, or send a valid API token as 'Authorization: Bearer <token>' (`leukostage users token NAME`).",
+        )
         response.headers["WWW-Authenticate"] = 'Bearer realm="leukostage"'
         return response, status
     return redirect(url_for("auth.login", next=request.full_path if request.query_string else request.path))
@@ -101,8 +104,12 @@ def _unauthorized():
 
 def _csrf_failed(exc: CSRFError):
     _drain_refused_body()
-    return error_response(400, "csrf_failed", f"{exc.description} Reload the page and try again; API clients send "
-                                              "'Authorization: Bearer <token>' instead of the session cookie.")
+    return error_response(
+        400,
+        "csrf_failed",
+        f"{exc.description} Reload the page and try again; API clients send "
+        "'Authorization: Bearer <token>' instead of the session cookie.",
+    )
 
 
 def protect_writes() -> None:
@@ -151,8 +158,9 @@ def init_auth(app: Flask) -> None:
     csrf.init_app(app)
     app.register_error_handler(CSRFError, _csrf_failed)
     # one limiter per app, in this process's memory (per gunicorn worker: N workers allow N x the limit)
-    app.extensions[LIMITER_KEY] = Limiter(get_remote_address, app=app, storage_uri="memory://",
-                                          enabled=app.config.get("RATELIMIT_ENABLED", True))
+    app.extensions[LIMITER_KEY] = Limiter(
+        get_remote_address, app=app, storage_uri="memory://", enabled=app.config.get("RATELIMIT_ENABLED", True)
+    )
     app.register_blueprint(bp)
 
 

@@ -4,11 +4,12 @@ Every route needs a signed-in user or a bearer token (401), a role where it chan
 (404); writes that the case's state forbids are 409. Errors are the API's JSON ``{"error": {"code", "message"}}``.
 Uploads run the same ``predict.analyse_bytes`` as ``/api/v1/predict`` and commit one transaction per field.
 """
+
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from flask_login import current_user, login_required
@@ -23,8 +24,13 @@ from .responses import ApiError, _drain_refused_body, error_response
 bp = Blueprint("cases_api", __name__)
 bp.before_request(protect_writes)
 
-IMAGE_TYPES = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"), (b"II*\x00", "image/tiff"),
-               (b"MM\x00*", "image/tiff"), (b"BM", "image/bmp"))
+IMAGE_TYPES = (
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"II*\x00", "image/tiff"),
+    (b"MM\x00*", "image/tiff"),
+    (b"BM", "image/bmp"),
+)
 
 
 @contextmanager
@@ -83,8 +89,15 @@ def _int_arg(name: str, default: int) -> int:
 @login_required
 def list_cases():
     with transaction() as s:
-        return jsonify(service.list_cases(s, request.args.get("status") or None, request.args.get("q") or None,
-                                          _int_arg("page", 1), _int_arg("per_page", service.PER_PAGE_DEFAULT)))
+        return jsonify(
+            service.list_cases(
+                s,
+                request.args.get("status") or None,
+                request.args.get("q") or None,
+                _int_arg("page", 1),
+                _int_arg("per_page", service.PER_PAGE_DEFAULT),
+            )
+        )
 
 
 @bp.post("/api/v1/cases")
@@ -108,8 +121,11 @@ def _analyse(upload) -> tuple[service.Field, dict]:
     """The field for the service and the timings for the answer (an empty file is refused like a bad image)."""
     analysis = upload.analyse()
     if analysis is None:
-        return service.Field(upload.name, upload.data, {"file": upload.name, "valid": False, "code": "empty_file",
-                                                        "reason": EMPTY_REASON}), {}
+        return service.Field(
+            upload.name,
+            upload.data,
+            {"file": upload.name, "valid": False, "code": "empty_file", "reason": EMPTY_REASON},
+        ), {}
     h, w = analysis.rgb.shape[:2] if analysis.rgb is not None else (None, None)
     return service.Field(upload.name, upload.data, analysis.result, w, h), analysis.timing_ms
 
@@ -124,8 +140,12 @@ def add_images(case_id: int):
         service.require_role(current_user, service.UPLOAD_ROLES, "add fields")
         service.ensure_open(s, case_id)  # 404 / 409 before any analysis
     if not uploads:
-        raise ApiError(400, "no_file", "No file in the request: send the fields as multipart/form-data in the field "
-                                       "'files' (JPEG, PNG, TIFF or BMP).")
+        raise ApiError(
+            400,
+            "no_file",
+            "No file in the request: send the fields as multipart/form-data in the field "
+            "'files' (JPEG, PNG, TIFF or BMP).",
+        )
     if len(uploads) > limit:
         raise ApiError(400, "too_many_files", f"{len(uploads)} files were sent; at most {limit} per request.")
     out = []
@@ -188,8 +208,12 @@ def image_overlay(case_id: int, image_id: int):
         sha256 = service.image_of_case(s, case_id, image_id).sha256
     png = overlay_png(_read(sha256))
     if png is None:
-        raise ApiError(422, "no_overlay", "This field was refused by the input check, or the model has no Grad-CAM "
-                                          "outputs: there is no heat map for it.")
+        raise ApiError(
+            422,
+            "no_overlay",
+            "This field was refused by the input check, or the model has no Grad-CAM "
+            "outputs: there is no heat map for it.",
+        )
     return Response(png, mimetype="image/png")
 
 
@@ -197,8 +221,9 @@ def _read(sha256: str) -> bytes:
     try:
         return store().read(sha256)
     except FileNotFoundError:
-        raise ApiError(410, "image_missing", "The stored file of this field is missing; run `leukostage db check` "
-                                             "on the server.") from None
+        raise ApiError(
+            410, "image_missing", "The stored file of this field is missing; run `leukostage db check` on the server."
+        ) from None
 
 
 def overlay_png(data: bytes) -> bytes | None:
@@ -226,8 +251,9 @@ def _reports(name: str):
     try:
         return importlib.import_module(f"leukostage.reports.{name}")
     except ImportError as exc:
-        raise ApiError(501, "reports_unavailable", f"The {name} report is not available in this build ({exc}).") \
-            from None
+        raise ApiError(
+            501, "reports_unavailable", f"The {name} report is not available in this build ({exc})."
+        ) from None
 
 
 @bp.get("/api/v1/cases/<int:case_id>/fhir")
@@ -245,8 +271,9 @@ def report_pdf(case_id: int):
     module = _reports("pdf")
     case = _export(case_id, "pdf")
     pdf = module.case_pdf(case, predictor().card, store().read, overlay_png)
-    return Response(pdf, mimetype="application/pdf",
-                    headers={"Content-Disposition": f'attachment; filename="case-{case_id}.pdf"'})
+    return Response(
+        pdf, mimetype="application/pdf", headers={"Content-Disposition": f'attachment; filename="case-{case_id}.pdf"'}
+    )
 
 
 @bp.get("/api/v1/cases/<int:case_id>/export.csv")
@@ -254,5 +281,6 @@ def report_pdf(case_id: int):
 def export_csv(case_id: int):
     module = _reports("csv")
     text = module.case_csv(_export(case_id, "csv"))
-    return Response(text, mimetype="text/csv",
-                    headers={"Content-Disposition": f'attachment; filename="case-{case_id}.csv"'})
+    return Response(
+        text, mimetype="text/csv", headers={"Content-Disposition": f'attachment; filename="case-{case_id}.csv"'}
+    )

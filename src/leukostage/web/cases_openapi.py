@@ -1,4 +1,5 @@
 """The case API's part of the OpenAPI document (merged into ``openapi.build_spec``), and the login pages."""
+
 from __future__ import annotations
 
 from ..cases.models import CASE_STATUSES, ROLES
@@ -12,25 +13,50 @@ SECURITY = [{"bearer": []}, {"session": []}]
 # Page routes of the case UI (web/cases_pages.py); every Flask rule must be documented.
 _HTML = {"content": {"text/html": {}}}
 CASE_PAGE_PATHS: dict[str, dict] = {
-    "/cases": {"get": {"summary": "Case list (HTML page): search by accession or patient reference, filter by status.",
-                       "parameters": [{"name": n, "in": "query", "required": False, "schema": {"type": t}}
-                                      for n, t in (("q", "string"), ("status", "string"), ("page", "integer"))],
-                       "responses": {"200": {"description": "HTML page.", **_HTML},
-                                     "302": {"description": "Not signed in: to /login."}}}},
+    "/cases": {
+        "get": {
+            "summary": "Case list (HTML page): search by accession or patient reference, filter by status.",
+            "parameters": [
+                {"name": n, "in": "query", "required": False, "schema": {"type": t}}
+                for n, t in (("q", "string"), ("status", "string"), ("page", "integer"))
+            ],
+            "responses": {
+                "200": {"description": "HTML page.", **_HTML},
+                "302": {"description": "Not signed in: to /login."},
+            },
+        }
+    },
     "/cases/new": {
-        "get": {"summary": "New-case form (HTML page).", "responses": {"200": {"description": "HTML form.", **_HTML},
-                                                                      "302": {"description": "Not signed in."}}},
-        "post": {"summary": "Create a case from the form (accession, patient_ref, note, csrf_token).",
-                 "responses": {"303": {"description": "Created: to the case page."},
-                               "400": {"description": "Invalid form (the form again, with the reason).", **_HTML},
-                               "409": {"description": "Accession taken (the form again).", **_HTML}}}},
-    "/cases/{case_id}": {"get": {
-        "summary": "Case page (HTML): fields, chart, call, reviewer's form for reviewers, downloads, audit trail.",
-        "parameters": [{"name": "case_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
-        "responses": {"200": {"description": "HTML page.", **_HTML}, "302": {"description": "Not signed in."},
-                      "404": {"description": "No such case (HTML page).", **_HTML}}}},
-    "/cases/classes.css": {"get": {"summary": "Badge colours of the classes, generated from leukostage.classes.",
-                                   "responses": {"200": {"description": "CSS.", "content": {"text/css": {}}}}}},
+        "get": {
+            "summary": "New-case form (HTML page).",
+            "responses": {"200": {"description": "HTML form.", **_HTML}, "302": {"description": "Not signed in."}},
+        },
+        "post": {
+            "summary": "Create a case from the form (accession, patient_ref, note, csrf_token).",
+            "responses": {
+                "303": {"description": "Created: to the case page."},
+                "400": {"description": "Invalid form (the form again, with the reason).", **_HTML},
+                "409": {"description": "Accession taken (the form again).", **_HTML},
+            },
+        },
+    },
+    "/cases/{case_id}": {
+        "get": {
+            "summary": "Case page (HTML): fields, chart, call, reviewer's form for reviewers, downloads, audit trail.",
+            "parameters": [{"name": "case_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+            "responses": {
+                "200": {"description": "HTML page.", **_HTML},
+                "302": {"description": "Not signed in."},
+                "404": {"description": "No such case (HTML page).", **_HTML},
+            },
+        }
+    },
+    "/cases/classes.css": {
+        "get": {
+            "summary": "Badge colours of the classes, generated from leukostage.classes.",
+            "responses": {"200": {"description": "CSS.", "content": {"text/css": {}}}},
+        }
+    },
 }
 
 
@@ -43,148 +69,337 @@ def _err(description: str) -> dict:
     return _json("Error", description)
 
 
-def _op(summary: str, responses: dict, *, params: tuple = (CASE_ID,), body: dict | None = None,
-        statuses: tuple = ("401", "404")) -> dict:
-    common = {"401": _err("`unauthorized`: no valid session or bearer token."),
-              "403": _err("`forbidden`: the user's role may not do this."),
-              "404": _err("`unknown_case` (or `unknown_image`: not a field of this case)."),
-              "400": _err("`csrf_failed` (a cookie-authenticated write without the CSRF token), `bad_json`, "
-                          "`missing_field`, `invalid_field`, `bad_class`.")}
-    op = {"summary": summary, "security": SECURITY, "parameters": list(params),
-          "responses": {**responses, **{s: common[s] for s in statuses}}}
+def _op(
+    summary: str,
+    responses: dict,
+    *,
+    params: tuple = (CASE_ID,),
+    body: dict | None = None,
+    statuses: tuple = ("401", "404"),
+) -> dict:
+    common = {
+        "401": _err("`unauthorized`: no valid session or bearer token."),
+        "403": _err("`forbidden`: the user's role may not do this."),
+        "404": _err("`unknown_case` (or `unknown_image`: not a field of this case)."),
+        "400": _err(
+            "`csrf_failed` (a cookie-authenticated write without the CSRF token), `bad_json`, "
+            "`missing_field`, `invalid_field`, `bad_class`."
+        ),
+    }
+    op = {
+        "summary": summary,
+        "security": SECURITY,
+        "parameters": list(params),
+        "responses": {**responses, **{s: common[s] for s in statuses}},
+    }
     if body is not None:
         op["requestBody"] = body
     return op
 
 
 def _body(properties: dict, required: list[str]) -> dict:
-    return {"required": True, "content": {"application/json": {"schema": {
-        "type": "object", "required": required, "properties": properties}}}}
+    return {
+        "required": True,
+        "content": {"application/json": {"schema": {"type": "object", "required": required, "properties": properties}}},
+    }
 
 
 def case_schemas() -> dict:
     classes = {"enum": list(CLASS_KEYS)}
     probabilities = {"type": ["object", "null"], "properties": {k: {"type": "number"} for k in CLASS_KEYS}}
     return {
-        "Case": {"type": "object", "description": "The case dict (CASE_SCHEMA.md).",
-                 "required": ["id", "accession", "status", "images", "summary", "review", "amendments"],
-                 "properties": {
-                     "id": {"type": "integer"}, "accession": {"type": "string"},
-                     "patient_ref": {"type": ["string", "null"]}, "note": {"type": ["string", "null"]},
-                     "status": {"enum": list(CASE_STATUSES)}, "created_at": {"type": "string"},
-                     "created_by": {"type": "string"}, "updated_at": {"type": "string"},
-                     "model": {"$ref": _REF + "ModelInfo"},
-                     "images": {"type": "array", "items": {"$ref": _REF + "CaseImage"}},
-                     "summary": {"$ref": _REF + "CaseSummary"},
-                     "review": {"type": ["object", "null"], "properties": {
-                         "final_call": classes, "comment": {"type": "string"}, "reviewer": {"type": "string"},
-                         "signed_off_at": {"type": "string"}}},
-                     "amendments": {"type": "array", "items": {"type": "object", "properties": {
-                         "reason": {"type": "string"}, "by": {"type": "string"}, "at": {"type": "string"},
-                         "final_call": {"type": ["string", "null"]}, "comment": {"type": ["string", "null"]}}}}}},
-        "CaseImage": {"type": "object", "properties": {
-            "image_id": {"type": "integer"}, "sha256": {"type": "string"},
-            "filename": {"type": "string", "description": "The client's file name (metadata only)."},
-            "uploaded_at": {"type": "string"}, "uploaded_by": {"type": "string"},
-            "width": {"type": ["integer", "null"]}, "height": {"type": ["integer", "null"]},
-            "result": {"oneOf": [{"$ref": _REF + "Prediction"}, {"$ref": _REF + "Rejection"}]},
-            "override": {"type": ["object", "null"], "properties": {"label": classes, "by": {"type": "string"},
-                                                                    "at": {"type": "string"}}}}},
-        "CaseSummary": {"type": "object", "properties": {
-            "counts": {"type": "object", "description": "Fields per class; uncertain by reason; refused by code."},
-            "counted": {"type": "integer", "description": "Fields that entered the call."},
-            "mean_probabilities": probabilities,
-            "case_call": {"enum": [*CLASS_KEYS, UNCERTAIN_KEY]},
-            "case_rule": {"type": "string", "description": "One sentence: how the call was made."}}},
-        "CaseList": {"type": "object", "properties": {
-            "cases": {"type": "array", "items": {"type": "object"}}, "page": {"type": "integer"},
-            "per_page": {"type": "integer"}, "total": {"type": "integer"}}},
-        "AuditTrail": {"type": "object", "properties": {"case_id": {"type": "integer"}, "events": {
-            "type": "array", "items": {"type": "object", "properties": {
-                "id": {"type": "integer"}, "at": {"type": "string"}, "user": {"type": ["string", "null"]},
-                "action": {"enum": ["created", "image_added", "viewed", "exported", "overridden", "signed_off",
-                                    "amended"]},
-                "detail": {"type": "object"}}}}}},
+        "Case": {
+            "type": "object",
+            "description": "The case dict (CASE_SCHEMA.md).",
+            "required": ["id", "accession", "status", "images", "summary", "review", "amendments"],
+            "properties": {
+                "id": {"type": "integer"},
+                "accession": {"type": "string"},
+                "patient_ref": {"type": ["string", "null"]},
+                "note": {"type": ["string", "null"]},
+                "status": {"enum": list(CASE_STATUSES)},
+                "created_at": {"type": "string"},
+                "created_by": {"type": "string"},
+                "updated_at": {"type": "string"},
+                "model": {"$ref": _REF + "ModelInfo"},
+                "images": {"type": "array", "items": {"$ref": _REF + "CaseImage"}},
+                "summary": {"$ref": _REF + "CaseSummary"},
+                "review": {
+                    "type": ["object", "null"],
+                    "properties": {
+                        "final_call": classes,
+                        "comment": {"type": "string"},
+                        "reviewer": {"type": "string"},
+                        "signed_off_at": {"type": "string"},
+                    },
+                },
+                "amendments": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "reason": {"type": "string"},
+                            "by": {"type": "string"},
+                            "at": {"type": "string"},
+                            "final_call": {"type": ["string", "null"]},
+                            "comment": {"type": ["string", "null"]},
+                        },
+                    },
+                },
+            },
+        },
+        "CaseImage": {
+            "type": "object",
+            "properties": {
+                "image_id": {"type": "integer"},
+                "sha256": {"type": "string"},
+                "filename": {"type": "string", "description": "The client's file name (metadata only)."},
+                "uploaded_at": {"type": "string"},
+                "uploaded_by": {"type": "string"},
+                "width": {"type": ["integer", "null"]},
+                "height": {"type": ["integer", "null"]},
+                "result": {"oneOf": [{"$ref": _REF + "Prediction"}, {"$ref": _REF + "Rejection"}]},
+                "override": {
+                    "type": ["object", "null"],
+                    "properties": {"label": classes, "by": {"type": "string"}, "at": {"type": "string"}},
+                },
+            },
+        },
+        "CaseSummary": {
+            "type": "object",
+            "properties": {
+                "counts": {"type": "object", "description": "Fields per class; uncertain by reason; refused by code."},
+                "counted": {"type": "integer", "description": "Fields that entered the call."},
+                "mean_probabilities": probabilities,
+                "case_call": {"enum": [*CLASS_KEYS, UNCERTAIN_KEY]},
+                "case_rule": {"type": "string", "description": "One sentence: how the call was made."},
+            },
+        },
+        "CaseList": {
+            "type": "object",
+            "properties": {
+                "cases": {"type": "array", "items": {"type": "object"}},
+                "page": {"type": "integer"},
+                "per_page": {"type": "integer"},
+                "total": {"type": "integer"},
+            },
+        },
+        "AuditTrail": {
+            "type": "object",
+            "properties": {
+                "case_id": {"type": "integer"},
+                "events": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "id": {"type": "integer"},
+                            "at": {"type": "string"},
+                            "user": {"type": ["string", "null"]},
+                            "action": {
+                                "enum": [
+                                    "created",
+                                    "image_added",
+                                    "viewed",
+                                    "exported",
+                                    "overridden",
+                                    "signed_off",
+                                    "amended",
+                                ]
+                            },
+                            "detail": {"type": "object"},
+                        },
+                    },
+                },
+            },
+        },
     }
 
 
 def case_paths() -> dict:
-    override = {"type": "array", "items": {"type": "object", "required": ["image_id", "label"], "properties": {
-        "image_id": {"type": "integer"}, "label": {"enum": list(CLASS_KEYS)}}}}
+    override = {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["image_id", "label"],
+            "properties": {"image_id": {"type": "integer"}, "label": {"enum": list(CLASS_KEYS)}},
+        },
+    }
     case_json = _json("Case", "The case.")
-    upload = {"required": True, "content": {"multipart/form-data": {"schema": {
-        "type": "object", "required": ["files"],
-        "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1}}}}}}
+    upload = {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1}
+                    },
+                }
+            }
+        },
+    }
     return {
         **CASE_PAGE_PATHS,
         "/login": {
-            "get": {"summary": "The sign-in page.", "responses": {"200": {"description": "HTML form.",
-                                                                           "content": {"text/html": {}}}}},
-            "post": {"summary": "Sign in (form fields username, password, csrf_token, next); rate-limited per client.",
-                     "responses": {"302": {"description": "Signed in: to `next`."},
-                                   "400": _err("`csrf_failed`."),
-                                   "401": {"description": "Wrong user name or password (the form again).",
-                                           "content": {"text/html": {}}},
-                                   "429": _err("Too many attempts; wait a minute.")}}},
-        "/logout": {"post": {"summary": "Sign out (CSRF token needed with a session).",
-                             "responses": {"302": {"description": "To the sign-in page."},
-                                           "400": _err("`csrf_failed`.")}}},
+            "get": {
+                "summary": "The sign-in page.",
+                "responses": {"200": {"description": "HTML form.", "content": {"text/html": {}}}},
+            },
+            "post": {
+                "summary": "Sign in (form fields username, password, csrf_token, next); rate-limited per client.",
+                "responses": {
+                    "302": {"description": "Signed in: to `next`."},
+                    "400": _err("`csrf_failed`."),
+                    "401": {
+                        "description": "Wrong user name or password (the form again).",
+                        "content": {"text/html": {}},
+                    },
+                    "429": _err("Too many attempts; wait a minute."),
+                },
+            },
+        },
+        "/logout": {
+            "post": {
+                "summary": "Sign out (CSRF token needed with a session).",
+                "responses": {"302": {"description": "To the sign-in page."}, "400": _err("`csrf_failed`.")},
+            }
+        },
         "/api/v1/cases": {
-            "get": _op("Cases, newest first, paginated; filter by status, search accession and patient reference.",
-                       {"200": _json("CaseList", "A page of cases.")}, statuses=("400", "401"), params=(
-                           {"name": "status", "in": "query", "schema": {"enum": list(CASE_STATUSES)}},
-                           {"name": "q", "in": "query", "schema": {"type": "string"}},
-                           {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1}},
-                           {"name": "per_page", "in": "query", "schema": {"type": "integer", "minimum": 1}})),
-            "post": _op("Create a case.", {"201": _json("Case", "The new case."),
-                                           "409": _err("`duplicate_accession`.")},
-                        params=(), statuses=("400", "401", "403"),
-                        body=_body({"accession": {"type": "string"}, "patient_ref": {"type": "string"},
-                                    "note": {"type": "string"}}, ["accession"]))},
-        "/api/v1/cases/{case_id}": {"get": _op("The case, with its fields, summary and call (recorded as viewed).",
-                                               {"200": case_json})},
-        "/api/v1/cases/{case_id}/images": {"post": _op(
-            "Upload fields (multipart `files`): each is analysed like /api/v1/predict and stored, one transaction "
-            "per field; refused images are recorded with their code but never counted.",
-            {"201": {"description": "One entry per file, each with `image_id`.", "content": {"application/json": {
-                "schema": {"type": "array", "items": {"type": "object"}}}}},
-             "409": _err("`case_signed_off`: no fields can be added after sign-off."),
-             "413": _err("`too_large`.")}, body=upload, statuses=("400", "401", "403", "404"))},
-        "/api/v1/cases/{case_id}/images/{image_id}": {"get": _op(
-            "The stored bytes of one field.", {"200": {"description": "The image.", "content": {"image/*": {}}},
-                                               "410": _err("`image_missing`.")}, params=(CASE_ID, IMAGE_ID))},
-        "/api/v1/cases/{case_id}/images/{image_id}/overlay.png": {"get": _op(
-            "The Grad-CAM overlay of one field (not a segmentation, not diagnostic).",
-            {"200": {"description": "PNG.", "content": {"image/png": {}}}, "422": _err("`no_overlay`."),
-             "410": _err("`image_missing`.")}, params=(CASE_ID, IMAGE_ID))},
-        "/api/v1/cases/{case_id}/review": {"post": _op(
-            "Sign the case off (reviewer): final call, comment, per-field overrides beside the model's results.",
-            {"200": case_json, "409": _err("`already_signed_off`: amend instead.")},
-            body=_body({"final_call": {"enum": list(CLASS_KEYS)}, "comment": {"type": "string"},
-                        "image_overrides": override}, ["final_call"]), statuses=("400", "401", "403", "404"))},
-        "/api/v1/cases/{case_id}/amend": {"post": _op(
-            "Amend a signed-off case (reviewer) with a reason; the status becomes `amended`.",
-            {"200": case_json, "409": _err("`not_signed_off`: review instead.")},
-            body=_body({"reason": {"type": "string"}, "final_call": {"enum": list(CLASS_KEYS)},
-                        "comment": {"type": "string"}, "image_overrides": override}, ["reason"]),
-            statuses=("400", "401", "403", "404"))},
-        "/api/v1/cases/{case_id}/audit": {"get": _op("Every event on the case, oldest first (append-only).",
-                                                     {"200": _json("AuditTrail", "The events.")})},
-        "/api/v1/cases/{case_id}/fhir": {"get": _op(
-            "A FHIR R4 Bundle: DiagnosticReport, Observations, Device, Provenance; AI parts labelled AIAST.",
-            {"200": {"description": "The bundle.", "content": {"application/fhir+json": {}}},
-             "501": _err("`reports_unavailable`.")})},
-        "/api/v1/cases/{case_id}/report.pdf": {"get": _op(
-            "The case report as PDF.", {"200": {"description": "PDF.", "content": {"application/pdf": {}}},
-                                        "501": _err("`reports_unavailable`.")})},
-        "/api/v1/cases/{case_id}/export.csv": {"get": _op(
-            "One CSV row per field.", {"200": {"description": "CSV.", "content": {"text/csv": {}}},
-                                       "501": _err("`reports_unavailable`.")})},
+            "get": _op(
+                "Cases, newest first, paginated; filter by status, search accession and patient reference.",
+                {"200": _json("CaseList", "A page of cases.")},
+                statuses=("400", "401"),
+                params=(
+                    {"name": "status", "in": "query", "schema": {"enum": list(CASE_STATUSES)}},
+                    {"name": "q", "in": "query", "schema": {"type": "string"}},
+                    {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                    {"name": "per_page", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                ),
+            ),
+            "post": _op(
+                "Create a case.",
+                {"201": _json("Case", "The new case."), "409": _err("`duplicate_accession`.")},
+                params=(),
+                statuses=("400", "401", "403"),
+                body=_body(
+                    {"accession": {"type": "string"}, "patient_ref": {"type": "string"}, "note": {"type": "string"}},
+                    ["accession"],
+                ),
+            ),
+        },
+        "/api/v1/cases/{case_id}": {
+            "get": _op("The case, with its fields, summary and call (recorded as viewed).", {"200": case_json})
+        },
+        "/api/v1/cases/{case_id}/images": {
+            "post": _op(
+                "Upload fields (multipart `files`): each is analysed like /api/v1/predict and stored, one transaction "
+                "per field; refused images are recorded with their code but never counted.",
+                {
+                    "201": {
+                        "description": "One entry per file, each with `image_id`.",
+                        "content": {"application/json": {"schema": {"type": "array", "items": {"type": "object"}}}},
+                    },
+                    "409": _err("`case_signed_off`: no fields can be added after sign-off."),
+                    "413": _err("`too_large`."),
+                },
+                body=upload,
+                statuses=("400", "401", "403", "404"),
+            )
+        },
+        "/api/v1/cases/{case_id}/images/{image_id}": {
+            "get": _op(
+                "The stored bytes of one field.",
+                {"200": {"description": "The image.", "content": {"image/*": {}}}, "410": _err("`image_missing`.")},
+                params=(CASE_ID, IMAGE_ID),
+            )
+        },
+        "/api/v1/cases/{case_id}/images/{image_id}/overlay.png": {
+            "get": _op(
+                "The Grad-CAM overlay of one field (not a segmentation, not diagnostic).",
+                {
+                    "200": {"description": "PNG.", "content": {"image/png": {}}},
+                    "422": _err("`no_overlay`."),
+                    "410": _err("`image_missing`."),
+                },
+                params=(CASE_ID, IMAGE_ID),
+            )
+        },
+        "/api/v1/cases/{case_id}/review": {
+            "post": _op(
+                "Sign the case off (reviewer): final call, comment, per-field overrides beside the model's results.",
+                {"200": case_json, "409": _err("`already_signed_off`: amend instead.")},
+                body=_body(
+                    {
+                        "final_call": {"enum": list(CLASS_KEYS)},
+                        "comment": {"type": "string"},
+                        "image_overrides": override,
+                    },
+                    ["final_call"],
+                ),
+                statuses=("400", "401", "403", "404"),
+            )
+        },
+        "/api/v1/cases/{case_id}/amend": {
+            "post": _op(
+                "Amend a signed-off case (reviewer) with a reason; the status becomes `amended`.",
+                {"200": case_json, "409": _err("`not_signed_off`: review instead.")},
+                body=_body(
+                    {
+                        "reason": {"type": "string"},
+                        "final_call": {"enum": list(CLASS_KEYS)},
+                        "comment": {"type": "string"},
+                        "image_overrides": override,
+                    },
+                    ["reason"],
+                ),
+                statuses=("400", "401", "403", "404"),
+            )
+        },
+        "/api/v1/cases/{case_id}/audit": {
+            "get": _op(
+                "Every event on the case, oldest first (append-only).", {"200": _json("AuditTrail", "The events.")}
+            )
+        },
+        "/api/v1/cases/{case_id}/fhir": {
+            "get": _op(
+                "A FHIR R4 Bundle: DiagnosticReport, Observations, Device, Provenance; AI parts labelled AIAST.",
+                {
+                    "200": {"description": "The bundle.", "content": {"application/fhir+json": {}}},
+                    "501": _err("`reports_unavailable`."),
+                },
+            )
+        },
+        "/api/v1/cases/{case_id}/report.pdf": {
+            "get": _op(
+                "The case report as PDF.",
+                {
+                    "200": {"description": "PDF.", "content": {"application/pdf": {}}},
+                    "501": _err("`reports_unavailable`."),
+                },
+            )
+        },
+        "/api/v1/cases/{case_id}/export.csv": {
+            "get": _op(
+                "One CSV row per field.",
+                {"200": {"description": "CSV.", "content": {"text/csv": {}}}, "501": _err("`reports_unavailable`.")},
+            )
+        },
     }
 
 
 def security_schemes() -> dict:
-    return {"bearer": {"type": "http", "scheme": "bearer",
-                       "description": "`leukostage users token NAME`; roles: " + ", ".join(ROLES) + "."},
-            "session": {"type": "apiKey", "in": "cookie", "name": "session",
-                        "description": "Signed in at /login; writes need the X-CSRFToken header."}}
+    return {
+        "bearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "`leukostage users token NAME`; roles: " + ", ".join(ROLES) + ".",
+        },
+        "session": {
+            "type": "apiKey",
+            "in": "cookie",
+            "name": "session",
+            "description": "Signed in at /login; writes need the X-CSRFToken header.",
+        },
+    }

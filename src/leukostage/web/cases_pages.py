@@ -6,6 +6,7 @@ Server-rendered so the list, the case and its audit trail read without script; `
 API with the page's CSRF token. The reviewer's controls are rendered only for users who may review: a technician's
 page does not contain them at all (and the API refuses them with 403 anyway).
 """
+
 from __future__ import annotations
 
 from flask import Blueprint, Flask, Response, current_app, redirect, render_template, request, url_for
@@ -13,18 +14,19 @@ from flask_login import current_user, login_required
 
 from ..cases import service
 from ..classes import CLASSES, DISCLAIMER, UNCERTAIN_COLOUR, UNCERTAIN_KEY, text_colour
+from ..imaging import mebibytes
 from ..reports import content
 from .api import can_explain, predictor
 from .auth import protect_writes
 from .cases_api import transaction
 from .pages import ACCEPT, page_config
-from ..imaging import mebibytes
 
 bp = Blueprint("cases_pages", __name__)
 bp.before_request(protect_writes)
 
 STATUS_FILTERS = (("", "Any status"), ("open", "Open"), ("signed_off", "Signed off"), ("amended", "Amended"))
 PER_PAGE = 25
+
 
 def register(app: Flask) -> None:
     """The blueprint, and the disclaimer for templates rendered outside it (the login page)."""
@@ -53,11 +55,15 @@ def _badge(key: str) -> dict:
 @bp.get("/cases/classes.css")
 def class_styles():
     """One rule per badge, from classes.py (the one source of colours), so the CSP can forbid inline styles."""
-    colours = [(c.key, c.colour) for c in CLASSES] + [(UNCERTAIN_KEY, UNCERTAIN_COLOUR),
-                                                      (content.REFUSED, content.REFUSED_COLOUR)]
-    rules = [f'[data-label="{key}"].badge {{ background-color: {colour}; color: {text_colour(colour)}; }}\n'
-             f'[data-label="{key}"] .swatch, .swatch[data-label="{key}"] {{ background-color: {colour}; }}'
-             for key, colour in colours]
+    colours = [(c.key, c.colour) for c in CLASSES] + [
+        (UNCERTAIN_KEY, UNCERTAIN_COLOUR),
+        (content.REFUSED, content.REFUSED_COLOUR),
+    ]
+    rules = [
+        f'[data-label="{key}"].badge {{ background-color: {colour}; color: {text_colour(colour)}; }}\n'
+        f'[data-label="{key}"] .swatch, .swatch[data-label="{key}"] {{ background-color: {colour}; }}'
+        for key, colour in colours
+    ]
     return Response("\n".join(rules) + "\n", mimetype="text/css")
 
 
@@ -72,9 +78,19 @@ def case_list():
     with transaction() as s:
         listing = service.list_cases(s, status or None, q or None, page, PER_PAGE)
     pages = max(1, -(-listing["total"] // PER_PAGE))
-    return render_template("cases/list.html", listing=listing, q=q, status=status, filters=STATUS_FILTERS,
-                           page=page, pages=pages, badge=_badge, statuses=content.STATUS_NAMES,
-                           show_time=content.show_time, **_chrome())
+    return render_template(
+        "cases/list.html",
+        listing=listing,
+        q=q,
+        status=status,
+        filters=STATUS_FILTERS,
+        page=page,
+        pages=pages,
+        badge=_badge,
+        statuses=content.STATUS_NAMES,
+        show_time=content.show_time,
+        **_chrome(),
+    )
 
 
 @bp.get("/cases/new")
@@ -103,14 +119,25 @@ def case_view(case_id: int):
         case = service.view_case(s, current_user, case_id)
         events = service.audit_events(s, case_id)
     return render_template(
-        "cases/case.html", case=case, events=events, chart=chart_rows(case), badge=_badge, content=content,
-        final_call=content.final_call(case), final_comment=content.final_comment(case),
-        can_review=current_user.can_review, can_upload=case["status"] == "open",
-        explain=can_explain(predictor()), classes=CLASSES, accept=ACCEPT,
-        max_size=mebibytes(current_app.config["MAX_FILE_BYTES"]), statuses=content.STATUS_NAMES,
-        show_time=content.show_time, page_config={**page_config(), "case_id": case_id,
-                                                  "max_files": current_app.config["MAX_FILES"]},
-        **_chrome())
+        "cases/case.html",
+        case=case,
+        events=events,
+        chart=chart_rows(case),
+        badge=_badge,
+        content=content,
+        final_call=content.final_call(case),
+        final_comment=content.final_comment(case),
+        can_review=current_user.can_review,
+        can_upload=case["status"] == "open",
+        explain=can_explain(predictor()),
+        classes=CLASSES,
+        accept=ACCEPT,
+        max_size=mebibytes(current_app.config["MAX_FILE_BYTES"]),
+        statuses=content.STATUS_NAMES,
+        show_time=content.show_time,
+        page_config={**page_config(), "case_id": case_id, "max_files": current_app.config["MAX_FILES"]},
+        **_chrome(),
+    )
 
 
 def chart_rows(case: dict) -> list[dict]:
@@ -118,6 +145,14 @@ def chart_rows(case: dict) -> list[dict]:
     of the page take these as widths: attributes, which the CSP allows, unlike inline styles)."""
     shares = content.class_shares(case["summary"]) or {}
     means = case["summary"].get("mean_probabilities") or {}
-    return [{"key": c.key, "name": c.display_name, "subtype": c.dataset_label, "colour": c.colour,
-             "share": round(100 * shares.get(c.key, 0.0), 1),
-             "mean": round(100 * float(means[c.key]), 1) if c.key in means else None} for c in CLASSES]
+    return [
+        {
+            "key": c.key,
+            "name": c.display_name,
+            "subtype": c.dataset_label,
+            "colour": c.colour,
+            "share": round(100 * shares.get(c.key, 0.0), 1),
+            "mean": round(100 * float(means[c.key]), 1) if c.key in means else None,
+        }
+        for c in CLASSES
+    ]

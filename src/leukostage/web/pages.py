@@ -1,4 +1,5 @@
 """The browser page: one HTML template, its script and style sheet, all served by this app (works offline)."""
+
 from __future__ import annotations
 
 from flask import Blueprint, current_app, render_template
@@ -19,13 +20,33 @@ def page_config() -> dict:
     """What the script needs: class names and badge colours (from classes.py, the one source), limits, whether
     the model can explain its predictions (Grad-CAM outputs in its graph), and how heat maps are coloured (for the
     colour scale drawn beside them)."""
-    badges = [{"key": c.key, "display_name": c.display_name, "dataset_label": c.dataset_label,
-               "colour": c.colour, "text_colour": text_colour(c.colour)} for c in CLASSES]
-    badges.append({"key": UNCERTAIN_KEY, "display_name": UNCERTAIN_DISPLAY_NAME, "dataset_label": None,
-                   "colour": UNCERTAIN_COLOUR, "text_colour": text_colour(UNCERTAIN_COLOUR)})
+    badges = [
+        {
+            "key": c.key,
+            "display_name": c.display_name,
+            "dataset_label": c.dataset_label,
+            "colour": c.colour,
+            "text_colour": text_colour(c.colour),
+        }
+        for c in CLASSES
+    ]
+    badges.append(
+        {
+            "key": UNCERTAIN_KEY,
+            "display_name": UNCERTAIN_DISPLAY_NAME,
+            "dataset_label": None,
+            "colour": UNCERTAIN_COLOUR,
+            "text_colour": text_colour(UNCERTAIN_COLOUR),
+        }
+    )
     limit = current_app.config["MAX_FILE_BYTES"]
-    return {"classes": badges, "max_bytes": limit, "too_large_message": size_limit_message(None, limit, "file"),
-            "explain": can_explain(current_app.extensions[PREDICTOR_KEY]), "colour_scale": colour_scale_info()}
+    return {
+        "classes": badges,
+        "max_bytes": limit,
+        "too_large_message": size_limit_message(None, limit, "file"),
+        "explain": can_explain(current_app.extensions[PREDICTOR_KEY]),
+        "colour_scale": colour_scale_info(),
+    }
 
 
 @bp.get("/")

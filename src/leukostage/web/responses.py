@@ -2,6 +2,7 @@
 
 No handler here ever shows a stack trace: an unexpected exception is logged and answered with a generic 500.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,10 @@ from ..imaging import size_limit_message
 
 # The page loads its own script, style sheet and fonts only (it must work offline). Images: the preview is a blob:
 # URL of the chosen file, the Grad-CAM overlay a data: URL from the JSON answer; nothing else is allowed.
-PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
-            "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+    "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
 API_CSP = "default-src 'none'; frame-ancestors 'none'; sandbox"
 
 # What the validator's codes mean over HTTP. Anything not listed (the colour and content checks, and codes the
@@ -42,8 +45,11 @@ class ApiError(Exception):
 
 # gunicorn's own error answers (see server.write_json_error): its reason phrase or tag -> (code, message).
 GUNICORN_ERRORS = {
-    "worker_timeout": ("worker_timeout", "The server stopped this request: it took longer than the worker timeout. "
-                                         "Send fewer or smaller images per request, or ask without explain."),
+    "worker_timeout": (
+        "worker_timeout",
+        "The server stopped this request: it took longer than the worker timeout. "
+        "Send fewer or smaller images per request, or ask without explain.",
+    ),
     "Internal Server Error": ("worker_failed", "The server failed to process this request; the error was logged."),
 }
 
@@ -51,8 +57,11 @@ GUNICORN_ERRORS = {
 def error_document(status: int, reason: str, message: str) -> tuple[bytes, list[tuple[str, str]]]:
     """The JSON body and headers for an error answered outside Flask (by gunicorn's worker): the app's error shape
     and the security headers of every API response."""
-    code, text = GUNICORN_ERRORS.get(message) or GUNICORN_ERRORS.get(reason) or (
-        reason.lower().replace(" ", "_"), message or reason)
+    code, text = (
+        GUNICORN_ERRORS.get(message)
+        or GUNICORN_ERRORS.get(reason)
+        or (reason.lower().replace(" ", "_"), message or reason)
+    )
     body = json.dumps({"error": {"code": code, "message": text}}).encode()
     return body, [("Content-Type", "application/json"), *API_HEADERS.items()]
 
@@ -94,12 +103,16 @@ def _too_large(exc: RequestEntityTooLarge):
     length = request.content_length
     _drain_refused_body()
     if limit is None or (length is not None and length <= limit):  # Werkzeug's form limits, not the body size
-        return error_response(413, "form_too_large", "The form has too many parts or an oversized text field; send "
-                                                     "only the image, as a file field.")
+        return error_response(
+            413,
+            "form_too_large",
+            "The form has too many parts or an oversized text field; send only the image, as a file field.",
+        )
     if request.endpoint == "api.predict_one":
         file_limit = current_app.config["MAX_FILE_BYTES"]
-        return error_response(413, "file_too_large", size_limit_message(length, file_limit, "file"),
-                              limit_bytes=file_limit)
+        return error_response(
+            413, "file_too_large", size_limit_message(length, file_limit, "file"), limit_bytes=file_limit
+        )
     return error_response(413, "request_too_large", size_limit_message(length, limit, "request"), limit_bytes=limit)
 
 

@@ -5,6 +5,7 @@ so each gets ``max(1, cores // workers)`` ONNX Runtime and OpenCV threads: N wor
 threads than there are cores. Extra gunicorn settings (access log, TLS, max requests) can be passed in
 ``GUNICORN_CMD_ARGS``, as for the ``gunicorn`` command.
 """
+
 from __future__ import annotations
 
 import errno
@@ -14,9 +15,8 @@ import shlex
 import socket
 from pathlib import Path
 
-from gunicorn.app.base import BaseApplication
-
 from gunicorn import util as gunicorn_util
+from gunicorn.app.base import BaseApplication
 from gunicorn.workers.sync import SyncWorker
 
 from ..cores import cpu_count, limit_opencv_threads, threads_per_worker
@@ -71,7 +71,7 @@ def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
 
     body, headers = error_document(status_int, reason, mesg)
     head = "".join(f"{k}: {v}\r\n" for k, v in headers)
-    raw = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Length: {len(body)}\r\n{head}\r\n")
+    raw = f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Length: {len(body)}\r\n{head}\r\n"
     gunicorn_util.write_nonblock(sock, raw.encode("latin1") + body)
 
 
@@ -139,12 +139,16 @@ def check_model(model_path: Path) -> None:
     from ..predict import Predictor, card_path_for
 
     if not model_path.is_file():
-        raise StartupError(f"model file {model_path} not found; pass --model with an exported .onnx file, or unset "
-                           "LEUKOSTAGE_MODEL to use the shipped model")
+        raise StartupError(
+            f"model file {model_path} not found; pass --model with an exported .onnx file, or unset "
+            "LEUKOSTAGE_MODEL to use the shipped model"
+        )
     card = card_path_for(model_path)
     if not card.is_file():
-        raise StartupError(f"model card {card.name} not found beside {model_path}; `leukostage export` writes it "
-                           "there, so copy the card that came with this model next to it")
+        raise StartupError(
+            f"model card {card.name} not found beside {model_path}; `leukostage export` writes it "
+            "there, so copy the card that came with this model next to it"
+        )
     try:
         loaded = Predictor.load(model_path, threads=1)
     except ValueError as exc:  # a card for other classes or without a threshold, a file ONNX Runtime refuses
@@ -152,8 +156,10 @@ def check_model(model_path: Path) -> None:
         raise StartupError(message if str(model_path) in message else f"model {model_path}: {message}") from None
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own exception types for a bad file
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise StartupError(f"model file {model_path} could not be loaded by ONNX Runtime ({detail}); re-export it "
-                           "with `leukostage export`, or pass another --model") from None
+        raise StartupError(
+            f"model file {model_path} could not be loaded by ONNX Runtime ({detail}); re-export it "
+            "with `leukostage export`, or pass another --model"
+        ) from None
     del loaded
 
 
@@ -170,12 +176,16 @@ def check_port(host: str, port: int) -> None:
             sock.bind((host.strip("[]"), port))
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise StartupError(f"port {port} on {host} is already in use (another server, perhaps another "
-                               f"`leukostage serve`); stop it, or pass --port with a free port") from None
+            raise StartupError(
+                f"port {port} on {host} is already in use (another server, perhaps another "
+                f"`leukostage serve`); stop it, or pass --port with a free port"
+            ) from None
         if exc.errno == errno.EACCES:
             raise StartupError(f"port {port} needs administrator rights; pass --port 1024 or above") from None
-        raise StartupError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pass --host with an address "
-                           "of this machine, e.g. 127.0.0.1") from None
+        raise StartupError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}); pass --host with an address "
+            "of this machine, e.g. 127.0.0.1"
+        ) from None
 
 
 def _is_loopback(host: str) -> bool:
@@ -187,14 +197,15 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None, model: str | None = None,
-          debug: bool = False) -> int:
+def serve(
+    host: str = "127.0.0.1", port: int = 8000, workers: int | None = None, model: str | None = None, debug: bool = False
+) -> int:
     """Serve the page and the API until interrupted.
 
     Args:
         workers: gunicorn worker processes (default: the number of cores).
-        model: ONNX model path (default: $LEUKOSTAGE_MODEL, else the model shipped in the package); passed to the workers in
-            $LEUKOSTAGE_MODEL.
+        model: ONNX model path (default: $LEUKOSTAGE_MODEL, else the model shipped in the package); passed to the
+            workers in $LEUKOSTAGE_MODEL.
         debug: Flask's development server with the interactive debugger; only on a loopback address.
 
     Raises:

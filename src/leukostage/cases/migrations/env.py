@@ -1,4 +1,5 @@
 """Alembic environment: runs on the connection ``db.upgrade`` passes in (or on the configured URL)."""
+
 from __future__ import annotations
 
 from alembic import context
@@ -21,8 +22,9 @@ def run() -> None:
 
 
 def _migrate(connection) -> None:
-    context.configure(connection=connection, target_metadata=Base.metadata,
-                      render_as_batch=connection.dialect.name == "sqlite")
+    context.configure(
+        connection=connection, target_metadata=Base.metadata, render_as_batch=connection.dialect.name == "sqlite"
+    )
     with context.begin_transaction():
         context.run_migrations()
 

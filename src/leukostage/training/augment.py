@@ -3,6 +3,7 @@
 rotation +-30 deg, width/height shift 0.2, shear 0.2 (radians, as Keras), zoom 0.8-1.2, horizontal flip,
 'nearest' fill (edge pixels repeat, i.e. border padding).
 """
+
 from __future__ import annotations
 
 import math

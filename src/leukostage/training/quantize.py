@@ -14,20 +14,21 @@ the validation part from the quantised file as served, and the test part is scor
 as :func:`leukostage.export.export_model`). The card records how far the quantised file moved from its float
 reference on the validation part. Needs the ``train`` extra (onnx); serving the result needs only onnxruntime.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .domain import DOMAIN_OUTPUT
-from .predict import card_path_for
+from .. import __version__
+from ..domain import DOMAIN_OUTPUT
+from ..predict import card_path_for
 
 BODY_OPS = ("Conv", "Clip", "Add")
 BODY_PREFIXES = ("/stem/", "/blocks")  # node names of the backbone in an exported lite0 graph
@@ -40,8 +41,9 @@ def body_nodes(graph, ops: tuple[str, ...] = BODY_OPS) -> list[str]:
     return [n.name for n in graph.node if n.op_type in ops and n.name.startswith(BODY_PREFIXES)]
 
 
-def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: np.ndarray,
-                  ops: tuple[str, ...] = BODY_OPS, **options) -> list[str]:
+def quantize_onnx(
+    float_path: str | Path, out_path: str | Path, calibration: np.ndarray, ops: tuple[str, ...] = BODY_OPS, **options
+) -> list[str]:
     """Write the int8 (QDQ) version of ``float_path``; ``calibration`` is (N, H, W, 3) uint8 images (scaled to the
     model's [0, 1] input a batch at a time: the whole training part in float32 would take 1 GB).
 
@@ -79,21 +81,33 @@ def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: np.
         quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
         nodes = body_nodes(onnx.load(str(prepared)).graph, ops)
         if not nodes:
-            raise ValueError(f"{float_path} has no backbone nodes ({', '.join(BODY_PREFIXES)}) to quantise; only "
-                             f"{', '.join(QUANTISABLE_ARCHS)} exports can be quantised")
-        settings = {"quant_format": QuantFormat.QDQ, "per_channel": True, "activation_type": QuantType.QUInt8,
-                    "weight_type": QuantType.QInt8, "calibrate_method": CalibrationMethod.MinMax, **options}
-        quantize_static(str(prepared), str(out_path), Batches(), op_types_to_quantize=list(ops),
-                        nodes_to_quantize=nodes, **settings)
+            raise ValueError(
+                f"{float_path} has no backbone nodes ({', '.join(BODY_PREFIXES)}) to quantise; only "
+                f"{', '.join(QUANTISABLE_ARCHS)} exports can be quantised"
+            )
+        settings = {
+            "quant_format": QuantFormat.QDQ,
+            "per_channel": True,
+            "activation_type": QuantType.QUInt8,
+            "weight_type": QuantType.QInt8,
+            "calibrate_method": CalibrationMethod.MinMax,
+            **options,
+        }
+        quantize_static(
+            str(prepared), str(out_path), Batches(), op_types_to_quantize=list(ops), nodes_to_quantize=nodes, **settings
+        )
     return nodes
 
 
-def agreement(reference: dict[str, np.ndarray], quantised: dict[str, np.ndarray],
-              thresholds: tuple[float, float] | None = None) -> dict:
+def agreement(
+    reference: dict[str, np.ndarray], quantised: dict[str, np.ndarray], thresholds: tuple[float, float] | None = None
+) -> dict:
     """How far the quantised outputs moved from the float reference's, on the same images."""
     p_ref, p_q = reference["probabilities"], quantised["probabilities"]
-    out = {"max_abs_probability_change": round(float(np.abs(p_ref - p_q).max()), 4),
-           "top_class_changes": int((p_ref.argmax(1) != p_q.argmax(1)).sum())}
+    out = {
+        "max_abs_probability_change": round(float(np.abs(p_ref - p_q).max()), 4),
+        "top_class_changes": int((p_ref.argmax(1) != p_q.argmax(1)).sum()),
+    }
     if thresholds is not None and DOMAIN_OUTPUT in reference:
         s_ref, s_q = reference[DOMAIN_OUTPUT], quantised[DOMAIN_OUTPUT]
         out["median_domain_score_change"] = round(float(np.median(np.abs(s_q - s_ref) / s_ref)), 4)
@@ -105,8 +119,14 @@ def sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def quantize_model(model: str | Path, out: str | Path, data: str | Path, name: str | None = None,
-                   metrics_files: list[str] | None = None, external_files: list[str] | None = None) -> dict:
+def quantize_model(
+    model: str | Path,
+    out: str | Path,
+    data: str | Path,
+    name: str | None = None,
+    metrics_files: list[str] | None = None,
+    external_files: list[str] | None = None,
+) -> dict:
     """Exported float model (+ card) -> int8 model + card, calibrated on its own split's training part.
 
     Raises:
@@ -121,8 +141,10 @@ def quantize_model(model: str | Path, out: str | Path, data: str | Path, name: s
 
     model, out = Path(model), Path(out)
     if model.resolve() == out.resolve():
-        raise ValueError(f"--out {out} is the float model itself; the float file is the quantised one's reference, "
-                         "write the quantised model to another file")
+        raise ValueError(
+            f"--out {out} is the float model itself; the float file is the quantised one's reference, "
+            "write the quantised model to another file"
+        )
     card_file = card_path_for(model)
     if not card_file.is_file():
         raise FileNotFoundError(f"model card {card_file} not found beside {model.name}; export the model first")
@@ -132,8 +154,9 @@ def quantize_model(model: str | Path, out: str | Path, data: str | Path, name: s
         raise ValueError(f"{model} is a {arch!r} model; int8 quantisation supports {', '.join(QUANTISABLE_ARCHS)}")
     training = card["training"]
     copied = copied_metrics(metrics_files or [], training["data_fingerprint"])  # refused before any work is done
-    ds, split, images = reproduce_split(data, training["data_fingerprint"], training["split"], training["seed"],
-                                        card["architecture"]["image_size"])
+    ds, split, images = reproduce_split(
+        data, training["data_fingerprint"], training["split"], training["seed"], card["architecture"]["image_size"]
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     nodes = quantize_onnx(model, out, images[split["train"]])
 
@@ -144,13 +167,19 @@ def quantize_model(model: str | Path, out: str | Path, data: str | Path, name: s
     thresholds = (card["domain"]["threshold"], served_domain["threshold"]) if served_domain else None
     moved = agreement(reference, {name: values[:n_val] for name, values in outputs.items()}, thresholds)
 
-    card.update(name=name or out.stem, version=__version__,
-                created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                export_command=" ".join(sys.argv))
+    card.update(
+        name=name or out.stem,
+        version=__version__,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        export_command=" ".join(sys.argv),
+    )
     card["decision"] = decision
     if served_domain:
-        card["domain"].update(threshold=served_domain["threshold"], test_flagged=served_domain["test_flagged"],
-                              threshold_chosen_on=served_domain["threshold_chosen_on"])
+        card["domain"].update(
+            threshold=served_domain["threshold"],
+            test_flagged=served_domain["test_flagged"],
+            threshold_chosen_on=served_domain["threshold_chosen_on"],
+        )
     # the float card's metrics and external rows describe the float model: only this file's own measurements stay
     card["metrics"] = {f"{training['split']}_test": test_metrics, **copied}
     card.pop("external", None)
@@ -159,7 +188,7 @@ def quantize_model(model: str | Path, out: str | Path, data: str | Path, name: s
     card["versions"] = {**card.get("versions", {}), "onnxruntime": onnxruntime.__version__}  # the quantiser's
     card["quantization"] = {
         "method": "static QDQ (onnxruntime.quantization): weights int8 per output channel, activations uint8 per "
-                  "tensor, MinMax ranges",
+        "tensor, MinMax ranges",
         "calibrated_on": f"{training['split']} split, train part ({len(split['train'])} images)",
         "quantised": f"{len(nodes)} backbone nodes ({', '.join(BODY_OPS)})",
         "kept_float": "colour normalisation, Grad-CAM's layer (conv_head), classifier, Grad-CAM weights, domain score",

@@ -9,22 +9,23 @@ illumination are shifted. ``leukostage audit`` writes metrics.json and report.md
 Perturbations are pure functions on full-resolution 8-bit RGB images; the model then sees them through
 :func:`leukostage.imaging.preprocess`, like any served image.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import cv2
 import numpy as np
 
-from .classes import CLASS_KEYS, CLASSES
+from ..classes import CLASS_KEYS, CLASSES
+from ..explain import METHOD, gradcam, overlay, upsample
+from ..imaging import load_image, preprocess
+from ..predict import Predictor
 from .data import MASK_THRESHOLD, Dataset, cell_mask, discover, make_split, segmented_twin
-from .explain import METHOD, gradcam, overlay, upsample
-from .imaging import load_image, preprocess
-from .predict import Predictor
 
 # --- the numbers (one place) -------------------------------------------------------------------------------------
 # The scale bar sits in the bottom-right corner: about 31 x 21 px of 224 x 224 (rows 203-222, columns 193-223) in
@@ -84,8 +85,12 @@ def corner_box(shape: tuple[int, ...], frac: float, corner: str) -> tuple[slice,
     return rows, cols
 
 
-def mask_corners(rgb: np.ndarray, frac: float = CORNER_FRAC, corners: Iterable[str] = (SCALE_BAR_CORNER,),
-                 fill: tuple[int, int, int] | None = None) -> np.ndarray:
+def mask_corners(
+    rgb: np.ndarray,
+    frac: float = CORNER_FRAC,
+    corners: Iterable[str] = (SCALE_BAR_CORNER,),
+    fill: tuple[int, int, int] | None = None,
+) -> np.ndarray:
     """Paint corner patches (by default the scale-bar corner) with one colour.
 
     The default fill is the image's own median colour (its background), so the patch does not become a new cue.
@@ -99,8 +104,9 @@ def mask_corners(rgb: np.ndarray, frac: float = CORNER_FRAC, corners: Iterable[s
     return out
 
 
-def replace_background(rgb: np.ndarray, mask: np.ndarray,
-                       colour: tuple[int, int, int] = NEUTRAL_BACKGROUND) -> np.ndarray:
+def replace_background(
+    rgb: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = NEUTRAL_BACKGROUND
+) -> np.ndarray:
     """Keep the cell pixels, paint everything else one fixed colour."""
     _check_rgb(rgb)
     _check_mask(rgb, mask)
@@ -172,13 +178,16 @@ def load_predictor(model_path: str | Path, workdir: str | Path) -> Predictor:
 
 def predict_images(predictor: Predictor, images: list[np.ndarray]) -> np.ndarray:
     """Probabilities (N, 4) for full-resolution RGB images, each preprocessed as serving does."""
-    out = [predictor.predict_proba(np.stack([preprocess(im, predictor.image_size) for im in images[i : i + BATCH]]))
-           for i in range(0, len(images), BATCH)]
+    out = [
+        predictor.predict_proba(np.stack([preprocess(im, predictor.image_size) for im in images[i : i + BATCH]]))
+        for i in range(0, len(images), BATCH)
+    ]
     return np.concatenate(out) if out else np.zeros((0, len(CLASS_KEYS)), np.float32)
 
 
-def gradcam_images(predictor: Predictor, images: list[np.ndarray]
-                   ) -> tuple[list[np.ndarray], np.ndarray, tuple[int, int]]:
+def gradcam_images(
+    predictor: Predictor, images: list[np.ndarray]
+) -> tuple[list[np.ndarray], np.ndarray, tuple[int, int]]:
     """Grad-CAM heat maps (for the predicted class, at each image's size), probabilities, and the maps' own size."""
     heats: list[np.ndarray] = []
     probs: list[np.ndarray] = []
@@ -257,8 +266,14 @@ def _points(a: float, b: float) -> float:
     return round(100.0 * (a - b), 2)
 
 
-def run_audit(model_path: str | Path, data: str | Path, split: str | None = None, out: str | Path | None = None,
-              examples: bool = True, part: str = "test") -> dict:
+def run_audit(
+    model_path: str | Path,
+    data: str | Path,
+    split: str | None = None,
+    out: str | Path | None = None,
+    examples: bool = True,
+    part: str = "test",
+) -> dict:
     """Audit a model on a part of its own split (the test part; ``part="val"`` where a training setting is chosen
     by the audit's numbers); writes metrics.json and report.md into ``out``.
 
@@ -298,8 +313,9 @@ def run_audit(model_path: str | Path, data: str | Path, split: str | None = None
         for key in CLASS_KEYS:
             variants[f"tint_{key}"] = lambda i, key=key: retint_background(originals[i], masks[i], tints[key])
         probs = {"original": base_probs}
-        probs.update({name: predict_images(predictor, [make(i) for i in range(len(test))])
-                      for name, make in variants.items()})
+        probs.update(
+            {name: predict_images(predictor, [make(i) for i in range(len(test))]) for name, make in variants.items()}
+        )
         if examples:
             write_examples(out / "gradcam_examples.png", originals, heats, masks, y)
 
@@ -307,10 +323,13 @@ def run_audit(model_path: str | Path, data: str | Path, split: str | None = None
     base = accuracy["original"]["accuracy"]
     correct = {name: p.argmax(1) == y for name, p in probs.items()}
     # (e) another class's tint: each test image tinted with every other class's mean training background
-    other = np.array([np.mean([correct[f"tint_{k}"][j] for c, k in enumerate(CLASS_KEYS) if c != y[j]])
-                      for j in range(len(y))])
-    tint_matrix = {CLASS_KEYS[c]: {k: float(correct[f"tint_{k}"][y == c].mean()) for k in CLASS_KEYS}
-                   for c in range(len(CLASS_KEYS))}
+    other = np.array(
+        [np.mean([correct[f"tint_{k}"][j] for c, k in enumerate(CLASS_KEYS) if c != y[j]]) for j in range(len(y))]
+    )
+    tint_matrix = {
+        CLASS_KEYS[c]: {k: float(correct[f"tint_{k}"][y == c].mean()) for k in CLASS_KEYS}
+        for c in range(len(CLASS_KEYS))
+    }
     other_tint = {
         "accuracy": float(other.mean()),
         "recall": {CLASS_KEYS[c]: float(other[y == c].mean()) for c in range(len(CLASS_KEYS))},
@@ -329,8 +348,8 @@ def run_audit(model_path: str | Path, data: str | Path, split: str | None = None
     meta = {
         "model": str(model_path),
         "model_sha256": hashlib.sha256(model_path.read_bytes()).hexdigest()[:16],
-        "scored_with": "ONNX Runtime" + (" (checkpoint exported to a temporary ONNX file)" if model_path.suffix == ".pt"
-                                         else ""),
+        "scored_with": "ONNX Runtime"
+        + (" (checkpoint exported to a temporary ONNX file)" if model_path.suffix == ".pt" else ""),
         "data_fingerprint": ds.fingerprint,
         "split": split,
         "seed": prov["seed"],
@@ -339,10 +358,15 @@ def run_audit(model_path: str | Path, data: str | Path, split: str | None = None
         "n_train_for_tints": int(len(parts["train"])),
         "report": str(out),
         "command": f"leukostage audit --model {model_path} --data {data} --split {split} --part {part} --out {out}",
-        "settings": {"scale_bar_corner": SCALE_BAR_CORNER, "corner_frac": CORNER_FRAC, "mask_threshold": MASK_THRESHOLD,
-                     "neutral_background": list(NEUTRAL_BACKGROUND), "min_area_for_ratio": MIN_AREA_FOR_RATIO,
-                     "tone_gamma": TONE_GAMMA, "gradcam": f"{METHOD}; map {heats_shape[0]}x{heats_shape[1]} before "
-                     "upsampling"},
+        "settings": {
+            "scale_bar_corner": SCALE_BAR_CORNER,
+            "corner_frac": CORNER_FRAC,
+            "mask_threshold": MASK_THRESHOLD,
+            "neutral_background": list(NEUTRAL_BACKGROUND),
+            "min_area_for_ratio": MIN_AREA_FOR_RATIO,
+            "tone_gamma": TONE_GAMMA,
+            "gradcam": f"{METHOD}; map {heats_shape[0]}x{heats_shape[1]} before upsampling",
+        },
     }
     doc = {
         "meta": meta,
@@ -362,8 +386,9 @@ def run_audit(model_path: str | Path, data: str | Path, split: str | None = None
 
 
 # --- output ----------------------------------------------------------------------------------------------------------
-def write_examples(path: Path, originals: list[np.ndarray], heats: list[np.ndarray], masks: list[np.ndarray],
-                   y: np.ndarray) -> None:
+def write_examples(
+    path: Path, originals: list[np.ndarray], heats: list[np.ndarray], masks: list[np.ndarray], y: np.ndarray
+) -> None:
     """One row per class (its first test image): original | Grad-CAM overlay | cell mask."""
     rows = []
     for c in range(len(CLASS_KEYS)):
@@ -397,56 +422,81 @@ def report_markdown(doc: dict) -> str:
     }
     lines = [
         f"# Shortcut audit: {audit_name(meta['model'])} ({Path(meta['model']).name}) on the {meta['split']} split "
-        f"({meta['part']} part)", "",
+        f"({meta['part']} part)",
+        "",
         *(f"- {k}: {v}" for k, v in meta.items() if k != "settings"),
         f"- settings: {json.dumps(meta['settings'])}",
         f"- baseline from `leukostage evaluate` (same split guard): accuracy "
         f"{doc['baseline_evaluate']['accuracy']:.4f}",
         "",
-        "## Accuracy under perturbations", "",
+        "## Accuracy under perturbations",
+        "",
         f"| {meta['part']} images | accuracy | drop (points) | macro-F1 | "
-        + " | ".join(f"recall {names[k]}" for k in CLASS_KEYS) + " |",
+        + " | ".join(f"recall {names[k]}" for k in CLASS_KEYS)
+        + " |",
         "|---|---|---|---|" + "---|" * len(CLASS_KEYS),
     ]
     for name, label in labels.items():
         m = acc[name]
         drop = "" if name == "original" else f"{drops[name]:+.2f}"
-        lines.append(f"| {label} | {m['accuracy']:.4f} | {drop} | {m['macro_f1']:.4f} | "
-                     + " | ".join(f"{m['recall'][k]:.3f}" for k in CLASS_KEYS) + " |")
+        lines.append(
+            f"| {label} | {m['accuracy']:.4f} | {drop} | {m['macro_f1']:.4f} | "
+            + " | ".join(f"{m['recall'][k]:.3f}" for k in CLASS_KEYS)
+            + " |"
+        )
     ot = doc["other_class_tint"]
-    lines.append(f"| (e) another class's mean background tint (mean over the 3 other classes) | {ot['accuracy']:.4f} "
-                 f"| {drops['other_class_tint']:+.2f} | | " + " | ".join(f"{ot['recall'][k]:.3f}" for k in CLASS_KEYS)
-                 + " |")
+    lines.append(
+        f"| (e) another class's mean background tint (mean over the 3 other classes) | {ot['accuracy']:.4f} "
+        f"| {drops['other_class_tint']:+.2f} | | " + " | ".join(f"{ot['recall'][k]:.3f}" for k in CLASS_KEYS) + " |"
+    )
     lines += [
-        "", "Drops are (a) minus the perturbed accuracy, in percentage points (positive: worse).", "",
-        "### Recall by true class (rows) when given each class's mean training background tint (columns)", "",
-        "The diagonal is the control (own class's tint).", "",
+        "",
+        "Drops are (a) minus the perturbed accuracy, in percentage points (positive: worse).",
+        "",
+        "### Recall by true class (rows) when given each class's mean training background tint (columns)",
+        "",
+        "The diagonal is the control (own class's tint).",
+        "",
         "| true class \\ tint of | " + " | ".join(names[k] for k in CLASS_KEYS) + " |",
         "|---|" + "---|" * len(CLASS_KEYS),
     ]
     for c, row in ot["recall_by_true_class_and_tint_source"].items():
         lines.append(f"| {names[c]} | " + " | ".join(f"{row[k]:.3f}" for k in CLASS_KEYS) + " |")
     tints = doc["class_background_tints_train"]
-    lines += ["", "Mean background colour (RGB) per class, training part: "
-              + "; ".join(f"{names[k]} {tuple(round(v) for v in rgb)}" for k, rgb in tints.items()),
-              "", f"## Where the Grad-CAM heat lies (predicted class, original {meta['part']} images)", "",
-              "| class | images | heat mass on cells | cell area share | ratio of means | mean per-image ratio (n) "
-              "| heat mass in scale-bar corner |", "|---|---|---|---|---|---|---|"]
-    for key, b in [*att["per_class"].items(), ("overall", att["overall"])]:
-        lines.append(f"| {names.get(key, 'all')} | {b['n']} | {_pct(b['mean_mass_share_on_cells'])} | "
-                     f"{_pct(b['mean_cell_area_share'])} | {b['ratio_of_means']:.2f} | "
-                     f"{b['mean_per_image_ratio']:.2f} ({b['n_images_in_per_image_ratio']}) | "
-                     f"{_pct(b['mean_mass_share_in_scale_bar_corner'])} |")
     lines += [
-        "", f"Macro average of the per-class ratios: {att['overall']['macro_ratio_of_means']:.2f}. "
+        "",
+        "Mean background colour (RGB) per class, training part: "
+        + "; ".join(f"{names[k]} {tuple(round(v) for v in rgb)}" for k, rgb in tints.items()),
+        "",
+        f"## Where the Grad-CAM heat lies (predicted class, original {meta['part']} images)",
+        "",
+        "| class | images | heat mass on cells | cell area share | ratio of means | mean per-image ratio (n) "
+        "| heat mass in scale-bar corner |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, b in [*att["per_class"].items(), ("overall", att["overall"])]:
+        lines.append(
+            f"| {names.get(key, 'all')} | {b['n']} | {_pct(b['mean_mass_share_on_cells'])} | "
+            f"{_pct(b['mean_cell_area_share'])} | {b['ratio_of_means']:.2f} | "
+            f"{b['mean_per_image_ratio']:.2f} ({b['n_images_in_per_image_ratio']}) | "
+            f"{_pct(b['mean_mass_share_in_scale_bar_corner'])} |"
+        )
+    lines += [
+        "",
+        f"Macro average of the per-class ratios: {att['overall']['macro_ratio_of_means']:.2f}. "
         f"The scale-bar corner is {_pct(att['overall']['scale_bar_corner_area_share'])} of the image area.",
-        "", "Cell masks are the non-black pixels of the dataset's `segmented/` twins (brightest channel > "
+        "",
+        "Cell masks are the non-black pixels of the dataset's `segmented/` twins (brightest channel > "
         f"{MASK_THRESHOLD}). They mostly cover the stained white cells and blasts, rarely the red cells, and they are "
         "nearly empty for some classes (see the area shares): perturbations (c) and (d) and the mass ratio inherit "
         "that segmentation's quality.",
-        "", "## Targets", "",
-        "| target | value | met |", "|---|---|---|",
-        f"| white-balanced change within +-{TARGETS['white_balanced_drop_max_points']} points | {drops['white_balanced']:+.2f} "
+        "",
+        "## Targets",
+        "",
+        "| target | value | met |",
+        "|---|---|---|",
+        f"| white-balanced change within +-{TARGETS['white_balanced_drop_max_points']} points "
+        f"| {drops['white_balanced']:+.2f} "
         f"| {'yes' if doc['checks']['white_balanced'] else 'NO'} |",
         f"| other-class tint change within +-{TARGETS['other_class_tint_drop_max_points']} points | "
         f"{drops['other_class_tint']:+.2f} | {'yes' if doc['checks']['other_class_tint'] else 'NO'} |",
@@ -454,7 +504,10 @@ def report_markdown(doc: dict) -> str:
         f"{drops['scale_bar_masked']:+.2f} | {'yes' if doc['checks']['scale_bar_masked'] else 'NO'} |",
         f"| heat mass on cells >= {TARGETS['cell_mass_to_area_ratio_min']}x their area share (ratio of means) | "
         f"{att['overall']['ratio_of_means']:.2f} | {'yes' if doc['checks']['cell_attention'] else 'NO'} |",
-        "", "![Grad-CAM examples: original, overlay, cell mask](gradcam_examples.png)", "",
-        f"Reproduce: `{meta['command']}`", "",
+        "",
+        "![Grad-CAM examples: original, overlay, cell mask](gradcam_examples.png)",
+        "",
+        f"Reproduce: `{meta['command']}`",
+        "",
     ]
     return "\n".join(lines)

@@ -9,25 +9,26 @@ dense head is piecewise linear (ReLU), so the gradient is an exact closed form,
 w3[k] diag(relu'(z2)) W2 diag(relu'(z1)) W1, and summing it over positions only needs W1 summed over positions
 (a C x 256 constant): a few thousand multiply-adds per image instead of the full (4, C, 8, 8) gradient.
 """
+
 from __future__ import annotations
 
 import json
 import platform
 import sys
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
-from .classes import CLASSES
-from .domain import DOMAIN_OUTPUT
+from .. import __version__
+from ..classes import CLASSES
+from ..domain import DOMAIN_OUTPUT
+from ..imaging import BACKGROUND_LEVEL, BACKGROUND_QUANTILE, IMAGE_SIZE
+from ..predict import card_path_for, result_fields, session_options
 from .evaluate import headline_metrics
-from .imaging import BACKGROUND_LEVEL, BACKGROUND_QUANTILE, IMAGE_SIZE
-from .predict import card_path_for, result_fields, session_options
 
 OUTPUT_NAMES = ("probabilities", "features", "weights")
 OPSET = 18
@@ -42,8 +43,7 @@ class ServingGraph(nn.Module):
     the Mahalanobis distance of the model's domain embedding (``forward_domain``; see :mod:`leukostage.domain`).
     """
 
-    def __init__(self, model: nn.Module, temperature: float = 1.0,
-                 domain: tuple[np.ndarray, np.ndarray] | None = None):
+    def __init__(self, model: nn.Module, temperature: float = 1.0, domain: tuple[np.ndarray, np.ndarray] | None = None):
         super().__init__()
         self.model = model
         self.temperature = float(temperature)  # softmax(logits / T): T fitted on validation data calibrates
@@ -89,8 +89,13 @@ class ServingGraph(nn.Module):
         return outputs
 
 
-def export_onnx(model: nn.Module, path: str | Path, image_size: int = IMAGE_SIZE, temperature: float = 1.0,
-                domain: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    image_size: int = IMAGE_SIZE,
+    temperature: float = 1.0,
+    domain: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Path:
     """Write a single-file ONNX model with a dynamic batch dimension."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,19 +132,28 @@ def build_card(name: str, ckpt: dict, metrics: dict, command: str | None = None)
     return {
         "name": name,
         "version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "intended_use": "Research decision support only; not a diagnosis. Stage names are the seed paper's names "
         "for the Taleqani dataset's B-ALL subtypes (flow cytometry labels), not clinical stages.",
-        "classes": [
-            {"key": c.key, "display_name": c.display_name, "dataset_label": c.dataset_label} for c in CLASSES
-        ],
-        "input": {"name": "image", "shape": ["batch", mc["image_size"], mc["image_size"], 3], "dtype": "float32",
-                  "layout": "NHWC", "color": "RGB"},
+        "classes": [{"key": c.key, "display_name": c.display_name, "dataset_label": c.dataset_label} for c in CLASSES],
+        "input": {
+            "name": "image",
+            "shape": ["batch", mc["image_size"], mc["image_size"], 3],
+            "dtype": "float32",
+            "layout": "NHWC",
+            "color": "RGB",
+        },
         "outputs": list(OUTPUT_NAMES),
-        "preprocessing": {"resize": [mc["image_size"], mc["image_size"]], "interpolation": "area (shrink), linear "
-                          "(enlarge)", "scale": "1/255", "function": "leukostage.imaging.preprocess",
-                          "colour_normalisation": f"in the graph: each channel x {BACKGROUND_LEVEL} / its "
-                          f"{BACKGROUND_QUANTILE * 100:.0f}th percentile" if mc.get("colour_norm") else "none"},
+        "preprocessing": {
+            "resize": [mc["image_size"], mc["image_size"]],
+            "interpolation": "area (shrink), linear (enlarge)",
+            "scale": "1/255",
+            "function": "leukostage.imaging.preprocess",
+            "colour_normalisation": f"in the graph: each channel x {BACKGROUND_LEVEL} / its "
+            f"{BACKGROUND_QUANTILE * 100:.0f}th percentile"
+            if mc.get("colour_norm")
+            else "none",
+        },
         "architecture": mc,
         "training": {
             "data": "Taleqani ALL image dataset (CC BY 4.0), original/ images",
@@ -203,8 +217,9 @@ def fit_temperature(y_val: np.ndarray, logits_val: np.ndarray) -> float:
         return float(-np.log(np.clip(p[np.arange(len(y_val)), y_val], 1e-12, None)).mean())
 
     accuracy = ((logits_val.argmax(1) == y_val).sum() + 1) / (len(y_val) + 2)
-    floor = next((t for t in TEMPERATURE_GRID if _softmax(logits_val / t).max(1).mean() <= accuracy),
-                 TEMPERATURE_GRID[-1])
+    floor = next(
+        (t for t in TEMPERATURE_GRID if _softmax(logits_val / t).max(1).mean() <= accuracy), TEMPERATURE_GRID[-1]
+    )
     return float(max(min(TEMPERATURE_GRID, key=nll), floor))
 
 
@@ -267,8 +282,9 @@ def val_test_outputs(onnx_path: str | Path, images: np.ndarray, split: dict) -> 
     return onnx_outputs(onnx_path, images[np.concatenate([split["val"], split["test"]])].astype(np.float32) / 255.0)
 
 
-def fit_served_decision(outputs: dict[str, np.ndarray], labels: np.ndarray, split: dict,
-                        split_name: str) -> tuple[dict, dict, dict | None]:
+def fit_served_decision(
+    outputs: dict[str, np.ndarray], labels: np.ndarray, split: dict, split_name: str
+) -> tuple[dict, dict, dict | None]:
     """The decisions' thresholds, chosen on the val part, and the test part's metrics, from the served file's
     outputs for the val part then the test part (:func:`val_test_outputs`).
 
@@ -281,20 +297,26 @@ def fit_served_decision(outputs: dict[str, np.ndarray], labels: np.ndarray, spli
 
     n_val = len(split["val"])
     val_probs, test_probs = outputs["probabilities"][:n_val], outputs["probabilities"][n_val:]
-    decision = {"uncertain_below": choose_uncertain_threshold(labels[split["val"]], val_probs),
-                "chosen_on": f"{split_name} split, val part",
-                "target_selective_accuracy": UNCERTAIN_TARGET_ACCURACY}
+    decision = {
+        "uncertain_below": choose_uncertain_threshold(labels[split["val"]], val_probs),
+        "chosen_on": f"{split_name} split, val part",
+        "target_selective_accuracy": UNCERTAIN_TARGET_ACCURACY,
+    }
     y_test = labels[split["test"]]
     test_metrics = headline_metrics(compute_metrics(y_test, test_probs))
     if DOMAIN_OUTPUT not in outputs:
         return decision, test_metrics, None
     val_scores, test_scores = outputs[DOMAIN_OUTPUT][:n_val], outputs[DOMAIN_OUTPUT][n_val:]
     threshold = float(val_scores.max())
-    served = [result_fields(p, decision["uncertain_below"], float(sc), threshold)
-              for p, sc in zip(test_probs, test_scores)]
+    served = [
+        result_fields(p, decision["uncertain_below"], float(sc), threshold) for p, sc in zip(test_probs, test_scores)
+    ]
     test_metrics["decision"] = decision_metrics(y_test, served)
-    domain = {"threshold": round(threshold, 4), "test_flagged": round(float((test_scores > threshold).mean()), 4),
-              "threshold_chosen_on": f"{split_name} split, val part: the largest score ({n_val} images)"}
+    domain = {
+        "threshold": round(threshold, 4),
+        "test_flagged": round(float((test_scores > threshold).mean()), 4),
+        "threshold_chosen_on": f"{split_name} split, val part: the largest score ({n_val} images)",
+    }
     return decision, test_metrics, domain
 
 
@@ -309,8 +331,10 @@ def copied_metrics(files: list[str | Path], fingerprint: str) -> dict:
         doc = json.loads(Path(f).read_text())
         other = doc["meta"]
         if other.get("data_fingerprint") != fingerprint:  # a report on other data cannot describe this model
-            raise ValueError(f"{f} was scored on data {other.get('data_fingerprint')}, not this model's training data "
-                             f"({fingerprint}); re-run `leukostage evaluate` on the same data folder")
+            raise ValueError(
+                f"{f} was scored on data {other.get('data_fingerprint')}, not this model's training data "
+                f"({fingerprint}); re-run `leukostage evaluate` on the same data folder"
+            )
         out[f"{other['split']}_{other['part']}"] = {
             **headline_metrics(doc["metrics"]),
             **({"decision": doc["metrics"]["decision"]} if "decision" in doc["metrics"] else {}),
@@ -319,8 +343,15 @@ def copied_metrics(files: list[str | Path], fingerprint: str) -> dict:
     return out
 
 
-EXTERNAL_FIELDS = ("n", "labels", "uncertain", "refused", "leukaemia_labelled", "leukaemia_confident",
-                   "outside_domain_share")
+EXTERNAL_FIELDS = (
+    "n",
+    "labels",
+    "uncertain",
+    "refused",
+    "leukaemia_labelled",
+    "leukaemia_confident",
+    "outside_domain_share",
+)
 
 
 def external_summaries(files: list[str | Path]) -> dict:
@@ -335,9 +366,14 @@ def external_summaries(files: list[str | Path]) -> dict:
     return out
 
 
-def export_model(checkpoint: str | Path, out: str | Path, name: str | None = None,
-                 metrics_files: list[str] | None = None, data: str | Path | None = None,
-                 external_files: list[str] | None = None) -> dict:
+def export_model(
+    checkpoint: str | Path,
+    out: str | Path,
+    name: str | None = None,
+    metrics_files: list[str] | None = None,
+    data: str | Path | None = None,
+    external_files: list[str] | None = None,
+) -> dict:
     """Checkpoint -> ONNX + card.
 
     With the training data, the model's own split is rebuilt: the train part fits the domain check's mean and
@@ -369,24 +405,28 @@ def export_model(checkpoint: str | Path, out: str | Path, name: str | None = Non
         with torch.no_grad():
             logits_val = torch.cat([model(to_input(x_val[i : i + 64])) for i in range(0, len(x_val), 64)]).numpy()
         temperature = fit_temperature(y_val, logits_val)
-        calibration = {"temperature": temperature,
-                       "fitted_on": f"{meta['split']} split, val part (NLL, floored at the add-one val accuracy)",
-                       "grid": [min(TEMPERATURE_GRID), max(TEMPERATURE_GRID)]}
+        calibration = {
+            "temperature": temperature,
+            "fitted_on": f"{meta['split']} split, val part (NLL, floored at the add-one val accuracy)",
+            "grid": [min(TEMPERATURE_GRID), max(TEMPERATURE_GRID)],
+        }
         domain = shrinkage = None
         if hasattr(model, "forward_domain"):  # architectures with a domain embedding (lite0)
-            mean, whitening, shrinkage = fit_domain(embeddings(model, images[split["train"]]),
-                                                    embeddings(model, x_val))
+            mean, whitening, shrinkage = fit_domain(embeddings(model, images[split["train"]]), embeddings(model, x_val))
             domain = (mean, whitening)
         out = export_onnx(model, out, size, temperature=temperature, domain=domain)
         decision, metrics[f"{meta['split']}_test"], served_domain = fit_served_decision(
-            val_test_outputs(out, images, split), ds.labels, split, meta["split"])
+            val_test_outputs(out, images, split), ds.labels, split, meta["split"]
+        )
         if domain is not None:
             domain_card = {
-                "output": DOMAIN_OUTPUT, "threshold": served_domain["threshold"],
+                "output": DOMAIN_OUTPUT,
+                "threshold": served_domain["threshold"],
                 "method": "Mahalanobis distance of the domain embedding from the training part's Gaussian; "
-                          "covariance shrunk towards a scaled identity",
+                "covariance shrunk towards a scaled identity",
                 "embedding": model.DOMAIN_EMBEDDING,
-                "shrinkage": shrinkage, "shrinkage_chosen_on": f"{meta['split']} split, val part (likelihood)",
+                "shrinkage": shrinkage,
+                "shrinkage_chosen_on": f"{meta['split']} split, val part (likelihood)",
                 "fitted_on": f"{meta['split']} split, train part ({len(split['train'])} images)",
                 "threshold_chosen_on": served_domain["threshold_chosen_on"],
                 "embedding_dims": int(domain[0].shape[0]),

@@ -6,17 +6,18 @@ Real sources (scikit-image's bundled pictures, the two tissue images in ``not_bl
 greyscale or hue-shifted versions from) are split into a ``calibration`` part and a ``heldout`` part, so what the
 validator is scored on was never seen while fitting it. Training/test code only: scikit-image is imported lazily.
 """
+
 from __future__ import annotations
 
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
 
-from .imaging import load_image
+from ..imaging import load_image
 
 PARTS = ("calibration", "heldout")
 # Table 7 of the seed paper: the categories its validator is said to reject.
@@ -28,10 +29,14 @@ EXTRA = ("hue_shifted",)
 CATEGORIES = TABLE7 + HARD + EXTRA
 
 # scikit-image pictures that load without a network, split by source so held-out pictures are unseen.
-PHOTOS = {"calibration": ("astronaut", "coffee", "rocket", "retina"),
-          "heldout": ("chelsea", "stereo_motorcycle", "hubble_deep_field")}
-TEXTURES = {"calibration": ("camera", "brick", "grass", "coins", "moon"),
-            "heldout": ("gravel", "clock", "text", "microaneurysms")}
+PHOTOS = {
+    "calibration": ("astronaut", "coffee", "rocket", "retina"),
+    "heldout": ("chelsea", "stereo_motorcycle", "hubble_deep_field"),
+}
+TEXTURES = {
+    "calibration": ("camera", "brick", "grass", "coins", "moon"),
+    "heldout": ("gravel", "clock", "text", "microaneurysms"),
+}
 DOCUMENTS = {"calibration": ("page",), "heldout": ("text",)}
 
 # Optical densities per RGB channel (Ruifrok & Johnston) for rendering stained tissue by Beer-Lambert.
@@ -129,8 +134,9 @@ def _maybe_jpeg(img: np.ndarray, rng: np.random.Generator, p: float = 0.4) -> np
     """Round-trip through JPEG sometimes: uploads are usually compressed."""
     if rng.random() >= p:
         return img
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY,
-                                                                           int(rng.integers(60, 96))])
+    ok, buf = cv2.imencode(
+        ".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(60, 96))]
+    )
     return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
@@ -144,7 +150,7 @@ def _crop(img: np.ndarray, rng: np.random.Generator, min_frac: float = 0.4) -> n
     ch = int(h * rng.uniform(min_frac, 1.0))
     cw = int(w * rng.uniform(min_frac, 1.0))
     y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-    out = np.rot90(img[y:y + ch, x:x + cw], int(rng.integers(0, 4)))
+    out = np.rot90(img[y : y + ch, x : x + cw], int(rng.integers(0, 4)))
     if rng.random() < 0.5:
         out = out[:, ::-1]
     th, tw = _size(rng)
@@ -212,8 +218,14 @@ def landscape(rng: np.random.Generator, src: Sources) -> np.ndarray:
     clouds = _fbm(rng, h, w, 5, 3)[:, :, None]
     img = img * (1 - np.clip((clouds - 0.55) * 2.5, 0, 1)) + 245 * np.clip((clouds - 0.55) * 2.5, 0, 1)
     if rng.random() < 0.4:
-        cv2.circle(img, (int(rng.integers(0, w)), int(rng.integers(0, h // 3))), int(rng.integers(8, 40)),
-                   (255, 240, 200), -1, cv2.LINE_AA)
+        cv2.circle(
+            img,
+            (int(rng.integers(0, w)), int(rng.integers(0, h // 3))),
+            int(rng.integers(8, 40)),
+            (255, 240, 200),
+            -1,
+            cv2.LINE_AA,
+        )
     xs = np.arange(w)
     for layer in range(int(rng.integers(1, 4))):
         ridge = np.cumsum(rng.normal(0, 2.0 + layer, w))
@@ -242,13 +254,30 @@ def _document(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     img = _to_u8(np.ones((h, w, 3), np.float32) * paper)
     ink = tuple(float(c) for c in rng.uniform(0, 60, 3))
     y = int(rng.integers(20, 50))
-    font = int(rng.choice([cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_COMPLEX, cv2.FONT_HERSHEY_PLAIN,
-                           cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_TRIPLEX]))
+    font = int(
+        rng.choice(
+            [
+                cv2.FONT_HERSHEY_SIMPLEX,
+                cv2.FONT_HERSHEY_COMPLEX,
+                cv2.FONT_HERSHEY_PLAIN,
+                cv2.FONT_HERSHEY_DUPLEX,
+                cv2.FONT_HERSHEY_TRIPLEX,
+            ]
+        )
+    )
     scale = rng.uniform(0.35, 0.8)
     while y < h - 10:
         heading = rng.random() < 0.1
-        cv2.putText(img, _words(rng, int(rng.integers(5, 80))), (int(rng.integers(8, 30)), y), font,
-                    scale * (1.6 if heading else 1.0), ink, 2 if heading else 1, cv2.LINE_AA)
+        cv2.putText(
+            img,
+            _words(rng, int(rng.integers(5, 80))),
+            (int(rng.integers(8, 30)), y),
+            font,
+            scale * (1.6 if heading else 1.0),
+            ink,
+            2 if heading else 1,
+            cv2.LINE_AA,
+        )
         y += int(22 * scale / 0.5 * (1.6 if heading else 1.0)) + int(rng.integers(0, 8))
     return img
 
@@ -268,18 +297,34 @@ def _screenshot(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     for _ in range(int(rng.integers(3, 12))):  # buttons and panels
         x0, y0 = int(rng.integers(side, w - 40)), int(rng.integers(bar, h - 20))
         x1, y1 = min(w - 1, x0 + int(rng.integers(40, 200))), min(h - 1, y0 + int(rng.integers(16, 80)))
-        colour = accent if rng.random() < 0.4 else _hsv_colour(rng.integers(0, 180), rng.integers(0, 120),
-                                                               rng.integers(150, 255))
+        colour = (
+            accent
+            if rng.random() < 0.4
+            else _hsv_colour(rng.integers(0, 180), rng.integers(0, 120), rng.integers(150, 255))
+        )
         cv2.rectangle(img, (x0, y0), (x1, y1), tuple(float(c) for c in colour), -1 if rng.random() < 0.7 else 1)
     for _ in range(int(rng.integers(0, 6))):  # round icons / avatars
-        cv2.circle(img, (int(rng.integers(0, w)), int(rng.integers(bar, h))), int(rng.integers(5, 18)),
-                   tuple(float(c) for c in _hsv_colour(rng.integers(0, 180), rng.integers(50, 255), 200)), -1,
-                   cv2.LINE_AA)
+        cv2.circle(
+            img,
+            (int(rng.integers(0, w)), int(rng.integers(bar, h))),
+            int(rng.integers(5, 18)),
+            tuple(float(c) for c in _hsv_colour(rng.integers(0, 180), rng.integers(50, 255), 200)),
+            -1,
+            cv2.LINE_AA,
+        )
     img = _to_u8(img)  # putText draws on 8-bit images only
     y = bar + 20
     while y < h - 8:
-        cv2.putText(img, _words(rng, int(rng.integers(4, 40))), (side + int(rng.integers(6, 40)), y),
-                    cv2.FONT_HERSHEY_SIMPLEX, rng.uniform(0.35, 0.6), fg, 1, cv2.LINE_AA)
+        cv2.putText(
+            img,
+            _words(rng, int(rng.integers(4, 40))),
+            (side + int(rng.integers(6, 40)), y),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            rng.uniform(0.35, 0.6),
+            fg,
+            1,
+            cv2.LINE_AA,
+        )
         y += int(rng.integers(16, 40))
     return _to_u8(img)
 
@@ -323,15 +368,26 @@ def random_colour(rng: np.random.Generator, src: Sources) -> np.ndarray:
     elif kind == 2:  # random coloured discs
         img = np.ones((h, w, 3), np.float32) * rng.uniform(0, 255, 3)
         for _ in range(int(rng.integers(5, 120))):
-            cv2.circle(img, (int(rng.integers(0, w)), int(rng.integers(0, h))), int(rng.integers(3, 60)),
-                       tuple(float(c) for c in rng.uniform(0, 255, 3)), -1, cv2.LINE_AA)
+            cv2.circle(
+                img,
+                (int(rng.integers(0, w)), int(rng.integers(0, h))),
+                int(rng.integers(3, 60)),
+                tuple(float(c) for c in rng.uniform(0, 255, 3)),
+                -1,
+                cv2.LINE_AA,
+            )
         img = _to_u8(img)
     elif kind == 3:  # Mondrian rectangles
         img = np.ones((h, w, 3), np.float32) * rng.uniform(0, 255, 3)
         for _ in range(int(rng.integers(3, 30))):
             x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
-            cv2.rectangle(img, (x0, y0), (x0 + int(rng.integers(10, w // 2)), y0 + int(rng.integers(10, h // 2))),
-                          tuple(float(c) for c in rng.uniform(0, 255, 3)), -1)
+            cv2.rectangle(
+                img,
+                (x0, y0),
+                (x0 + int(rng.integers(10, w // 2)), y0 + int(rng.integers(10, h // 2))),
+                tuple(float(c) for c in rng.uniform(0, 255, 3)),
+                -1,
+            )
         img = _to_u8(img)
     else:  # a gradient between two random colours, linear or radial
         c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
@@ -393,8 +449,9 @@ def tissue_synthetic(rng: np.random.Generator, src: Sources) -> np.ndarray:
         if density[y, x] < rng.uniform(0.2, 0.6):
             continue
         axes = (max(1, int(r * rng.uniform(0.7, 1.4))), max(1, int(r * rng.uniform(0.5, 1.0))))
-        cv2.ellipse(nuclei, (x, y), axes, float(rng.uniform(0, 180)), 0, 360, float(rng.uniform(0.6, 1.0)), -1,
-                    cv2.LINE_AA)
+        cv2.ellipse(
+            nuclei, (x, y), axes, float(rng.uniform(0, 180)), 0, 360, float(rng.uniform(0.6, 1.0)), -1, cv2.LINE_AA
+        )
     if src.textures and rng.random() < 0.4:
         tex = cv2.resize(_pick(src.textures, rng, "texture"), (w, h)).astype(np.float32) / 255
         nuclei = np.maximum(nuclei, (1 - tex) ** 2)
@@ -459,29 +516,57 @@ def purple_drawing(rng: np.random.Generator, src: Sources) -> np.ndarray:
             if rng.random() < 0.6:
                 cv2.circle(img, c, max(1, r // 3), tuple(float(v) for v in (pink + paper) / 2), -1, cv2.LINE_AA)
         for _ in range(int(rng.integers(1, 8))):
-            cv2.circle(img, (int(rng.integers(0, w)), int(rng.integers(0, h))), int(r * rng.uniform(1.2, 2.2)),
-                       tuple(float(v) for v in _purple(rng, (80, 220), (60, 180))), -1, cv2.LINE_AA)
+            cv2.circle(
+                img,
+                (int(rng.integers(0, w)), int(rng.integers(0, h))),
+                int(r * rng.uniform(1.2, 2.2)),
+                tuple(float(v) for v in _purple(rng, (80, 220), (60, 180))),
+                -1,
+                cv2.LINE_AA,
+            )
     elif kind == 1:  # shapes and scribbles
         for _ in range(int(rng.integers(3, 40))):
             colour = tuple(float(v) for v in _purple(rng))
             x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
             shape = rng.integers(0, 3)
             if shape == 0:
-                cv2.ellipse(img, (x, y), (int(rng.integers(5, 80)), int(rng.integers(5, 80))),
-                            float(rng.uniform(0, 180)), 0, 360, colour, int(rng.choice([-1, 2, 4])), cv2.LINE_AA)
+                cv2.ellipse(
+                    img,
+                    (x, y),
+                    (int(rng.integers(5, 80)), int(rng.integers(5, 80))),
+                    float(rng.uniform(0, 180)),
+                    0,
+                    360,
+                    colour,
+                    int(rng.choice([-1, 2, 4])),
+                    cv2.LINE_AA,
+                )
             elif shape == 1:
                 pts = np.cumsum(rng.normal(0, 15, (int(rng.integers(3, 30)), 2)), axis=0) + (x, y)
                 cv2.polylines(img, [pts.astype(np.int32)], False, colour, int(rng.integers(1, 6)), cv2.LINE_AA)
             else:
-                cv2.rectangle(img, (x, y), (x + int(rng.integers(10, 120)), y + int(rng.integers(10, 120))),
-                              colour, int(rng.choice([-1, 2])))
+                cv2.rectangle(
+                    img,
+                    (x, y),
+                    (x + int(rng.integers(10, 120)), y + int(rng.integers(10, 120))),
+                    colour,
+                    int(rng.choice([-1, 2])),
+                )
     else:  # purple text and diagrams
         img = _to_u8(img)  # putText draws on 8-bit images only
         colour = tuple(float(v) for v in _purple(rng, (80, 255), (60, 200)))
         y = int(rng.integers(20, 40))
         while y < h - 8:
-            cv2.putText(img, _words(rng, int(rng.integers(3, 40))), (int(rng.integers(5, 40)), y),
-                        cv2.FONT_HERSHEY_SIMPLEX, rng.uniform(0.4, 1.2), colour, int(rng.integers(1, 3)), cv2.LINE_AA)
+            cv2.putText(
+                img,
+                _words(rng, int(rng.integers(3, 40))),
+                (int(rng.integers(5, 40)), y),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                rng.uniform(0.4, 1.2),
+                colour,
+                int(rng.integers(1, 3)),
+                cv2.LINE_AA,
+            )
             y += int(rng.integers(20, 50))
     img = _to_u8(img)
     if rng.random() < 0.3:  # photographed or scanned: slightly soft
@@ -503,18 +588,32 @@ def hue_shifted(rng: np.random.Generator, src: Sources) -> np.ndarray:
 
 
 GENERATORS: dict[str, Callable[[np.random.Generator, Sources], np.ndarray]] = {
-    "landscape": landscape, "text_screenshot": text_screenshot, "blank_white": blank_white, "dark": dark,
-    "greyscale_microscopy": greyscale_microscopy, "random_colour": random_colour, "photograph": photograph,
-    "tissue_he": tissue_he, "tissue_ihc": tissue_ihc, "tissue_synthetic": tissue_synthetic,
-    "purple_photo": purple_photo, "flat_lavender": flat_lavender, "purple_drawing": purple_drawing,
+    "landscape": landscape,
+    "text_screenshot": text_screenshot,
+    "blank_white": blank_white,
+    "dark": dark,
+    "greyscale_microscopy": greyscale_microscopy,
+    "random_colour": random_colour,
+    "photograph": photograph,
+    "tissue_he": tissue_he,
+    "tissue_ihc": tissue_ihc,
+    "tissue_synthetic": tissue_synthetic,
+    "purple_photo": purple_photo,
+    "flat_lavender": flat_lavender,
+    "purple_drawing": purple_drawing,
     "hue_shifted": hue_shifted,
 }
 
 
 def available(category: str, src: Sources) -> bool:
     """Whether the sources this category derives from are present (real tissue may be missing)."""
-    needs = {"tissue_he": src.he, "tissue_ihc": src.ihc, "photograph": src.photos, "hue_shifted": src.photos,
-             "greyscale_microscopy": src.smears}
+    needs = {
+        "tissue_he": src.he,
+        "tissue_ihc": src.ihc,
+        "photograph": src.photos,
+        "hue_shifted": src.photos,
+        "greyscale_microscopy": src.smears,
+    }
     return bool(needs.get(category, True))
 
 

