@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from leukostage import negatives
+from leukostage.training import negatives
 from leukostage.training.calibrate import (
     GENUINE_SOURCES,
     augment_smear,

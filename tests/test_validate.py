@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from leukostage import negatives
 from leukostage.cli import main
 from leukostage.imaging import load_image
+from leukostage.training import negatives
 from leukostage.validate import (
     FEATURE_NAMES,
     MESSAGES,
