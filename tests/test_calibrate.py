@@ -176,7 +176,7 @@ def test_report_renders_every_group():
 @pytest.mark.slow
 def test_run_end_to_end_on_a_small_slice(data_dir, tmp_path, monkeypatch):
     """The whole command on a few files per source: JSON written and loadable, report regenerable from it."""
-    from leukostage import calibrate
+    from leukostage.training import calibrate
     from leukostage.training.calibrate import CalibrationConfig, run
     from leukostage.validate import get_preset, load_calibration
 
@@ -218,7 +218,7 @@ def test_cli_calibrate_writes_the_named_file_and_predict_uses_it(data_dir, tmp_p
     import functools
     import json
 
-    from leukostage import calibrate
+    from leukostage.training import calibrate
     from leukostage.cli import main
     from leukostage.validate import VALIDATOR_PATH, validator_info
 

@@ -47,7 +47,7 @@ def test_unknown_recipe_and_precision_are_refused(data_dir, tmp_path):
 
 
 def test_interrupt_ends_training_early_but_keeps_checkpoint_and_summary(data_dir, tmp_path, monkeypatch):
-    from leukostage import train as train_module
+    from leukostage.training import train as train_module
 
     real_epoch, calls = train_module.train_one_epoch, []
 
