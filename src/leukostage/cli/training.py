@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--recipe",
         default="paper",
-        choices=("paper", "robust", "transfer", "transfer-cells"),
+        choices=("paper", "robust", "transfer", "transfer-cells", "capture"),
         help="paper: Table 3 augmentation; robust: plus colour normalisation in the model, stain "
         "jitter and a cell-attention loss (the shortcut fix); transfer: fine-tuning a pretrained body "
         "(colour normalisation, stain jitter, rotations, AdamW one-cycle with warm-up, lower body rate, "

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .. import __version__
 from ..classes import CLASS_KEYS
-from .augment import AugmentConfig, StainConfig, augment_batch, stain_jitter
+from .augment import AugmentConfig, CaptureConfig, StainConfig, augment_batch, capture_chain, stain_jitter
 from .data import Dataset, discover, load_arrays, make_split, split_summary, stain_mask
 from .model import ARCH_IMAGE_SIZE, ModelConfig, build_model, config_dict, config_from_dict
 
@@ -34,6 +34,7 @@ class Recipe:
 
     colour_norm: bool = False  # the model divides out per-channel gains (model.ColourNormalise)
     stain: StainConfig | None = None  # stain-space jitter (augment.stain_jitter)
+    capture: CaptureConfig | None = None  # another laboratory's stain, optics and camera (augment.capture_chain)
     attention_weight: float = 0.0  # weight of cell_attention_loss: Grad-CAM mass off the stained cells costs
     augment: AugmentConfig = AugmentConfig()  # Table 3 by default
     # fine-tuning a pretrained body (the "transfer" recipe): AdamW with a one-cycle schedule (linear warm-up, cosine
@@ -50,6 +51,18 @@ class Recipe:
 # Cells have no orientation: any rotation and both flips are real variations; shifts and zooms stay small because
 # magnification is part of what a class looks like. No shear (it distorts cell shape, a morphological cue).
 CELL_AUGMENT = AugmentConfig(rotation_deg=180.0, width_shift=0.1, height_shift=0.1, shear=0.0, zoom=0.1)
+
+# The capture recipe's geometry: cells still turn freely, and the field is seen at another magnification (x0.7 to
+# x1.5, the range the serving path's red-cell ruler leaves to the model), reflected at the borders like a smear.
+CAPTURE_AUGMENT = AugmentConfig(
+    rotation_deg=180.0,
+    width_shift=0.1,
+    height_shift=0.1,
+    shear=0.0,
+    zoom=0.05,
+    magnification=(0.7, 1.5),
+    padding="reflection",
+)
 
 RECIPES: dict[str, Recipe] = {
     "paper": Recipe(),  # Table 3 augmentation only, as published
@@ -74,6 +87,21 @@ RECIPES: dict[str, Recipe] = {
         stain=StainConfig(),
         attention_weight=0.25,
         augment=CELL_AUGMENT,
+        optimizer="adamw",
+        schedule="onecycle",
+        warmup_fraction=0.15,
+        body_lr_scale=0.5,
+        weight_decay=0.01,
+        label_smoothing=0.1,
+        pretrained=True,
+    ),
+    # transfer-cells under ordinary variation (issue 18): the whole capture chain of another laboratory on top
+    "capture": Recipe(
+        colour_norm=True,
+        stain=StainConfig(),
+        capture=CaptureConfig(),
+        attention_weight=0.25,
+        augment=CAPTURE_AUGMENT,
         optimizer="adamw",
         schedule="onecycle",
         warmup_fraction=0.15,
@@ -366,6 +394,8 @@ def train_one_epoch(
         x, cells = x[:, :3], x[:, 3:]
         if recipe.stain is not None:
             x = stain_jitter(x, recipe.stain, gen)
+        if recipe.capture is not None:
+            x = capture_chain(x, recipe.capture, gen)
         y = torch.from_numpy(y_train[idx])
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             maps, pooled = model.forward_maps(x)
