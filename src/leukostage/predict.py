@@ -220,8 +220,9 @@ class Analysis:
 
     result: dict
     timing_ms: dict = field(default_factory=dict)
-    rgb: np.ndarray | None = None
+    rgb: np.ndarray | None = None  # the decoded upload (its size is stored with a case's field)
     outputs: dict[str, np.ndarray] | None = None  # every graph output, kept when the caller will explain the image
+    view: np.ndarray | None = None  # what the model read (the capture layer's field): Grad-CAM is drawn on it
 
 
 def analyse_bytes(
@@ -238,7 +239,7 @@ def analyse_bytes(
     if not verdict.valid:
         timing["total"] = round((t1 - t0) * 1000, 3)
         return Analysis({"file": name, **verdict.to_dict()}, timing, rgb)
-    x = preprocess(rgb, predictor.image_size)[None]
+    x = preprocess(verdict.view, predictor.image_size)[None]
     t2 = time.perf_counter()
     outputs = predictor.run_all(x) if all_outputs else predictor.run_decision(x)
     t3 = time.perf_counter()
@@ -248,7 +249,9 @@ def analyse_bytes(
     result = {"file": name, "valid": True, **predictor.decide_batch(outputs)[0], "validator": verdict.validator}
     if verdict.checks:
         result["checks"] = verdict.checks_dict()
-    return Analysis(result, timing, rgb, outputs if all_outputs else None)
+    if verdict.capture is not None:
+        result["capture"] = verdict.capture
+    return Analysis(result, timing, rgb, outputs if all_outputs else None, verdict.view)
 
 
 def analyse_path(path: str | Path, predictor: Predictor, preset: str = DEFAULT_PRESET) -> Analysis:

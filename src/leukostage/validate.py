@@ -6,7 +6,11 @@
    ``abnormal_brightness``, ``no_stain_profile``
 3. content: a small learned smear-vs-other classifier on cheap colour / texture / blob features of a downscaled
    copy -> ``not_blood_smear``
-(4. uncertainty lives in predict.decide, after the CNN.)
+4. capture (default preset, where the validator file has a ``capture`` section; see :mod:`leukostage.capture`):
+   a photo through the eyepiece is cropped to its field; then ``underexposed``, ``overexposed``,
+   ``magnification_out_of_range`` and ``out_of_focus``, each with what was measured and what to do. The verdict of
+   a usable smear carries the model's view of it (``field``: square, at the training images' scale).
+(5. uncertainty lives in predict.decide, after the CNN.)
 
 Presets: ``paper`` is Code Snippet 4 verbatim (colour only, full resolution), kept for comparison; ``default`` uses
 colour thresholds calibrated on genuine smears plus the content check. The calibrated numbers live in
@@ -27,7 +31,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .imaging import ImageError, decode_image, read_bytes
+from . import capture
+from .capture import CaptureSettings
+from .imaging import ImageError, decode_image, read_bytes, resize_for_model
 
 PRESETS = ("default", "paper")
 DEFAULT_PRESET = "default"
@@ -48,6 +54,23 @@ MESSAGES = {
     "no_stain_profile": "No blood smear colour profile detected",
     "not_blood_smear": "Image does not look like a stained blood smear field (it resembles tissue, a photograph, "
     "a drawing or a flat colour)",
+}
+# The capture verdicts: the cause is known, so each says what was measured and what to do about it.
+CAPTURE_MESSAGES = {
+    "underexposed": "The picture is too dark: the slide's background is at {level:.0f} of 255, and at least "
+    "{need:.0f} is needed to read the stain. Increase the light or the exposure and retake.",
+    "overexposed": "The picture is washed out: even its darkest hundredth (the nuclei) is at {level:.0f} of 255, "
+    "and at most {limit:.0f} can be read. Reduce the light or the exposure and retake.",
+    "out_of_focus": "The field is out of focus: its sharpness is {value:.2f} at the model's scale, and at least "
+    "{need:.2f} is needed. Refocus and retake.",
+    "magnification_out_of_range": "Red cells measure about {diameter:.0f} px across in this picture; the model reads "
+    "fields where they measure about {expected:.0f} px ({ratio:.2f}x its scale; {low:g}x to {high:g}x can be "
+    "rescaled). {advice}",
+}
+MAGNIFICATION_ADVICE = {
+    "high": "Photograph a wider field: a lower-power objective, or less camera zoom.",
+    "low": "Photograph a closer field: a higher-power objective, or more camera zoom.",
+    "small": "At the model's scale the field is too small to read: photograph a wider field of the same slide.",
 }
 # A content score this close below the threshold is a smear the validator did not expect, not tissue or a photo.
 UNUSUAL_SMEAR_MARGIN = 0.25
@@ -117,6 +140,7 @@ class Preset:
     content: ContentModel | None = None
     analysis_side: int | None = ANALYSIS_SIDE
     validator: dict | None = None  # which calibration file: {"name", "sha256"}; recorded in every verdict
+    capture: CaptureSettings | None = None  # the capture layer's thresholds (validator files that have them)
 
 
 def active_validator_path() -> Path:
@@ -186,6 +210,7 @@ def _build_preset(name: str, path: str) -> Preset:
             ContentModel.from_dict(data["content"]),
             int(data["analysis_side"]),
             validator_info(path),
+            CaptureSettings.from_dict(data["capture"]) if "capture" in data else None,
         )
     raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
 
@@ -205,6 +230,8 @@ class ValidationResult:
     reason: str | None = None
     checks: dict[str, Check] = field(default_factory=dict)
     validator: dict | None = None  # validator_info() of the calibration that judged the image
+    capture: dict | None = None  # what the capture layer measured and did (mode, scale, focus, exposure)
+    view: np.ndarray | None = field(default=None, repr=False)  # a usable smear: what the model is to read
 
     def checks_dict(self) -> dict:
         return {
@@ -213,13 +240,16 @@ class ValidationResult:
         }
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "valid": self.valid,
             "code": self.code,
             "reason": self.reason,
             "checks": self.checks_dict(),
             "validator": self.validator,
         }
+        if self.capture is not None:
+            out["capture"] = self.capture
+        return out
 
 
 # --- layer 2: colour ------------------------------------------------------------------------------------------------
@@ -423,6 +453,84 @@ def run_checks(rgb: np.ndarray, preset: Preset) -> ValidationResult:
     return ValidationResult(True, None, None, checks, preset.validator)
 
 
+def run_gate(rgb: np.ndarray, preset: Preset) -> ValidationResult:
+    """The whole gate on a decoded image: the capture layer around the colour and content layers (:func:`run_checks`).
+
+    Returns:
+        The verdict; a usable smear's carries ``view``, what the model is to read: a square field at the training
+        images' scale (``CaptureSettings.field_px``), or the image as it is where the preset has no capture layer.
+    """
+    s = preset.capture
+    if s is None:  # the paper preset, or a validator file without capture thresholds: the image as it is
+        verdict = run_checks(rgb, preset)
+        verdict.view = rgb if verdict.valid else None
+        return verdict
+    field_px = s.field_px
+    info: dict = {"mode": "direct"}
+    circle = capture.find_eyepiece_field(rgb)
+    if circle is not None:
+        rgb = capture.eyepiece_field(rgb, circle)
+        info["mode"] = "eyepiece"
+    level = capture.background_level(rgb)
+    info["background_level"] = round(level, 1)
+    if level < s.min_background:
+        return _refuse("underexposed", {"level": level, "need": s.min_background}, preset, info)
+    dark = capture.dark_level(rgb)
+    info["dark_level"] = round(dark, 1)
+    if dark > s.max_dark_level:
+        return _refuse("overexposed", {"level": dark, "limit": s.max_dark_level}, preset, info)
+    verdict = run_checks(capture.with_background(rgb, level, s.reference_background), preset)
+    verdict.capture = info
+    if not verdict.valid and verdict.code != "not_blood_smear":
+        return verdict  # the colour layer: nothing here is a smear to measure
+    diameter = capture.red_cell_diameter(rgb)
+    ratio = None if diameter is None else diameter / s.red_cell_px
+    info["red_cell_diameter_px"] = None if diameter is None else round(diameter, 1)
+    info["scale"] = None if ratio is None else round(ratio, 3)
+    if ratio is not None and not s.scale_limits[0] <= ratio <= s.scale_limits[1]:
+        if not verdict.valid:
+            return verdict
+        advice = "high" if ratio > s.scale_limits[1] else "low"
+        return _magnification(diameter, ratio, advice, preset, info, verdict)
+    if ratio is None:
+        view = resize_for_model(rgb, field_px)  # no ruler in this picture: the whole field, as before
+    else:
+        if not s.scale_band[0] <= ratio <= s.scale_band[1]:
+            rgb = capture.to_training_scale(rgb, ratio)
+            info["rescaled_by"] = round(1.0 / ratio, 3)
+        if min(rgb.shape[:2]) < s.min_field_fraction * field_px:
+            if not verdict.valid:
+                return verdict
+            return _magnification(diameter, ratio, "small", preset, info, verdict)
+        view = capture.model_view(rgb, field_px)
+    focus = capture.focus_measure(view)
+    info["focus"] = round(focus, 3)
+    if focus < s.min_focus:
+        return _refuse("out_of_focus", {"value": focus, "need": s.min_focus}, preset, info, verdict.checks)
+    if verdict.valid:
+        verdict.view = view
+    return verdict
+
+
+def _refuse(code: str, values: dict, preset: Preset, info: dict, checks: dict | None = None) -> ValidationResult:
+    return ValidationResult(
+        False, code, CAPTURE_MESSAGES[code].format(**values), dict(checks or {}), preset.validator, info
+    )
+
+
+def _magnification(diameter: float, ratio: float, advice: str, preset: Preset, info: dict, verdict) -> ValidationResult:
+    s = preset.capture
+    values = {
+        "diameter": diameter,
+        "expected": s.red_cell_px,
+        "ratio": ratio,
+        "low": s.scale_limits[0],
+        "high": s.scale_limits[1],
+        "advice": MAGNIFICATION_ADVICE[advice],
+    }
+    return _refuse("magnification_out_of_range", values, preset, info, verdict.checks)
+
+
 def failure_message(code: str, checks: dict[str, Check]) -> str:
     """The sentence for a failed layer. A content score just short of the threshold (colour passed, since colour
     failures come first) is named an unusual smear, not tissue or a photograph."""
@@ -433,12 +541,12 @@ def failure_message(code: str, checks: dict[str, Check]) -> str:
 
 
 def validate_image(rgb: np.ndarray, preset: str = DEFAULT_PRESET) -> ValidationResult:
-    """Validate a decoded 8-bit RGB image with a named preset.
+    """Validate a decoded 8-bit RGB image with a named preset (see :func:`run_gate`).
 
     Raises:
         ValueError: unknown preset.
     """
-    return run_checks(rgb, get_preset(preset))
+    return run_gate(rgb, get_preset(preset))
 
 
 def validate_bytes(data: bytes, preset: str = DEFAULT_PRESET) -> tuple[np.ndarray | None, ValidationResult, float]:
@@ -454,7 +562,7 @@ def validate_bytes(data: bytes, preset: str = DEFAULT_PRESET) -> tuple[np.ndarra
             (time.perf_counter() - t0) * 1000,
         )
     decode_ms = (time.perf_counter() - t0) * 1000
-    return rgb, run_checks(rgb, gate), decode_ms
+    return rgb, run_gate(rgb, gate), decode_ms
 
 
 def validate_path(path, preset: str = DEFAULT_PRESET) -> ValidationResult:

@@ -184,12 +184,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
             analysis = analyse_path(item, predictor, args.preset)
             result = analysis.result
             if result["valid"]:
-                exp = explain_image(predictor, analysis.rgb, class_key)
+                exp = explain_image(predictor, analysis.view, class_key)
                 stem, n = Path(item).stem, 2
                 while stem in used:  # same file name from two folders: keep both
                     stem, n = f"{Path(item).stem}-{n}", n + 1
                 used.add(stem)
-                png, npy = save_explanation(out, stem, analysis.rgb, exp.heatmap)
+                png, npy = save_explanation(out, stem, analysis.view, exp.heatmap)
                 result = {**result, "explained_class": exp.class_key, "gradcam_png": str(png), "gradcam_npy": str(npy)}
         results.append(result)
         if not args.json:

@@ -176,6 +176,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", default="reports/validation", help="report folder")
     p.add_argument("--report-only", action="store_true", help="score an existing JSON without refitting")
     p.add_argument("--no-ablations", action="store_true", help="skip the leave-one-source-out refits")
+    p.add_argument(
+        "--capture",
+        action="store_true",
+        help="the capture layer too: calibration smears also get the model's capture chain (stain, focus, light, "
+        "noise, JPEG, eyepiece photos), and the capture thresholds are chosen on the blocked split",
+    )
     p.set_defaults(func=cmd_calibrate)
 
 
@@ -278,7 +284,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     target = calibration_target(args)
     metrics = run(
-        CalibrationConfig(data=args.data, seed=args.seed),
+        CalibrationConfig(data=args.data, seed=args.seed, capture=args.capture),
         target,
         args.report,
         refit=not args.report_only,

@@ -196,3 +196,29 @@ def capture_chain(x: torch.Tensor, cfg: CaptureConfig, generator: torch.Generato
     q = _uniform((n,), cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1, generator).floor().int().tolist()
     use = _chance(n, cfg.jpeg_p, generator).tolist()
     return jpeg_roundtrip(x, [int(qi) if u else None for qi, u in zip(q, use)])
+
+
+def simulate_eyepiece(rgb, rng, magnification: float = 2.2):
+    """A phone photo through the eyepiece of a field (uint8 RGB): magnified, a round field stop with the lens's
+    fall-off, a black surround, a little blur and JPEG. For the validator's calibration smears and the tests."""
+    import cv2
+    import numpy as np
+
+    side = int(max(rgb.shape[:2]) * magnification)
+    big = cv2.resize(rgb, (side, side), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+    yy, xx = np.mgrid[:side, :side]
+    r = np.hypot(xx - side / 2, yy - side / 2) / (rng.uniform(0.4, 0.5) * side)
+    big *= np.clip(1 - rng.uniform(0.1, 0.35) * r**2, 0, 1)[..., None]
+    big[r > 1] = 0
+    big = cv2.GaussianBlur(big, (0, 0), rng.uniform(0.5, 1.5))
+    ok, buf = cv2.imencode(".jpg", np.clip(big, 0, 255).astype(np.uint8)[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 70])
+    return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1])
+
+
+def capture_image(rgb, cfg: CaptureConfig, seed: int):
+    """:func:`capture_chain` on one uint8 RGB image (the validator's calibration smears take the model's chain)."""
+    import numpy as np
+
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 255.0
+    y = capture_chain(x, cfg, torch.Generator().manual_seed(seed))
+    return (y[0].permute(1, 2, 0).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)

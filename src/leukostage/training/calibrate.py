@@ -29,6 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..capture import eyepiece_field, find_eyepiece_field
 from ..imaging import load_image
 from ..validate import (
     ANALYSIS_SIDE,
@@ -45,12 +46,14 @@ from ..validate import (
     run_checks,
 )
 from . import negatives
+from .augment import CaptureConfig, capture_image, simulate_eyepiece
 from .data import discover, make_split
 
 GENUINE_SOURCES = ("taleqani", "pbc_sample", "bccd_smears")
 # Content threshold: the share of each source's unseen (out-of-fold) smears that must pass (issue 3 asks >= 99.5 %;
 # the extra margin keeps held-out acceptance clear of the 99 % target).
 TARGET_ACCEPTANCE = 0.998
+EYEPIECE_SHARE = 0.15  # capture-augmented calibration smears that are eyepiece photos
 COLOUR_MARGIN = 0.8  # lower colour thresholds sit at 80 % of the lowest calibration smear's value
 TARGETS = {"genuine": 0.99, "table7": 1.0, "hard": 0.95}  # issue 3: accepted share / rejected share per category
 
@@ -64,6 +67,7 @@ class CalibrationConfig:
     negatives_per_category: int = 200  # calibration part
     heldout_per_category: int = 150  # held-out part, for the report
     genuine_per_source: int = 1000  # calibration smears per source after augmentation (originals always kept)
+    capture: bool = False  # augment the calibration smears with the model's capture chain too (issue 18)
     hidden: tuple[int, ...] = (32,)
     alpha: float = 1.0  # L2 penalty of the MLP: strong, so scores spread out instead of saturating at 0 or 1
     folds: int = 5
@@ -116,12 +120,14 @@ def fingerprint(paths: list[Path], root: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def augment_smear(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def augment_smear(rgb: np.ndarray, rng: np.random.Generator, capture: bool = False) -> np.ndarray:
     """A smear as another laboratory might photograph it: cropped, rotated, rescaled, another stain and light.
 
     Colour moves in Lab, separately for the background (bright pixels) and the stained cells, so three sources
     spread into the space between them (measured: a source left out of calibration is mostly still accepted,
     see the report's ablations). Hue moves stay far from the hue-shifted negatives (140-200 degrees away).
+    With ``capture``, the model's capture chain replaces the light blur and JPEG, and some smears become eyepiece
+    photos as the gate crops them, so the content check accepts what the capture layer can answer.
     """
     h, w = rgb.shape[:2]
     ch, cw = int(h * rng.uniform(0.6, 1.0)), int(w * rng.uniform(0.6, 1.0))
@@ -142,6 +148,13 @@ def augment_smear(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         chroma = (lab[:, :, k] - 128) * rng.uniform(0.4, 1.6)
         lab[:, :, k] = 128 + chroma + background * rng.normal(0, 10) + (1 - background) * rng.normal(0, 10)
     img = cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+    if capture:  # the model's capture chain (issue 18): another stain, focus, light, sensor and JPEG
+        img = capture_image(img, CaptureConfig(), int(rng.integers(2**31)))
+        if rng.random() < EYEPIECE_SHARE:  # a phone at the eyepiece, as the gate will see it: the field cut out
+            photo = simulate_eyepiece(img, rng, rng.uniform(1.5, 2.5))
+            circle = find_eyepiece_field(photo)
+            img = eyepiece_field(photo, circle) if circle is not None else photo
+        return np.ascontiguousarray(img)
     if rng.random() < 0.2:
         img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.4, 1.2))
     if rng.random() < 0.5:
@@ -198,7 +211,7 @@ def collect_calibration(cfg: CalibrationConfig, split: dict[str, dict[str, list[
             samples.add(rgb, 1, source, f"{source}:{i}", True)
         for k in range(max(0, cfg.genuine_per_source - len(images))):
             i = k % len(images)
-            samples.add(augment_smear(images[i], rng), 1, source, f"{source}:{i}", False)
+            samples.add(augment_smear(images[i], rng, cfg.capture), 1, source, f"{source}:{i}", False)
         step = max(1, len(images) // 40)
         smears_for_negatives += images[::step]
     src = negatives.load_sources("calibration", cfg.data, tuple(smears_for_negatives))
@@ -380,7 +393,8 @@ def calibrate(
     }
     validator = {
         "format": "leukostage-validator/1",
-        "command": f"leukostage calibrate-validator --data {cfg.data} --seed {cfg.seed}",
+        "command": f"leukostage calibrate-validator --data {cfg.data} --seed {cfg.seed}"
+        + (" --capture" if cfg.capture else ""),
         "config": asdict(cfg),
         "versions": _versions(),
         "analysis_side": ANALYSIS_SIDE,
@@ -399,6 +413,11 @@ def calibrate(
         "data": data,
     }
     validator["content"] = _round(validator["content"])
+    if cfg.capture:
+        from .calibrate_capture import fit_capture
+
+        _log("capture thresholds (blocked split)")
+        validator["capture"] = fit_capture(cfg.data, cfg.seed)
     return validator
 
 

@@ -154,7 +154,7 @@ def _payload(analysis: Analysis, explain: Explain) -> dict:
     if not explain.on:
         return payload
     work: Work = g.work
-    if not work.take_pixels(*cap_size(*analysis.rgb.shape[:2], EXPLAIN_MAX_SIDE)):
+    if not work.take_pixels(*cap_size(*analysis.view.shape[:2], EXPLAIN_MAX_SIDE)):
         most = current_app.config["MAX_EXPLAINED_PIXELS"]
         payload["explanation_omitted"] = {
             "code": "explain_limit",
@@ -164,7 +164,7 @@ def _payload(analysis: Analysis, explain: Explain) -> dict:
         return payload
     work.check_time()
     t0 = time.perf_counter()
-    payload["explanation"] = explain_rgb(predictor(), analysis.rgb, explain.class_key, outputs=analysis.outputs)
+    payload["explanation"] = explain_rgb(predictor(), analysis.view, explain.class_key, outputs=analysis.outputs)
     ms = (time.perf_counter() - t0) * 1000
     timing = dict(analysis.timing_ms)
     timing["explain"] = round(ms, 3)

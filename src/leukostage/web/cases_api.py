@@ -236,7 +236,7 @@ def overlay_png(data: bytes) -> bytes | None:
     analysis = analyse_bytes(data, "field", predictor(), current_app.config["VALIDATION_PRESET"], all_outputs=True)
     if not analysis.result.get("valid"):
         return None
-    exp = explain_rgb(predictor(), analysis.rgb, outputs=analysis.outputs)
+    exp = explain_rgb(predictor(), analysis.view, outputs=analysis.outputs)
     return base64.b64decode(exp["overlay_png_base64"])
 
 

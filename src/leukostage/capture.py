@@ -1,0 +1,298 @@
+"""What the camera did to a field, and undoing what can be undone (serving path: numpy and OpenCV only).
+
+A laboratory photographs its smears with its own microscope, camera and habits. Four things vary every day and each
+has a physical handle:
+
+- **The eyepiece photo.** A phone held to the eyepiece records the round field stop and a black surround. The field
+  is the bright disc; outside it there is nothing to read. :func:`find_eyepiece_field` finds the disc,
+  :func:`eyepiece_field` keeps it, flattens the lens's radial fall-off and fills the surround with the slide's
+  background colour.
+- **Exposure.** A brighter or dimmer lamp multiplies every pixel by one gain; the model's own colour normalisation
+  divides gains out, so only what has no information left is refused: a background too dark to hold the stain's
+  contrast (:func:`background_level`), or a picture washed out so that even its darkest hundredth (the nuclei)
+  is near white (:func:`dark_level`).
+- **Magnification.** Red cells are a ruler: about 7.5 um across in every smear. :func:`red_cell_diameter` measures
+  them in pixels; a field within a factor of the training scale is rescaled to it (:func:`to_training_scale`),
+  beyond that it is refused with the measured scale.
+- **Focus.** A defocused field has lost its fine edges relative to its coarse ones (:func:`focus_measure`, measured
+  at the training scale, so magnification does not pass for blur).
+
+Every threshold comes from validation data and lives in the validator file (``capture`` section, written by
+``leukostage calibrate-validator``); this module holds only the physics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .imaging import BACKGROUND_QUANTILE
+
+# --- the physics (constants of the method, not tuned thresholds) ----------------------------------------------------
+RED_CELL_UM = 7.5  # a normal red cell's diameter: the ruler every smear carries
+RULER_SIDE = 128  # the ruler and the exposure levels look at a copy at most this long (speed); finer when needed
+MIN_RULER_PX = 6.0  # below this many pixels at the working copy the ruler measures again at full resolution
+RULER_STEPS = 7  # bisection steps of the granulometry: the diameter to within 1 % of the largest cell radius
+EYEPIECE_SIDE = 256
+SURROUND_FRACTION = 0.25  # the eyepiece's surround is darker than this share of the field's bright level
+MIN_SURROUND_AT_EDGE = 0.4  # share of the picture's outer rim that must be surround for an eyepiece photo
+MIN_ROUNDNESS = 0.8  # the bright region fills at least this share of its enclosing circle (within the picture)
+EYEPIECE_RIM = 0.03  # the outer 3 % of the disc radius is the field stop's blurred edge: filled, not kept
+FOCUS_FINE_SIGMA = 0.7  # focus: gradients after this much smoothing (pixels at the training scale; damps noise) ...
+FOCUS_COARSE_SIGMA = 2.0  # ... over gradients after this much: ~1.9 in focus, ~1.4 at 1.5 px blur, ~1.15 at 3 px
+DARK_QUANTILE = 0.01  # the picture's darkest hundredth: nuclei; if even these are near white, the stain is gone
+
+
+@dataclass(frozen=True)
+class Circle:
+    cx: float
+    cy: float
+    r: float
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    """The capture thresholds of a validator file (chosen on validation data by ``calibrate-validator``)."""
+
+    field_px: int  # the side of the training fields: every model's view is a square this size, at their scale
+    red_cell_px: float  # median red-cell diameter over the training part's fields, in their pixels
+    scale_band: tuple[float, float]  # measured / training diameter within this: left to the model, not rescaled
+    scale_limits: tuple[float, float]  # beyond this: refused (magnification_out_of_range)
+    min_field_fraction: float  # a rescaled field shorter than this share of the model input is refused too
+    min_focus: float  # focus_measure below this: out_of_focus
+    min_background: float  # background_level (0-255) below this: underexposed
+    reference_background: float  # the training fields' median background level: darker fields are brought to it
+    max_dark_level: float  # dark_level (0-255) above this: overexposed
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CaptureSettings:
+        return cls(
+            field_px=int(d["field_px"]),
+            red_cell_px=float(d["red_cell_px"]),
+            scale_band=tuple(float(v) for v in d["scale_band"]),
+            scale_limits=tuple(float(v) for v in d["scale_limits"]),
+            min_field_fraction=float(d["min_field_fraction"]),
+            min_focus=float(d["min_focus"]),
+            min_background=float(d["min_background"]),
+            reference_background=float(d["reference_background"]),
+            max_dark_level=float(d["max_dark_level"]),
+        )
+
+
+# --- small pure measurements -----------------------------------------------------------------------------------------
+def shrink(rgb: np.ndarray, side: int) -> tuple[np.ndarray, float]:
+    """A copy at most ``side`` pixels on its longest side, and the factor it was scaled by (<= 1)."""
+    h, w = rgb.shape[:2]
+    s = min(1.0, side / max(h, w))
+    if s == 1.0:
+        return rgb, 1.0
+    return cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA), s
+
+
+def grey(rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+
+
+def background_level(rgb: np.ndarray) -> float:
+    """The slide's brightness (0-255): the brightest channel's ``BACKGROUND_QUANTILE`` quantile.
+
+    Assumes bright-field illumination, where the empty slide is the brightest part and covers more than a tenth of
+    any field (the same assumption as the model's colour normalisation).
+    """
+    small, _ = shrink(rgb, RULER_SIDE)
+    return float(np.quantile(small.reshape(-1, 3), BACKGROUND_QUANTILE, axis=0).max())
+
+
+def dark_level(rgb: np.ndarray) -> float:
+    """The grey level (0-255) of the picture's darkest hundredth: the nuclei, the most stained. Near 255: washed out."""
+    small, _ = shrink(rgb, RULER_SIDE)
+    return float(np.quantile(grey(small), DARK_QUANTILE))
+
+
+def with_background(rgb: np.ndarray, level: float, reference: float) -> np.ndarray:
+    """A dim picture brightened by one gain so its background sits at ``reference`` (what a brighter lamp would have
+    recorded); pictures at or above it are returned as they are (a clipped highlight cannot be undone)."""
+    if level >= reference or level <= 0:
+        return rgb
+    return np.clip(rgb.astype(np.float32) * (reference / level), 0, 255).astype(np.uint8)
+
+
+def optical_density(rgb: np.ndarray) -> np.ndarray:
+    """Summed optical density over the channels, relative to each channel's background (Beer-Lambert): 0 on the
+    empty slide, larger where more stain absorbs; independent of the lamp's brightness and colour."""
+    f = rgb.astype(np.float32)
+    bg = np.quantile(f.reshape(-1, 3), BACKGROUND_QUANTILE, axis=0).clip(1.0, 255.0)
+    return np.maximum(-np.log(np.clip(f, 1.0, 255.0) / bg), 0.0).sum(2)
+
+
+def cell_mask(rgb: np.ndarray) -> np.ndarray | None:
+    """Cells (uint8 0/1) by Otsu's threshold on optical density, with small enclosed holes (a red cell's central
+    pallor) filled. None when the picture has no two populations (no cells, or nothing but cells)."""
+    od = optical_density(rgb)
+    top = float(np.quantile(od, 0.99))
+    if top <= 0.05:
+        return None
+    od8 = np.clip(od * (255.0 / top), 0, 255).astype(np.uint8)
+    _, mask = cv2.threshold(od8, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    share = float(mask.mean())
+    if not 0.05 <= share <= 0.9:
+        return None
+    holes = (mask == 0).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(holes, connectivity=4)
+    rim = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    small = stats[:, cv2.CC_STAT_AREA] < 0.01 * mask.size
+    small[rim] = False
+    small[0] = False  # label 0 is the cells themselves
+    mask[small[labels]] = 1
+    return mask
+
+
+def _opened_share(dist: np.ndarray, area: float, r: float) -> float:
+    """Share of the cell area that survives a morphological opening by a disc of radius ``r``: the pixels within
+    ``r`` of a point at least ``r`` from the background (two distance transforms instead of a large kernel)."""
+    core = (dist >= r).astype(np.uint8)
+    if not core.any():
+        return 0.0
+    reach = cv2.distanceTransform(1 - core, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return float(((reach <= r) & (dist > 0)).sum()) / area
+
+
+def _granulometric_diameter(mask: np.ndarray) -> float | None:
+    """The disc diameter at which an opening removes half the cell area (a granulometry's median): the size of the
+    objects that make up most of the cell area, which in a blood smear are the red cells."""
+    dist = cv2.distanceTransform(mask, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    area = float(mask.sum())
+    lo, hi = 0.5, float(dist.max())
+    if hi <= 1.0 or _opened_share(dist, area, lo) < 0.5:
+        return None
+    for _ in range(RULER_STEPS):  # the surviving share falls as the disc grows: bisect for one half
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _opened_share(dist, area, mid) >= 0.5 else (lo, mid)
+    return 2.0 * (lo + hi) / 2
+
+
+def red_cell_diameter(rgb: np.ndarray) -> float | None:
+    """The typical red-cell diameter in pixels of ``rgb``, or None when the field shows too few cells to measure.
+
+    Assumes a thin blood film, where red cells make up most of the stained area (a granulometry's median measures
+    them, not the rarer white cells), and a field of at least a few red cells across.
+    """
+    small, s = shrink(rgb, RULER_SIDE)
+    mask = cell_mask(small)
+    d = None if mask is None else _granulometric_diameter(mask)
+    if d is not None and d < MIN_RULER_PX and s < 1.0:  # too small to measure at the working copy: look closer
+        mask, s = cell_mask(rgb), 1.0
+        d = None if mask is None else _granulometric_diameter(mask)
+    return None if d is None else d / s
+
+
+def focus_measure(rgb: np.ndarray) -> float:
+    """Sharpness that contrast, exposure and stain do not change: the 99th percentile of gradient magnitude after a
+    light smoothing over that after a heavier one. Defocus removes fine edges first, so the ratio falls towards 1.
+
+    Measure it at the model's input scale (after :func:`to_training_scale`): blur is in pixels of that scale.
+    """
+    g = grey(rgb).astype(np.float32)
+
+    def edge(sigma: float) -> float:
+        s = cv2.GaussianBlur(g, (0, 0), sigma)
+        gx = cv2.Sobel(s, cv2.CV_32F, 1, 0, ksize=3)
+        gy = cv2.Sobel(s, cv2.CV_32F, 0, 1, ksize=3)
+        return float(np.quantile(cv2.magnitude(gx, gy), 0.99))
+
+    return edge(FOCUS_FINE_SIGMA) / max(edge(FOCUS_COARSE_SIGMA), 1e-3)
+
+
+# --- the eyepiece ----------------------------------------------------------------------------------------------------
+def find_eyepiece_field(rgb: np.ndarray) -> Circle | None:
+    """The bright disc of a photo taken through the eyepiece, or None for an ordinary (camera-port) field.
+
+    Assumes what a phone held to an eyepiece records: a round field, perhaps cut by the picture's edges, inside a
+    surround much darker than the slide, which covers much of the picture's rim.
+    """
+    small, s = shrink(rgb, EYEPIECE_SIDE)
+    g = small.max(axis=2)  # a surround is dark in every channel
+    bright = float(np.quantile(g, 0.95))
+    if bright < 40:
+        return None
+    surround = g < SURROUND_FRACTION * bright
+    rim = np.concatenate([surround[0], surround[-1], surround[:, 0], surround[:, -1]])
+    if rim.mean() < MIN_SURROUND_AT_EDGE or not 0.1 <= surround.mean() <= 0.85:
+        return None
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((~surround).astype(np.uint8), connectivity=8)
+    if n < 2:
+        return None
+    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    region = (labels == k).astype(np.uint8)
+    contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    (cx, cy), r = cv2.minEnclosingCircle(max(contours, key=cv2.contourArea))
+    disc = np.zeros_like(region)
+    cv2.circle(disc, (round(cx), round(cy)), round(r), 1, -1)
+    filled = cv2.morphologyEx(region, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
+    if disc.sum() == 0 or (filled & disc).sum() / disc.sum() < MIN_ROUNDNESS:
+        return None
+    return Circle(cx / s, cy / s, r / s)
+
+
+def eyepiece_field(rgb: np.ndarray, circle: Circle) -> np.ndarray:
+    """The disc's bounding square, its radial light fall-off flattened and the surround filled with the slide's
+    background colour, so that the field reads like a camera-port photograph of the same slide."""
+    h, w = rgb.shape[:2]
+    x0, x1 = max(0, int(circle.cx - circle.r)), min(w, int(np.ceil(circle.cx + circle.r)))
+    y0, y1 = max(0, int(circle.cy - circle.r)), min(h, int(np.ceil(circle.cy + circle.r)))
+    crop = rgb[y0:y1, x0:x1].astype(np.float32)
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    rho = np.hypot(xx - circle.cx, yy - circle.cy) / circle.r  # 0 at the centre, 1 at the field stop
+    inside = rho <= 1.0 - EYEPIECE_RIM
+    # fall-off: the background level (bright quantile) in rings, relative to the centre's
+    bins = np.minimum((rho * 10).astype(np.int32), 9)
+    level = np.ones(10, np.float32)
+    lum = crop.max(axis=2)
+    for b in range(10):
+        ring = lum[(bins == b) & inside]
+        if ring.size >= 50:
+            level[b] = np.quantile(ring, BACKGROUND_QUANTILE)
+    valid = level > 0
+    level = level / level[valid][0] if valid.any() else level
+    gain = 1.0 / np.clip(np.interp(rho * 10 - 0.5, np.arange(10), level), 0.2, 1.0)
+    crop = crop * gain[..., None]
+    background = np.quantile(crop[inside], BACKGROUND_QUANTILE, axis=0)
+    crop[~inside] = background
+    return np.clip(crop, 0, 255).astype(np.uint8)
+
+
+# --- to the model's scale --------------------------------------------------------------------------------------------
+def to_training_scale(rgb: np.ndarray, ratio: float) -> np.ndarray:
+    """``rgb`` resized by 1 / ``ratio``, where ``ratio`` is its red-cell diameter over the training one."""
+    h, w = rgb.shape[:2]
+    size = (max(1, round(w / ratio)), max(1, round(h / ratio)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if ratio > 1 else cv2.INTER_CUBIC)
+
+
+def stain_centre(rgb: np.ndarray) -> tuple[float, float]:
+    """(x, y) of the optical-density-weighted centre of the most stained cells (white-cell nuclei stain most)."""
+    small, s = shrink(rgb, 128)
+    od = optical_density(small)
+    weight = np.maximum(od - np.quantile(od, 0.9), 0.0)
+    if weight.sum() <= 0:
+        return rgb.shape[1] / 2, rgb.shape[0] / 2
+    yy, xx = np.indices(od.shape)
+    return float((xx * weight).sum() / weight.sum()) / s, float((yy * weight).sum() / weight.sum()) / s
+
+
+def model_view(rgb: np.ndarray, size: int) -> np.ndarray:
+    """A square field of ``size`` pixels at the scale it already has: a window of a larger field, centred on its
+    most stained cells, or a smaller field extended by reflection (as a smear goes on past the picture)."""
+    h, w = rgb.shape[:2]
+    if h == size and w == size:
+        return rgb
+    ph, pw = max(0, size - h), max(0, size - w)
+    if ph or pw:
+        rgb = cv2.copyMakeBorder(rgb, ph // 2, ph - ph // 2, pw // 2, pw - pw // 2, cv2.BORDER_REFLECT_101)
+        h, w = rgb.shape[:2]
+    cx, cy = stain_centre(rgb)
+    x0 = int(np.clip(round(cx - size / 2), 0, w - size))
+    y0 = int(np.clip(round(cy - size / 2), 0, h - size))
+    return np.ascontiguousarray(rgb[y0 : y0 + size, x0 : x0 + size])
