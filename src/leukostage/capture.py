@@ -42,6 +42,8 @@ MIN_ROUNDNESS = 0.8  # the bright region fills at least this share of its enclos
 EYEPIECE_RIM = 0.03  # the outer 3 % of the disc radius is the field stop's blurred edge: filled, not kept
 FOCUS_FINE_SIGMA = 0.7  # focus: gradients after this much smoothing (pixels at the training scale; damps noise) ...
 FOCUS_COARSE_SIGMA = 2.0  # ... over gradients after this much: ~1.9 in focus, ~1.4 at 1.5 px blur, ~1.15 at 3 px
+CLIPPED_LEVEL = 250  # a pixel this bright in every channel has lost what the stain did to it
+WASHED_OUT_SHARE = 0.5  # a picture at least half clipped, whose colour checks fail, is overexposed (cause known)
 DARK_QUANTILE = 0.01  # the picture's darkest hundredth: nuclei; if even these are near white, the stain is gone
 
 
@@ -117,6 +119,12 @@ def with_background(rgb: np.ndarray, level: float, reference: float) -> np.ndarr
     if level >= reference or level <= 0:
         return rgb
     return np.clip(rgb.astype(np.float32) * (reference / level), 0, 255).astype(np.uint8)
+
+
+def clipped_share(rgb: np.ndarray) -> float:
+    """Share of the picture at full white in every channel: a lamp so bright that the sensor saturated."""
+    small, _ = shrink(rgb, RULER_SIDE)
+    return float((small.min(axis=2) >= CLIPPED_LEVEL).mean())
 
 
 def optical_density(rgb: np.ndarray) -> np.ndarray:

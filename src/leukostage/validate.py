@@ -59,8 +59,8 @@ MESSAGES = {
 CAPTURE_MESSAGES = {
     "underexposed": "The picture is too dark: the slide's background is at {level:.0f} of 255, and at least "
     "{need:.0f} is needed to read the stain. Increase the light or the exposure and retake.",
-    "overexposed": "The picture is washed out: even its darkest hundredth (the nuclei) is at {level:.0f} of 255, "
-    "and at most {limit:.0f} can be read. Reduce the light or the exposure and retake.",
+    "overexposed": "The picture is washed out: {clipped:.0%} of it is at full white and its darkest hundredth (the "
+    "nuclei) is at {level:.0f} of 255 (at most {limit:.0f} can be read). Reduce the light or the exposure and retake.",
     "out_of_focus": "The field is out of focus: its sharpness is {value:.2f} at the model's scale, and at least "
     "{need:.2f} is needed. Refocus and retake.",
     "magnification_out_of_range": "Red cells measure about {diameter:.0f} px across in this picture; the model reads "
@@ -476,12 +476,16 @@ def run_gate(rgb: np.ndarray, preset: Preset) -> ValidationResult:
     if level < s.min_background:
         return _refuse("underexposed", {"level": level, "need": s.min_background}, preset, info)
     dark = capture.dark_level(rgb)
-    info["dark_level"] = round(dark, 1)
+    clipped = capture.clipped_share(rgb)
+    info.update(dark_level=round(dark, 1), clipped_share=round(clipped, 3))
+    washed_out = {"clipped": clipped, "level": dark, "limit": s.max_dark_level}
     if dark > s.max_dark_level:
-        return _refuse("overexposed", {"level": dark, "limit": s.max_dark_level}, preset, info)
+        return _refuse("overexposed", washed_out, preset, info)
     verdict = run_checks(capture.with_background(rgb, level, s.reference_background), preset)
     verdict.capture = info
     if not verdict.valid and verdict.code != "not_blood_smear":
+        if verdict.code in ("low_saturation", "abnormal_brightness") and clipped >= capture.WASHED_OUT_SHARE:
+            return _refuse("overexposed", washed_out, preset, info, verdict.checks)  # the lamp, not the subject
         return verdict  # the colour layer: nothing here is a smear to measure
     diameter = capture.red_cell_diameter(rgb)
     ratio = None if diameter is None else diameter / s.red_cell_px
@@ -495,10 +499,16 @@ def run_gate(rgb: np.ndarray, preset: Preset) -> ValidationResult:
     if ratio is None:
         view = resize_for_model(rgb, field_px)  # no ruler in this picture: the whole field, as before
     else:
+        as_taken = rgb
         if not s.scale_band[0] <= ratio <= s.scale_band[1]:
             rgb = capture.to_training_scale(rgb, ratio)
             info["rescaled_by"] = round(1.0 / ratio, 3)
         if min(rgb.shape[:2]) < s.min_field_fraction * field_px:
+            # blur swells the ruler's reading: a field too small only because of that is out of focus as taken
+            focus = capture.focus_measure(as_taken)
+            info["focus"] = round(focus, 3)
+            if focus < s.min_focus:
+                return _refuse("out_of_focus", {"value": focus, "need": s.min_focus}, preset, info, verdict.checks)
             if not verdict.valid:
                 return verdict
             return _magnification(diameter, ratio, "small", preset, info, verdict)

@@ -5,8 +5,9 @@ a threshold separates answers from refusals:
 
 - ``field_px``, ``red_cell_px``, ``reference_background``: the training part's fields (their side, their median
   red-cell diameter, their median background level): the scale and light the model learned.
-- ``scale_band``: the 5th to 95th percentile of the training part's diameters over their median; a field inside it
-  is left to the model (trained at magnifications x0.7 to x1.5), outside it is rescaled to the training scale.
+- ``scale_band``: the 0.5th to 99.5th percentile of the training part's diameters over their median: a scale the
+  training fields almost never had is rescaled to the training scale; inside it the field is left to the model
+  (trained at magnifications x0.7 to x1.5 on top), so that the ruler's own error never moves an ordinary field.
 - ``min_focus``: the 0.5th percentile of the validation part's fields defocused by 1.5 px (a mild defocus, which
   must be answered); below it a field is out of focus.
 - ``max_dark_level``: the 99.5th percentile of the validation part's fields at exposure x1.35 (the brightest the
@@ -54,7 +55,7 @@ def fit_capture(data: str | Path, seed: int = 42, progress: bool = False) -> dic
     val = [load_image(ds.paths[i]) for i in tqdm(split["val"], desc="validation fields", disable=not progress)]
     diameters = np.array([d for d in map(capture.red_cell_diameter, train) if d is not None])
     red_cell_px = float(np.median(diameters))
-    band = np.quantile(diameters / red_cell_px, [0.05, 0.95])
+    band = np.quantile(diameters / red_cell_px, [0.005, 0.995])
     reference = float(np.median([capture.background_level(im) for im in train]))
     sides = {im.shape[0] for im in train} | {im.shape[1] for im in train}
     if len(sides) != 1:

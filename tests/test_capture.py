@@ -1,0 +1,148 @@
+"""The capture layer on real fields made into the case each function handles (issue 18)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from leukostage import capture
+from leukostage.validate import get_preset, validate_image
+
+
+@pytest.fixture(scope="module")
+def settings():
+    s = get_preset().capture
+    assert s is not None, "the packaged validator has no capture section"
+    return s
+
+
+@pytest.fixture(scope="module")
+def fields(taleqani) -> list[np.ndarray]:
+    """Twelve real training-hospital fields, three per class folder."""
+    paths = [
+        p
+        for folder in ("normal", "cancerous/early", "cancerous/mid", "cancerous/advanced")
+        for p in sorted((taleqani / folder).glob("*.jpg"))[1:4]
+    ]
+    return [cv2.imread(str(p))[:, :, ::-1].copy() for p in paths]
+
+
+def eyepiece_photo(rgb: np.ndarray, magnification: float = 2.2, radius: float = 0.47) -> np.ndarray:
+    """A phone photo through the eyepiece: the field magnified, a round field stop with fall-off, black around."""
+    side = int(max(rgb.shape[:2]) * magnification)
+    big = cv2.resize(rgb, (side, side), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+    yy, xx = np.mgrid[:side, :side]
+    r = np.hypot(xx - side / 2, yy - side / 2) / (radius * side)
+    big *= np.clip(1 - 0.3 * r**2, 0, 1)[..., None]
+    big[r > 1] = 0
+    ok, buf = cv2.imencode(".jpg", np.clip(cv2.GaussianBlur(big, (0, 0), 1.0), 0, 255).astype(np.uint8)[:, :, ::-1])
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1].copy()
+
+
+def zoomed(rgb: np.ndarray, k: float) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    return cv2.resize(rgb, (round(w * k), round(h * k)), interpolation=cv2.INTER_CUBIC)
+
+
+def test_an_eyepiece_photo_of_a_real_field_is_found_and_cropped(fields, settings):
+    for rgb in fields[::3]:
+        photo = eyepiece_photo(rgb)
+        side = photo.shape[0]
+        circle = capture.find_eyepiece_field(photo)
+        assert circle is not None
+        assert abs(circle.cx - side / 2) < 0.03 * side and abs(circle.cy - side / 2) < 0.03 * side
+        assert abs(circle.r - 0.47 * side) < 0.03 * side
+        field = capture.eyepiece_field(photo, circle)
+        assert field.shape[0] == field.shape[1] <= side
+        corners = field[[0, 0, -1, -1], [0, -1, 0, -1]]
+        assert corners.min() > 180, "the black surround is filled with the slide's background"
+        verdict = validate_image(photo)
+        assert verdict.capture["mode"] == "eyepiece"
+        assert verdict.valid, (verdict.code, verdict.reason)
+        assert verdict.view.shape == (settings.field_px, settings.field_px, 3)
+        assert 1.6 < verdict.capture["scale"] < 2.8 and verdict.capture["rescaled_by"] < 0.7
+
+
+def test_ordinary_fields_are_not_taken_for_eyepiece_photos(fields, data_dir):
+    others = (
+        sorted((data_dir / "bccd_smears").glob("*.jpg"))[:5] + sorted((data_dir / "pbc_sample").glob("*/*.jpg"))[::50]
+    )
+    for rgb in fields + [cv2.imread(str(p))[:, :, ::-1].copy() for p in others]:
+        assert capture.find_eyepiece_field(rgb) is None
+
+
+def test_the_red_cell_ruler_scales_with_magnification(fields, settings):
+    ratios = []
+    for rgb in fields:
+        d = capture.red_cell_diameter(rgb)
+        assert d is not None and 0.6 < d / settings.red_cell_px < 1.6
+        ratios.append(capture.red_cell_diameter(zoomed(rgb, 1.5)) / d)
+    assert 1.35 < float(np.median(ratios)) < 1.65
+
+
+def test_a_100x_oil_field_is_far_from_the_training_scale_and_refused_with_it(data_dir, settings):
+    path = sorted((data_dir / "bccd_smears").glob("*.jpg"))[0]
+    rgb = cv2.imread(str(path))[:, :, ::-1].copy()
+    ratio = capture.red_cell_diameter(rgb) / settings.red_cell_px
+    assert ratio > 3.0, "BCCD's red cells are several times the training fields' (100x oil, 640x480)"
+    verdict = validate_image(rgb)
+    assert not verdict.valid and verdict.code == "magnification_out_of_range"
+    assert f"{capture.red_cell_diameter(rgb):.0f} px" in verdict.reason and "lower-power objective" in verdict.reason
+    assert verdict.checks["smear_score"].passed, "still recognised as a smear: refused for its scale only"
+
+
+def test_a_defocused_field_is_out_of_focus_and_a_mild_defocus_is_not(fields, settings):
+    for rgb in fields[::2]:
+        sharp = validate_image(rgb)
+        assert sharp.valid and sharp.capture["focus"] >= settings.min_focus
+        blurred = validate_image(cv2.GaussianBlur(rgb, (0, 0), 4.0))
+        assert not blurred.valid and blurred.code == "out_of_focus"
+        assert "Refocus and retake" in blurred.reason and blurred.capture["focus"] < settings.min_focus
+    mild = [validate_image(cv2.GaussianBlur(rgb, (0, 0), 1.0)) for rgb in fields]
+    assert sum(v.code == "out_of_focus" for v in mild) == 0
+
+
+def test_exposure_dim_is_normalised_dark_and_washed_out_are_refused_with_the_level(fields, settings):
+    for rgb in fields[::3]:
+        dim = validate_image((rgb * 0.7).astype(np.uint8))
+        assert dim.valid, (dim.code, dim.reason)
+        dark = validate_image((rgb * 0.12).astype(np.uint8))
+        assert not dark.valid and dark.code == "underexposed" and "Increase the light" in dark.reason
+        assert dark.capture["background_level"] < settings.min_background
+        bright = validate_image(np.clip(rgb.astype(np.float32) * 4.0, 0, 255).astype(np.uint8))
+        assert not bright.valid and bright.code == "overexposed" and "Reduce the light" in bright.reason
+
+
+def test_the_model_view_is_square_at_the_training_scale(fields, settings):
+    rgb = fields[0]
+    assert capture.model_view(rgb, 224) is rgb
+    big = np.vstack([rgb, rgb[::-1]])  # a taller field at the same scale: a window of it
+    view = capture.model_view(big, 224)
+    assert view.shape == (224, 224, 3)
+    small = capture.model_view(rgb[:150, :180], 224)  # a smaller field: extended by reflection
+    assert small.shape == (224, 224, 3)
+    assert np.array_equal(small[37:187, 22:202], rgb[:150, :180])
+
+
+def test_a_clean_field_is_judged_by_the_smear_layers_and_read_as_it_is(fields, settings):
+    from leukostage.validate import run_checks
+
+    for rgb in fields:
+        v = validate_image(rgb)
+        assert v.valid == run_checks(rgb, get_preset()).valid, "the capture layer leaves a clean field to the others"
+        assert v.capture["mode"] == "direct" and "rescaled_by" not in v.capture
+        if v.valid:
+            assert np.array_equal(v.view, rgb), "a training-scale field is read as it is"
+
+
+def test_the_capture_layer_passes_the_validation_parts_clean_fields(data_dir):
+    """The layer's own error rate on clean, unseen fields of the training hospital: the ruler or the focus measure
+    refuse at most 1 % of them (a rare field with a strong illumination gradient fools the ruler)."""
+    from leukostage.training.data import discover, make_split
+
+    ds = discover(data_dir)
+    val = make_split(ds, "blocked", 42)["val"]
+    codes = [validate_image(cv2.imread(str(ds.paths[i]))[:, :, ::-1].copy()).code for i in val]
+    refused = [c for c in codes if c is not None]
+    assert len(refused) <= 0.01 * len(codes), refused
