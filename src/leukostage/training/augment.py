@@ -135,16 +135,28 @@ def _log_uniform(n: int, lo: float, hi: float, generator: torch.Generator | None
     return torch.exp(_uniform((n,), math.log(lo), math.log(hi), generator))
 
 
+def mix_od(x: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
+    """Each image's optical density (N, 3, H, W) in [0, 1] mapped by its 3x3 matrix (N, 3, 3): a stain of another
+    strength (a multiple of the identity) or hue (channels mixed). Beer-Lambert: a stain changes OD, not intensity."""
+    od = -torch.log(x.clamp_min(MIN_INTENSITY))
+    return torch.exp(-torch.einsum("nij,njhw->nihw", mix.to(x.dtype), od)).clamp(0.0, 1.0)
+
+
 def stain_od(x: torch.Tensor, cfg: CaptureConfig, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Scale and mix each image's optical density (N, 3, H, W) in [0, 1]: another stain's strength and hue."""
+    """Another stain's strength and hue, sampled per image from ``cfg``."""
     n = x.shape[0]
     on = _chance(n, cfg.stain_p, generator)[:, None, None]
     strength = 1 + on[:, 0] * (_log_uniform(n, *cfg.stain_strength, generator)[:, None] - 1)
     mix = torch.eye(3) + on * _uniform((n, 3, 3), -cfg.stain_mix, cfg.stain_mix, generator) * (1 - torch.eye(3))
     gain = 1 + on[:, :, 0] * _uniform((n, 3), -cfg.stain_gain, cfg.stain_gain, generator)
-    mix = mix * gain[:, :, None] * strength[:, :, None]
-    od = -torch.log(x.clamp_min(MIN_INTENSITY))
-    return torch.exp(-torch.einsum("nij,njhw->nihw", mix, od)).clamp(0.0, 1.0)
+    return mix_od(x, mix * gain[:, :, None] * strength[:, :, None])
+
+
+def magnify(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """Every image (N, C, H, W) seen ``factor`` times larger about its centre (below 1: smaller, reflected)."""
+    theta = torch.tensor([[1.0 / factor, 0.0, 0.0], [0.0, 1.0 / factor, 0.0]], dtype=x.dtype).expand(len(x), 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
