@@ -471,12 +471,13 @@ def run_gate(rgb: np.ndarray, preset: Preset) -> ValidationResult:
     if circle is not None:
         rgb = capture.eyepiece_field(rgb, circle)
         info["mode"] = "eyepiece"
-    level = capture.background_level(rgb)
+    small, _ = capture.shrink(rgb, capture.RULER_SIDE)  # the exposure levels are read on one small copy
+    level = capture.background_level(small)
     info["background_level"] = round(level, 1)
     if level < s.min_background:
         return _refuse("underexposed", {"level": level, "need": s.min_background}, preset, info)
-    dark = capture.dark_level(rgb)
-    clipped = capture.clipped_share(rgb)
+    dark = capture.dark_level(small)
+    clipped = capture.clipped_share(small)
     info.update(dark_level=round(dark, 1), clipped_share=round(clipped, 3))
     washed_out = {"clipped": clipped, "level": dark, "limit": s.max_dark_level}
     if dark > s.max_dark_level:
