@@ -18,7 +18,7 @@ from leukostage.classes import CLASS_KEYS, DISCLAIMER
 from leukostage.explain import explain_image, overlay, png_bytes
 from leukostage.imaging import decode_image
 from leukostage.predict import analyse_bytes
-from leukostage.reports import content
+from leukostage.reports import FORMATS, ReportFormat, ReportInputs, content
 from leukostage.reports.csv import COLUMNS, case_csv
 from leukostage.reports.fhir import case_bundle
 from leukostage.reports.pdf import TOP_FIELDS, case_pdf, top_fields
@@ -544,3 +544,24 @@ def test_pdf_takes_the_longest_texts_the_service_allows(synthetic_case, card):
     assert "A" * 64 in flat and "P" * 255 in flat and "r" * 4000 in flat
     assert len(reader.pages) >= 2
     Bundle.model_validate(case_bundle(case, card))
+
+
+# --- the registry of formats --------------------------------------------------------------------------------------
+
+
+def test_every_registered_format_renders_a_case(real_fields, store, card):
+    case = make_case(real_fields, status="signed_off")
+    inputs = ReportInputs(card, store.__getitem__, lambda data: None)
+    bodies = {name: fmt.renderer()(case, inputs) for name, fmt in FORMATS.items()}
+    assert set(bodies) == {"pdf", "fhir", "csv"}
+    assert json.loads(bodies["fhir"]) == case_bundle(case, card)
+    assert bodies["csv"] == case_csv(case)
+    _, text = pdf_text(bodies["pdf"])
+    assert case["accession"] in text
+
+
+def test_an_unknown_format_module_is_an_import_error():
+    """What the case API answers with 501 ``reports_unavailable``: the format's module is not in this build."""
+    fmt = ReportFormat("nosuch", "nosuch.txt", "text/plain", "No such", "None.", ".txt", True)
+    with pytest.raises(ImportError):
+        fmt.renderer()

@@ -10,7 +10,7 @@ import csv
 import io
 
 from ..classes import CLASS_KEYS
-from . import content
+from . import ReportInputs, content
 
 COLUMNS = (
     "accession",
@@ -39,6 +39,11 @@ COLUMNS = (
     "final_field_label",
 )
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def render(case: dict, inputs: ReportInputs) -> str:
+    """The ``csv`` format of the registry (see :data:`leukostage.reports.FORMATS`)."""
+    return case_csv(case)
 
 
 def case_csv(case: dict) -> str:
