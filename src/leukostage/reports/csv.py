@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 
-from ..classes import CLASS_KEYS
+from ..classes import CLASS_KEYS, probability_column
 from . import ReportInputs, content
 
 COLUMNS = (
@@ -27,7 +27,7 @@ COLUMNS = (
     "dataset_label",
     "confidence",
     "top_class",
-    *(f"p_{k}" for k in CLASS_KEYS),
+    *(probability_column(k) for k in CLASS_KEYS),
     "uncertain_reason",
     "domain_score",
     "in_domain",
@@ -77,7 +77,7 @@ def field_row(case: dict, image: dict) -> dict:
         "dataset_label": result.get("dataset_label"),
         "confidence": result.get("confidence"),
         "top_class": result.get("top_class"),
-        **{f"p_{k}": probabilities.get(k) for k in CLASS_KEYS},
+        **{probability_column(k): probabilities.get(k) for k in CLASS_KEYS},
         "uncertain_reason": content.uncertain_reason(image),
         "domain_score": domain.get("score"),
         "in_domain": domain.get("in_domain"),
