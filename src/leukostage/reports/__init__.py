@@ -3,7 +3,7 @@ CSV table of its fields (``csv``).
 
 :data:`FORMATS` is the one list of them: the case API's routes, its OpenAPI description and the case page's download
 links are all made from it, so a new format is one module here (with a ``render(case, inputs)`` function) and one
-entry. Renderers are pure functions of the case dict (``cases.service.case_dict``, documented in CASE_SCHEMA) and of
+entry. Renderers are pure functions of the case dict (``cases.service.case_dict``) and of
 :class:`ReportInputs`: no database, no Flask, no torch. What every report says the same way (class names, the
 reviewer's final call, a field's shown label) lives in ``content``.
 """

@@ -1,4 +1,5 @@
 """A case as CSV: one row per field, the model's result beside any reviewer override (for spreadsheets and LIMS).
+Probabilities are ``probabilities_<class>`` columns, as in batch tables (``classes.probability_column``).
 
 Text a client chose (file names) is neutralised against spreadsheet formula injection: a cell that would start with
 ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading apostrophe.

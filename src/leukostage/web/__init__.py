@@ -11,7 +11,8 @@ Every setting lives in :func:`create_app`'s defaults. Each can be overridden by 
 in tests, by ``test_config``. The model is loaded here, once per process: under gunicorn that is once per worker,
 after the fork (no ``--preload``), so no ONNX Runtime thread pool is shared across a fork.
 
-The serving path imports numpy, OpenCV, ONNX Runtime and Flask only: never torch.
+Nothing here imports torch (an import-linter contract in pyproject.toml checks it, and that no blueprint imports
+another).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class InMemoryRequest(Request):
     @property
     def max_content_length(self) -> int | None:
         """The body limit of this route: one file (plus the form's framing) on ``/predict``, ``MAX_REQUEST_BYTES``
-        elsewhere. Each file is then held to ``MAX_FILE_BYTES`` (see ``api.Upload``)."""
+        elsewhere. Each file is then held to ``MAX_FILE_BYTES`` (see ``uploads.Upload``)."""
         config = current_app.config
         if self.endpoint == "api.predict_one":
             return config["MAX_FILE_BYTES"] + FORM_OVERHEAD_BYTES
@@ -99,11 +100,13 @@ def create_app(test_config: dict | None = None) -> Flask:
     if app.config["WARM_UP"]:
         warm_up(predictor, app.config["VALIDATION_PRESET"])
 
+    # imported here, not at the top: `leukostage serve` imports this package in its master process, which needs
+    # neither the views nor their SQLAlchemy and Flask-Login
     from . import api, auth, cases_api, cases_pages, context, frame, login, pages, responses
 
     context.init_app(app, predictor)  # the model for every request; where the case database and images live
     auth.init_auth(app)  # sessions, bearer tokens, CSRF, the login rate limit
-    frame.init_app(app)
+    frame.init_app(app)  # the disclaimer, also for pages outside the blueprints' views
     for blueprint in (pages.bp, api.bp, cases_api.bp, cases_pages.bp, login.bp):
         app.register_blueprint(blueprint)
     responses.register_error_handlers(app)

@@ -1,4 +1,5 @@
-"""The case API's part of the OpenAPI document (merged into ``openapi.build_spec``), and the login pages."""
+"""The case API's part of the OpenAPI document (merged into ``openapi.build_spec``): the case routes (the report
+routes from ``reports.FORMATS``, as the case API makes them), the case pages, the login pages, their schemas."""
 
 from __future__ import annotations
 
