@@ -218,8 +218,8 @@ def test_cli_calibrate_writes_the_named_file_and_predict_uses_it(data_dir, tmp_p
     import functools
     import json
 
-    from leukostage.training import calibrate
     from leukostage.cli import main
+    from leukostage.training import calibrate
     from leukostage.validate import VALIDATOR_PATH, validator_info
 
     monkeypatch.setenv("LEUKOSTAGE_VALIDATOR", str(VALIDATOR_PATH))  # restored after --validator sets it

@@ -234,6 +234,26 @@ def test_reports_fhir_pdf_csv(case_client, people, case_fields):
     assert text.status_code == 200 and len(rows) == 3
     events = c.get(f"/api/v1/cases/{cid}/audit", headers=People.auth(people.rev)).json["events"]
     assert sorted(e["detail"]["format"] for e in events if e["action"] == "exported") == ["csv", "fhir", "pdf"]
+    assert r.mimetype == "application/fhir+json" and "Content-Disposition" not in r.headers
+    assert pdf.headers["Content-Disposition"] == f'attachment; filename="case-{cid}.pdf"'
+    assert text.mimetype == "text/csv"
+    assert text.headers["Content-Disposition"] == f'attachment; filename="case-{cid}.csv"'
+
+
+def test_a_report_missing_from_the_build_is_501_and_not_recorded(case_client, people, monkeypatch):
+    """A format whose module (or its library) is not installed answers 501 before anything is recorded."""
+    from leukostage.reports import ReportFormat
+
+    def missing(self):
+        raise ImportError(f"No module named 'leukostage.reports.{self.name}'")
+
+    cid = make_case(case_client, people.tech, "REP-501")
+    monkeypatch.setattr(ReportFormat, "renderer", missing)
+    r = case_client.get(f"/api/v1/cases/{cid}/report.pdf", headers=People.auth(people.rev))
+    assert r.status_code == 501 and r.json["error"]["code"] == "reports_unavailable"
+    assert "pdf report is not available" in r.json["error"]["message"]
+    events = case_client.get(f"/api/v1/cases/{cid}/audit", headers=People.auth(people.rev)).json["events"]
+    assert not [e for e in events if e["action"] == "exported"]
 
 
 def test_no_patient_identifiers_in_logs(case_app, case_client, people, case_fields, caplog):

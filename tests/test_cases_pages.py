@@ -92,6 +92,24 @@ def test_technician_sees_no_review_controls_and_reviewer_does(case_client, peopl
     assert b'id="amend"' in page and b'id="sign-off"' not in page and b'id="file-input"' not in page
 
 
+def test_case_page_offers_every_report_format_and_each_link_downloads(case_client, people):
+    """The downloads come from reports.FORMATS, the list the case API makes its routes from."""
+    from leukostage.reports import FORMATS
+
+    r = case_client.post("/api/v1/cases", json={"accession": "PG-DL"}, headers=People.auth(people.tech))
+    case_id = r.json["id"]
+    sign_in(case_client, "tech")
+    page = case_client.get(f"/cases/{case_id}").get_data(as_text=True)
+    links = re.findall(r'<a id="download-(\w+)" href="([^"]+)" download="([^"]+)">([^<]+)</a>', page)
+    assert [name for name, *_ in links] == ["pdf", "fhir", "csv"]
+    for name, href, filename, label in links:
+        fmt = FORMATS[name]
+        assert href == f"/api/v1/cases/{case_id}/{fmt.path}" and filename == fmt.filename(case_id)
+        assert label == fmt.label
+        answer = case_client.get(href)
+        assert answer.status_code == 200 and answer.mimetype == fmt.media_type
+
+
 def test_list_searches_by_accession_and_status(case_client, people):
     for accession in ("LIST-A1", "LIST-A2", "OTHER-B"):
         case_client.post("/api/v1/cases", json={"accession": accession}, headers=People.auth(people.tech))

@@ -18,7 +18,7 @@ from leukostage.classes import CLASS_KEYS, DISCLAIMER
 from leukostage.explain import explain_image, overlay, png_bytes
 from leukostage.imaging import decode_image
 from leukostage.predict import analyse_bytes
-from leukostage.reports import content
+from leukostage.reports import FORMATS, ReportFormat, ReportInputs, content
 from leukostage.reports.csv import COLUMNS, case_csv
 from leukostage.reports.fhir import case_bundle
 from leukostage.reports.pdf import TOP_FIELDS, case_pdf, top_fields
@@ -393,10 +393,10 @@ def test_csv_has_one_row_per_field_with_the_models_result_and_the_override(real_
         if result["valid"]:
             assert row["model_label"] == result["label"]
             for key in CLASS_KEYS:
-                assert float(row[f"p_{key}"]) == pytest.approx(result["probabilities"][key])
+                assert float(row[f"probabilities_{key}"]) == pytest.approx(result["probabilities"][key])
         else:
             assert row["model_label"] == "refused" and row["refused_code"] == result["code"]
-            assert row["p_mid"] == ""
+            assert row["probabilities_mid"] == ""
     assert rows[0]["override_label"] == "advanced" and rows[0]["final_field_label"] == "advanced"
     assert rows[0]["model_label"] == real_fields[0][2]["label"]  # the model's own result stays beside it
 
@@ -544,3 +544,35 @@ def test_pdf_takes_the_longest_texts_the_service_allows(synthetic_case, card):
     assert "A" * 64 in flat and "P" * 255 in flat and "r" * 4000 in flat
     assert len(reader.pages) >= 2
     Bundle.model_validate(case_bundle(case, card))
+
+
+# --- the registry of formats --------------------------------------------------------------------------------------
+
+
+def test_batch_and_case_csv_name_the_probability_columns_alike():
+    """One convention (``probabilities_<class>``), so a case's export and a batch run's table join on the same names
+    (the case CSV said ``p_<class>`` before)."""
+    from leukostage.batch.writers import COLUMN_NAMES
+
+    expected = [f"probabilities_{key}" for key in CLASS_KEYS]
+    assert [c for c in COLUMNS if c.startswith("probabilities_")] == expected
+    assert [c for c in COLUMN_NAMES if c.startswith("probabilities_")] == expected
+    assert not [c for c in COLUMNS if c.startswith("p_")]
+
+
+def test_every_registered_format_renders_a_case(real_fields, store, card):
+    case = make_case(real_fields, status="signed_off")
+    inputs = ReportInputs(card, store.__getitem__, lambda data: None)
+    bodies = {name: fmt.renderer()(case, inputs) for name, fmt in FORMATS.items()}
+    assert set(bodies) == {"pdf", "fhir", "csv"}
+    assert json.loads(bodies["fhir"]) == case_bundle(case, card)
+    assert bodies["csv"] == case_csv(case)
+    _, text = pdf_text(bodies["pdf"])
+    assert case["accession"] in text
+
+
+def test_an_unknown_format_module_is_an_import_error():
+    """What the case API answers with 501 ``reports_unavailable``: the format's module is not in this build."""
+    fmt = ReportFormat("nosuch", "nosuch.txt", "text/plain", "No such", "None.", ".txt", True)
+    with pytest.raises(ImportError):
+        fmt.renderer()

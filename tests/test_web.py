@@ -18,13 +18,13 @@ import pytest
 from web_server import multipart, smear_candidates
 
 from leukostage import cli
-from leukostage.classes import BY_KEY, CLASS_KEYS, CLASSES, DISCLAIMER, UNCERTAIN_COLOUR
+from leukostage.classes import BY_KEY, CLASS_KEYS, CLASSES, DISCLAIMER, UNCERTAIN_COLOUR, luminance, text_colour
 from leukostage.cores import threads_per_worker
 from leukostage.explain import EXPLAIN_MAX_SIDE, METHOD, colour_scale_info
 from leukostage.imaging import MAX_BYTES, decode_image, size_limit_message
 from leukostage.validate import validate_bytes, validate_path
-from leukostage.web import PREDICTOR_KEY, REQUEST_BUDGET_S, create_app
-from leukostage.web.pages import text_colour
+from leukostage.web import REQUEST_BUDGET_S, create_app
+from leukostage.web.context import PREDICTOR_KEY
 from leukostage.web.server import bind_address, gunicorn_options, serve, worker_timeout_s
 
 WEB = Path(__file__).resolve().parents[1] / "src" / "leukostage" / "web"
@@ -132,13 +132,8 @@ def test_page_has_no_inline_script_or_style(client):
 
 @pytest.mark.parametrize("background", [c.colour for c in CLASSES] + [UNCERTAIN_COLOUR])
 def test_badge_text_is_readable(background):
-    def lum(hex_colour):
-        from leukostage.web.pages import _luminance
-
-        return _luminance(hex_colour)
-
     fg = text_colour(background)
-    hi, lo = sorted((lum(fg), lum(background)), reverse=True)
+    hi, lo = sorted((luminance(fg), luminance(background)), reverse=True)
     assert (hi + 0.05) / (lo + 0.05) >= 4.5  # WCAG AA for normal text
 
 

@@ -85,3 +85,9 @@ def text_colour(background: str) -> str:
     """
     lum = luminance(background)
     return "#000000" if (lum + 0.05) / 0.05 > 1.05 / (lum + 0.05) else "#ffffff"
+
+
+def probability_column(key: str) -> str:
+    """A class's probability as a flat table column, the same in every table leukostage writes (batch csv and
+    parquet, a case's CSV export): the nested ``probabilities`` field flattened one level, ``probabilities_<key>``."""
+    return f"probabilities_{key}"

@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..classes import CLASS_KEYS
+from ..classes import CLASS_KEYS, probability_column
 
 FORMATS = ("jsonl", "csv", "parquet")
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
@@ -37,7 +37,7 @@ FLAT_COLUMNS: tuple[tuple[str, str], ...] = (  # (column, type) for csv and parq
     ("dataset_label", "string"),
     ("confidence", "float64"),
     ("top_class", "string"),
-    *((f"probabilities_{k}", "float64") for k in CLASS_KEYS),
+    *((probability_column(k), "float64") for k in CLASS_KEYS),
     ("uncertain_reason", "string"),
     ("domain_score", "float64"),
     ("domain_threshold", "float64"),

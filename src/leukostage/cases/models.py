@@ -17,7 +17,7 @@ ROLES = ("technician", "reviewer", "admin")
 CASE_STATUSES = ("open", "signed_off", "amended")
 ACCESSION_MAX = 64
 NAME_MAX = 64
-FILENAME_MAX = 255  # the client's file name, metadata only (web.api.MAX_NAME_CHARS)
+FILENAME_MAX = 255  # the client's file name, metadata only (web.uploads.MAX_NAME_CHARS)
 
 
 def utcnow() -> datetime:

@@ -1,4 +1,5 @@
 """A case as CSV: one row per field, the model's result beside any reviewer override (for spreadsheets and LIMS).
+Probabilities are ``probabilities_<class>`` columns, as in batch tables (``classes.probability_column``).
 
 Text a client chose (file names) is neutralised against spreadsheet formula injection: a cell that would start with
 ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading apostrophe.
@@ -9,8 +10,8 @@ from __future__ import annotations
 import csv
 import io
 
-from ..classes import CLASS_KEYS
-from . import content
+from ..classes import CLASS_KEYS, probability_column
+from . import ReportInputs, content
 
 COLUMNS = (
     "accession",
@@ -27,7 +28,7 @@ COLUMNS = (
     "dataset_label",
     "confidence",
     "top_class",
-    *(f"p_{k}" for k in CLASS_KEYS),
+    *(probability_column(k) for k in CLASS_KEYS),
     "uncertain_reason",
     "domain_score",
     "in_domain",
@@ -39,6 +40,11 @@ COLUMNS = (
     "final_field_label",
 )
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def render(case: dict, inputs: ReportInputs) -> str:
+    """The ``csv`` format of the registry (see :data:`leukostage.reports.FORMATS`)."""
+    return case_csv(case)
 
 
 def case_csv(case: dict) -> str:
@@ -72,7 +78,7 @@ def field_row(case: dict, image: dict) -> dict:
         "dataset_label": result.get("dataset_label"),
         "confidence": result.get("confidence"),
         "top_class": result.get("top_class"),
-        **{f"p_{k}": probabilities.get(k) for k in CLASS_KEYS},
+        **{probability_column(k): probabilities.get(k) for k in CLASS_KEYS},
         "uncertain_reason": content.uncertain_reason(image),
         "domain_score": domain.get("score"),
         "in_domain": domain.get("in_domain"),

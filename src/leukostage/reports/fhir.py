@@ -19,6 +19,7 @@ Resource ids are UUIDs derived from the case id and accession, so the same case 
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from fhir.resources.R4B.annotation import Annotation
@@ -35,7 +36,7 @@ from fhir.resources.R4B.quantity import Quantity
 from fhir.resources.R4B.reference import Reference
 
 from ..classes import BY_KEY, CLASS_KEYS, DISCLAIMER, UNCERTAIN_KEY
-from . import content
+from . import ReportInputs, content
 
 # Code systems. HL7's where one fits; the class keys and the report's own codes are this project's (a URN, since
 # the classes are a dataset's subtypes under a paper's names, which no public terminology codes).
@@ -57,6 +58,11 @@ CLINICIAN_ASSERTED_FROM_AI = Coding(
 )
 REPORT_STATUS = {"open": "preliminary", "signed_off": "final", "amended": "amended"}
 ID_NAMESPACE = uuid.UUID("6f0b6a52-3f0e-4d35-9a43-1c5d0f8a2b71")  # fixed: ids are stable across exports
+
+
+def render(case: dict, inputs: ReportInputs) -> str:
+    """The ``fhir`` format of the registry (see :data:`leukostage.reports.FORMATS`): the bundle as JSON text."""
+    return json.dumps(case_bundle(case, inputs.card))
 
 
 def case_bundle(case: dict, card: dict) -> dict:

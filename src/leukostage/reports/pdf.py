@@ -38,10 +38,7 @@ from reportlab.platypus import (
 
 from ..classes import BY_KEY, CLASS_KEYS, DISCLAIMER, UNCERTAIN_COLOUR, text_colour
 from ..imaging import ImageError, decode_image
-from . import content
-
-ReadImage = Callable[[str], bytes]
-Overlay = Callable[[bytes], "bytes | None"]
+from . import Overlay, ReadImage, ReportInputs, content
 
 MARGIN = 15 * mm
 THUMBS_PER_ROW = 6
@@ -57,6 +54,11 @@ FALLBACK_LIMITS = (  # true of every leukostage model; a card's own "limitations
     "Fields below the model's confidence threshold are called uncertain; fields outside its training domain and "
     "images refused by the input check do not enter the case call.",
 )
+
+
+def render(case: dict, inputs: ReportInputs) -> bytes:
+    """The ``pdf`` format of the registry (see :data:`leukostage.reports.FORMATS`)."""
+    return case_pdf(case, inputs.card, inputs.read_image, inputs.overlay)
 
 
 def case_pdf(case: dict, card: dict, read_image: ReadImage, overlay: Overlay) -> bytes:

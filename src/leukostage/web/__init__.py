@@ -1,11 +1,18 @@
-"""The web app and HTTP API: an application factory, two blueprints (the page and the API), one config.
+"""The web app and HTTP API: one application factory, one config, one request context, five blueprints.
+
+:func:`create_app` registers every blueprint itself: ``pages`` (the upload page), ``api`` (prediction, health, model
+card, OpenAPI), ``cases_api`` and ``cases_pages`` (the laboratory's cases, over ``cases.service``), ``login``
+(sign-in and sign-out); then the JSON error handlers and the security headers. The blueprints share what a request
+needs through :mod:`.context` (the model, a database transaction, the image store), :mod:`.uploads`, :mod:`.auth`,
+:mod:`.frame` and :mod:`.responses`, and never import one another.
 
 Every setting lives in :func:`create_app`'s defaults. Each can be overridden by an environment variable
 ``LEUKOSTAGE_<KEY>`` (values parsed as JSON where they can be, e.g. ``LEUKOSTAGE_MAX_FILE_BYTES=5000000``) and,
 in tests, by ``test_config``. The model is loaded here, once per process: under gunicorn that is once per worker,
 after the fork (no ``--preload``), so no ONNX Runtime thread pool is shared across a fork.
 
-The serving path imports numpy, OpenCV, ONNX Runtime and Flask only: never torch.
+Nothing here imports torch (an import-linter contract in pyproject.toml checks it, and that no blueprint imports
+another).
 """
 
 from __future__ import annotations
@@ -19,7 +26,6 @@ from ..imaging import MAX_BYTES, MAX_REQUEST_BYTES
 from ..predict import Predictor, default_model_path
 from ..validate import DEFAULT_PRESET, PRESETS
 
-PREDICTOR_KEY = "leukostage.predictor"  # where the loaded model lives: app.extensions[PREDICTOR_KEY]
 # Work per request, bounded so that one request cannot hold a worker until gunicorn kills it (gunicorn's timeout,
 # server.worker_timeout_s, is derived from REQUEST_BUDGET_S): at most this much server time, and at most this many
 # heat-map pixels (four overlays at explain.EXPLAIN_MAX_SIDE).
@@ -38,7 +44,7 @@ class InMemoryRequest(Request):
     @property
     def max_content_length(self) -> int | None:
         """The body limit of this route: one file (plus the form's framing) on ``/predict``, ``MAX_REQUEST_BYTES``
-        elsewhere. Each file is then held to ``MAX_FILE_BYTES`` (see ``api.Upload``)."""
+        elsewhere. Each file is then held to ``MAX_FILE_BYTES`` (see ``uploads.Upload``)."""
         config = current_app.config
         if self.endpoint == "api.predict_one":
             return config["MAX_FILE_BYTES"] + FORM_OVERHEAD_BYTES
@@ -55,7 +61,8 @@ class InMemoryRequest(Request):
 
 
 def create_app(test_config: dict | None = None) -> Flask:
-    """Build the app: config, the model (loaded once), blueprints, error handlers, security headers.
+    """Build the app: config, the model (loaded once), the case settings and auth, every blueprint, the error
+    handlers, the security headers.
 
     Args:
         test_config: overrides applied last (tests pass e.g. ``MODEL_PATH`` or a small ``MAX_FILE_BYTES``).
@@ -92,15 +99,16 @@ def create_app(test_config: dict | None = None) -> Flask:
     predictor = Predictor.load(app.config["MODEL_PATH"], threads=int(threads) if threads else None)
     if app.config["WARM_UP"]:
         warm_up(predictor, app.config["VALIDATION_PRESET"])
-    app.extensions[PREDICTOR_KEY] = predictor
 
-    from . import api, pages, responses
+    # imported here, not at the top: `leukostage serve` imports this package in its master process, which needs
+    # neither the views nor their SQLAlchemy and Flask-Login
+    from . import api, auth, cases_api, cases_pages, context, frame, login, pages, responses
 
-    app.register_blueprint(pages.bp)
-    app.register_blueprint(api.bp)
-    from .cases_api import init_cases  # cases: database, auth, the case API (issue 10)
-
-    init_cases(app)
+    context.init_app(app, predictor)  # the model for every request; where the case database and images live
+    auth.init_auth(app)  # sessions, bearer tokens, CSRF, the login rate limit
+    frame.init_app(app)  # the disclaimer, also for pages outside the blueprints' views
+    for blueprint in (pages.bp, api.bp, cases_api.bp, cases_pages.bp, login.bp):
+        app.register_blueprint(blueprint)
     responses.register_error_handlers(app)
     app.after_request(responses.security_headers)
     return app

@@ -19,25 +19,18 @@ import time
 from typing import NamedTuple
 
 from flask import Blueprint, current_app, g, jsonify, request
-from werkzeug.datastructures import FileStorage
 
 from ..classes import parse_class
-from ..explain import EXPLAIN_MAX_SIDE, GRADCAM_OUTPUTS, cap_size, explain_rgb
-from ..imaging import size_limit_message
-from ..predict import Analysis, Predictor, analyse_bytes
-from . import PREDICTOR_KEY
+from ..explain import EXPLAIN_MAX_SIDE, cap_size, explain_rgb
+from ..predict import Analysis
+from .context import PREDICTOR_KEY, can_explain, predictor
 from .openapi import build_spec
 from .responses import NOT_A_SMEAR_STATUS, STATUS_BY_CODE, ApiError
+from .uploads import Upload, uploads
 
 bp = Blueprint("api", __name__)
 
-MAX_NAME_CHARS = 255  # the client's file name is echoed back (never used as a path); keep it short
-EMPTY_REASON = "The file is empty; choose an image file (JPEG, PNG, TIFF or BMP)."
 EXPLAIN_ON = frozenset({"1", "true", "yes"})  # ?explain= values that ask for Grad-CAM (case-insensitive)
-
-
-def predictor() -> Predictor:
-    return current_app.extensions[PREDICTOR_KEY]
 
 
 class Work:
@@ -74,34 +67,6 @@ def start_the_clock() -> None:
     g.work = Work(float(current_app.config["REQUEST_BUDGET_S"]), int(current_app.config["MAX_EXPLAINED_PIXELS"]))
 
 
-class Upload:
-    """One uploaded file part, read into memory (see ``InMemoryRequest``): the client's name and the bytes."""
-
-    def __init__(self, part: FileStorage):
-        self.named = bool(part.filename)
-        self.name = (part.filename or "upload")[:MAX_NAME_CHARS]  # echoed back, never used as a path
-        self.data = part.read()
-
-    def refusal(self) -> tuple[int, str, str] | None:
-        """Why this file is not analysed at all, as (HTTP status, code, message): empty, or over the per-file limit
-        ``MAX_FILE_BYTES``; None when it goes through the pipeline."""
-        if not self.data:
-            return 400, "empty_file", EMPTY_REASON
-        limit = current_app.config["MAX_FILE_BYTES"]
-        if len(self.data) > limit:
-            return 413, "file_too_large", size_limit_message(len(self.data), limit, "file")
-        return None
-
-    def analyse(self, explain: bool = False) -> Analysis:
-        """The shared pipeline on these bytes (keeping Grad-CAM's outputs when it will explain)."""
-        return analyse_bytes(self.data, self.name, predictor(), current_app.config["VALIDATION_PRESET"], explain)
-
-
-def can_explain(loaded: Predictor) -> bool:
-    """Whether the model's graph has the Grad-CAM outputs (every model `leukostage export` writes has them)."""
-    return GRADCAM_OUTPUTS <= set(loaded.outputs)
-
-
 class Explain(NamedTuple):
     """What the query string asks for: Grad-CAM or not, and for which class (None: the predicted one)."""
 
@@ -136,7 +101,7 @@ class Explain(NamedTuple):
                     f"'class={key}' chooses which class the heat map explains, but explain={asked!r} "
                     "turns the heat map off; drop one of the two (explain=1 or no explain at all).",
                 )
-        if on and not can_explain(predictor()):
+        if on and not can_explain():
             raise ApiError(
                 501,
                 "explain_unavailable",
@@ -173,12 +138,6 @@ def _payload(analysis: Analysis, explain: Explain) -> dict:
     return payload
 
 
-def _uploads(field: str) -> list[Upload]:
-    """The file parts of ``field``, without the nameless empty part browsers send when no file was chosen."""
-    uploads = [Upload(part) for part in request.files.getlist(field)]
-    return [u for u in uploads if u.data or u.named]
-
-
 def _read_request(field: str, limit: int, too_many: str) -> tuple[list[Upload], Explain]:
     """The uploads of ``field`` and the explain options, read in that order (body first, see ``Explain``).
 
@@ -186,31 +145,31 @@ def _read_request(field: str, limit: int, too_many: str) -> tuple[list[Upload], 
         ApiError: 400 ``no_file`` without an upload; 400 ``too_many_files`` (``too_many``, formatted with the count
             as ``n``) over ``limit``; the errors of :meth:`Explain.from_request`.
     """
-    uploads = _uploads(field)
+    files = uploads(field)
     explain = Explain.from_request()
-    if not uploads:
+    if not files:
         raise ApiError(
             400,
             "no_file",
             f"No file in the request: send the image as multipart/form-data in the field "
             f"'{field}' (JPEG, PNG, TIFF or BMP).",
         )
-    if len(uploads) > limit:
-        raise ApiError(400, "too_many_files", too_many.format(n=len(uploads)))
-    return uploads, explain
+    if len(files) > limit:
+        raise ApiError(400, "too_many_files", too_many.format(n=len(files)))
+    return files, explain
 
 
 @bp.post("/predict")
 def predict_one():
     """One image in the multipart field ``file``: 200 with the prediction, or an error status."""
-    uploads, explain = _read_request(
+    files, explain = _read_request(
         "file", 1, "/predict takes one file; {n} were sent. Use /api/v1/predict for several."
     )
-    refused = uploads[0].refusal()
+    refused = files[0].refusal()
     if refused:
         raise ApiError(*refused)
     g.work.check_time()
-    analysis = uploads[0].analyse(explain.on)
+    analysis = files[0].analyse(explain.on)
     result = analysis.result
     if not result["valid"]:
         extra = {"checks": result["checks"]} if result.get("checks") else {}
@@ -224,9 +183,9 @@ def predict_one():
 def predict_many():
     """One or many images in the multipart field ``files``: 200 with one entry per file, in order."""
     limit = current_app.config["MAX_FILES"]
-    uploads, explain = _read_request("files", limit, f"{{n}} files were sent; at most {limit} per request.")
+    files, explain = _read_request("files", limit, f"{{n}} files were sent; at most {limit} per request.")
     out = []
-    for upload in uploads:
+    for upload in files:
         refused = upload.refusal()
         if refused:
             _, code, reason = refused

@@ -2,24 +2,23 @@
 
 Every route needs a signed-in user or a bearer token (401), a role where it changes a case (403), a case that exists
 (404); writes that the case's state forbids are 409. Errors are the API's JSON ``{"error": {"code", "message"}}``.
-Uploads run the same ``predict.analyse_bytes`` as ``/api/v1/predict`` and commit one transaction per field.
+Uploads run the same ``predict.analyse_bytes`` as ``/api/v1/predict`` and commit one transaction per field. The
+report routes are made from ``reports.FORMATS``, one per format.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from flask_login import current_user, login_required
-from sqlalchemy.orm import Session
 
-from ..cases import db, service
-from ..cases.store import ImageStore
-from .api import EMPTY_REASON, _uploads, can_explain, predictor
+from ..cases import service
+from ..reports import FORMATS, ReportInputs
 from .auth import protect_writes
-from .responses import ApiError, _drain_refused_body, error_response
+from .context import can_explain, predictor, store, transaction
+from .responses import ApiError
+from .uploads import EMPTY_REASON, uploads
 
 bp = Blueprint("cases_api", __name__)
 bp.before_request(protect_writes)
@@ -31,41 +30,6 @@ IMAGE_TYPES = (
     (b"MM\x00*", "image/tiff"),
     (b"BM", "image/bmp"),
 )
-
-
-@contextmanager
-def transaction() -> Iterator[Session]:
-    with db.session_scope(current_app.config["DATABASE_URL"]) as session:
-        yield session
-
-
-def store() -> ImageStore:
-    return ImageStore(current_app.config["STORAGE"])
-
-
-def _service_error(exc: service.ServiceError):
-    _drain_refused_body()
-    return error_response(exc.status, exc.code, exc.message)
-
-
-def init_cases(app) -> None:
-    """The case part of the app: database and store settings, auth (sessions, tokens, CSRF, login limit), this API.
-
-    ``DATABASE_URL``, ``STORAGE`` and ``INSTANCE`` come from $LEUKOSTAGE_DATABASE_URL, $LEUKOSTAGE_STORAGE and
-    $LEUKOSTAGE_INSTANCE (read by ``create_app``'s prefixed-env config, or here through ``cases.config``).
-    """
-    from ..cases.config import database_url, instance_dir, storage_dir
-    from .auth import init_auth
-
-    app.config.setdefault("INSTANCE", str(instance_dir()))
-    app.config.setdefault("DATABASE_URL", database_url())
-    app.config.setdefault("STORAGE", str(storage_dir()))
-    init_auth(app)
-    app.register_error_handler(service.ServiceError, _service_error)
-    app.register_blueprint(bp)
-    from .cases_pages import register as register_pages  # the case pages (HTML) over the same service
-
-    register_pages(app)
 
 
 def _json_body() -> dict:
@@ -134,22 +98,22 @@ def _analyse(upload) -> tuple[service.Field, dict]:
 @login_required
 def add_images(case_id: int):
     """Analyse and store each file of the multipart field ``files``, one transaction per file; 201 with the list."""
-    uploads = _uploads("files")
+    files = uploads("files")
     limit = current_app.config["MAX_FILES"]
     with transaction() as s:
         service.require_role(current_user, service.UPLOAD_ROLES, "add fields")
         service.ensure_open(s, case_id)  # 404 / 409 before any analysis
-    if not uploads:
+    if not files:
         raise ApiError(
             400,
             "no_file",
             "No file in the request: send the fields as multipart/form-data in the field "
             "'files' (JPEG, PNG, TIFF or BMP).",
         )
-    if len(uploads) > limit:
-        raise ApiError(400, "too_many_files", f"{len(uploads)} files were sent; at most {limit} per request.")
+    if len(files) > limit:
+        raise ApiError(400, "too_many_files", f"{len(files)} files were sent; at most {limit} per request.")
     out = []
-    for upload in uploads:
+    for upload in files:
         field, timing = _analyse(upload)
         with transaction() as s:
             entry = service.add_image(s, current_user, case_id, field, store(), predictor().info)
@@ -231,7 +195,7 @@ def overlay_png(data: bytes) -> bytes | None:
     from ..explain import explain_rgb
     from ..predict import analyse_bytes
 
-    if not can_explain(predictor()):
+    if not can_explain():
         return None
     analysis = analyse_bytes(data, "field", predictor(), current_app.config["VALIDATION_PRESET"], all_outputs=True)
     if not analysis.result.get("valid"):
@@ -240,47 +204,24 @@ def overlay_png(data: bytes) -> bytes | None:
     return base64.b64decode(exp["overlay_png_base64"])
 
 
-def _export(case_id: int, fmt: str) -> dict:
-    with transaction() as s:
-        return service.export_case(s, current_user, case_id, fmt)
-
-
-def _reports(name: str):
-    import importlib
-
+@login_required
+def report(case_id: int, name: str):
+    """The case in one of ``reports.FORMATS`` (routed once per format, below), recorded as exported."""
+    fmt = FORMATS[name]
     try:
-        return importlib.import_module(f"leukostage.reports.{name}")
+        render = fmt.renderer()
     except ImportError as exc:
         raise ApiError(
-            501, "reports_unavailable", f"The {name} report is not available in this build ({exc})."
+            501, "reports_unavailable", f"The {fmt.name} report is not available in this build ({exc})."
         ) from None
+    with transaction() as s:
+        case = service.export_case(s, current_user, case_id, fmt.name)
+    body = render(case, ReportInputs(predictor().card, store().read, overlay_png))
+    headers = {"Content-Disposition": f'attachment; filename="{fmt.filename(case_id)}"'} if fmt.attachment else {}
+    return Response(body, mimetype=fmt.media_type, headers=headers)
 
 
-@bp.get("/api/v1/cases/<int:case_id>/fhir")
-@login_required
-def fhir(case_id: int):
-    """A FHIR R4 Bundle (DiagnosticReport, Observations, Device, Provenance), AI parts labelled AIAST."""
-    module = _reports("fhir")
-    bundle = module.case_bundle(_export(case_id, "fhir"), predictor().card)
-    return Response(current_app.json.dumps(bundle), mimetype="application/fhir+json")
-
-
-@bp.get("/api/v1/cases/<int:case_id>/report.pdf")
-@login_required
-def report_pdf(case_id: int):
-    module = _reports("pdf")
-    case = _export(case_id, "pdf")
-    pdf = module.case_pdf(case, predictor().card, store().read, overlay_png)
-    return Response(
-        pdf, mimetype="application/pdf", headers={"Content-Disposition": f'attachment; filename="case-{case_id}.pdf"'}
-    )
-
-
-@bp.get("/api/v1/cases/<int:case_id>/export.csv")
-@login_required
-def export_csv(case_id: int):
-    module = _reports("csv")
-    text = module.case_csv(_export(case_id, "csv"))
-    return Response(
-        text, mimetype="text/csv", headers={"Content-Disposition": f'attachment; filename="case-{case_id}.csv"'}
+for _fmt in FORMATS.values():
+    bp.add_url_rule(
+        f"/api/v1/cases/<int:case_id>/{_fmt.path}", "report", report, methods=["GET"], defaults={"name": _fmt.name}
     )

@@ -1,9 +1,11 @@
-"""The case API's part of the OpenAPI document (merged into ``openapi.build_spec``), and the login pages."""
+"""The case API's part of the OpenAPI document (merged into ``openapi.build_spec``): the case routes (the report
+routes from ``reports.FORMATS``, as the case API makes them), the case pages, the login pages, their schemas."""
 
 from __future__ import annotations
 
 from ..cases.models import CASE_STATUSES, ROLES
 from ..classes import CLASS_KEYS, UNCERTAIN_KEY
+from ..reports import FORMATS
 
 _REF = "#/components/schemas/"
 CASE_ID = {"name": "case_id", "in": "path", "required": True, "schema": {"type": "integer"}}
@@ -362,30 +364,23 @@ def case_paths() -> dict:
                 "Every event on the case, oldest first (append-only).", {"200": _json("AuditTrail", "The events.")}
             )
         },
-        "/api/v1/cases/{case_id}/fhir": {
+        **report_paths(),
+    }
+
+
+def report_paths() -> dict:
+    """One route per format of ``reports.FORMATS`` (the case API makes its routes from the same list)."""
+    return {
+        f"/api/v1/cases/{{case_id}}/{fmt.path}": {
             "get": _op(
-                "A FHIR R4 Bundle: DiagnosticReport, Observations, Device, Provenance; AI parts labelled AIAST.",
+                fmt.summary,
                 {
-                    "200": {"description": "The bundle.", "content": {"application/fhir+json": {}}},
+                    "200": {"description": f"{fmt.label}.", "content": {fmt.media_type: {}}},
                     "501": _err("`reports_unavailable`."),
                 },
             )
-        },
-        "/api/v1/cases/{case_id}/report.pdf": {
-            "get": _op(
-                "The case report as PDF.",
-                {
-                    "200": {"description": "PDF.", "content": {"application/pdf": {}}},
-                    "501": _err("`reports_unavailable`."),
-                },
-            )
-        },
-        "/api/v1/cases/{case_id}/export.csv": {
-            "get": _op(
-                "One CSV row per field.",
-                {"200": {"description": "CSV.", "content": {"text/csv": {}}}, "501": _err("`reports_unavailable`.")},
-            )
-        },
+        }
+        for fmt in FORMATS.values()
     }
 
 

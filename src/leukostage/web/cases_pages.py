@@ -9,30 +9,22 @@ page does not contain them at all (and the API refuses them with 403 anyway).
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, Response, current_app, redirect, render_template, request, url_for
+from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 
 from ..cases import service
-from ..classes import CLASSES, DISCLAIMER, UNCERTAIN_COLOUR, UNCERTAIN_KEY, text_colour
+from ..classes import CLASSES, UNCERTAIN_COLOUR, UNCERTAIN_KEY, text_colour
 from ..imaging import mebibytes
-from ..reports import content
-from .api import can_explain, predictor
+from ..reports import FORMATS, content
 from .auth import protect_writes
-from .cases_api import transaction
-from .pages import ACCEPT, page_config
+from .context import can_explain, predictor, transaction
+from .frame import ACCEPT, disclaimer_parts, page_config
 
 bp = Blueprint("cases_pages", __name__)
 bp.before_request(protect_writes)
 
 STATUS_FILTERS = (("", "Any status"), ("open", "Open"), ("signed_off", "Signed off"), ("amended", "Amended"))
 PER_PAGE = 25
-
-
-def register(app: Flask) -> None:
-    """The blueprint, and the disclaimer for templates rendered outside it (the login page)."""
-    app.register_blueprint(bp)
-    lead, _, rest = DISCLAIMER.partition(". ")
-    app.jinja_env.globals.setdefault("disclaimer_parts", (lead + ".", rest))
 
 
 @bp.errorhandler(service.ServiceError)
@@ -43,7 +35,7 @@ def _page_error(exc: service.ServiceError):
 
 def _chrome() -> dict:
     """What every case page's frame shows: who is signed in, the disclaimer, the model."""
-    lead, rest = current_app.jinja_env.globals["disclaimer_parts"]
+    lead, rest = disclaimer_parts()
     return {"user": current_user, "disclaimer_lead": lead, "disclaimer_rest": rest, "model": predictor().info}
 
 
@@ -129,7 +121,8 @@ def case_view(case_id: int):
         final_comment=content.final_comment(case),
         can_review=current_user.can_review,
         can_upload=case["status"] == "open",
-        explain=can_explain(predictor()),
+        explain=can_explain(),
+        reports=FORMATS.values(),
         classes=CLASSES,
         accept=ACCEPT,
         max_size=mebibytes(current_app.config["MAX_FILE_BYTES"]),

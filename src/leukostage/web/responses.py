@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 
 from flask import Flask, Response, current_app, jsonify, request
+from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from ..cases.service import ServiceError
 from ..imaging import size_limit_message
 
 # The page loads its own script, style sheet and fonts only (it must work offline). Images: the preview is a blob:
@@ -70,7 +72,7 @@ def error_response(status: int, code: str, message: str, **extra) -> tuple[Respo
     return jsonify({"error": {"code": code, "message": message, **extra}}), status
 
 
-def _drain_refused_body() -> None:
+def drain_refused_body() -> None:
     """Read (and drop) the rest of a refused upload, up to DRAIN_LIMIT.
 
     Closing a connection with unread request data makes the kernel send a reset, and the client may then lose the
@@ -96,12 +98,28 @@ def _api_error(exc: ApiError):
     return error_response(exc.status, exc.code, exc.message, **exc.extra)
 
 
+def _service_error(exc: ServiceError):
+    """A case service refusal, with its status and code (the case pages answer theirs as pages)."""
+    drain_refused_body()
+    return error_response(exc.status, exc.code, exc.message)
+
+
+def _csrf_failed(exc: CSRFError):
+    drain_refused_body()
+    return error_response(
+        400,
+        "csrf_failed",
+        f"{exc.description} Reload the page and try again; API clients send "
+        "'Authorization: Bearer <token>' instead of the session cookie.",
+    )
+
+
 def _too_large(exc: RequestEntityTooLarge):
     """413 for a body over the route's limit, saying which limit: one file's on ``/predict`` (``file_too_large``),
     the whole request's on ``/api/v1/predict`` (``request_too_large``)."""
     limit = request.max_content_length
     length = request.content_length
-    _drain_refused_body()
+    drain_refused_body()
     if limit is None or (length is not None and length <= limit):  # Werkzeug's form limits, not the body size
         return error_response(
             413,
@@ -132,7 +150,10 @@ def _unexpected(exc: Exception):
 
 
 def register_error_handlers(app: Flask) -> None:
+    """Every error the app answers, as JSON (a blueprint may answer its own as pages: see ``cases_pages``)."""
     app.register_error_handler(ApiError, _api_error)
+    app.register_error_handler(ServiceError, _service_error)
+    app.register_error_handler(CSRFError, _csrf_failed)
     app.register_error_handler(RequestEntityTooLarge, _too_large)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)

@@ -1,0 +1,72 @@
+"""The sign-in pages: the login form (CSRF first, then the rate limit per client address) and sign-out.
+
+The blueprint keeps the name ``auth`` (endpoints ``auth.login``, ``auth.login_form``, ``auth.logout``); who is asking,
+the CSRF rule and the rate limiter are :mod:`.auth`'s.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from flask import Blueprint, current_app, g, redirect, render_template, render_template_string, request, url_for
+from flask_login import current_user, login_user, logout_user
+
+from ..cases.users import authenticate
+from .auth import LIMITER_KEY, CurrentUser, csrf
+from .context import transaction
+
+bp = Blueprint("auth", __name__)
+
+LOGIN_FORM = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Sign in - leukostage</title>
+<link rel="stylesheet" href="{{ url_for('static', filename='style.css') }}"></head><body><main>
+<h1>Sign in</h1>{% if error %}<p role="alert">{{ error }}</p>{% endif %}
+<form method="post" action="{{ url_for('auth.login') }}">
+<input type="hidden" name="csrf_token" value="{{ csrf_token() }}"><input type="hidden" name="next" value="{{ next }}">
+<label>User name <input name="username" autocomplete="username" required></label>
+<label>Password <input name="password" type="password" autocomplete="current-password" required></label>
+<button type="submit">Sign in</button></form></main></body></html>"""
+
+
+def _safe_next(target: str | None) -> str:
+    """Only same-site paths: no open redirect through ``next``."""
+    if not target or not target.startswith("/") or target.startswith("//") or urlsplit(target).netloc:
+        return url_for("cases_pages.case_list") if "cases_pages.case_list" in current_app.view_functions else "/"
+    return target
+
+
+def _login_page(error: str | None = None, status: int = 200):
+    context = {"error": error, "next": request.values.get("next", "")}
+    if "login.html" in current_app.jinja_env.list_templates():
+        return render_template("login.html", **context), status
+    return render_template_string(LOGIN_FORM, **context), status
+
+
+@bp.get("/login")
+def login_form():
+    return _login_page()
+
+
+@bp.post("/login")
+def login():
+    """Check the form (CSRF first, then the rate limit per client address), sign in, go to ``next``."""
+    csrf.protect()
+    with current_app.extensions[LIMITER_KEY].limit(current_app.config["LOGIN_RATE_LIMIT"], scope="login"):
+        username = request.form.get("username", "")[:64]
+        password = request.form.get("password", "")
+        with transaction() as session:
+            user = authenticate(session, username, password)
+            signed_in = CurrentUser.of(user) if user is not None else None
+        if signed_in is None:
+            current_app.logger.info("failed login for user name %r", username)
+            return _login_page("Wrong user name or password.", 401)
+        login_user(signed_in)
+        g.pop("_login_user", None)
+        return redirect(_safe_next(request.form.get("next")))
+
+
+@bp.post("/logout")
+def logout():
+    if current_user.is_authenticated and not getattr(current_user, "via_token", False):
+        csrf.protect()
+    logout_user()
+    return redirect(url_for("auth.login_form"))
