@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .classes import BY_KEY, CLASS_KEYS, UNCERTAIN_DISPLAY_NAME, UNCERTAIN_KEY
+from .classes import BY_KEY, CLASS_KEYS, NORMAL_KEY, UNCERTAIN_DISPLAY_NAME, UNCERTAIN_KEY
 from .domain import DOMAIN_OUTPUT, domain_fields
 from .imaging import ImageError, preprocess, read_bytes
 from .outcomes import REASON_LOW_CONFIDENCE, REASON_OUTSIDE
@@ -101,6 +101,8 @@ class Predictor:
             raise ValueError(f"model {path} has classes {self.classes_}; this version expects {CLASS_KEYS}")
         self.image_size = int(card["input"]["shape"][1])
         self.uncertain_below = uncertain_threshold(card, path)
+        # a Normal call's own, higher threshold (cards from before issue 18 have none: the common one applies)
+        self.normal_below = float(card["decision"].get("normal_below", self.uncertain_below))
         self.outputs = [o.name for o in session.get_outputs()]
         # the domain check, where the model has one: the graph's score output and the card's threshold
         self.domain_threshold = float(card["domain"]["threshold"]) if "domain" in card else None
@@ -168,7 +170,13 @@ class Predictor:
         """The contract's prediction fields for each image of a batch's outputs (see :func:`result_fields`)."""
         scores = outputs.get(DOMAIN_OUTPUT)
         return [
-            result_fields(p, self.uncertain_below, None if scores is None else float(scores[i]), self.domain_threshold)
+            result_fields(
+                p,
+                self.uncertain_below,
+                None if scores is None else float(scores[i]),
+                self.domain_threshold,
+                self.normal_below,
+            )
             for i, p in enumerate(outputs["probabilities"])
         ]
 
@@ -178,7 +186,11 @@ class Predictor:
 
 
 def decide(
-    probs: np.ndarray, uncertain_below: float, domain_score: float | None = None, domain_threshold: float | None = None
+    probs: np.ndarray,
+    uncertain_below: float,
+    domain_score: float | None = None,
+    domain_threshold: float | None = None,
+    normal_below: float | None = None,
 ) -> tuple[str, float, str | None]:
     """Label, top probability and why no class is asserted (None when one is).
 
@@ -191,14 +203,20 @@ def decide(
         return UNCERTAIN_KEY, confidence, REASON_OUTSIDE
     if confidence < uncertain_below:
         return UNCERTAIN_KEY, confidence, REASON_LOW_CONFIDENCE
+    if CLASS_KEYS[top] == NORMAL_KEY and normal_below is not None and confidence < normal_below:
+        return UNCERTAIN_KEY, confidence, REASON_LOW_CONFIDENCE  # a Normal call needs the higher margin
     return CLASS_KEYS[top], confidence, None
 
 
 def result_fields(
-    probs: np.ndarray, uncertain_below: float, domain_score: float | None = None, domain_threshold: float | None = None
+    probs: np.ndarray,
+    uncertain_below: float,
+    domain_score: float | None = None,
+    domain_threshold: float | None = None,
+    normal_below: float | None = None,
 ) -> dict:
     """The prediction part of the public JSON contract."""
-    label, confidence, reason = decide(probs, uncertain_below, domain_score, domain_threshold)
+    label, confidence, reason = decide(probs, uncertain_below, domain_score, domain_threshold, normal_below)
     info = BY_KEY.get(label)
     top_key = CLASS_KEYS[int(np.argmax(probs))]
     fields = {

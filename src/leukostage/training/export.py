@@ -276,46 +276,68 @@ def fit_domain(train_embeddings: np.ndarray, val_embeddings: np.ndarray) -> tupl
     return mean, best[1], best[2]
 
 
-def val_test_outputs(onnx_path: str | Path, images: np.ndarray, split: dict) -> dict[str, np.ndarray]:
-    """Every output of the exported file, exactly as it will be served, for the val part then the test part (one
-    ONNX Runtime session scores both)."""
-    return onnx_outputs(onnx_path, images[np.concatenate([split["val"], split["test"]])].astype(np.float32) / 255.0)
+def val_test_outputs(onnx_path: str | Path, images: np.ndarray, split: dict, shifted=None) -> dict[str, np.ndarray]:
+    """Every output of the exported file, exactly as it will be served, for the val part, the test part, then the
+    val part's shifted views (``shifted``, :class:`leukostage.training.decision.ShiftedViews`; one session for all)."""
+    parts = [images[np.concatenate([split["val"], split["test"]])]]
+    if shifted is not None:
+        parts.append(shifted.views)
+    return onnx_outputs(onnx_path, np.concatenate(parts).astype(np.float32) / 255.0)
 
 
 def fit_served_decision(
-    outputs: dict[str, np.ndarray], labels: np.ndarray, split: dict, split_name: str
+    outputs: dict[str, np.ndarray], labels: np.ndarray, split: dict, split_name: str, shifted=None
 ) -> tuple[dict, dict, dict | None]:
-    """The decisions' thresholds, chosen on the val part, and the test part's metrics, from the served file's
-    outputs for the val part then the test part (:func:`val_test_outputs`).
+    """The decisions' thresholds, chosen on the val part and its shifted views (:mod:`leukostage.training.decision`),
+    and the test part's metrics, from the served file's outputs (:func:`val_test_outputs`).
 
-    The uncertainty threshold is the smallest meeting the target selective accuracy; the domain threshold (where the
-    graph has a domain score) is the largest val score, so every in-domain val image passes. The test part is scored
-    once, after both are fixed. Returns (decision, test metrics with the served decisions, domain threshold and test
-    share flagged, or None).
+    The test part is scored once, after the thresholds are fixed. Returns (decision, test metrics with the served
+    decisions, domain threshold and test share flagged, or None).
     """
+    from .decision import TARGET_ACCURACY, choose_thresholds, served_summary
     from .evaluate import compute_metrics, decision_metrics
 
-    n_val = len(split["val"])
-    val_probs, test_probs = outputs["probabilities"][:n_val], outputs["probabilities"][n_val:]
+    n_val, n_test = len(split["val"]), len(split["test"])
+    probs = outputs["probabilities"]
+    scores = outputs.get(DOMAIN_OUTPUT)
+    val = np.r_[np.arange(n_val), np.arange(n_val + n_test, len(probs))]  # clean val, then its shifted views
+    y_val = np.r_[labels[split["val"]], shifted.labels if shifted is not None else []].astype(np.int64)
+    chosen = choose_thresholds(probs[val], y_val, None if scores is None else scores[val])
+    shifted_note = (
+        f" and its {len(shifted.labels)} shifted views ({len(shifted.refused)} validation shifts, through the gate)"
+        if shifted is not None
+        else ""
+    )
     decision = {
-        "uncertain_below": choose_uncertain_threshold(labels[split["val"]], val_probs),
-        "chosen_on": f"{split_name} split, val part",
-        "target_selective_accuracy": UNCERTAIN_TARGET_ACCURACY,
+        "uncertain_below": chosen["uncertain_below"],
+        "normal_below": chosen["normal_below"],
+        "chosen_on": f"{split_name} split, val part{shifted_note}",
+        "target_selective_accuracy": TARGET_ACCURACY,
     }
+    if shifted is not None:
+        decision["validation_shifts"] = {
+            "refused_by_gate": shifted.refused,
+            "served": served_summary(
+                probs[n_val + n_test :], shifted.labels, None if scores is None else scores[n_val + n_test :], chosen
+            ),
+        }
     y_test = labels[split["test"]]
+    test_probs = probs[n_val : n_val + n_test]
     test_metrics = headline_metrics(compute_metrics(y_test, test_probs))
-    if DOMAIN_OUTPUT not in outputs:
+    if scores is None:
         return decision, test_metrics, None
-    val_scores, test_scores = outputs[DOMAIN_OUTPUT][:n_val], outputs[DOMAIN_OUTPUT][n_val:]
-    threshold = float(val_scores.max())
+    threshold = chosen["domain_threshold"]
+    test_scores = scores[n_val : n_val + n_test]
     served = [
-        result_fields(p, decision["uncertain_below"], float(sc), threshold) for p, sc in zip(test_probs, test_scores)
+        result_fields(p, decision["uncertain_below"], float(sc), threshold, decision["normal_below"])
+        for p, sc in zip(test_probs, test_scores)
     ]
     test_metrics["decision"] = decision_metrics(y_test, served)
     domain = {
         "threshold": round(threshold, 4),
         "test_flagged": round(float((test_scores > threshold).mean()), 4),
-        "threshold_chosen_on": f"{split_name} split, val part: the largest score ({n_val} images)",
+        "threshold_chosen_on": f"{split_name} split, val part{shifted_note}: the largest score whose answered "
+        f"images stay at {TARGET_ACCURACY} accuracy with no leukaemia called Normal, at most their 99th percentile",
     }
     return decision, test_metrics, domain
 
