@@ -68,6 +68,7 @@ class CalibrationConfig:
     heldout_per_category: int = 150  # held-out part, for the report
     genuine_per_source: int = 1000  # calibration smears per source after augmentation (originals always kept)
     capture: bool = False  # augment the calibration smears with the model's capture chain too (issue 18)
+    capture_per_source: int = 800  # with capture: this many capture-chain copies of each source's smears, on top
     hidden: tuple[int, ...] = (32,)
     alpha: float = 1.0  # L2 penalty of the MLP: strong, so scores spread out instead of saturating at 0 or 1
     folds: int = 5
@@ -211,7 +212,10 @@ def collect_calibration(cfg: CalibrationConfig, split: dict[str, dict[str, list[
             samples.add(rgb, 1, source, f"{source}:{i}", True)
         for k in range(max(0, cfg.genuine_per_source - len(images))):
             i = k % len(images)
-            samples.add(augment_smear(images[i], rng, cfg.capture), 1, source, f"{source}:{i}", False)
+            samples.add(augment_smear(images[i], rng), 1, source, f"{source}:{i}", False)
+        for k in range(cfg.capture_per_source if cfg.capture else 0):
+            i = int(rng.integers(len(images)))
+            samples.add(augment_smear(images[i], rng, capture=True), 1, source, f"{source}:{i}", False)
         step = max(1, len(images) // 40)
         smears_for_negatives += images[::step]
     src = negatives.load_sources("calibration", cfg.data, tuple(smears_for_negatives))
@@ -328,7 +332,8 @@ def fit_validator(samples: Samples, cfg: CalibrationConfig, exclude: tuple[str, 
     keep = ~np.isin(kind, exclude)
     x, y, kind, group, original = x[keep], y[keep], kind[keep], group[keep], original[keep]
     stats = np.asarray(samples.stats)[keep]
-    rule = derive_colour_rule(stats[(y == 1) & original])
+    # the colour gate must pass every smear the capture layer can answer: with capture, its copies count too
+    rule = derive_colour_rule(stats[(y == 1) & (original | cfg.capture)])
     model = fit_mlp(x, y, sample_weights(y, kind), cfg.hidden, cfg.alpha, cfg.seed)
     oof = out_of_fold_scores(x, y, kind, group, cfg)
     genuine = (y == 1) & original

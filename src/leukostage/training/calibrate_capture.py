@@ -13,7 +13,7 @@ a threshold separates answers from refusals:
 - ``max_dark_level``: the 99.5th percentile of the validation part's fields at exposure x1.35 (the brightest the
   model trained on); a darkest hundredth brighter than that is washed out.
 - ``min_background`` (a quarter of the reference background: the stain's contrast then spans fewer than about 40
-  grey levels), ``scale_limits`` (0.5 to 3: beyond, a rescale either invents detail or leaves too few cells) and
+  grey levels), ``scale_limits`` (0.5 to 3.5: beyond, a rescale either invents detail or leaves too few cells) and
   ``min_field_fraction`` (half the training side) are limits of the method, not fitted.
 """
 
@@ -32,7 +32,7 @@ from .data import discover, make_split
 SPLIT = "blocked"
 MILD_BLUR_PX = 1.5
 BRIGHTEST_TRAINED_EXPOSURE = 1.35
-SCALE_LIMITS = (0.5, 3.0)
+SCALE_LIMITS = (0.5, 3.5)
 MIN_FIELD_FRACTION = 0.5
 UNDEREXPOSED_SHARE = 0.25
 

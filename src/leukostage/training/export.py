@@ -409,7 +409,8 @@ def export_model(
             mismatch).
     """
     from .data import reproduce_split
-    from .train import load_checkpoint, to_input
+    from .decision import shifted_views
+    from .train import RECIPES, augmented_copies, load_checkpoint, to_input
 
     model, ckpt = load_checkpoint(checkpoint)
     size = ckpt["model_config"]["image_size"]
@@ -433,12 +434,17 @@ def export_model(
             "grid": [min(TEMPERATURE_GRID), max(TEMPERATURE_GRID)],
         }
         domain = shrinkage = None
+        recipe = RECIPES.get(meta.get("recipe"))
+        train_images = images[split["train"]]
+        if recipe is not None and recipe.capture is not None:  # the domain also covers what training answered
+            train_images = np.concatenate([train_images, augmented_copies(train_images, recipe, meta["seed"])])
         if hasattr(model, "forward_domain"):  # architectures with a domain embedding (lite0)
-            mean, whitening, shrinkage = fit_domain(embeddings(model, images[split["train"]]), embeddings(model, x_val))
+            mean, whitening, shrinkage = fit_domain(embeddings(model, train_images), embeddings(model, x_val))
             domain = (mean, whitening)
         out = export_onnx(model, out, size, temperature=temperature, domain=domain)
+        shifted = shifted_views(x_val, y_val) if recipe is not None and recipe.capture is not None else None
         decision, metrics[f"{meta['split']}_test"], served_domain = fit_served_decision(
-            val_test_outputs(out, images, split), ds.labels, split, meta["split"]
+            val_test_outputs(out, images, split, shifted), ds.labels, split, meta["split"], shifted
         )
         if domain is not None:
             domain_card = {
@@ -449,7 +455,8 @@ def export_model(
                 "embedding": model.DOMAIN_EMBEDDING,
                 "shrinkage": shrinkage,
                 "shrinkage_chosen_on": f"{meta['split']} split, val part (likelihood)",
-                "fitted_on": f"{meta['split']} split, train part ({len(split['train'])} images)",
+                "fitted_on": f"{meta['split']} split, train part ({len(split['train'])} images"
+                + (", and one capture-chain copy of each)" if len(train_images) > len(split["train"]) else ")"),
                 "threshold_chosen_on": served_domain["threshold_chosen_on"],
                 "embedding_dims": int(domain[0].shape[0]),
                 "test_flagged": served_domain["test_flagged"],

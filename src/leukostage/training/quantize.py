@@ -137,7 +137,9 @@ def quantize_model(
     import onnxruntime
 
     from .data import reproduce_split
+    from .decision import shifted_views
     from .export import copied_metrics, external_summaries, fit_served_decision, onnx_outputs, val_test_outputs
+    from .train import RECIPES, augmented_copies
 
     model, out = Path(model), Path(out)
     if model.resolve() == out.resolve():
@@ -158,10 +160,16 @@ def quantize_model(
         data, training["data_fingerprint"], training["split"], training["seed"], card["architecture"]["image_size"]
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    nodes = quantize_onnx(model, out, images[split["train"]])
+    recipe = RECIPES.get((training.get("config") or {}).get("recipe"))
+    calibration = images[split["train"]]
+    shifted = None
+    if recipe is not None and recipe.capture is not None:  # ranges and thresholds over what the model answers
+        calibration = np.concatenate([calibration, augmented_copies(calibration, recipe, training["seed"])])
+        shifted = shifted_views(images[split["val"]], ds.labels[split["val"]])
+    nodes = quantize_onnx(model, out, calibration)
 
-    outputs = val_test_outputs(out, images, split)
-    decision, test_metrics, served_domain = fit_served_decision(outputs, ds.labels, split, training["split"])
+    outputs = val_test_outputs(out, images, split, shifted)
+    decision, test_metrics, served_domain = fit_served_decision(outputs, ds.labels, split, training["split"], shifted)
     n_val = len(split["val"])
     reference = onnx_outputs(model, images[split["val"]].astype(np.float32) / 255.0)
     thresholds = (card["domain"]["threshold"], served_domain["threshold"]) if served_domain else None

@@ -366,6 +366,29 @@ def cell_attention_loss(
     return ((cam * outside).sum((1, 2)) / (cam.sum((1, 2)) + 1e-6)).mean()
 
 
+def augment(x: torch.Tensor, recipe: Recipe, gen: torch.Generator) -> torch.Tensor:
+    """The recipe's augmentation of a (N, C, H, W) batch in [0, 1]: one warp for every channel (cell masks ride
+    along past the third), then the stain and the capture chain on the colours only."""
+    x = augment_batch(x, recipe.augment, gen)
+    rgb, rest = x[:, :3], x[:, 3:]
+    if recipe.stain is not None:
+        rgb = stain_jitter(rgb, recipe.stain, gen)
+    if recipe.capture is not None:
+        rgb = capture_chain(rgb, recipe.capture, gen)
+    return torch.cat([rgb, rest], 1)
+
+
+def augmented_copies(images_uint8: np.ndarray, recipe: Recipe, seed: int, batch_size: int = 64) -> np.ndarray:
+    """One augmented copy of each image (uint8), as training saw them: the domain check's fit and the int8
+    calibration then cover what the model was trained to answer, not only pristine fields."""
+    gen = torch.Generator().manual_seed(seed)
+    out = np.empty_like(images_uint8)
+    for i in range(0, len(images_uint8), batch_size):
+        x = augment(to_input(images_uint8[i : i + batch_size]), recipe, gen)
+        out[i : i + batch_size] = (x.permute(0, 2, 3, 1).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
+    return out
+
+
 def train_one_epoch(
     model,
     optimizer,
@@ -390,12 +413,8 @@ def train_one_epoch(
         x = to_input(x_train[idx])
         if masks is not None:  # the cell masks ride along as a 4th channel, so they get the same warp
             x = torch.cat([x, torch.from_numpy(masks[idx]).float()[:, None]], 1)
-        x = augment_batch(x, recipe.augment, gen)
+        x = augment(x, recipe, gen)
         x, cells = x[:, :3], x[:, 3:]
-        if recipe.stain is not None:
-            x = stain_jitter(x, recipe.stain, gen)
-        if recipe.capture is not None:
-            x = capture_chain(x, recipe.capture, gen)
         y = torch.from_numpy(y_train[idx])
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             maps, pooled = model.forward_maps(x)
