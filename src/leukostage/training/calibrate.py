@@ -213,7 +213,7 @@ def collect_calibration(cfg: CalibrationConfig, split: dict[str, dict[str, list[
         for k in range(max(0, cfg.genuine_per_source - len(images))):
             i = k % len(images)
             samples.add(augment_smear(images[i], rng), 1, source, f"{source}:{i}", False)
-        for k in range(cfg.capture_per_source if cfg.capture else 0):
+        for _k in range(cfg.capture_per_source if cfg.capture else 0):
             i = int(rng.integers(len(images)))
             samples.add(augment_smear(images[i], rng, capture=True), 1, source, f"{source}:{i}", False)
         step = max(1, len(images) // 40)
