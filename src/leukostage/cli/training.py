@@ -183,6 +183,73 @@ def register(sub: argparse._SubParsersAction) -> None:
         "noise, JPEG, eyepiece photos), and the capture thresholds are chosen on the blocked split",
     )
     p.set_defaults(func=cmd_calibrate)
+    _add_adapt(sub)
+
+
+def _add_adapt(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "adapt",
+        help="adapt the model to a laboratory from its own labelled fields: a new model file and card",
+        description="Fine-tune the base model on a laboratory's reviewed fields (split by sample into adaptation "
+        "and validation parts), keep what it knew (replay of its training images, or distillation), refit the "
+        "domain check and choose the thresholds on the laboratory's validation part. Writes OUT (int8), its float "
+        "graph beside it and their cards; the base model is never changed. Needs the 'train' extra (torch).",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--data",
+        help="the laboratory's fields: normal/, cancerous/early|mid|advanced/ (optionally "
+        "a sub-folder per sample inside each)",
+    )
+    source.add_argument(
+        "--from-cases",
+        action="store_true",
+        help="the fields of signed-off cases in the case "
+        "database (labelled by the reviewer's override, else the case's final call)",
+    )
+    p.add_argument("--out", required=True, help="the adapted model file to write, NAME.onnx (a new file)")
+    p.add_argument("--base", default=None, help="the model to adapt (default: $LEUKOSTAGE_MODEL, else the shipped one)")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument(
+        "--replay",
+        default=None,
+        metavar="DIR",
+        help="the base model's training data, replayed so it "
+        "keeps what it knew (default: $LEUKOSTAGE_DATA when it holds them; else distillation only)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_adapt)
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from ..training.adapt import AdaptConfig, adapt
+
+    if args.epochs < 1:
+        raise ValueError("--epochs must be at least 1")
+    cfg = AdaptConfig(
+        data=args.data,
+        out=args.out,
+        base=args.base,
+        epochs=args.epochs,
+        seed=args.seed,
+        replay=args.replay,
+        from_cases=args.from_cases,
+    )
+    card = adapt(cfg, progress=not args.quiet and sys.stderr.isatty())
+    info = card["adaptation"]
+    lab = card["metrics"]["laboratory_val"]
+    print(f"wrote {args.out} and its card ({card['name']}, adapted from {info['base']['name']})")
+    print(f"classes adapted: {', '.join(info['classes_adapted'])}")
+    for key, why in info["classes_not_adapted"].items():
+        print(f"not adapted: {key}: {why}")
+    for name in ("base", "adapted"):
+        m = lab[name]
+        print(
+            f"{name:8s} on the laboratory's validation part: answered {m['coverage']:.1%}, accuracy among answered "
+            f"{m['selective_accuracy']:.3f}, leukaemia called Normal {m['leukaemia_called_normal']}"
+        )
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:

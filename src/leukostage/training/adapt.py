@@ -152,3 +152,363 @@ def class_coverage(lab: LabFields, split: dict[str, np.ndarray]) -> Coverage:
             + ", ".join(f"{k}: {adapt[k]}+{val[k]}" for k in CLASS_KEYS)
         )
     return Coverage(tuple(adapted), missing)
+
+
+# --- the base model ------------------------------------------------------------------------------------------------
+def model_from_onnx(path: str | Path):
+    """A model file's torch module (eval mode) and card, rebuilt from its float graph's weights and the card's
+    architecture: no checkpoint is shipped, so this is how a fresh clone fine-tunes (or tests) the shipped model.
+
+    An int8 file's card names the float graph it was quantised from (``quantization.reference``), beside it.
+
+    Raises:
+        FileNotFoundError: the card, or the float reference of an int8 model, is missing.
+    """
+    import json
+
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    from ..predict import card_path_for
+    from .model import build_model, config_from_dict
+
+    path = Path(path)
+    card = json.loads(card_path_for(path).read_text())
+    reference = card.get("quantization", {}).get("reference")
+    weights_file = path.parent / reference["file"] if reference else path
+    if not weights_file.is_file():
+        raise FileNotFoundError(
+            f"{path.name} is int8; its float graph {weights_file} (the weights to fine-tune) is missing beside it"
+        )
+    model = build_model(config_from_dict(card["architecture"]))
+    weights = {
+        i.name.removeprefix("model."): numpy_helper.to_array(i) for i in onnx.load(weights_file).graph.initializer
+    }
+    state = {
+        k: torch.from_numpy(weights[k].copy()) for k in model.state_dict() if not k.endswith("num_batches_tracked")
+    }
+    model.load_state_dict(state, strict=False)
+    return model.eval(), card
+
+
+# --- the laboratory's fields, as the model will read them ----------------------------------------------------------
+@dataclass
+class LabViews:
+    """What the serving gate makes of each laboratory field: its view (the model's input at the training scale),
+    or the refusal that keeps it out (a field refused in serving never teaches the model either)."""
+
+    views: np.ndarray  # (M, side, side, 3) uint8, for the fields the gate let through
+    kept: np.ndarray  # (M,) index into the LabFields lists
+    refused: list[tuple[str, str]]  # (path, code)
+
+
+def lab_views(lab: LabFields, progress: bool = False) -> LabViews:
+    from tqdm import tqdm
+
+    from ..validate import DEFAULT_PRESET, get_preset, run_gate
+
+    preset = get_preset(DEFAULT_PRESET)
+    views, kept, refused = [], [], []
+    for i, path in enumerate(tqdm(lab.paths, desc="reading the laboratory's fields", disable=not progress)):
+        verdict = run_gate(load_image(path), preset)
+        if verdict.valid:
+            views.append(verdict.view)
+            kept.append(i)
+        else:
+            refused.append((path, verdict.code))
+    if not views:
+        raise ValueError(
+            f"the validator refused every one of the {len(lab.paths)} fields ({_codes(refused)}): nothing to adapt "
+            "on; check that these are blood smear photographs, or calibrate a validator on them (--validator)"
+        )
+    return LabViews(np.stack(views), np.asarray(kept, np.int64), refused)
+
+
+def _codes(refused: list[tuple[str, str]]) -> str:
+    counts: dict[str, int] = {}
+    for _, code in refused:
+        counts[code] = counts.get(code, 0) + 1
+    return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "none"
+
+
+# --- fine-tuning ---------------------------------------------------------------------------------------------------
+@dataclass
+class AdaptConfig:
+    data: str | None = None  # the laboratory's fields (Table 2 layout); or from_cases
+    out: str = "adapted.onnx"
+    base: str | None = None  # default: the shipped model
+    epochs: int = 6
+    seed: int = 42
+    replay: str | None = None  # the base model's training data (default: $LEUKOSTAGE_DATA when it holds it)
+    from_cases: bool = False
+    lr: float = 3e-4  # a short fine-tune from a trained model: a tenth of training's head rate is plenty
+    batch_size: int = 32
+    replay_per_field: int = 2  # replayed base training images per laboratory field
+    distill_weight: float = 1.0  # the base model's answers on every batch (kept knowledge, with or without replay)
+    attention_weight: float = 0.25  # the shipped recipe's cell-attention weight
+    recipe: str = "capture"  # the augmentation recipe (training.train.RECIPES)
+
+
+def fine_tune(model, images: np.ndarray, labels: np.ndarray, cfg: AdaptConfig, progress: bool = True) -> list[dict]:
+    """Fine-tune ``model`` in place on uint8 views with their labels, the recipe's augmentation, the cell-attention
+    loss and distillation from a frozen copy of the model as it was (the base). Returns one log row per epoch."""
+    import copy
+    import math
+    import time
+
+    import torch
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
+    from .data import stain_mask
+    from .train import RECIPES, augment, cell_attention_loss, to_input
+
+    recipe = RECIPES[cfg.recipe]
+    teacher = copy.deepcopy(model).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    masks = np.stack([stain_mask(im) for im in images]).astype(np.float32)
+    steps = cfg.epochs * math.ceil(len(images) / cfg.batch_size)
+    head = {id(p) for p in model.head.parameters()}
+    groups = [
+        {"params": [p for p in model.parameters() if id(p) not in head], "lr": cfg.lr * recipe.body_lr_scale},
+        {"params": list(model.head.parameters()), "lr": cfg.lr},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=recipe.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=[g["lr"] for g in groups],
+        total_steps=max(steps, 1),
+        pct_start=recipe.warmup_fraction,
+        anneal_strategy="cos",
+        cycle_momentum=False,
+    )
+    gen = torch.Generator().manual_seed(cfg.seed)
+    bar = tqdm(total=steps, desc="adapting", unit="batch", disable=not progress)
+    log = []
+    for epoch in range(1, cfg.epochs + 1):
+        t0, seen, total = time.perf_counter(), 0, 0.0
+        model.train()
+        order = torch.randperm(len(images), generator=gen).numpy()
+        for start in range(0, len(order), cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            x = torch.cat([to_input(images[idx]), torch.from_numpy(masks[idx])[:, None]], 1)
+            x = augment(x, recipe, gen)
+            x, cells = x[:, :3], x[:, 3:]
+            y = torch.from_numpy(labels[idx])
+            with torch.no_grad():
+                target = F.softmax(teacher(x), 1)
+            maps, pooled = model.forward_maps(x)
+            logits = model.forward_head(pooled)
+            loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+            loss = loss + cfg.distill_weight * F.kl_div(F.log_softmax(logits, 1), target, reduction="batchmean")
+            loss = loss + cfg.attention_weight * cell_attention_loss(logits, y, maps, pooled, cells)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += loss.item() * len(idx)
+            seen += len(idx)
+            bar.update(1)
+            bar.set_postfix(epoch=f"{epoch}/{cfg.epochs}", loss=f"{total / seen:.3f}")
+        log.append({"epoch": epoch, "loss": round(total / seen, 5), "seconds": round(time.perf_counter() - t0, 1)})
+    bar.close()
+    model.eval()
+    return log
+
+
+# --- the whole adaptation ------------------------------------------------------------------------------------------
+def _subset(lab: LabFields, idx: np.ndarray) -> LabFields:
+    pick = [int(i) for i in idx]
+    return LabFields(
+        lab.root,
+        [lab.paths[i] for i in pick],
+        [lab.labels[i] for i in pick],
+        [lab.samples[i] for i in pick],
+        [lab.digests[i] for i in pick],
+        lab.unreadable,
+    )
+
+
+def replay_images(cfg: AdaptConfig, base_card: dict, n: int) -> tuple[np.ndarray, np.ndarray, dict] | None:
+    """Up to ``n`` of the base model's own training-part images (class-balanced), and its validation part, when the
+    replay folder holds the base's training data (same fingerprint); None otherwise (distillation alone then)."""
+    from .data import default_data_dir, reproduce_split
+
+    training = base_card.get("training", {})
+    folder = cfg.replay or default_data_dir()
+    try:
+        ds, split, images = reproduce_split(
+            folder, training["data_fingerprint"], training["split"], training["seed"], base_card["input"]["shape"][1]
+        )
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+    rng = np.random.default_rng(cfg.seed)
+    train = split["train"]
+    per_class = max(1, n // len(CLASS_KEYS))
+    chosen = np.concatenate([rng.permutation(train[ds.labels[train] == c])[:per_class] for c in range(len(CLASS_KEYS))])
+    source = {"folder": str(folder), "fingerprint": ds.fingerprint, "split": training["split"], "images": len(chosen)}
+    val = split["val"]
+    return images[chosen], ds.labels[chosen], {**source, "val": (images[val], ds.labels[val])}
+
+
+def served(path: str | Path, views: np.ndarray, labels: np.ndarray) -> dict:
+    """A model file's served decisions on views (its own thresholds): coverage, accuracy among answered, recall
+    per class among answered, leukaemia called Normal."""
+    from ..imaging import to_unit_range
+    from ..predict import Predictor
+    from .evaluate import decision_metrics
+
+    predictor = Predictor.load(path)
+    decisions = []
+    for i in range(0, len(views), 64):
+        decisions += predictor.decide_batch(predictor.run_decision(to_unit_range(views[i : i + 64])))
+    out = decision_metrics(labels, decisions)
+    out["recall_among_answered"] = {
+        k: round(
+            float(np.mean([d["label"] == k for d, y in zip(decisions, labels) if y == c and d["label"] in CLASS_KEYS])),
+            4,
+        )
+        if any(y == c and d["label"] in CLASS_KEYS for d, y in zip(decisions, labels))
+        else None
+        for c, k in enumerate(CLASS_KEYS)
+    }
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
+
+
+def adapt(cfg: AdaptConfig, progress: bool = True) -> dict:
+    """Adapt the base model to a laboratory (see the module docstring); writes ``cfg.out`` (int8), its float graph
+    beside it (``<name>-float.onnx``: the weights a later adaptation starts from) and both cards. Returns the card.
+
+    Raises:
+        FileNotFoundError: no laboratory folder, or the base model's card or float graph is missing.
+        ValueError: too few usable fields to adapt any class; ``--out`` is the base model.
+    """
+    import json
+    import sys
+    import time
+    from datetime import UTC, datetime
+
+    import torch
+
+    from .. import __version__
+    from ..predict import card_path_for, default_model_path
+    from .decision import choose_thresholds
+    from .export import embeddings, export_onnx, fit_domain, fit_temperature, onnx_outputs
+    from .quantize import quantize_onnx, sha256
+    from .train import RECIPES, augmented_copies
+
+    t_start = time.perf_counter()
+    base_path = Path(cfg.base) if cfg.base else default_model_path()
+    out = Path(cfg.out)
+    if out.resolve() == base_path.resolve():
+        raise ValueError(f"--out {out} is the base model: an adapted model is a new file, the base stays as it is")
+    torch.manual_seed(cfg.seed)
+    lab = discover_laboratory(cfg.data)
+    read = lab_views(lab, progress)
+    usable = _subset(lab, read.kept)
+    split = split_by_sample(usable, cfg.seed)
+    coverage = class_coverage(usable, split)
+    labels = np.asarray(usable.labels, np.int64)
+    adapted_classes = [CLASS_KEYS.index(k) for k in coverage.adapted]
+    train_idx = split["adapt"][np.isin(labels[split["adapt"]], adapted_classes)]
+    x_lab, y_lab = read.views[train_idx], labels[train_idx]
+    x_val, y_val = read.views[split["val"]], labels[split["val"]]
+
+    model, base_card = model_from_onnx(base_path)
+    replay = replay_images(cfg, base_card, cfg.replay_per_field * len(x_lab))
+    x_train, y_train = x_lab, y_lab
+    x_keep, y_keep = x_val, y_val  # what temperature and thresholds are chosen on: the lab's val (+ the base's val)
+    if replay is not None:
+        x_rep, y_rep, source = replay
+        x_train, y_train = np.concatenate([x_lab, x_rep]), np.concatenate([y_lab, y_rep])
+        x_base_val, y_base_val = source.pop("val")
+        x_keep, y_keep = np.concatenate([x_val, x_base_val]), np.concatenate([y_val, y_base_val])
+    log = fine_tune(model, x_train, y_train, cfg, progress)
+
+    with torch.no_grad():
+        from .train import to_input
+
+        logits = torch.cat([model(to_input(x_keep[i : i + 64])) for i in range(0, len(x_keep), 64)]).numpy()
+    temperature = fit_temperature(y_keep, logits)
+    domain_fit = np.concatenate([x_train, augmented_copies(x_lab, RECIPES[cfg.recipe], cfg.seed)])
+    mean, whitening, shrinkage = fit_domain(embeddings(model, domain_fit), embeddings(model, x_keep))
+    float_path = out.with_name(f"{out.stem}-float.onnx")
+    export_onnx(
+        model, float_path, int(base_card["input"]["shape"][1]), temperature=temperature, domain=(mean, whitening)
+    )
+    nodes = quantize_onnx(float_path, out, domain_fit)
+    outputs = onnx_outputs(out, x_keep.astype(np.float32) / 255.0)
+    chosen = choose_thresholds(outputs["probabilities"], y_keep, outputs.get("domain_score"))
+
+    card = json.loads(json.dumps(base_card))
+    card.update(
+        name=out.stem,
+        version=__version__,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        export_command=" ".join(sys.argv),
+    )
+    card["decision"] = {
+        "uncertain_below": chosen["uncertain_below"],
+        "normal_below": chosen["normal_below"],
+        "chosen_on": "the laboratory's validation part" + (" and the base model's validation part" if replay else ""),
+    }
+    card["calibration"] = {"temperature": temperature, "fitted_on": card["decision"]["chosen_on"]}
+    card["domain"] = {
+        **card.get("domain", {}),
+        "threshold": round(chosen["domain_threshold"], 4),
+        "fitted_on": "the laboratory's adaptation part (and a capture-chain copy of each)"
+        + (" and the replayed base training images" if replay else ""),
+        "shrinkage": shrinkage,
+        "threshold_chosen_on": card["decision"]["chosen_on"],
+    }
+    card["quantization"] = {
+        "method": base_card.get("quantization", {}).get("method", "static QDQ"),
+        "calibrated_on": "the adaptation images (laboratory, replayed base images, capture-chain copies)",
+        "quantised": f"{len(nodes)} backbone nodes",
+        "reference": {"file": float_path.name, "sha256": sha256(float_path)},
+    }
+    card["adaptation"] = {
+        "base": {"name": base_card.get("name"), "file": base_path.name, "sha256": sha256(base_path)},
+        "laboratory": {
+            "data": usable.root if not cfg.from_cases else "signed-off cases of the case database",
+            "fingerprint": usable.fingerprint,
+            "fields": len(lab.paths),
+            "unreadable": [p for p, _ in lab.unreadable],
+            "refused_by_validator": {"count": len(read.refused), "codes": _codes(read.refused)},
+        },
+        "split": {
+            "rule": f"by sample (sample folder, or runs of {RUN_LENGTH} consecutive file numbers); about "
+            f"{VAL_SHARE:.0%} of each class's samples to validation, seed {cfg.seed}",
+            "adaptation": usable.counts(split["adapt"]),
+            "validation": usable.counts(split["val"]),
+            "samples": {
+                "adaptation": len({usable.samples[i] for i in split["adapt"]}),
+                "validation": len({usable.samples[i] for i in split["val"]}),
+            },
+        },
+        "classes_adapted": list(coverage.adapted),
+        "classes_not_adapted": coverage.not_adapted,
+        "kept_knowledge": f"replay of {replay[2]['images']} base training images ({replay[2]['folder']}, "
+        f"fingerprint {replay[2]['fingerprint']}) and distillation from the base model"
+        if replay
+        else "distillation from the base model (its training images were not at hand: --replay DIR)",
+        "recipe": cfg.recipe,
+        "augmentations": json.loads(json.dumps(card.get("training", {}).get("recipe", {}))),
+        "epochs": cfg.epochs,
+        "log": log,
+        "seconds": round(time.perf_counter() - t_start, 1),
+    }
+    card["metrics"] = {
+        "laboratory_val": {"adapted": served(out, x_val, y_val), "base": served(base_path, x_val, y_val)},
+    }
+    card["limits"] = list(base_card.get("limits", [])) + [
+        f"Adapted to one laboratory's fields ({usable.fingerprint}): its numbers hold for that laboratory's stain, "
+        "microscope and camera; the base model's limits still apply to everything else."
+    ]
+    float_card = {**card, "name": f"{out.stem}-float"}
+    float_card.pop("quantization", None)
+    card_path_for(float_path).write_text(json.dumps(float_card, indent=2) + "\n")
+    card_path_for(out).write_text(json.dumps(card, indent=2) + "\n")
+    return card

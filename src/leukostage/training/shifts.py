@@ -12,6 +12,7 @@ a matter of having tuned on it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -87,3 +88,20 @@ LABORATORIES: dict[str, Shift] = {
     "lab-b": Shift("laboratory", "b", od=_hue(0.8, 0.75, 0.9, 0.05), magnification=0.85, blur=1.2, jpeg=35),
     "lab-c": Shift("laboratory", "c", od=_hue(1.1, 1.3, 1.2, 0.1), magnification=1.35, exposure=0.8, noise=5, jpeg=50),
 }
+
+
+def write_laboratory(fields: list[tuple[str, int]], shift: Shift, out: str | Path, seed: int = 0) -> Path:
+    """A simulated laboratory in the Table 2 layout: each (path, class index) field re-made by ``shift`` and written
+    as PNG under its class folder, keeping its file name (so runs of file numbers still mark a patient)."""
+    import cv2
+
+    from ..classes import CLASSES
+    from ..imaging import load_image
+
+    out = Path(out)
+    for k, (path, label) in enumerate(fields):
+        (rgb,) = shift.apply(load_image(path)[None], seed + k)
+        folder = out / CLASSES[label].folder
+        folder.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / (Path(path).stem + ".png")), rgb[:, :, ::-1])
+    return out
