@@ -32,6 +32,14 @@ UNCERTAIN_KEY = "uncertain"
 UNCERTAIN_DISPLAY_NAME = "Uncertain"
 UNCERTAIN_COLOUR = "#6e7781"
 
+# A reviewer's call that is not a class: the sample cannot be called from its fields (too few usable ones, or none).
+# Never a model output; a reviewer who gives it must say why (cases.service requires a comment or reason).
+NON_DIAGNOSTIC_KEY = "non_diagnostic"
+NON_DIAGNOSTIC_DISPLAY_NAME = "Non-diagnostic"
+NON_DIAGNOSTIC_MEANING = "insufficient or unusable fields"
+NON_DIAGNOSTIC_COLOUR = "#8250df"
+FINAL_CALLS: tuple[str, ...] = (*CLASS_KEYS, NON_DIAGNOSTIC_KEY)  # what a reviewer's final call may be
+
 DISCLAIMER = (
     "Research decision support, not a diagnosis. Class names are the seed paper's stage names for the dataset's "
     "B-ALL subtypes (flow cytometry labels), not clinical stages."
@@ -69,6 +77,30 @@ def parse_class(text: str) -> ClassInfo:
             f"unknown class {text!r}; expected one of {', '.join(CLASS_KEYS)} (any case), or a display name: {names}"
         )
     return found
+
+
+_NON_DIAGNOSTIC_NAMES = frozenset(
+    _folded(n) for n in (NON_DIAGNOSTIC_KEY, NON_DIAGNOSTIC_DISPLAY_NAME, "non diagnostic", "nondiagnostic")
+)
+
+
+def parse_final_call(text: str) -> str:
+    """A reviewer's final call from what a person or a client sends: a class as :func:`parse_class` reads it
+    (key, display name or dataset label, any case), or ``non_diagnostic`` ("Non-diagnostic"); returns its key.
+
+    Raises:
+        ValueError: neither; the message lists what is accepted.
+    """
+    if _folded(str(text)) in _NON_DIAGNOSTIC_NAMES:
+        return NON_DIAGNOSTIC_KEY
+    try:
+        return parse_class(text).key
+    except ValueError:
+        names = ", ".join(c.display_name for c in CLASSES)
+        raise ValueError(
+            f"unknown call {str(text)[:40]!r}; expected one of {', '.join(FINAL_CALLS)} (any case), or a display "
+            f"name: {names}, {NON_DIAGNOSTIC_DISPLAY_NAME}"
+        ) from None
 
 
 def luminance(hex_colour: str) -> float:

@@ -1,8 +1,9 @@
 """The case tables (SQLAlchemy 2, typed). The schema itself is created by the Alembic migrations in ``migrations/``.
 
 A model's result is written once and never changed: a reviewer's correction is an ``Override`` row beside it, a
-sign-off a ``Review``, a later change an ``Amendment``; ``AuditEvent`` rows are append-only (the database refuses
-UPDATE and DELETE on them, see the first migration).
+sign-off a ``Review``, a later change an ``Amendment``, a field taken out of a case an ``ImageRemoval`` (the image row
+and its stored bytes stay, for the audit trail); ``AuditEvent`` rows are append-only (the database refuses UPDATE and
+DELETE on them, see the first migration).
 """
 
 from __future__ import annotations
@@ -94,6 +95,23 @@ class Image(Base):
     uploaded_by: Mapped[User] = relationship()
     result: Mapped[Result] = relationship(back_populates="image")
     overrides: Mapped[list[Override]] = relationship(order_by="Override.id")
+    removal: Mapped[ImageRemoval | None] = relationship(back_populates="image")
+
+
+class ImageRemoval(Base):
+    """A field taken out of its case before sign-off (a mistaken upload), with who, when and why. At most one per
+    image; a removed field no longer counts, and its row and bytes are kept."""
+
+    __tablename__ = "image_removals"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), unique=True)
+    reason: Mapped[str] = mapped_column(Text)
+    by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    image: Mapped[Image] = relationship(back_populates="removal")
+    by: Mapped[User] = relationship()
 
 
 class Result(Base):

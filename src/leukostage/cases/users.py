@@ -30,6 +30,10 @@ class UserError(ValueError):
     """A user request that cannot be done (the message says why and what to do)."""
 
 
+class UserExists(UserError):
+    """The name is taken (the message says by whom and how to change that account instead)."""
+
+
 def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
@@ -57,8 +61,14 @@ def add_user(session: Session, username: str, role: str, password: str) -> User:
         raise UserError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
     if len(password) < MIN_PASSWORD_CHARS:
         raise UserError(f"the password must have at least {MIN_PASSWORD_CHARS} characters")
-    if session.scalar(select(User).where(User.username == username)) is not None:
-        raise UserError(f"user {username!r} already exists")
+    taken = session.scalar(select(User).where(User.username == username))
+    if taken is not None:
+        state = "active" if taken.active else "disabled"
+        raise UserExists(
+            f"user {username!r} already exists ({taken.role}, {state}); change that account instead: "
+            f"`leukostage users set {username} --role ROLE | --disable | --enable | --password-stdin`, "
+            f"or the Users page"
+        )
     user = User(username=username, role=role, password_hash=hash_password(password), active=True)
     session.add(user)
     session.flush()

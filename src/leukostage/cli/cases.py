@@ -1,5 +1,6 @@
-"""Command line verbs for cases: ``db upgrade|check``, ``users add|token``, ``evaluate-cases``; and the guard that
-keeps ``serve`` from starting on an unmigrated database. A verb group of the ``cli`` package (``register``)."""
+"""Command line verbs for cases: ``db upgrade|check``, ``users add|list|set|token``, ``evaluate-cases``; and the
+guard that keeps ``serve`` from starting on an unmigrated database. A verb group of the ``cli`` package
+(``register``). ``users`` calls the same functions as the admin's Users page (``cases.accounts``)."""
 
 from __future__ import annotations
 
@@ -62,10 +63,10 @@ def _add_users(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "users",
-        help="users of the case workflow: add one, issue or revoke API tokens",
+        help="users of the case workflow: add, list, change (role, disable, password), issue or revoke API tokens",
         description="Users of the case workflow and their roles (technician: creates cases and "
-        "uploads; reviewer: overrides and signs off; admin: users). Passwords and tokens are stored "
-        "hashed only.",
+        "uploads; reviewer: overrides and signs off; admin: users, also on the Users page). Passwords and tokens "
+        "are stored hashed only; every change is recorded in the audit trail.",
     )
     verbs = p.add_subparsers(dest="users_command", required=True)
     a = verbs.add_parser("add", help="add a user (the password is read from stdin)")
@@ -77,21 +78,42 @@ def _add_users(sub: argparse._SubParsersAction) -> None:
         required=True,
         help="read the password from the first line of stdin (never from the command line)",
     )
+    verbs.add_parser("list", help="every account: name, role, active or disabled")
+    c = verbs.add_parser("set", help="change an account: its role, disable or enable it, or a new password (stdin)")
+    c.add_argument("name")
+    c.add_argument("--role", choices=ROLES)
+    state = c.add_mutually_exclusive_group()
+    state.add_argument("--disable", action="store_true", help="refuse its sign-ins and tokens (kept, not deleted)")
+    state.add_argument("--enable", action="store_true")
+    c.add_argument("--password-stdin", action="store_true", help="read a new password from the first line of stdin")
     t = verbs.add_parser("token", help="print a new bearer token, alone on the last line (only its hash is stored)")
     t.add_argument("name")
     t.add_argument("--revoke", action="store_true", help="revoke every token of the user instead")
 
 
 def cmd_users(args: argparse.Namespace) -> int:
-    from ..cases import db, users
+    from ..cases import accounts, db, users
+    from ..cases.service import ServiceError
 
     db.require_current()
+    try:
+        with db.session_scope() as session:
+            if args.users_command == "add":
+                password = sys.stdin.readline().rstrip("\r\n")
+                user = accounts.create_user(
+                    session, None, {"username": args.name, "role": args.role, "password": password}
+                )
+                print(f"added {user['role']} {user['username']}")
+                return 0
+            if args.users_command == "list":
+                for user in accounts.list_users(session, None):
+                    print(f"{user['username']}\t{user['role']}\t{'disabled' if user['disabled'] else 'active'}")
+                return 0
+            if args.users_command == "set":
+                return _set_user(session, args)
+    except ServiceError as exc:
+        raise ValueError(exc.message) from None  # one line on stderr, exit status 2 (cli.main)
     with db.session_scope() as session:
-        if args.users_command == "add":
-            password = sys.stdin.readline().rstrip("\r\n")
-            user = users.add_user(session, args.name, args.role, password)
-            print(f"added {user.role} {user.username}")
-            return 0
         user = users.get_user(session, args.name)
         if args.revoke:
             print(f"revoked {users.revoke_tokens(session, user)} token(s) of {user.username}")
@@ -99,6 +121,24 @@ def cmd_users(args: argparse.Namespace) -> int:
         token = users.issue_token(session, user)
     print(f"bearer token for {args.name} (shown once; send it as 'Authorization: Bearer <token>'):", file=sys.stderr)
     print(token)
+    return 0
+
+
+def _set_user(session, args: argparse.Namespace) -> int:
+    from ..cases import accounts
+
+    changes: dict = {}
+    if args.role:
+        changes["role"] = args.role
+    if args.disable or args.enable:
+        changes["disabled"] = bool(args.disable)
+    if args.password_stdin:
+        changes["password"] = sys.stdin.readline().rstrip("\r\n")
+    if not changes:
+        raise ValueError("nothing to change: give --role ROLE, --disable, --enable or --password-stdin")
+    user = accounts.update_user(session, None, args.name, changes)
+    state = "disabled" if user["disabled"] else "active"
+    print(f"{user['username']}: {user['role']}, {state}" + (", password reset" if "password" in changes else ""))
     return 0
 
 

@@ -84,7 +84,7 @@ def outcome(r: dict) -> str:
         reason = (r.get("uncertain_reason") or "low_confidence").replace("_", " ")
         top = BY_KEY.get(r.get("top_class", ""))
         return f"{r['display_label']} ({reason}; top class {top.display_name if top else r.get('top_class')})"
-    return f"{r['display_label']} ({r['dataset_label'] or 'no class asserted'})"
+    return f"{r['display_label']} - {r['dataset_label'] or 'no class asserted'}"
 
 
 def table_row(r: dict) -> str:

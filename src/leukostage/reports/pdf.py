@@ -36,7 +36,7 @@ from reportlab.platypus import (
     TableStyle,
 )
 
-from ..classes import BY_KEY, CLASS_KEYS, DISCLAIMER, UNCERTAIN_COLOUR, text_colour
+from ..classes import BY_KEY, CLASS_KEYS, DISCLAIMER, NON_DIAGNOSTIC_KEY, NON_DIAGNOSTIC_MEANING, text_colour
 from ..imaging import ImageError, decode_image
 from . import Overlay, ReadImage, ReportInputs, content
 
@@ -46,7 +46,7 @@ THUMB_SIDE = 26 * mm
 THUMB_MAX_PX = 240  # thumbnails are re-encoded this small: 80 fields stay a few MB
 OVERLAY_MAX_PX = 480
 TOP_FIELDS = 4  # Grad-CAM overlays shown
-FALLBACK_LIMITS = (  # true of every leukostage model; a card's own "limitations" are shown before these
+FALLBACK_LIMITS = (  # true of every leukostage model; shown when a card states no limits of its own
     "Trained and tested on one hospital's images (the Taleqani dataset); accuracy on other laboratories' stains, "
     "microscopes and cameras is not established.",
     "The four classes are the dataset's B-ALL subtypes (flow-cytometry labels) under the seed paper's stage names, "
@@ -214,9 +214,7 @@ def _placeholder(text: str, box: float, styles: _Styles) -> Table:
 
 
 def _colour(key: str) -> str:
-    if key == content.REFUSED:
-        return content.REFUSED_COLOUR
-    return BY_KEY[key].colour if key in BY_KEY else UNCERTAIN_COLOUR
+    return content.colour(key)
 
 
 def _badge(key: str, font: str, width: float = THUMB_SIDE, height: float = 4.6 * mm, size: float = 7) -> Drawing:
@@ -358,6 +356,16 @@ def _facts(case: dict, styles: _Styles, width: float) -> list:
             if review
             else "not yet: this report is preliminary",
         ),
+        *(
+            [
+                (
+                    "Amended",
+                    f"{len(case['amendments'])} time(s) after sign-off, last {content.show_time(last['at'])} by "
+                    f"{last['by']}",
+                )
+                for last in case.get("amendments", [])[-1:]
+            ]
+        ),
         ("Model", f"{case['model']['name']} {case['model']['version']}"),
         (
             "Fields",
@@ -385,6 +393,8 @@ def _facts(case: dict, styles: _Styles, width: float) -> list:
 def _call_row(title: str, key: str | None, detail: str, styles: _Styles, width: float) -> Table:
     badge = _badge(key, styles.bold, width=30 * mm, height=6 * mm, size=9) if key else _p("—", styles.body)
     subtype = f"dataset subtype: {BY_KEY[key].dataset_label}" if key in BY_KEY else ""
+    if key == NON_DIAGNOSTIC_KEY:
+        subtype = f"the sample cannot be called: {NON_DIAGNOSTIC_MEANING}"
     row = Table(
         [[_p(title, styles.small), badge, [_p(subtype, styles.body), _p(detail, styles.small)]]],
         colWidths=[34 * mm, 34 * mm, width - 68 * mm],
@@ -419,13 +429,17 @@ def _calls(case: dict, styles: _Styles, width: float) -> list:
             )
         )
         return out
-    comment = content.final_comment(case)
-    out.append(
-        _call_row("Reviewer's final call", final, f"Comment: {comment}" if comment else "No comment.", styles, width)
-    )
-    for a in case.get("amendments") or []:
-        change = f" Final call set to {content.long_name(a['final_call'])}." if a.get("final_call") else ""
-        out.append(_p(f"Amended {content.show_time(a['at'])} by {a['by']}: {a['reason']}.{change}", styles.small))
+    now = content.current(case)
+    if now["kind"] == "amended":
+        made = f"Amended {content.show_time(now['at'])} by {now['by']}. Reason: {now['reason']}."
+    else:
+        made = f"Signed off {content.show_time(now['at'])} by {now['by']}."
+    said = f" Comment: {now['comment']}" if now["comment"] else " No comment."
+    out.append(_call_row("Reviewer's final call", final, made + said, styles, width))
+    earlier = content.history(case)[:-1]
+    if earlier:
+        out.append(_p("History (superseded by the call above):", styles.small))
+        out += [_p(f"\u2013 {content.statement_line(s)}", styles.small) for s in earlier]
     overrides = [i for i in case.get("images") or [] if i.get("override")]
     if overrides:
         out.append(
@@ -597,17 +611,22 @@ def _metric_lines(card: dict) -> list[str]:
 
 
 def _limits(card: dict) -> list[str]:
-    """The card's own limitations (a list or a text) first, then what holds for every leukostage model."""
+    """The card's own limitations (a list or a text), each once and without the disclaimer that heads every page;
+    what holds for every leukostage model only when the card states none (a card's list already says it in its own
+    words: both would repeat a bullet)."""
     own = card.get("limitations") or card.get("limits") or []
     if isinstance(own, str):
         own = [own]
-    return [str(x) for x in own] + [x for x in FALLBACK_LIMITS if x not in own]
+    lead = DISCLAIMER.split(". ")[0].casefold()  # on every page already (notice and footer)
+    lines = [x for x in dict.fromkeys(str(x).strip() for x in own) if x and not x.casefold().startswith(lead)]
+    return lines or list(FALLBACK_LIMITS)
 
 
 def _model_section(case: dict, card: dict, styles: _Styles) -> list:
+    """The model and its limits, kept together: a page break moves the whole section rather than leaving a few of
+    its lines alone on a last page."""
     name, version = case["model"]["name"], case["model"]["version"]
     out = [
-        CondPageBreak(60 * mm),
         Paragraph("The model and its limits", styles.h2),
         _p(f"Results made by model {name} {version}.", styles.body),
     ]
@@ -638,7 +657,7 @@ def _model_section(case: dict, card: dict, styles: _Styles) -> list:
         out.append(_p(f"A field whose top probability is below {threshold:g} is called uncertain.", styles.body))
     out.append(Paragraph("<b>Limits</b>", styles.body))
     out += [_p(f"\u2022 {line}", styles.body) for line in _limits(card)]
-    return out
+    return [KeepTogether(out)]
 
 
 # --- page furniture -----------------------------------------------------------------------------------------------

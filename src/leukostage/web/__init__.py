@@ -1,10 +1,11 @@
-"""The web app and HTTP API: one application factory, one config, one request context, five blueprints.
+"""The web app and HTTP API: one application factory, one config, one request context, six blueprints.
 
 :func:`create_app` registers every blueprint itself: ``pages`` (the upload page), ``api`` (prediction, health, model
 card, OpenAPI), ``cases_api`` and ``cases_pages`` (the laboratory's cases, over ``cases.service``), ``login``
-(sign-in and sign-out); then the JSON error handlers and the security headers. The blueprints share what a request
-needs through :mod:`.context` (the model, a database transaction, the image store), :mod:`.uploads`, :mod:`.auth`,
-:mod:`.frame` and :mod:`.responses`, and never import one another.
+(sign-in and sign-out), ``users`` (the admin's user management, page and API, over ``cases.accounts``); then the
+JSON error handlers and the security headers. The blueprints share what a request needs through :mod:`.context`
+(the model, a database transaction, the image store), :mod:`.uploads`, :mod:`.auth`, :mod:`.frame` and
+:mod:`.responses`, and never import one another.
 
 Every setting lives in :func:`create_app`'s defaults. Each can be overridden by an environment variable
 ``LEUKOSTAGE_<KEY>`` (values parsed as JSON where they can be, e.g. ``LEUKOSTAGE_MAX_FILE_BYTES=5000000``) and,
@@ -102,12 +103,12 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     # imported here, not at the top: `leukostage serve` imports this package in its master process, which needs
     # neither the views nor their SQLAlchemy and Flask-Login
-    from . import api, auth, cases_api, cases_pages, context, frame, login, pages, responses
+    from . import api, auth, cases_api, cases_pages, context, frame, login, pages, responses, users
 
     context.init_app(app, predictor)  # the model for every request; where the case database and images live
     auth.init_auth(app)  # sessions, bearer tokens, CSRF, the login rate limit
     frame.init_app(app)  # the disclaimer, also for pages outside the blueprints' views
-    for blueprint in (pages.bp, api.bp, cases_api.bp, cases_pages.bp, login.bp):
+    for blueprint in (pages.bp, api.bp, cases_api.bp, cases_pages.bp, login.bp, users.bp):
         app.register_blueprint(blueprint)
     responses.register_error_handlers(app)
     app.after_request(responses.security_headers)

@@ -64,6 +64,24 @@ def list_cases():
         )
 
 
+@bp.get("/api/v1/cases/export.csv")
+@login_required
+def export_worklist():
+    """The worklist as CSV: every case matching ``status`` and ``q`` (no paging), the model's call beside the
+    reviewer's final call and who made it; recorded as an audit event."""
+    from ..reports.csv import worklist_csv
+
+    with transaction() as s:
+        items = service.export_worklist(
+            s, current_user, request.args.get("status") or None, request.args.get("q") or None
+        )
+    return Response(
+        worklist_csv(items),
+        mimetype="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="cases.csv"'},
+    )
+
+
 @bp.post("/api/v1/cases")
 @login_required
 def create_case():
@@ -119,6 +137,18 @@ def add_images(case_id: int):
             entry = service.add_image(s, current_user, case_id, field, store(), predictor().info)
         out.append({**entry, "timing_ms": timing})
     return jsonify(out), 201
+
+
+@bp.delete("/api/v1/cases/<int:case_id>/images/<int:image_id>")
+@login_required
+def remove_image(case_id: int, image_id: int):
+    """Take a field out of an open case, with ``{"reason"}``: 204. Its row and stored bytes are kept (audit trail);
+    409 once the case is signed off."""
+    service.require_role(current_user, service.UPLOAD_ROLES, "remove fields")
+    body = request.get_json(silent=True)
+    with transaction() as s:
+        service.remove_image(s, current_user, case_id, image_id, body)
+    return Response(status=204)
 
 
 def _reviewer_change(case_id: int, change, action: str):

@@ -4,11 +4,12 @@ file types the upload fields accept, and the configuration the page scripts read
 from __future__ import annotations
 
 from flask import Flask, current_app
+from flask_login import current_user
 
 from ..classes import CLASSES, DISCLAIMER, UNCERTAIN_COLOUR, UNCERTAIN_DISPLAY_NAME, UNCERTAIN_KEY, text_colour
 from ..explain import colour_scale_info
 from ..imaging import size_limit_message
-from .context import can_explain
+from .context import can_explain, predictor
 
 ACCEPT = "image/jpeg,image/png,image/tiff,image/bmp,.jpg,.jpeg,.png,.tif,.tiff,.bmp"
 
@@ -17,6 +18,13 @@ def disclaimer_parts() -> tuple[str, str]:
     """The disclaimer as (lead sentence, rest): "Research decision support, not a diagnosis." goes in bold."""
     lead, _, rest = DISCLAIMER.partition(". ")
     return lead + ".", rest
+
+
+def chrome() -> dict:
+    """What the frame of every signed-in page shows (``cases/base.html``): who is signed in, the disclaimer, the
+    model."""
+    lead, rest = disclaimer_parts()
+    return {"user": current_user, "disclaimer_lead": lead, "disclaimer_rest": rest, "model": predictor().info}
 
 
 def init_app(app: Flask) -> None:

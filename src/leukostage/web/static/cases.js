@@ -1,5 +1,6 @@
 // leukostage case page: upload many fields (one request per file, a progress bar each), switch the field grid
-// between the originals and their Grad-CAM heat maps, and send the reviewer's sign-off or amendment to the case API.
+// between the originals and their Grad-CAM heat maps, open a field large (its heat map, its result, removing it with
+// a reason), and send the reviewer's sign-off or amendment to the case API.
 // Plain script, no libraries, no external requests (the page works offline under a strict CSP). Every write
 // carries the page's CSRF token (header X-CSRFToken), as the API requires of cookie-authenticated requests.
 "use strict";
@@ -31,6 +32,7 @@
   const summary = $("upload-summary");
 
   function outcomeText(r) {
+    if (r.duplicate_of) return "the same photo as field #" + r.duplicate_of + ": not added again";
     if (!r.valid) return "refused: " + (r.reason || r.code);
     if (r.label === "uncertain") {
       const why = r.uncertain_reason === "outside_training_domain" ? "outside the training domain" : "low confidence";
@@ -84,13 +86,15 @@
       xhr.upload.addEventListener("load", () => { row.state.textContent = "analysing…"; });
       xhr.addEventListener("load", () => {
         const body = xhr.response;
-        if (xhr.status === 201 && Array.isArray(body) && body.length) {
+        const stored = xhr.status === 201 && Array.isArray(body) && body.length;
+        if (stored) {
           finish(row, true, outcomeText(body[0]));
         } else {
           const message = body && body.error ? body.error.message : "the server answered " + xhr.status;
           finish(row, false, "failed: " + message);
         }
-        resolve({ name: file.name, ok: xhr.status === 201, text: row.state.textContent });
+        const duplicate = Boolean(stored && body[0].duplicate_of);
+        resolve({ name: file.name, ok: xhr.status === 201, duplicate, text: row.state.textContent });
       });
       xhr.addEventListener("error", () => {
         finish(row, false, "failed: the server could not be reached");
@@ -137,8 +141,10 @@
       row.li.querySelector(".upload-name").textContent = o.name;
       finish(row, o.ok, o.text);
     }
+    const duplicates = outcomes.filter((o) => o.duplicate).length;
     summary.textContent = "Last upload: " + outcomes.length + " file" + (outcomes.length === 1 ? "" : "s") + ", " +
-      outcomes.filter((o) => o.ok).length + " stored.";
+      outcomes.filter((o) => o.ok && !o.duplicate).length + " stored" +
+      (duplicates ? ", " + duplicates + " already in the case (the same photo counts once)." : ".");
   }
 
   if (input) {
@@ -185,11 +191,79 @@
     heatmap.addEventListener("click", () => setView(true));
   }
 
+  // --- a field opened large ------------------------------------------------------------------------------------------
+
+  function showLarge(dialog, heat) {
+    const original = dialog.querySelector("img.large.original");
+    const heatImg = dialog.querySelector("img.large.heatmap");
+    if (!heatImg) return;
+    if (heat && !heatImg.getAttribute("src")) heatImg.src = heatImg.dataset.src;
+    heatImg.hidden = !heat;
+    original.hidden = heat;
+    dialog.querySelector(".show-original").setAttribute("aria-pressed", String(!heat));
+    dialog.querySelector(".show-heatmap").setAttribute("aria-pressed", String(heat));
+    dialog.querySelector(".heatmap-note").hidden = !heat;
+  }
+
+  for (const link of document.querySelectorAll("a.thumb[data-dialog]")) {
+    const dialog = $(link.dataset.dialog);
+    if (!dialog || typeof dialog.showModal !== "function") continue; // no <dialog>: the link opens the image
+    link.addEventListener("click", (e) => {
+      e.preventDefault();
+      const original = dialog.querySelector("img.large.original");
+      if (!original.getAttribute("src")) original.src = original.dataset.src;
+      const heatmapOn = $("view-heatmap") && $("view-heatmap").getAttribute("aria-pressed") === "true";
+      showLarge(dialog, Boolean(heatmapOn && dialog.querySelector("img.large.heatmap")));
+      dialog.showModal();
+    });
+    dialog.querySelector(".dialog-close").addEventListener("click", () => dialog.close());
+    dialog.addEventListener("click", (e) => { if (e.target === dialog) dialog.close(); }); // the backdrop
+    const toOriginal = dialog.querySelector(".show-original");
+    if (toOriginal) {
+      toOriginal.addEventListener("click", () => showLarge(dialog, false));
+      dialog.querySelector(".show-heatmap").addEventListener("click", () => showLarge(dialog, true));
+    }
+    const remove = dialog.querySelector(".remove-form");
+    if (remove) {
+      remove.addEventListener("submit", async (e) => {
+        e.preventDefault();
+        const problem = remove.querySelector(".form-error");
+        const button = remove.querySelector("button[type=submit]");
+        problem.hidden = true;
+        button.disabled = true;
+        try {
+          const response = await fetch(remove.dataset.url, {
+            method: "DELETE",
+            headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken },
+            body: JSON.stringify({ reason: remove.elements.reason.value }),
+            credentials: "same-origin",
+          });
+          if (response.status === 204) {
+            window.location.reload(); // the server renders the counts, chart and call without the field
+            return;
+          }
+          const answer = await response.json().catch(() => null);
+          problem.textContent = answer && answer.error ? answer.error.message : "The server answered " + response.status + ".";
+        } catch (err) {
+          problem.textContent = "The server could not be reached. Try again.";
+        }
+        problem.hidden = false;
+        button.disabled = false;
+      });
+    }
+  }
+
   // --- review / amend ---------------------------------------------------------------------------------------------
 
   const form = $("review-form");
   if (form) {
     const error = $("review-error");
+    // Non-diagnostic needs a reason: the comment becomes required while it is the chosen call.
+    const needComment = () => {
+      form.elements.comment.required = form.dataset.action === "review" &&
+        form.elements.final_call.value === "non_diagnostic";
+    };
+    form.addEventListener("change", needComment);
     form.addEventListener("submit", async (e) => {
       e.preventDefault();
       error.hidden = true;
