@@ -10,7 +10,7 @@ import re
 
 from cases_fixtures import PASSWORD, People
 
-CASE_ROUTE = re.compile(r"^/api/v1/cases")
+CASE_ROUTE = re.compile(r"^/api/v1/(cases|users)")
 ACCESSION, PATIENT = "ACC-SECRET-77", "Patient/SECRET-PATIENT-99"
 
 
@@ -96,12 +96,16 @@ def case_routes(app) -> list[tuple[str, str]]:
 
 
 def fill(rule: str, case_id: int, image_id: int) -> str:
-    return rule.replace("<int:case_id>", str(case_id)).replace("<int:image_id>", str(image_id))
+    return (
+        rule.replace("<int:case_id>", str(case_id))
+        .replace("<int:image_id>", str(image_id))
+        .replace("<username>", "tech")
+    )
 
 
 def test_every_case_route_refuses_without_credentials(case_app, case_client, people):
     routes = case_routes(case_app)
-    assert len(routes) >= 12
+    assert len(routes) >= 16
     for rule, method in routes:
         for headers in ({}, People.auth("forged-token"), {"Authorization": "Basic dGVjaDpwdw=="}):
             r = case_client.open(fill(rule, 1, 1), method=method, headers=headers)
@@ -268,3 +272,183 @@ def test_no_patient_identifiers_in_logs(case_app, case_client, people, case_fiel
     case_client.get(f"/api/v1/cases/{cid}/fhir", headers=People.auth(people.tech))
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "SECRET" not in logged
+
+
+# --- issue 21: the reviewer's workflow, made safe ---------------------------------------------------------------------
+
+
+def test_the_same_photo_again_answers_the_existing_field(case_client, people, case_fields):
+    c = case_client
+    cid = make_case(c, people.tech, "DUP-PHOTO")
+    photo = case_fields["advanced"][0]
+    first = upload(c, people.tech, cid, [photo], ["a.jpg"]).json[0]
+    r = upload(c, people.tech, cid, [photo, photo, case_fields["advanced"][1]], ["a-again.jpg", "a-3.jpg", "b.jpg"])
+    assert r.status_code == 201
+    again, third, other = r.json
+    assert first["duplicate_of"] is None and other["duplicate_of"] is None
+    assert again["image_id"] == again["duplicate_of"] == first["image_id"] == third["duplicate_of"]
+    assert again["file"] == "a-again.jpg" and again["label"] == first["label"]  # each entry names its upload
+    case = c.get(f"/api/v1/cases/{cid}", headers=People.auth(people.tech)).json
+    assert len(case["images"]) == 2 and case["summary"]["counted"] == 2 and case["summary"]["case_call"] == "uncertain"
+
+
+def test_a_sign_off_needs_a_call_and_non_diagnostic_a_comment(case_client, people, case_fields):
+    c = case_client
+    cid = make_case(c, people.tech, "ND-1")
+    upload(c, people.tech, cid, [b"GIF89a not a smear"])
+    for body, code in (
+        ({"comment": "agree"}, "missing_field"),
+        ({"final_call": "non_diagnostic"}, "missing_field"),
+        ({"final_call": "stage 4"}, "bad_class"),
+    ):
+        r = c.post(f"/api/v1/cases/{cid}/review", json=body, headers=People.auth(people.rev))
+        assert r.status_code == 400 and r.json["error"]["code"] == code, body
+    assert (
+        "final_call"
+        in c.post(f"/api/v1/cases/{cid}/review", json={}, headers=People.auth(people.rev)).json["error"]["message"]
+    )
+    r = c.post(
+        f"/api/v1/cases/{cid}/review",
+        json={"final_call": "Non-diagnostic", "comment": "no usable field"},
+        headers=People.auth(people.rev),
+    )
+    assert r.status_code == 200 and r.json["final_call"] == "non_diagnostic" and r.json["status"] == "signed_off"
+    report = next(
+        e["resource"]
+        for e in c.get(f"/api/v1/cases/{cid}/fhir", headers=People.auth(people.rev)).json["entry"]
+        if e["resource"]["resourceType"] == "DiagnosticReport"
+    )
+    assert "Non-diagnostic" in report["conclusion"] and "no usable field" in report["conclusion"]
+
+
+def test_an_amended_case_says_what_is_current_in_every_answer(case_client, people, case_fields):
+    c = case_client
+    cid = make_case(c, people.tech, "AMEND-1")
+    upload(c, people.tech, cid, case_fields["mid"][:3])
+    signed = c.post(
+        f"/api/v1/cases/{cid}/review",
+        json={"final_call": "mid", "comment": "Agree with model"},
+        headers=People.auth(people.rev),
+    ).json
+    assert signed["final_call"] == "mid" and signed["decision"]["comment"] == "Agree with model"
+    r = c.post(
+        f"/api/v1/cases/{cid}/amend",
+        json={"final_call": "Advanced Stage", "reason": "flow cytometry"},
+        headers=People.auth(people.admin),
+    )
+    assert r.status_code == 200
+    case = r.json
+    assert case["final_call"] == "advanced" and case["status"] == "amended"
+    assert (case["decision"]["by"], case["decision"]["reason"], case["decision"]["comment"]) == (
+        "admin",
+        "flow cytometry",
+        None,
+    )
+    (listed,) = [x for x in c.get("/api/v1/cases", headers=People.auth(people.tech)).json["cases"] if x["id"] == cid]
+    assert (listed["case_call"], listed["final_call"], listed["final_call_by"]) == ("mid", "advanced", "admin")
+    rows = list(
+        csv.DictReader(
+            io.StringIO(
+                c.get(f"/api/v1/cases/{cid}/export.csv", headers=People.auth(people.rev)).get_data(as_text=True)
+            )
+        )
+    )
+    assert {(r["case_call"], r["final_call"], r["final_call_by"]) for r in rows} == {("mid", "advanced", "admin")}
+    bundle = c.get(f"/api/v1/cases/{cid}/fhir", headers=People.auth(people.rev)).json
+    (report,) = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "DiagnosticReport"]
+    assert report["status"] == "amended" and report["conclusionCode"][0]["coding"][0]["code"] == "advanced"
+    assert "Agree with model" not in report["conclusion"]
+
+
+def test_the_worklist_csv_lists_every_matching_case_with_both_calls(case_client, people):
+    c = case_client
+    ids = [make_case(c, people.tech, f"WL-{n}", patient_ref=f"MRN {n}") for n in range(3)]
+    make_case(c, people.tech, "OTHER-1")
+    c.post(f"/api/v1/cases/{ids[1]}/review", json={"final_call": "early"}, headers=People.auth(people.rev))
+    r = c.get("/api/v1/cases/export.csv?q=WL-", headers=People.auth(people.tech))
+    assert r.status_code == 200 and r.mimetype == "text/csv"
+    assert r.headers["Content-Disposition"] == 'attachment; filename="cases.csv"'
+    rows = list(csv.DictReader(io.StringIO(r.get_data(as_text=True))))
+    assert [int(x["id"]) for x in rows] == ids[::-1]
+    assert [(x["case_call"], x["final_call"], x["final_call_by"]) for x in rows] == [
+        ("uncertain", "", ""),
+        ("uncertain", "early", "rev"),
+        ("uncertain", "", ""),
+    ]
+    assert c.get("/api/v1/cases/export.csv?status=closed", headers=People.auth(people.tech)).status_code == 400
+
+
+def test_removing_a_field_before_sign_off(case_client, people, case_fields):
+    c = case_client
+    cid = make_case(c, people.tech, "RM-1")
+    ids = [e["image_id"] for e in upload(c, people.tech, cid, case_fields["normal"][:3]).json]
+    path = f"/api/v1/cases/{cid}/images/{ids[0]}"
+    r = c.delete(path, headers=People.auth(people.tech))
+    assert r.status_code == 400  # no reason
+    r = c.delete(path, json={"reason": ""}, headers=People.auth(people.tech))
+    assert r.status_code == 400 and r.json["error"]["code"] == "missing_field"
+    r = c.delete(path, json={"reason": "wrong patient"}, headers=People.auth(people.tech))
+    assert r.status_code == 204 and r.data == b""
+    assert c.delete(path, json={"reason": "again"}, headers=People.auth(people.tech)).status_code == 409
+    case = c.get(f"/api/v1/cases/{cid}", headers=People.auth(people.tech)).json
+    assert [i["image_id"] for i in case["images"]] == ids[1:]
+    assert case["removed_images"][0]["removed"]["reason"] == "wrong patient"
+    kept = c.get(path, headers=People.auth(people.tech))  # the bytes stay readable, for the audit trail
+    assert kept.status_code == 200 and kept.data == case_fields["normal"][0]
+    events = c.get(f"/api/v1/cases/{cid}/audit", headers=People.auth(people.tech)).json["events"]
+    assert [e["detail"]["reason"] for e in events if e["action"] == "image_removed"] == ["wrong patient"]
+    other = make_case(c, people.tech, "RM-OTHER")
+    r = c.delete(f"/api/v1/cases/{other}/images/{ids[1]}", json={"reason": "x"}, headers=People.auth(people.tech))
+    assert r.status_code == 404 and r.json["error"]["code"] == "unknown_image"
+    c.post(f"/api/v1/cases/{cid}/review", json={"final_call": "normal"}, headers=People.auth(people.rev))
+    r = c.delete(f"/api/v1/cases/{cid}/images/{ids[1]}", json={"reason": "late"}, headers=People.auth(people.rev))
+    assert r.status_code == 409 and r.json["error"]["code"] == "case_signed_off"
+
+
+def test_removing_a_field_with_a_session_needs_the_csrf_token(case_client, people, case_fields):
+    c = case_client
+    cid = make_case(c, people.tech, "RM-CSRF")
+    (entry,) = upload(c, people.tech, cid, case_fields["normal"][:1]).json
+    _, token = login(c)
+    path = f"/api/v1/cases/{cid}/images/{entry['image_id']}"
+    assert c.delete(path, json={"reason": "x"}).json["error"]["code"] == "csrf_failed"
+    assert c.delete(path, json={"reason": "x"}, headers={"X-CSRFToken": token}).status_code == 204
+
+
+def test_users_api_is_for_admins_and_a_disabled_users_token_is_refused(case_client, people):
+    c = case_client
+    admin = People.auth(people.admin)
+    for token in (people.tech, people.rev):
+        assert c.get("/api/v1/users", headers=People.auth(token)).status_code == 403
+        r = c.post("/api/v1/users", json={"username": "x"}, headers=People.auth(token))
+        assert r.status_code == 403 and r.json["error"]["code"] == "forbidden"
+        assert c.patch("/api/v1/users/tech", json={"disabled": True}, headers=People.auth(token)).status_code == 403
+    listed = c.get("/api/v1/users", headers=admin).json["users"]
+    assert [(u["username"], u["role"], u["disabled"]) for u in listed] == [
+        ("admin", "admin", False),
+        ("rev", "reviewer", False),
+        ("tech", "technician", False),
+    ]
+    assert "password" not in str(listed) and "argon2" not in str(listed)
+    body = {"username": "temp1", "role": "technician", "password": "correct horse battery 7"}
+    r = c.post("/api/v1/users", json=body, headers=admin)
+    assert r.status_code == 201 and r.json["username"] == "temp1" and r.json["disabled"] is False
+    r = c.post("/api/v1/users", json=body, headers=admin)
+    assert r.status_code == 409 and r.json["error"]["code"] == "user_exists"
+    assert "already exists" in r.json["error"]["message"]
+    r = c.post("/api/v1/users", json={**body, "username": "temp2", "role": "chief"}, headers=admin)
+    assert r.status_code == 400 and "technician, reviewer, admin" in r.json["error"]["message"]
+    assert c.get("/api/v1/cases", headers=People.auth(people.tech)).status_code == 200
+    r = c.patch("/api/v1/users/tech", json={"disabled": True}, headers=admin)
+    assert r.status_code == 200 and r.json["disabled"] is True
+    r = c.get("/api/v1/cases", headers=People.auth(people.tech))
+    assert r.status_code == 401  # the disabled account's token
+    assert c.patch("/api/v1/users/tech", json={"disabled": False}, headers=admin).json["disabled"] is False
+    assert c.get("/api/v1/cases", headers=People.auth(people.tech)).status_code == 200
+    assert c.patch("/api/v1/users/rev", json={"role": "admin"}, headers=admin).json["role"] == "admin"
+    assert c.patch("/api/v1/users/tech", json={"password": "new long password"}, headers=admin).status_code == 200
+    assert login(c, "tech", "new long password")[0].status_code == 302
+    assert c.patch("/api/v1/users/nobody", json={"disabled": True}, headers=admin).status_code == 404
+    r = c.patch("/api/v1/users/admin", json={"disabled": True}, headers=admin)
+    assert r.status_code == 409 and r.json["error"]["code"] == "own_account"
+    assert c.patch("/api/v1/users/tech", json="x", headers=admin).status_code == 400

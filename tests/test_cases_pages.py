@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 from cases_fixtures import PASSWORD, People
 
-from leukostage.classes import CLASSES, UNCERTAIN_COLOUR, text_colour
+from leukostage.classes import CLASSES, NON_DIAGNOSTIC_COLOUR, UNCERTAIN_COLOUR, text_colour
 
 CSRF = re.compile(rb'name="csrf_token" value="([^"]+)"')
 
@@ -143,8 +143,8 @@ def test_what_users_typed_is_escaped(case_client, people, case_fields):
 
 def test_pages_keep_to_the_strict_csp(case_client, people, case_fields):
     case_id = case_with_fields(case_client, people, case_fields["early"][:2])
-    sign_in(case_client, "rev")
-    for path in ("/login", "/cases", "/cases/new", f"/cases/{case_id}", "/cases/999999"):
+    sign_in(case_client, "admin")
+    for path in ("/login", "/cases", "/cases/new", f"/cases/{case_id}", "/cases/999999", "/users"):
         r = case_client.get(path)
         assert r.headers["Content-Security-Policy"].startswith("default-src 'none'; script-src 'self'")
         html = r.data.decode()
@@ -164,6 +164,98 @@ def test_badge_style_sheet_comes_from_classes(case_client):
     r = case_client.get("/cases/classes.css")
     assert r.status_code == 200 and r.mimetype == "text/css"
     css = r.data.decode()
-    for key, colour in [(c.key, c.colour) for c in CLASSES] + [("uncertain", UNCERTAIN_COLOUR)]:
+    for key, colour in [(c.key, c.colour) for c in CLASSES] + [
+        ("uncertain", UNCERTAIN_COLOUR),
+        ("non_diagnostic", NON_DIAGNOSTIC_COLOUR),
+    ]:
         assert f'[data-label="{key}"].badge {{ background-color: {colour}; color: {text_colour(colour)}; }}' in css
     assert '[data-label="refused"].badge' in css
+
+
+# --- issue 21 ---------------------------------------------------------------------------------------------------------
+
+CALL_CHOICES = re.compile(r'<input type="radio" name="final_call" value="(\w+)"[^>]*>')
+
+
+def test_the_sign_off_form_pre_selects_nothing(case_client, people, case_fields):
+    """Issue 21: the form pre-selected the model's call, so agreeing was one click."""
+    case_id = case_with_fields(case_client, people, case_fields["advanced"][:3])
+    sign_in(case_client, "rev")
+    page = case_client.get(f"/cases/{case_id}").get_data(as_text=True)
+    form = page[page.index('id="review-form"') : page.index("</form>", page.index('id="review-form"'))]
+    choices = CALL_CHOICES.findall(form)
+    assert choices == ["normal", "early", "mid", "advanced", "non_diagnostic"]  # fields counted: Non-diagnostic last
+    assert not re.search(r"\schecked|\sselected", form), form
+
+
+def test_non_diagnostic_is_offered_first_when_no_field_counted(case_client, people):
+    refused = cv2.imencode(".png", np.full((200, 200, 3), 255, np.uint8))[1].tobytes()
+    case_id = case_with_fields(case_client, people, [refused])
+    sign_in(case_client, "rev")
+    page = case_client.get(f"/cases/{case_id}").get_data(as_text=True)
+    assert CALL_CHOICES.findall(page)[0] == "non_diagnostic"
+    assert "required for Non-diagnostic" in page
+
+
+def test_the_page_shows_the_amended_call_with_its_reason_and_the_history_below(case_client, people):
+    r = case_client.post("/api/v1/cases", json={"accession": "PG-AM"}, headers=People.auth(people.tech))
+    case_id = r.json["id"]
+    case_client.post(
+        f"/api/v1/cases/{case_id}/review",
+        json={"final_call": "mid", "comment": "Agree with model"},
+        headers=People.auth(people.rev),
+    )
+    case_client.post(
+        f"/api/v1/cases/{case_id}/amend",
+        json={"final_call": "advanced", "reason": "flow cytometry"},
+        headers=People.auth(people.admin),
+    )
+    sign_in(case_client, "tech")
+    page = case_client.get(f"/cases/{case_id}").get_data(as_text=True)
+    call = page[page.index('id="call-panel"') : page.index("</section>", page.index('id="call-panel"'))]
+    assert re.search(r'id="final-call" data-label="advanced">Advanced Stage<', call)
+    assert re.search(r"amended\s+by admin", call) and "Reason: flow cytometry" in call
+    current, history = call.split('id="history"')
+    assert "Agree with model" not in current and "Agree with model" in history
+    assert "signed off as Mid Stage" in history
+    listing = case_client.get("/cases").get_data(as_text=True)
+    row = listing[listing.index(f'data-case-id="{case_id}"') :]
+    assert re.search(r'class="final-call"><span class="badge small" data-label="advanced">', row)
+    assert "amended by admin" in row
+
+
+def test_the_login_page_shows_no_shell_command(case_client):
+    page = case_client.get("/login").get_data(as_text=True)
+    assert "leukostage users" not in page and "--password-stdin" not in page and "<code>" not in page
+    assert "administrator" in page
+
+
+def test_the_users_page_is_for_admins(case_client, people):
+    sign_in(case_client, "tech")
+    r = case_client.get("/users")
+    assert r.status_code == 403 and r.mimetype == "text/html" and b"needs the role admin" in r.data
+    assert b'id="users-link"' not in case_client.get("/cases").data
+    admin = case_client.application.test_client()
+    token = sign_in(admin, "admin")
+    assert b'id="users-link"' in admin.get("/cases").data
+    page = admin.get("/users").get_data(as_text=True)
+    assert [m for m in re.findall(r'data-username="([^"]+)"', page)] == ["admin", "rev", "tech"]
+    r = admin.post(
+        "/users", data={"csrf_token": token, "username": "nina", "role": "reviewer", "password": "long pass 1"}
+    )
+    assert r.status_code == 303 and r.headers["Location"].endswith("/users?saved=nina")
+    r = admin.post(
+        "/users", data={"csrf_token": token, "username": "nina", "role": "reviewer", "password": "long pass 1"}
+    )
+    assert r.status_code == 409 and "already exists" in r.get_data(as_text=True)
+    r = admin.post("/users/nina", data={"csrf_token": token, "action": "disable"})
+    assert r.status_code == 303
+    assert 'data-username="nina" data-disabled="true"' in admin.get("/users").get_data(as_text=True)
+    r = admin.post("/users/admin", data={"csrf_token": token, "action": "disable"})  # the only admin
+    assert r.status_code == 409 and "last active admin" in r.get_data(as_text=True)
+    r = admin.post("/users/nina", data={"action": "enable"})  # no CSRF token
+    assert r.status_code == 400 and r.json["error"]["code"] == "csrf_failed"
+    r = case_client.post("/users/nina", data={"csrf_token": token, "action": "enable"})  # a technician's session
+    assert r.status_code in (400, 403)
+    users = admin.get("/api/v1/users").json["users"]
+    assert [(u["username"], u["disabled"]) for u in users if u["username"] == "nina"] == [("nina", True)]

@@ -1,6 +1,6 @@
 import pytest
 
-from leukostage.classes import BY_KEY, CLASS_KEYS, CLASSES, class_info, parse_class
+from leukostage.classes import BY_KEY, CLASS_KEYS, CLASSES, class_info, parse_class, parse_final_call
 
 
 def test_keys_names_and_dataset_labels_are_the_contract():
@@ -40,3 +40,24 @@ def test_parse_class_takes_keys_in_any_case_and_display_names(text, key):
 def test_parse_class_refuses_others_listing_keys_and_names(text):
     with pytest.raises(ValueError, match=r"expected one of normal, early, mid, advanced .*Mid Stage"):
         parse_class(text)
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("mid", "mid"),
+        ("Mid Stage", "mid"),
+        ("pro-b all", "advanced"),
+        ("non_diagnostic", "non_diagnostic"),
+        ("Non-diagnostic", "non_diagnostic"),
+        ("NON DIAGNOSTIC", "non_diagnostic"),
+    ],
+)
+def test_a_final_call_is_a_class_as_parse_class_reads_it_or_non_diagnostic(text, key):
+    assert parse_final_call(text) == key
+
+
+@pytest.mark.parametrize("text", ["uncertain", "", "stage 4"])
+def test_other_final_calls_are_refused_listing_what_is_accepted(text):
+    with pytest.raises(ValueError, match=r"normal, early, mid, advanced, non_diagnostic .*Non-diagnostic"):
+        parse_final_call(text)

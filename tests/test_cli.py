@@ -63,6 +63,17 @@ def test_predict_exit_zero_and_readable_table(sample_smears, capsys):
     assert code == 0  # a genuine smear is accepted (1 would mean it was rejected)
 
 
+def test_table_names_the_dataset_subtype_without_doubled_parentheses(sample_smears, capsys):
+    """Issue 21: a Normal row read "Normal (Benign (hematogones))"."""
+    from leukostage.cli.serving import outcome
+
+    row = {"label": "normal", "display_label": "Normal", "dataset_label": "Benign (hematogones)"}
+    assert outcome(row) == "Normal - Benign (hematogones)"
+    main(["predict", str(sample_smears["normal"])])
+    printed = capsys.readouterr().out
+    assert "Normal - Benign (hematogones)" in printed and "))" not in printed
+
+
 def test_predict_never_imports_torch(sample_smears):
     code = (
         f"import sys; from leukostage.cli import main; main(['predict', '--json', {str(sample_smears['normal'])!r}]); "

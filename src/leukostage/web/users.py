@@ -15,6 +15,7 @@ from flask_login import current_user, login_required
 from ..cases import accounts, service
 from ..cases.models import ROLES
 from ..cases.users import MIN_PASSWORD_CHARS
+from ..reports.content import show_time
 from .auth import protect_writes
 from .context import transaction
 from .frame import chrome
@@ -71,6 +72,7 @@ def _page(status: int = 200, error: str | None = None, form: dict | None = None,
             form=form or {},
             saved=saved,
             min_password=MIN_PASSWORD_CHARS,
+            show_time=show_time,
             **chrome(),
         ),
         status,
