@@ -63,6 +63,41 @@ def test_users_add_and_token_alone_on_the_last_line(instance):
     assert missing.returncode == 2 and "users add nobody" in missing.stderr
 
 
+def test_users_list_and_set_and_an_existing_name_is_explained(instance):
+    """Issue 21: adding an existing name just failed; accounts could not be listed, disabled or reset."""
+    assert (
+        cli("users", "add", "ann", "--role", "technician", "--password-stdin", stdin="long enough pw\n").returncode == 0
+    )
+    again = cli("users", "add", "ann", "--role", "reviewer", "--password-stdin", stdin="long enough pw\n")
+    assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1
+    assert "already exists (technician, active)" in again.stderr and "leukostage users set ann" in again.stderr
+    assert cli("users", "set", "ann", "--role", "reviewer").stdout.strip() == "ann: reviewer, active"
+    token = cli("users", "token", "ann").stdout.strip().splitlines()[-1]
+    done = cli("users", "set", "ann", "--disable", "--password-stdin", stdin="another long pw\n")
+    assert done.returncode == 0 and done.stdout.strip() == "ann: reviewer, disabled, password reset"
+    assert "another long pw" not in done.stdout + done.stderr
+    assert cli("users", "list").stdout.strip().splitlines() == ["ann\treviewer\tdisabled"]
+
+    from sqlalchemy import select
+
+    from leukostage.cases import db, users
+    from leukostage.cases.models import AuditEvent
+
+    with db.session_scope(instance.url) as s:
+        assert users.user_for_token(s, token) is None
+        actions = [(e.action, e.detail["via"]) for e in s.scalars(select(AuditEvent).order_by(AuditEvent.id))]
+    assert actions == [
+        ("user_created", "cli"),
+        ("role_changed", "cli"),
+        ("user_disabled", "cli"),
+        ("password_reset", "cli"),
+    ]
+    nothing = cli("users", "set", "ann")
+    assert nothing.returncode == 2 and "nothing to change" in nothing.stderr
+    missing = cli("users", "set", "nobody", "--enable")
+    assert missing.returncode == 2 and "no user 'nobody'" in missing.stderr
+
+
 def test_db_check_removes_orphans_and_reports_rows_without_files(instance, people, case_fields, model_path):
     from sqlalchemy import select
 

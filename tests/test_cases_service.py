@@ -476,3 +476,30 @@ def test_only_an_admin_manages_users_and_the_last_admin_stays(instance, staff):
     assert err.value.code == "own_account"
     with db.session_scope(instance.url) as s:
         assert accounts.update_user(s, boss, "boss", {"role": "reviewer"})["role"] == "reviewer"  # another admin left
+
+
+def test_the_review_safety_migration_upgrades_a_database_in_use_and_downgrades(db_url):
+    """0002_review_safety only adds a table: a 0001 database keeps its rows, and the step can be taken back."""
+    from alembic import command
+    from sqlalchemy import inspect
+
+    from leukostage.cases.db import _alembic_config, get_engine
+
+    with get_engine(db_url).begin() as conn:
+        command.upgrade(_alembic_config(conn), "0001")
+    with get_engine(db_url).begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO users (username, password_hash, role, active, created_at) "
+                "VALUES ('old', 'x', 'reviewer', true, CURRENT_TIMESTAMP)"
+            )
+        )
+    db.upgrade(db_url)
+    assert db.current_revision(db_url) == db.head_revision()
+    assert "image_removals" in inspect(get_engine(db_url)).get_table_names()
+    with db.session_scope(db_url) as s:
+        assert s.scalar(select(User.role).where(User.username == "old")) == "reviewer"
+    with get_engine(db_url).begin() as conn:
+        command.downgrade(_alembic_config(conn), "0001")
+    assert "image_removals" not in inspect(get_engine(db_url)).get_table_names()
+    db.dispose_all()

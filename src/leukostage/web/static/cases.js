@@ -194,8 +194,8 @@
   // --- a field opened large ------------------------------------------------------------------------------------------
 
   function showLarge(dialog, heat) {
-    const original = dialog.querySelector("img.large.original");
-    const heatImg = dialog.querySelector("img.large.heatmap");
+    const original = dialog.querySelector("img.large-original");
+    const heatImg = dialog.querySelector("img.large-heatmap");
     if (!heatImg) return;
     if (heat && !heatImg.getAttribute("src")) heatImg.src = heatImg.dataset.src;
     heatImg.hidden = !heat;
@@ -210,10 +210,10 @@
     if (!dialog || typeof dialog.showModal !== "function") continue; // no <dialog>: the link opens the image
     link.addEventListener("click", (e) => {
       e.preventDefault();
-      const original = dialog.querySelector("img.large.original");
+      const original = dialog.querySelector("img.large-original");
       if (!original.getAttribute("src")) original.src = original.dataset.src;
       const heatmapOn = $("view-heatmap") && $("view-heatmap").getAttribute("aria-pressed") === "true";
-      showLarge(dialog, Boolean(heatmapOn && dialog.querySelector("img.large.heatmap")));
+      showLarge(dialog, Boolean(heatmapOn && dialog.querySelector("img.large-heatmap")));
       dialog.showModal();
     });
     dialog.querySelector(".dialog-close").addEventListener("click", () => dialog.close());
