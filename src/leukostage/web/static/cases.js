@@ -191,6 +191,31 @@
     heatmap.addEventListener("click", () => setView(true));
   }
 
+  // A JSON write with the page's CSRF token. Done: reload (the server renders the case as it now stands). Refused:
+  // the server's message in `problem`, and the button back for another try.
+  async function sendAndReload(method, url, body, problem, button) {
+    problem.hidden = true;
+    button.disabled = true;
+    try {
+      const response = await fetch(url, {
+        method,
+        headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken },
+        body: JSON.stringify(body),
+        credentials: "same-origin",
+      });
+      if (response.ok) {
+        window.location.reload();
+        return;
+      }
+      const answer = await response.json().catch(() => null);
+      problem.textContent = answer && answer.error ? answer.error.message : "The server answered " + response.status + ".";
+    } catch (err) {
+      problem.textContent = "The server could not be reached. Try again.";
+    }
+    problem.hidden = false;
+    button.disabled = false;
+  }
+
   // --- a field opened large ------------------------------------------------------------------------------------------
 
   function showLarge(dialog, heat) {
@@ -225,30 +250,11 @@
     }
     const remove = dialog.querySelector(".remove-form");
     if (remove) {
-      remove.addEventListener("submit", async (e) => {
+      remove.addEventListener("submit", (e) => {
         e.preventDefault();
-        const problem = remove.querySelector(".form-error");
-        const button = remove.querySelector("button[type=submit]");
-        problem.hidden = true;
-        button.disabled = true;
-        try {
-          const response = await fetch(remove.dataset.url, {
-            method: "DELETE",
-            headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken },
-            body: JSON.stringify({ reason: remove.elements.reason.value }),
-            credentials: "same-origin",
-          });
-          if (response.status === 204) {
-            window.location.reload(); // the server renders the counts, chart and call without the field
-            return;
-          }
-          const answer = await response.json().catch(() => null);
-          problem.textContent = answer && answer.error ? answer.error.message : "The server answered " + response.status + ".";
-        } catch (err) {
-          problem.textContent = "The server could not be reached. Try again.";
-        }
-        problem.hidden = false;
-        button.disabled = false;
+        // on 204 the page reloads: the server renders the counts, chart and call without the field
+        sendAndReload("DELETE", remove.dataset.url, { reason: remove.elements.reason.value },
+          remove.querySelector(".form-error"), remove.querySelector("button[type=submit]"));
       });
     }
   }
@@ -264,9 +270,8 @@
         form.elements.final_call.value === "non_diagnostic";
     };
     form.addEventListener("change", needComment);
-    form.addEventListener("submit", async (e) => {
+    form.addEventListener("submit", (e) => {
       e.preventDefault();
-      error.hidden = true;
       const overrides = Array.from(document.querySelectorAll(".override-select"))
         .filter((s) => s.value)
         .map((s) => ({ image_id: Number(s.dataset.imageId), label: s.value }));
@@ -279,26 +284,7 @@
         if (finalCall) body.final_call = finalCall;
         if (!body.comment) delete body.comment;
       }
-      const button = form.querySelector("button[type=submit]");
-      button.disabled = true;
-      try {
-        const response = await fetch(form.dataset.url, {
-          method: "POST",
-          headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken },
-          body: JSON.stringify(body),
-          credentials: "same-origin",
-        });
-        if (response.ok) {
-          window.location.reload();
-          return;
-        }
-        const answer = await response.json().catch(() => null);
-        error.textContent = answer && answer.error ? answer.error.message : "The server answered " + response.status + ".";
-      } catch (err) {
-        error.textContent = "The server could not be reached. Try again.";
-      }
-      error.hidden = false;
-      button.disabled = false;
+      sendAndReload("POST", form.dataset.url, body, error, form.querySelector("button[type=submit]"));
     });
   }
 })();
