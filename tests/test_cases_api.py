@@ -7,8 +7,12 @@ import csv
 import io
 import logging
 import re
+import zlib
 
+import pytest
 from cases_fixtures import PASSWORD, People
+
+from leukostage.web.uploads import NOT_AN_IMAGE_CODES
 
 CASE_ROUTE = re.compile(r"^/api/v1/cases")
 ACCESSION, PATIENT = "ACC-SECRET-77", "Patient/SECRET-PATIENT-99"
@@ -30,14 +34,26 @@ def make_case(client, token, accession=ACCESSION, **extra) -> int:
     return r.json["id"]
 
 
-def test_workflow_technician_then_reviewer(case_client, people, case_fields):
+@pytest.fixture(scope="session")
+def non_smear(data_dir) -> bytes:
+    """A real photograph that is not a blood smear (histology): readable, refused by the validator; as a JPEG, so
+    that the test client's body stays in memory (over 500 kB it spools to a temporary file it never closes)."""
+    import cv2
+
+    ok, jpeg = cv2.imencode(".jpg", cv2.imread(str(sorted((data_dir / "not_blood").glob("*"))[0])))
+    assert ok
+    return jpeg.tobytes()
+
+
+def test_workflow_technician_then_reviewer(case_client, people, case_fields, non_smear):
     c = case_client
     cid = make_case(c, people.tech, patient_ref=PATIENT, note="smear 1")
-    r = upload(c, people.tech, cid, case_fields["advanced"][:3] + [b"GIF89a not a smear"])
+    r = upload(c, people.tech, cid, case_fields["advanced"][:3] + [non_smear, b"GIF89a not a smear"])
     assert r.status_code == 201
-    entries = r.json
+    entries, gif = r.json[:4], r.json[4]
     assert len(entries) == 4 and all("image_id" in e for e in entries)
-    assert entries[-1]["valid"] is False and entries[-1]["code"] in ("unsupported_format", "unreadable")
+    assert entries[-1]["valid"] is False and entries[-1]["code"] not in NOT_AN_IMAGE_CODES  # a refused field, kept
+    assert gif["valid"] is False and gif["code"] == "unsupported_format" and "image_id" not in gif  # not stored
     assert all(e["model"]["name"] for e in entries if e["valid"])
     case = c.get(f"/api/v1/cases/{cid}", headers=People.auth(people.tech)).json
     assert case["patient_ref"] == PATIENT and len(case["images"]) == 4
@@ -73,6 +89,77 @@ def test_workflow_technician_then_reviewer(case_client, people, case_fields):
     assert actions[:5] == ["created", "image_added", "image_added", "image_added", "image_added"]
     assert {"viewed", "overridden", "signed_off", "amended"} <= set(actions)
     assert all(e["user"] and e["at"] for e in events)
+
+
+def header_only_png(side: int = 10_000) -> bytes:
+    """A PNG whose header declares side x side pixels (over imaging.MAX_PIXELS): refused before any decoding."""
+    ihdr = side.to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + len(ihdr).to_bytes(4, "big")
+        + b"IHDR"
+        + ihdr
+        + zlib.crc32(b"IHDR" + ihdr).to_bytes(4, "big")
+    )
+
+
+def test_case_uploads_follow_the_predict_rules_and_store_nothing_refused(case_app, case_client, people, case_fields):
+    """Empty, over the per-file limit, not an image, too many pixels: an entry with the code /api/v1/predict gives
+    the same file, and nothing stored; the real field beside them is stored."""
+    case_app.config["MAX_FILE_BYTES"] = 200_000
+    blobs = [b"", b"\xff\xd8\xff" + bytes(200_000), b"this is not an image " * 40, header_only_png()]
+    blobs.append(case_fields["early"][0])
+    want = ["empty_file", "file_too_large", "unreadable", "too_large"]
+    predicted = case_client.post(
+        "/api/v1/predict",
+        data={"files": [(io.BytesIO(b), f"f{i}.jpg") for i, b in enumerate(blobs)]},
+        content_type="multipart/form-data",
+    ).json
+    assert [e.get("code") for e in predicted[:4]] == want
+    cid = make_case(case_client, people.tech, "LIMITS")
+    r = upload(case_client, people.tech, cid, blobs)
+    assert r.status_code == 201
+    assert [e.get("code") for e in r.json[:4]] == want
+    assert all(e["valid"] is False and e["reason"] and "image_id" not in e for e in r.json[:4])
+    assert r.json[4]["valid"] is True and "image_id" in r.json[4]
+    case = case_client.get(f"/api/v1/cases/{cid}", headers=People.auth(people.tech)).json
+    assert [i["image_id"] for i in case["images"]] == [r.json[4]["image_id"]]
+    events = case_client.get(f"/api/v1/cases/{cid}/audit", headers=People.auth(people.tech)).json["events"]
+    assert [e["action"] for e in events].count("image_added") == 1
+
+
+def test_case_uploads_have_the_request_time_budget(case_app, case_client, people, case_fields):
+    """Past REQUEST_BUDGET_S no further file is analysed or stored: each says so (and can be sent again)."""
+    cid = make_case(case_client, people.tech, "BUDGET")
+    case_app.config["REQUEST_BUDGET_S"] = 0
+    r = upload(case_client, people.tech, cid, case_fields["mid"][:2])
+    assert r.status_code == 201
+    assert [e["code"] for e in r.json] == ["over_time_budget"] * 2 and "send it again" in r.json[0]["reason"]
+    assert case_client.get(f"/api/v1/cases/{cid}", headers=People.auth(people.tech)).json["images"] == []
+
+
+def test_reading_a_field_its_heat_map_or_the_audit_trail_is_recorded(case_client, people, case_fields):
+    c = case_client
+    cid = make_case(c, people.tech, "VIEWS")
+    image_id = upload(c, people.tech, cid, case_fields["normal"][:1]).json[0]["image_id"]
+
+    def views() -> list[dict]:
+        events = c.get(f"/api/v1/cases/{cid}/audit", headers=People.auth(people.tech)).json["events"]
+        return [e for e in events if e["action"] == "viewed"]
+
+    assert views() == []  # the trail is answered as it was before this reading ...
+    assert [v["detail"] for v in views()] == [{"what": "audit"}]  # ... which it then records
+    assert c.get(f"/api/v1/cases/{cid}/images/{image_id}", headers=People.auth(people.rev)).status_code == 200
+    assert (
+        c.get(f"/api/v1/cases/{cid}/images/{image_id}/overlay.png", headers=People.auth(people.rev)).status_code == 200
+    )
+    seen = views()[-2:]
+    assert [(v["user"], v["detail"]) for v in seen] == [
+        ("rev", {"what": "image", "image_id": image_id}),
+        ("rev", {"what": "overlay", "image_id": image_id}),
+    ]
+    assert c.get(f"/api/v1/cases/{cid}/images/{image_id + 99}", headers=People.auth(people.rev)).status_code == 404
+    assert len(views()) == 5  # three earlier readings of the trail, the image, the heat map; not the 404
 
 
 def test_duplicate_accession_and_bad_bodies(case_client, people):
@@ -153,10 +240,11 @@ def test_roles_unknown_cases_and_other_cases_images(case_app, case_client, peopl
     )  # admin may review; nothing to amend yet
 
 
-def login(client, username="tech", password=PASSWORD):
+def login(client, username="tech", password=PASSWORD, headers=None):
     page = client.get("/login")
     token = re.search(rb'name="csrf_token" value="([^"]+)"', page.data).group(1).decode()
-    return client.post("/login", data={"username": username, "password": password, "csrf_token": token}), token
+    form = {"username": username, "password": password, "csrf_token": token}
+    return client.post("/login", data=form, headers=headers or {}), token
 
 
 def test_session_login_csrf_and_cookie_flags(case_client, people):
@@ -201,11 +289,60 @@ def test_login_form_needs_csrf_and_right_password(case_client, people):
     assert "evil" not in r.headers["Location"]  # no open redirect
 
 
-def test_login_attempts_are_rate_limited(case_app, people):
-    case_app.config["LOGIN_RATE_LIMIT"] = "3 per minute"
+def second_worker(case_app, **config):
+    """Another app on the same database and instance: what a second gunicorn worker or app node is."""
+    from leukostage.web import create_app
+
+    return create_app({**{k: case_app.config[k] for k in CASE_APP_KEYS}, **config})
+
+
+CASE_APP_KEYS = ("TESTING", "MODEL_PATH", "DATABASE_URL", "STORAGE", "INSTANCE", "WARM_UP")
+
+
+def test_failed_logins_are_counted_per_account_across_workers(case_app, people):
+    """Failures are counted in the database: two workers (two apps) share one count, so N workers do not allow N
+    times the limit; past it even the right password is refused (429, Retry-After), and other accounts are not."""
+    case_app.config["LOGIN_MAX_FAILURES"] = 3
+    other = second_worker(case_app, LOGIN_MAX_FAILURES=3)
+    a, b = case_app.test_client(), other.test_client()
+    statuses = [login(a, password="guess")[0].status_code, login(b, password="guess")[0].status_code]
+    statuses.append(login(a, password="guess")[0].status_code)
+    assert statuses == [401, 401, 401]
+    for client in (a, b):
+        r, _ = login(client)  # the right password, too late
+        assert r.status_code == 429 and b"Too many failed sign-ins" in r.data
+        assert 0 < int(r.headers["Retry-After"]) <= case_app.config["LOGIN_WINDOW_S"]
+    assert login(b, username="rev")[0].status_code == 302  # another account from the same address
+
+
+def test_a_successful_login_clears_the_accounts_failures(case_app, people):
+    case_app.config["LOGIN_MAX_FAILURES"] = 3
     c = case_app.test_client()
-    statuses = [login(c, password="guess")[0].status_code for _ in range(5)]
-    assert statuses[:3] == [401, 401, 401] and statuses[3:] == [429, 429]
+    assert [login(c, password="guess")[0].status_code for _ in range(2)] == [401, 401]
+    assert login(c)[0].status_code == 302
+    assert [login(c, password="guess")[0].status_code for _ in range(3)] == [401, 401, 401]
+    assert login(c)[0].status_code == 429
+
+
+def test_failed_logins_per_address_and_trusted_proxies(case_app, people):
+    """Per client address: many accounts tried from one address hit its limit. Behind one trusted proxy
+    (TRUSTED_PROXIES=1) the address is the client's from X-Forwarded-For; without it that header is ignored, so a
+    client cannot pick a fresh address per try."""
+    case_app.config.update(LOGIN_MAX_FAILURES_PER_ADDRESS=3)
+    c = case_app.test_client()
+    spoofed = [login(c, f"u{i}", "guess", {"X-Forwarded-For": f"10.0.0.{i}"})[0].status_code for i in range(4)]
+    assert spoofed == [401, 401, 401, 429]
+    proxied = second_worker(case_app, TRUSTED_PROXIES=1, LOGIN_MAX_FAILURES_PER_ADDRESS=3).test_client()
+    for n in range(3):
+        assert login(proxied, f"v{n}", "guess", {"X-Forwarded-For": "192.0.2.7"})[0].status_code == 401
+    assert login(proxied, "tech", PASSWORD, {"X-Forwarded-For": "192.0.2.7"})[0].status_code == 429
+    assert login(proxied, "tech", PASSWORD, {"X-Forwarded-For": "192.0.2.8"})[0].status_code == 302
+
+
+@pytest.mark.parametrize("proxies", [-1, "two"])
+def test_a_bad_trusted_proxies_setting_is_refused(case_app, proxies):
+    with pytest.raises(ValueError, match="TRUSTED_PROXIES"):
+        second_worker(case_app, TRUSTED_PROXIES=proxies)
 
 
 def test_list_search_and_pagination(case_client, people):

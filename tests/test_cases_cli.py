@@ -9,8 +9,6 @@ import sys
 
 import pytest
 
-from leukostage.cases.store import ImageStore
-
 
 def cli(*args: str, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -76,8 +74,8 @@ def test_db_check_removes_orphans_and_reports_rows_without_files(instance, peopl
         cid = service.create_case(s, tech, {"accession": "CHK"}, predictor.info).id
         for i, data in enumerate(case_fields["normal"][:2]):
             field = service.Field(f"{i}.jpg", data, analyse_bytes(data, f"{i}.jpg", predictor).result)
-            service.add_image(s, tech, cid, field, ImageStore(instance.storage), predictor.info)
-    store = ImageStore(instance.storage)
+            service.add_image(s, tech, cid, field, instance.store(), predictor.info)
+    store = instance.store()
     orphan = store.put(b"written, then the worker died before its rows")
     with db.session_scope(instance.url) as s:
         lost = s.scalars(select(Image).where(Image.case_id == cid)).all()[1]

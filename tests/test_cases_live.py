@@ -19,7 +19,6 @@ from web_server import HOST, LiveServer, multipart
 
 from leukostage.cases import db
 from leukostage.cases.models import AuditEvent, Image, Result
-from leukostage.cases.store import ImageStore
 
 pytestmark = pytest.mark.slow
 CLIENTS, PER_CLIENT = 8, 10
@@ -149,7 +148,7 @@ def test_worker_killed_mid_upload_leaves_whole_fields_only(instance, people, eig
     with db.session_scope(instance.url) as s:
         assert s.scalar(select(func.count(Image.id))) == s.scalar(select(func.count(Result.id))) == stored + 1
     # a field whose file was written but whose rows never committed is an orphan; db check removes it
-    orphan = ImageStore(instance.storage).put(b"as a killed worker leaves it: file, no rows")
+    orphan = instance.store().put(b"as a killed worker leaves it: file, no rows")
     check = subprocess.run(
         [sys.executable, "-m", "leukostage.cli", "db", "check", "--min-age", "0"],
         capture_output=True,
@@ -161,7 +160,7 @@ def test_worker_killed_mid_upload_leaves_whole_fields_only(instance, people, eig
     assert orphan in report["removed"] and report["rows_without_file"] == []
     with db.session_scope(instance.url) as s:
         referenced = set(s.scalars(select(Image.sha256)))
-    assert set(ImageStore(instance.storage).digests()) == referenced
+    assert set(instance.store().digests()) == referenced
 
 
 def _rows(url: str, case_id: int) -> int:

@@ -9,7 +9,6 @@ from sqlalchemy.exc import DBAPIError
 
 from leukostage.cases import db, service, users
 from leukostage.cases.models import AuditEvent, Image, Result, User
-from leukostage.cases.store import ImageStore
 from leukostage.predict import analyse_bytes
 
 MODEL = {"name": "test-model", "version": "1"}
@@ -49,7 +48,7 @@ def test_create_and_duplicate_accession(instance, staff):
 
 def test_fields_stored_with_results_and_refusals_not_counted(instance, staff, case_fields, predictor):
     cid = new_case(instance.url, staff["technician"])
-    store = ImageStore(instance.storage)
+    store = instance.store()
     uploads = [analysed(d, f"mid-{i}.jpg", predictor) for i, d in enumerate(case_fields["mid"][:3])]
     uploads.append(analysed(b"not an image at all", "../../etc/passwd", predictor))
     entries = []
@@ -74,7 +73,7 @@ def test_fields_stored_with_results_and_refusals_not_counted(instance, staff, ca
 def test_review_needs_a_reviewer_and_freezes_the_case(instance, staff, case_fields, predictor):
     tech, rev = staff["technician"], staff["reviewer"]
     cid = new_case(instance.url, tech)
-    store = ImageStore(instance.storage)
+    store = instance.store()
     with db.session_scope(instance.url) as s:
         image_id = service.add_image(s, tech, cid, analysed(case_fields["early"][0], "e.jpg", predictor), store, MODEL)[
             "image_id"
@@ -104,7 +103,7 @@ def test_overrides_only_for_this_cases_fields(instance, staff, case_fields, pred
     a, b = new_case(instance.url, tech, "A"), new_case(instance.url, tech, "B")
     with db.session_scope(instance.url) as s:
         other = service.add_image(
-            s, tech, b, analysed(case_fields["normal"][0], "n.jpg", predictor), ImageStore(instance.storage), MODEL
+            s, tech, b, analysed(case_fields["normal"][0], "n.jpg", predictor), instance.store(), MODEL
         )["image_id"]
     with pytest.raises(service.NotFound, match="not a field of case"), db.session_scope(instance.url) as s:
         service.sign_off(s, rev, a, {"final_call": "normal", "image_overrides": [{"image_id": other, "label": "mid"}]})
@@ -190,7 +189,7 @@ def test_users_passwords_and_tokens(instance):
 
 def test_check_storage_finds_orphans_and_missing_files(instance, staff, case_fields, predictor):
     cid = new_case(instance.url, staff["technician"])
-    store = ImageStore(instance.storage)
+    store = instance.store()
     with db.session_scope(instance.url) as s:
         kept = service.add_image(
             s, staff["technician"], cid, analysed(case_fields["mid"][0], "a.jpg", predictor), store, MODEL
