@@ -273,6 +273,124 @@ def test_session_login_csrf_and_cookie_flags(case_client, people):
     assert c.get("/api/v1/cases").status_code == 401
 
 
+def test_revoking_a_users_tokens_ends_their_sessions_everywhere(case_app, case_client, people, instance):
+    from leukostage.cases import db, users
+
+    elsewhere = second_worker(case_app).test_client()
+    assert login(case_client)[0].status_code == 302 and login(elsewhere)[0].status_code == 302
+    assert case_client.get("/api/v1/cases").status_code == elsewhere.get("/api/v1/cases").status_code == 200
+    assert login(case_client, username="rev")[0].status_code == 302  # the same browser, now as another user
+    with db.session_scope(instance.url) as s:
+        users.revoke_tokens(s, users.get_user(s, "rev"))
+    assert case_client.get("/api/v1/cases").status_code == 401
+    assert elsewhere.get("/api/v1/cases").status_code == 200  # tech's session is not rev's
+    assert login(case_client, username="rev")[0].status_code == 302  # signing in again starts a new session
+    assert case_client.get("/api/v1/cases").status_code == 200
+
+
+def test_a_disabled_account_loses_its_sessions_and_tokens(case_client, people, instance):
+    from leukostage.cases import db, users
+
+    assert login(case_client)[0].status_code == 302
+    with db.session_scope(instance.url) as s:
+        users.get_user(s, "tech").active = False
+    assert case_client.get("/api/v1/cases").status_code == 401
+    assert case_client.get("/api/v1/cases", headers=People.auth(people.tech)).status_code == 401
+
+
+def test_bearer_tokens_expire(case_client, people, instance):
+    from datetime import timedelta
+
+    from leukostage.cases import db, users
+    from leukostage.cases.models import ApiToken, utcnow
+
+    with db.session_scope(instance.url) as s:
+        token = users.issue_token(s, users.get_user(s, "tech"), days=2)
+        expires = users.token_expiry(s, token)
+    assert timedelta(days=2) - timedelta(minutes=1) < expires - utcnow() <= timedelta(days=2)
+    assert case_client.get("/api/v1/cases", headers=People.auth(token)).status_code == 200
+    with db.session_scope(instance.url) as s:
+        s.query(ApiToken).filter_by(token_hash=users.hash_token(token)).update({"expires_at": utcnow()})
+    r = case_client.get("/api/v1/cases", headers=People.auth(token))
+    assert r.status_code == 401 and r.json["error"]["code"] == "unauthorized"
+    with pytest.raises(users.UserError, match="at least 1 day"), db.session_scope(instance.url) as s:
+        users.issue_token(s, users.get_user(s, "tech"), days=0)
+
+
+@pytest.mark.parametrize(("setting", "secure"), [("1", True), ("on", True), ("no", False), ("false", False)])
+def test_session_cookie_secure_setting(case_app, people, monkeypatch, setting, secure):
+    """LEUKOSTAGE_SESSION_COOKIE_SECURE (as the environment gives it: text) turns the cookie's Secure flag on."""
+    monkeypatch.setenv("LEUKOSTAGE_SESSION_COOKIE_SECURE", setting)
+    r, _ = login(second_worker(case_app).test_client())
+    assert r.status_code == 302 and ("; Secure" in r.headers["Set-Cookie"]) is secure
+
+
+@pytest.mark.parametrize("key", ["short", "x" * 31, 12345678])
+def test_a_secret_key_under_32_bytes_is_refused(case_app, key):
+    with pytest.raises(ValueError, match="at least 32 random bytes"):
+        second_worker(case_app, SECRET_KEY=key)
+
+
+def test_the_session_secret_file_is_never_readable_by_others(tmp_path, monkeypatch):
+    """Created with mode 0600 (not chmod-ed after it was written, when others could already read it), once: every
+    worker racing to create it reads the same secret."""
+    import os
+    import stat
+    import threading
+    from pathlib import Path
+
+    from leukostage.web.auth import secret_file
+
+    def no_chmod(*args, **kwargs):
+        raise AssertionError("the mode must come with the file, not from a later chmod")
+
+    monkeypatch.setattr(os, "chmod", no_chmod)
+    monkeypatch.setattr(Path, "chmod", no_chmod)
+    old = os.umask(0o022)
+    try:
+        got: list[str] = []
+        workers = [threading.Thread(target=lambda: got.append(secret_file(tmp_path / "inst"))) for _ in range(8)]
+        [t.start() for t in workers]
+        [t.join() for t in workers]
+    finally:
+        os.umask(old)
+    assert len(got) == 8 and len(set(got)) == 1 and len(got[0]) == 64
+    path = tmp_path / "inst" / "secret_key"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in (tmp_path / "inst").iterdir()] == ["secret_key"]  # no temporary file left
+
+
+def test_on_postgresql_every_node_signs_sessions_with_the_databases_secret(pg_cluster, model_path, tmp_path):
+    """Two app nodes with their own instance folders on one PostgreSQL database: a session from one is valid on the
+    other (the key is the database's, made by the first node that asked)."""
+    from leukostage.cases import db, users
+    from leukostage.web import create_app
+
+    url = pg_cluster.create_database()
+    db.upgrade(url)
+    with db.session_scope(url) as s:
+        users.add_user(s, "tech", "technician", PASSWORD)
+    a, b = (
+        create_app(
+            {
+                "TESTING": True,
+                "MODEL_PATH": str(model_path),
+                "DATABASE_URL": url,
+                "INSTANCE": str(tmp_path / node),
+                "STORAGE": str(tmp_path / node / "images"),
+                "WARM_UP": False,
+            }
+        )
+        for node in ("node-a", "node-b")
+    )
+    assert a.config["SECRET_KEY"] == b.config["SECRET_KEY"] and len(a.config["SECRET_KEY"]) == 64
+    client_a, client_b = a.test_client(), b.test_client()
+    assert login(client_a)[0].status_code == 302
+    client_b.set_cookie("session", client_a.get_cookie("session").value)
+    assert client_b.get("/api/v1/cases").status_code == 200
+    assert not (tmp_path / "node-a" / "secret_key").exists() and not (tmp_path / "node-b" / "secret_key").exists()
+
+
 def test_login_form_needs_csrf_and_right_password(case_client, people):
     c = case_client
     r = c.post("/login", data={"username": "tech", "password": PASSWORD})

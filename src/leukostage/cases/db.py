@@ -182,16 +182,16 @@ def grant_app_role(role: str, url: str | None = None) -> list[str]:
     if not ROLE_RE.match(role):
         raise ValueError(f"role {role[:70]!r}: use a lower-case identifier (letters, digits, '_')")
     with get_engine(url).begin() as conn:
-        found = conn.execute(text("SELECT rolsuper FROM pg_roles WHERE rolname = :r"), {"r": role}).first()
-        if found is None:
-            raise ValueError(f"no role {role!r}; create it first: CREATE ROLE {role} LOGIN PASSWORD '...'")
-        if found[0]:
-            raise ValueError(f"role {role!r} is a superuser: it could empty the audit trail; use an ordinary role")
         owner = conn.execute(
             text("SELECT tableowner FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'audit_events'")
         ).scalar()
         if owner is None:
             raise ValueError(f"the database is not migrated; run `{UPGRADE_HINT}` first (as the owner)")
+        found = conn.execute(text("SELECT rolsuper FROM pg_roles WHERE rolname = :r"), {"r": role}).first()
+        if found is None:
+            raise ValueError(f"no role {role!r}; create it first: CREATE ROLE {role} LOGIN PASSWORD '...'")
+        if found[0]:
+            raise ValueError(f"role {role!r} is a superuser: it could empty the audit trail; use an ordinary role")
         if owner == role:
             raise ValueError(
                 f"role {role!r} owns the tables (it ran `db upgrade`): the app needs a role of its own, "
