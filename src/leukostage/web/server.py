@@ -286,9 +286,12 @@ def serve(
         directory, created = metrics_directory()
         made = directory if created else None
         options["child_exit"] = metrics_child_exit
+    master = os.getpid()
     try:
         GunicornApp(options).run()
     finally:
-        if made is not None:
+        # a worker leaves through this frame too (gunicorn forks inside run() and exits with sys.exit): only the
+        # master, at the very end, removes the directory the workers still write to
+        if made is not None and os.getpid() == master:
             shutil.rmtree(made, ignore_errors=True)
     return 0
