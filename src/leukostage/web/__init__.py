@@ -2,14 +2,16 @@
 
 :func:`create_app` registers every blueprint itself: ``pages`` (the upload page), ``api`` (prediction, health, model
 card, OpenAPI), ``cases_api`` and ``cases_pages`` (the laboratory's cases, over ``cases.service``), ``login``
-(sign-in and sign-out); then the JSON error handlers and the security headers. The blueprints share what a request
+(sign-in and sign-out); ``/metrics`` when ``METRICS`` is on (:mod:`.metrics`); every request's time budget
+(:mod:`.uploads`); then the JSON error handlers and the security headers. The blueprints share what a request
 needs through :mod:`.context` (the model, a database transaction, the image store), :mod:`.uploads`, :mod:`.auth`,
 :mod:`.frame` and :mod:`.responses`, and never import one another.
 
 Every setting lives in :func:`create_app`'s defaults. Each can be overridden by an environment variable
-``LEUKOSTAGE_<KEY>`` (values parsed as JSON where they can be, e.g. ``LEUKOSTAGE_MAX_FILE_BYTES=5000000``) and,
-in tests, by ``test_config``. The model is loaded here, once per process: under gunicorn that is once per worker,
-after the fork (no ``--preload``), so no ONNX Runtime thread pool is shared across a fork.
+``LEUKOSTAGE_<KEY>`` (values parsed as JSON where they can be, e.g. ``LEUKOSTAGE_MAX_FILE_BYTES=5000000``; on/off
+settings take 1, true, yes or on) and, in tests, by ``test_config``. The model is loaded here, once per process:
+under gunicorn that is once per worker, after the fork (no ``--preload``), so no ONNX Runtime thread pool is shared
+across a fork.
 
 Nothing here imports torch (an import-linter contract in pyproject.toml checks it, and that no blueprint imports
 another).

@@ -250,7 +250,8 @@ def case_paths() -> dict:
                 "responses": {"200": {"description": "HTML form.", "content": {"text/html": {}}}},
             },
             "post": {
-                "summary": "Sign in (form fields username, password, csrf_token, next); rate-limited per client.",
+                "summary": "Sign in (form fields username, password, csrf_token, next); failed sign-ins are limited "
+                "per account and per client address (counted in the database, shared by every node).",
                 "responses": {
                     "302": {"description": "Signed in: to `next`."},
                     "400": _err("`csrf_failed`."),
@@ -258,7 +259,12 @@ def case_paths() -> dict:
                         "description": "Wrong user name or password (the form again).",
                         "content": {"text/html": {}},
                     },
-                    "429": _err("Too many attempts; wait a minute."),
+                    "429": {
+                        "description": "Too many failed sign-ins for the account or from the address (the form "
+                        "again, saying how long to wait; `Retry-After` in seconds). The password is not checked.",
+                        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                        "content": {"text/html": {}},
+                    },
                 },
             },
         },
@@ -296,11 +302,15 @@ def case_paths() -> dict:
         },
         "/api/v1/cases/{case_id}/images": {
             "post": _op(
-                "Upload fields (multipart `files`): each is analysed like /api/v1/predict and stored, one transaction "
-                "per field; refused images are recorded with their code but never counted.",
+                "Upload fields (multipart `files`) under /api/v1/predict's rules: each is analysed like "
+                "/api/v1/predict and stored, one transaction per field; a readable image the input check refuses is "
+                "stored with its code but never counted. An empty file, one over the per-file limit, not an image or "
+                "over the pixel limit, and every file after the request's time budget is spent (`over_time_budget`), "
+                "is an entry with `valid: false` and its code, and is not stored.",
                 {
                     "201": {
-                        "description": "One entry per file, each with `image_id`.",
+                        "description": "One entry per file, in order: a stored field has `image_id`; a file not "
+                        "stored has none.",
                         "content": {"application/json": {"schema": {"type": "array", "items": {"type": "object"}}}},
                     },
                     "409": _err("`case_signed_off`: no fields can be added after sign-off."),
@@ -312,14 +322,14 @@ def case_paths() -> dict:
         },
         "/api/v1/cases/{case_id}/images/{image_id}": {
             "get": _op(
-                "The stored bytes of one field.",
+                "The stored bytes of one field (recorded as viewed).",
                 {"200": {"description": "The image.", "content": {"image/*": {}}}, "410": _err("`image_missing`.")},
                 params=(CASE_ID, IMAGE_ID),
             )
         },
         "/api/v1/cases/{case_id}/images/{image_id}/overlay.png": {
             "get": _op(
-                "The Grad-CAM overlay of one field (not a segmentation, not diagnostic).",
+                "The Grad-CAM overlay of one field (not a segmentation, not diagnostic; recorded as viewed).",
                 {
                     "200": {"description": "PNG.", "content": {"image/png": {}}},
                     "422": _err("`no_overlay`."),
@@ -361,7 +371,8 @@ def case_paths() -> dict:
         },
         "/api/v1/cases/{case_id}/audit": {
             "get": _op(
-                "Every event on the case, oldest first (append-only).", {"200": _json("AuditTrail", "The events.")}
+                "Every event on the case, oldest first (append-only); this reading is then recorded as viewed.",
+                {"200": _json("AuditTrail", "The events.")},
             )
         },
         **report_paths(),
