@@ -130,6 +130,12 @@ class Instance:
     root: Path
     storage: Path
 
+    def store(self):
+        """The image store the app uses on this database (the database on PostgreSQL, files on SQLite)."""
+        from leukostage.cases.store import open_store
+
+        return open_store(self.url, self.storage)
+
     @property
     def env(self) -> dict[str, str]:
         return {

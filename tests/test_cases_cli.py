@@ -9,8 +9,6 @@ import sys
 
 import pytest
 
-from leukostage.cases.store import ImageStore
-
 
 def cli(*args: str, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -85,6 +83,7 @@ def test_users_list_and_set_and_an_existing_name_is_explained(instance):
 
     with db.session_scope(instance.url) as s:
         assert users.user_for_token(s, token) is None
+        assert users.get_user(s, "ann").session_epoch == 2  # the role change, then the disable: sessions ended
         actions = [(e.action, e.detail["via"]) for e in s.scalars(select(AuditEvent).order_by(AuditEvent.id))]
     assert actions == [
         ("user_created", "cli"),
@@ -96,6 +95,38 @@ def test_users_list_and_set_and_an_existing_name_is_explained(instance):
     assert nothing.returncode == 2 and "nothing to change" in nothing.stderr
     missing = cli("users", "set", "nobody", "--enable")
     assert missing.returncode == 2 and "no user 'nobody'" in missing.stderr
+
+
+def test_users_token_prints_its_expiry(instance):
+    import re
+    from datetime import UTC, datetime, timedelta
+
+    assert (
+        cli("users", "add", "tech", "--role", "technician", "--password-stdin", stdin="long enough pw\n").returncode
+        == 0
+    )
+
+    def expiry(r) -> timedelta:
+        assert r.returncode == 0, r.stderr
+        until = re.search(r"valid until (\S+Z)", r.stderr).group(1)
+        return datetime.fromisoformat(until.replace("Z", "+00:00")) - datetime.now(UTC)
+
+    assert timedelta(days=89, hours=23) < expiry(cli("users", "token", "tech")) <= timedelta(days=90)
+    assert timedelta(days=6, hours=23) < expiry(cli("users", "token", "tech", "--days", "7")) <= timedelta(days=7)
+    by_setting = cli("users", "token", "tech", env={"LEUKOSTAGE_TOKEN_DAYS": "3"})
+    assert timedelta(days=2, hours=23) < expiry(by_setting) <= timedelta(days=3)
+    token = by_setting.stdout.strip().splitlines()[-1]
+    assert len(token) >= 40 and " " not in token  # still alone on the last line
+    bad = cli("users", "token", "tech", env={"LEUKOSTAGE_TOKEN_DAYS": "a week"})
+    assert bad.returncode == 2 and "LEUKOSTAGE_TOKEN_DAYS='a week'" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_serve_refuses_a_short_secret_key_in_one_line():
+    r = cli("serve", "--port", "1", env={"LEUKOSTAGE_SECRET_KEY": "too short"})
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1
+    assert "LEUKOSTAGE_SECRET_KEY is 9 bytes long; use at least 32 random bytes" in lines[0]
 
 
 def test_db_check_removes_orphans_and_reports_rows_without_files(instance, people, case_fields, model_path):
@@ -111,8 +142,8 @@ def test_db_check_removes_orphans_and_reports_rows_without_files(instance, peopl
         cid = service.create_case(s, tech, {"accession": "CHK"}, predictor.info).id
         for i, data in enumerate(case_fields["normal"][:2]):
             field = service.Field(f"{i}.jpg", data, analyse_bytes(data, f"{i}.jpg", predictor).result)
-            service.add_image(s, tech, cid, field, ImageStore(instance.storage), predictor.info)
-    store = ImageStore(instance.storage)
+            service.add_image(s, tech, cid, field, instance.store(), predictor.info)
+    store = instance.store()
     orphan = store.put(b"written, then the worker died before its rows")
     with db.session_scope(instance.url) as s:
         lost = s.scalars(select(Image).where(Image.case_id == cid)).all()[1]

@@ -9,7 +9,6 @@ from sqlalchemy.exc import DBAPIError
 
 from leukostage.cases import db, service, users
 from leukostage.cases.models import AuditEvent, Image, Result, User
-from leukostage.cases.store import ImageStore
 from leukostage.predict import analyse_bytes
 
 MODEL = {"name": "test-model", "version": "1"}
@@ -49,7 +48,7 @@ def test_create_and_duplicate_accession(instance, staff):
 
 def test_fields_stored_with_results_and_refusals_not_counted(instance, staff, case_fields, predictor):
     cid = new_case(instance.url, staff["technician"])
-    store = ImageStore(instance.storage)
+    store = instance.store()
     uploads = [analysed(d, f"mid-{i}.jpg", predictor) for i, d in enumerate(case_fields["mid"][:3])]
     uploads.append(analysed(b"not an image at all", "../../etc/passwd", predictor))
     entries = []
@@ -74,7 +73,7 @@ def test_fields_stored_with_results_and_refusals_not_counted(instance, staff, ca
 def test_review_needs_a_reviewer_and_freezes_the_case(instance, staff, case_fields, predictor):
     tech, rev = staff["technician"], staff["reviewer"]
     cid = new_case(instance.url, tech)
-    store = ImageStore(instance.storage)
+    store = instance.store()
     with db.session_scope(instance.url) as s:
         image_id = service.add_image(s, tech, cid, analysed(case_fields["early"][0], "e.jpg", predictor), store, MODEL)[
             "image_id"
@@ -104,7 +103,7 @@ def test_overrides_only_for_this_cases_fields(instance, staff, case_fields, pred
     a, b = new_case(instance.url, tech, "A"), new_case(instance.url, tech, "B")
     with db.session_scope(instance.url) as s:
         other = service.add_image(
-            s, tech, b, analysed(case_fields["normal"][0], "n.jpg", predictor), ImageStore(instance.storage), MODEL
+            s, tech, b, analysed(case_fields["normal"][0], "n.jpg", predictor), instance.store(), MODEL
         )["image_id"]
     with pytest.raises(service.NotFound, match="not a field of case"), db.session_scope(instance.url) as s:
         service.sign_off(s, rev, a, {"final_call": "normal", "image_overrides": [{"image_id": other, "label": "mid"}]})
@@ -190,7 +189,7 @@ def test_users_passwords_and_tokens(instance):
 
 def test_check_storage_finds_orphans_and_missing_files(instance, staff, case_fields, predictor):
     cid = new_case(instance.url, staff["technician"])
-    store = ImageStore(instance.storage)
+    store = instance.store()
     with db.session_scope(instance.url) as s:
         kept = service.add_image(
             s, staff["technician"], cid, analysed(case_fields["mid"][0], "a.jpg", predictor), store, MODEL
@@ -224,7 +223,7 @@ def test_the_same_photo_again_is_the_same_field_counted_once(instance, staff, ca
     """Issue 21: one Pro-B photo uploaded three times made three fields and met the three-field minimum."""
     tech = staff["technician"]
     cid = new_case(instance.url, tech)
-    store = ImageStore(instance.storage)
+    store = instance.store()
     photo = analysed(case_fields["advanced"][0], "a.jpg", predictor)
     entries = [add(instance.url, tech, cid, photo, store) for _ in range(3)]
     first = entries[0]["image_id"]
@@ -244,11 +243,42 @@ def test_the_same_photo_again_is_the_same_field_counted_once(instance, staff, ca
     assert other["duplicate_of"] is None and other["image_id"] != first
 
 
+class CountingStore:
+    """A real store that counts its writes (what the duplicate check must spare it)."""
+
+    def __init__(self, store):
+        self.store, self.puts = store, 0
+
+    def put(self, data, session=None):
+        self.puts += 1
+        return self.store.put(data, session)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+@pytest.mark.parametrize("kind", ["files", "database"])
+def test_the_same_photo_again_is_not_stored_again_in_either_store(instance, staff, case_fields, predictor, kind):
+    """Issue 21's duplicate check with issue 20's stores: only a new field's bytes go to the store."""
+    from leukostage.cases.store import open_store
+
+    tech = staff["technician"]
+    cid = new_case(instance.url, tech)
+    store = CountingStore(open_store(instance.url, instance.storage, kind))
+    photo = analysed(case_fields["advanced"][0], "a.jpg", predictor)
+    first = add(instance.url, tech, cid, photo, store)
+    assert add(instance.url, tech, cid, photo, store)["duplicate_of"] == first["image_id"]
+    assert store.puts == 1
+    add(instance.url, tech, cid, analysed(case_fields["advanced"][1], "b.jpg", predictor), store)
+    assert store.puts == 2 and len(list(store.digests())) == 2
+    assert store.read(_sha(instance.url, first["image_id"])) == case_fields["advanced"][0]
+
+
 def test_rows_of_one_photo_stored_before_the_fix_count_once(instance, staff, case_fields, predictor):
     """A case whose rows already hold the same bytes several times (uploaded before duplicates were refused)."""
     tech = staff["technician"]
     cid = new_case(instance.url, tech)
-    store = ImageStore(instance.storage)
+    store = instance.store()
     entry = add(instance.url, tech, cid, analysed(case_fields["advanced"][0], "a.jpg", predictor), store)
     with db.session_scope(instance.url) as s:  # as the old add_image wrote them: a second and third row
         original = s.get(Image, entry["image_id"])
@@ -309,9 +339,9 @@ def test_final_call_and_overrides_take_display_names(instance, staff, case_field
     """Issue 21: /predict?class= took "Mid Stage" but final_call refused it."""
     tech, rev = staff["technician"], staff["reviewer"]
     cid = new_case(instance.url, tech)
-    image_id = add(
-        instance.url, tech, cid, analysed(case_fields["mid"][0], "m.jpg", predictor), ImageStore(instance.storage)
-    )["image_id"]
+    image_id = add(instance.url, tech, cid, analysed(case_fields["mid"][0], "m.jpg", predictor), instance.store())[
+        "image_id"
+    ]
     with db.session_scope(instance.url) as s:
         service.sign_off(
             s, rev, cid, {"final_call": "Mid Stage", "image_overrides": [{"image_id": image_id, "label": "Pro-B ALL"}]}
@@ -356,7 +386,7 @@ def test_an_amendment_is_the_statement_in_force_everywhere(instance, staff):
 def test_a_field_is_removed_before_sign_off_with_a_reason_and_kept(instance, staff, case_fields, predictor):
     tech, rev = staff["technician"], staff["reviewer"]
     cid = new_case(instance.url, tech)
-    store = ImageStore(instance.storage)
+    store = instance.store()
     ids = [
         add(instance.url, tech, cid, analysed(data, f"e{n}.jpg", predictor), store)["image_id"]
         for n, data in enumerate(case_fields["early"][:3])
@@ -502,4 +532,17 @@ def test_the_review_safety_migration_upgrades_a_database_in_use_and_downgrades(d
     with get_engine(db_url).begin() as conn:
         command.downgrade(_alembic_config(conn), "0001")
     assert "image_removals" not in inspect(get_engine(db_url)).get_table_names()
+    assert "image_blobs" not in inspect(get_engine(db_url)).get_table_names()  # 0003_reliability, taken back first
     db.dispose_all()
+
+
+def test_the_migrations_are_one_line_with_one_head():
+    """Issues 20 and 21 each added a revision after 0001; merged, they run one after the other."""
+    from alembic.script import ScriptDirectory
+
+    from leukostage.cases.db import _alembic_config
+
+    script = ScriptDirectory.from_config(_alembic_config())
+    assert script.get_heads() == [db.head_revision()] == ["0003_reliability"]
+    chain = [r.revision for r in script.walk_revisions()]  # head first
+    assert chain == ["0003_reliability", "0002_review_safety", "0001"]

@@ -5,6 +5,8 @@ the account in ``detail``); no password or hash ever leaves this module.
 Two guards keep a laboratory from locking itself out: the last active admin can be neither disabled nor given
 another role, and nobody disables their own account. A disabled account keeps its name, role and history; its
 sign-ins and tokens are refused (``users.authenticate``, ``users.user_for_token``) until it is enabled again.
+Disabling an account, resetting its password or changing its role also ends its sessions on every app node
+(``users.end_sessions``): the next request of each signs in again, with the new password and role.
 
 ``actor`` is the signed-in admin, or None for the command line (the operator of the server, trusted like its shell;
 its events are recorded with no user and ``via: "cli"``).
@@ -19,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from .models import ROLES, User
 from .service import Conflict, InvalidInput, NotFound, iso, record, require_role
-from .users import MIN_PASSWORD_CHARS, UserError, UserExists, add_user, hash_password
+from .users import MIN_PASSWORD_CHARS, UserError, UserExists, add_user, end_sessions, hash_password
 
 ADMIN_ROLES = frozenset({"admin"})
 CHANGES = ("role", "disabled", "password")  # what PATCH /api/v1/users/<username> may change
@@ -116,14 +118,20 @@ def update_user(session: Session, actor: User | None, username: str, body: Any) 
         )
     if disabled is True and actor is not None and actor.id == user.id:
         raise Conflict("you cannot disable your own account; another admin can", "own_account")
+    signed_out = False  # a change that must not outlive a session opened before it
     if role is not None and role != user.role:
         _record(session, "role_changed", actor, username=user.username, role_before=user.role, role=role)
         user.role = role
+        signed_out = True
     if disabled is not None and disabled == user.active:
         user.active = not disabled
         _record(session, "user_disabled" if disabled else "user_enabled", actor, username=user.username)
+        signed_out = signed_out or disabled
     if password is not None:
         user.password_hash = hash_password(password)
         _record(session, "password_reset", actor, username=user.username)
+        signed_out = True
+    if signed_out:
+        end_sessions(user)
     session.flush()
     return user_dict(user)

@@ -205,8 +205,9 @@ class Field:
 def add_image(session: Session, user: User, case_id: int, field: Field, store: ImageStore, model: dict) -> dict:
     """Store one analysed field in the case; returns the API object (the result plus ``image_id``).
 
-    The file is written (atomically, by content) before the rows; if the process dies between the two, the file has
-    no row and ``leukostage db check`` removes it. Raises NotFound, or Conflict once the case is signed off.
+    The bytes go to ``store`` by content: the database store writes them in this transaction, with the rows; the
+    file store writes the file (atomically) before the rows, and if the process dies between the two the file has no
+    row and ``leukostage db check`` removes it. Raises NotFound, or Conflict once the case is signed off.
     """
     require_role(user, UPLOAD_ROLES, "add fields")
     case = _case(session, case_id, lock=True)  # also serialises two uploads of the same bytes to one case
@@ -221,7 +222,7 @@ def add_image(session: Session, user: User, case_id: int, field: Field, store: I
             "image_id": existing.id,
             "duplicate_of": existing.id,
         }
-    sha256 = store.put(field.data)
+    sha256 = store.put(field.data, session)
     result = field.result
     payload = {**result, "model": model} if result.get("valid") else dict(result)
     image = Image(
@@ -621,6 +622,13 @@ def audit_events(session: Session, case_id: int) -> list[dict]:
     return [{"id": e.id, "at": iso(e.at), "user": e.username, "action": e.action, "detail": e.detail} for e in events]
 
 
+def view_audit(session: Session, user: User, case_id: int) -> list[dict]:
+    """The case's audit trail, recording that ``user`` read it (the trail names who did what to a patient's case)."""
+    events = audit_events(session, case_id)
+    record(session, "viewed", user, case_id, what="audit")
+    return events
+
+
 def image_of_case(session: Session, case_id: int, image_id: int) -> Image:
     """A field of this case (NotFound for another case's image id, so ids cannot be probed across cases)."""
     _case(session, case_id)
@@ -628,6 +636,16 @@ def image_of_case(session: Session, case_id: int, image_id: int) -> Image:
     if image is None:
         raise NotFound(f"image {image_id} is not a field of case {case_id}", "unknown_image")
     return image
+
+
+VIEWS = ("image", "overlay")  # what of a field can be shown: the stored image, its heat map
+
+
+def record_view(session: Session, user: User, case_id: int, image_id: int, what: str) -> None:
+    """Record that ``user`` was shown a field (``what``: one of VIEWS): the picture is patient data."""
+    if what not in VIEWS:
+        raise ValueError(f"unknown view {what!r}; expected one of {', '.join(VIEWS)}")
+    record(session, "viewed", user, case_id, what=what, image_id=image_id)
 
 
 # --- integrity -------------------------------------------------------------------------------------------------------

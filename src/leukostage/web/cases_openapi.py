@@ -366,7 +366,8 @@ def case_paths() -> dict:
                 "responses": {"200": {"description": "HTML form.", "content": {"text/html": {}}}},
             },
             "post": {
-                "summary": "Sign in (form fields username, password, csrf_token, next); rate-limited per client.",
+                "summary": "Sign in (form fields username, password, csrf_token, next); failed sign-ins are limited "
+                "per account and per client address (counted in the database, shared by every node).",
                 "responses": {
                     "302": {"description": "Signed in: to `next`."},
                     "400": _err("`csrf_failed`."),
@@ -374,7 +375,12 @@ def case_paths() -> dict:
                         "description": "Wrong user name or password (the form again).",
                         "content": {"text/html": {}},
                     },
-                    "429": _err("Too many attempts; wait a minute."),
+                    "429": {
+                        "description": "Too many failed sign-ins for the account or from the address (the form "
+                        "again, saying how long to wait; `Retry-After` in seconds). The password is not checked.",
+                        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                        "content": {"text/html": {}},
+                    },
                 },
             },
         },
@@ -424,13 +430,17 @@ def case_paths() -> dict:
         },
         "/api/v1/cases/{case_id}/images": {
             "post": _op(
-                "Upload fields (multipart `files`): each is analysed like /api/v1/predict and stored, one transaction "
-                "per field; refused images are recorded with their code but never counted. The same bytes again "
-                "add no field: the entry is the existing field's, with `duplicate_of`.",
+                "Upload fields (multipart `files`) under /api/v1/predict's rules: each is analysed like "
+                "/api/v1/predict and stored, one transaction per field; a readable image the input check refuses is "
+                "stored with its code but never counted. An empty file, one over the per-file limit, not an image or "
+                "over the pixel limit, and every file after the request's time budget is spent (`over_time_budget`), "
+                "is an entry with `valid: false` and its code, and is not stored. The same bytes again add no field: "
+                "the entry is the existing field's, with `duplicate_of`.",
                 {
                     "201": {
-                        "description": "One entry per file, each with `image_id` and `duplicate_of` (the existing "
-                        "field's `image_id` when the same photo is in the case already, else null).",
+                        "description": "One entry per file, in order: a stored field has `image_id` and `duplicate_of` "
+                        "(the existing field's `image_id` when the same photo is in the case already, else null); a "
+                        "file not stored has neither.",
                         "content": {"application/json": {"schema": {"type": "array", "items": {"type": "object"}}}},
                     },
                     "409": _err("`case_signed_off`: no fields can be added after sign-off."),
@@ -442,7 +452,7 @@ def case_paths() -> dict:
         },
         "/api/v1/cases/{case_id}/images/{image_id}": {
             "get": _op(
-                "The stored bytes of one field (a removed one too: its bytes are kept).",
+                "The stored bytes of one field (a removed one too: its bytes are kept); recorded as viewed.",
                 {"200": {"description": "The image.", "content": {"image/*": {}}}, "410": _err("`image_missing`.")},
                 params=(CASE_ID, IMAGE_ID),
             ),
@@ -460,7 +470,7 @@ def case_paths() -> dict:
         },
         "/api/v1/cases/{case_id}/images/{image_id}/overlay.png": {
             "get": _op(
-                "The Grad-CAM overlay of one field (not a segmentation, not diagnostic).",
+                "The Grad-CAM overlay of one field (not a segmentation, not diagnostic; recorded as viewed).",
                 {
                     "200": {"description": "PNG.", "content": {"image/png": {}}},
                     "422": _err("`no_overlay`."),
@@ -504,7 +514,8 @@ def case_paths() -> dict:
         },
         "/api/v1/cases/{case_id}/audit": {
             "get": _op(
-                "Every event on the case, oldest first (append-only).", {"200": _json("AuditTrail", "The events.")}
+                "Every event on the case, oldest first (append-only); this reading is then recorded as viewed.",
+                {"200": _json("AuditTrail", "The events.")},
             )
         },
         **report_paths(),

@@ -12,7 +12,9 @@ import errno
 import ipaddress
 import os
 import shlex
+import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 from gunicorn import util as gunicorn_util
@@ -128,6 +130,50 @@ class StartupError(ValueError):
     """What stops ``serve`` before gunicorn starts, in one line: what is wrong and what to do."""
 
 
+def metrics_on() -> bool:
+    """Whether $LEUKOSTAGE_METRICS turns ``/metrics`` on (as ``create_app`` will read it in each worker)."""
+    from . import as_flag
+
+    return as_flag(os.environ.get("LEUKOSTAGE_METRICS", ""))
+
+
+def metrics_directory() -> tuple[Path, bool]:
+    """The directory the workers' metrics files share (prometheus_client's multiprocess mode), emptied: the
+    operator's $PROMETHEUS_MULTIPROC_DIR, or a new temporary one; returns it and whether ``serve`` made it.
+    Set in the environment before any worker starts (prometheus_client reads it when first imported)."""
+    from .metrics import MULTIPROC_ENV
+
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):  # counts of an earlier run would be added to this one's
+            stale.unlink()
+        return path, False
+    path = Path(tempfile.mkdtemp(prefix="leukostage-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(path)
+    return path, True
+
+
+def metrics_child_exit(server, worker) -> None:
+    """gunicorn hook in the master: a worker that ended keeps its counters but leaves the live gauges."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def check_secret() -> None:
+    """Raises: StartupError when $LEUKOSTAGE_SECRET_KEY is set but shorter than 32 bytes (one line, before the
+    workers start, instead of a traceback from each)."""
+    from ..cases.config import SECRET_KEY_ENV, check_secret_key
+
+    if os.environ.get(SECRET_KEY_ENV):
+        try:
+            check_secret_key(os.environ[SECRET_KEY_ENV])
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+
+
 def check_model(model_path: Path) -> None:
     """Load the model and its card once, in the master, before any worker forks: a missing card or a corrupt file
     is then one clear line, not a traceback from every worker. One ONNX Runtime thread and no inference, so no
@@ -220,6 +266,7 @@ def serve(
     if debug and not _is_loopback(host):
         raise ValueError(f"--debug runs Werkzeug's interactive debugger; bind it to 127.0.0.1, not {host}")
     model_path = Path(model) if model else default_model_path()
+    check_secret()
     check_model(model_path)
     check_port(host, port)
     os.environ["LEUKOSTAGE_MODEL"] = str(model_path.resolve())  # read by create_app in each worker
@@ -233,5 +280,18 @@ def serve(
     workers = workers or cpu_count()
     # An operator's explicit $LEUKOSTAGE_ORT_THREADS wins; the workers read it in create_app.
     os.environ.setdefault("LEUKOSTAGE_ORT_THREADS", str(threads_per_worker(workers)))
-    GunicornApp(gunicorn_options(host, port, workers)).run()
+    options = gunicorn_options(host, port, workers)
+    made = None
+    if metrics_on():
+        directory, created = metrics_directory()
+        made = directory if created else None
+        options["child_exit"] = metrics_child_exit
+    master = os.getpid()
+    try:
+        GunicornApp(options).run()
+    finally:
+        # a worker leaves through this frame too (gunicorn forks inside run() and exits with sys.exit): only the
+        # master, at the very end, removes the directory the workers still write to
+        if made is not None and os.getpid() == master:
+            shutil.rmtree(made, ignore_errors=True)
     return 0

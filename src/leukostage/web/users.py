@@ -10,13 +10,13 @@ admin gets either: 401 without a session or token, 403 for another role.
 from __future__ import annotations
 
 from flask import Blueprint, jsonify, redirect, render_template, request, url_for
-from flask_login import current_user, login_required
+from flask_login import current_user, login_required, login_user
 
 from ..cases import accounts, service
 from ..cases.models import ROLES
 from ..cases.users import MIN_PASSWORD_CHARS
 from ..reports.content import show_time
-from .auth import protect_writes
+from .auth import CurrentUser, protect_writes
 from .context import transaction
 from .frame import chrome
 from .responses import ApiError
@@ -25,6 +25,16 @@ bp = Blueprint("users", __name__)
 bp.before_request(protect_writes)
 
 PAGE_ACTIONS = ("role", "disable", "enable", "password")  # the page's per-account forms
+
+
+def _update(username: str, changes: dict) -> dict:
+    """``accounts.update_user`` in one transaction. A change to an account ends its sessions everywhere; an admin
+    who changed their own account through this session stays signed in, under the new session epoch."""
+    with transaction() as s:
+        changed = accounts.update_user(s, current_user, username, changes)
+        if username == current_user.username and not current_user.via_token:
+            login_user(CurrentUser.of(accounts.get_account(s, username)))
+    return changed
 
 
 def _json_body() -> dict:
@@ -53,8 +63,7 @@ def create_user():
 @login_required
 def update_user(username: str):
     service.require_role(current_user, accounts.ADMIN_ROLES, "change users")
-    with transaction() as s:
-        return jsonify(accounts.update_user(s, current_user, username, _json_body()))
+    return jsonify(_update(username, _json_body()))
 
 
 # --- the page --------------------------------------------------------------------------------------------------------
@@ -119,8 +128,7 @@ def user_change(username: str):
     try:
         if changes is None:
             raise service.InvalidInput(f"unknown action {action[:40]!r}; expected one of {', '.join(PAGE_ACTIONS)}")
-        with transaction() as s:
-            accounts.update_user(s, current_user, username, changes)
+        _update(username, changes)
     except service.Forbidden as exc:
         return _error_page(exc)
     except service.NotFound as exc:
