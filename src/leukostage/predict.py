@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from .classes import BY_KEY, CLASS_KEYS, UNCERTAIN_DISPLAY_NAME, UNCERTAIN_KEY
-from .domain import DOMAIN_OUTPUT, REASON_LOW_CONFIDENCE, REASON_OUTSIDE, domain_fields
+from .domain import DOMAIN_OUTPUT, domain_fields
 from .imaging import ImageError, preprocess, read_bytes
+from .outcomes import REASON_LOW_CONFIDENCE, REASON_OUTSIDE
 from .validate import DEFAULT_PRESET, validate_bytes
 
 MODELS_DIR = Path(str(resources.files("leukostage") / "models"))  # package data: present in a wheel install too

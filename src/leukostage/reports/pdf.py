@@ -36,8 +36,17 @@ from reportlab.platypus import (
     TableStyle,
 )
 
-from ..classes import BY_KEY, CLASS_KEYS, DISCLAIMER, NON_DIAGNOSTIC_KEY, NON_DIAGNOSTIC_MEANING, text_colour
+from ..classes import (
+    BY_KEY,
+    CLASS_KEYS,
+    DISCLAIMER,
+    NON_DIAGNOSTIC_KEY,
+    NON_DIAGNOSTIC_MEANING,
+    UNCERTAIN_KEY,
+    text_colour,
+)
 from ..imaging import ImageError, decode_image
+from ..outcomes import REASON_OUTSIDE, refusal_code
 from . import Overlay, ReadImage, ReportInputs, content
 
 MARGIN = 15 * mm
@@ -472,12 +481,12 @@ def _field_cell(image: dict, styles: _Styles, images: _ImageCache) -> list:
     if picture is None:
         picture = _placeholder("image not available", THUMB_SIDE, styles)
     if not result.get("valid"):
-        detail = f"refused: {result.get('code') or 'refused'}"
+        detail = f"refused: {refusal_code(result)}"
     elif image.get("override"):
         detail = f"reviewer override (model: {content.display_name(content.model_label(image))})"
-    elif content.uncertain_reason(image) == "outside_training_domain":
+    elif content.uncertain_reason(image) == REASON_OUTSIDE:
         detail = "outside training domain"
-    elif content.model_label(image) == "uncertain":
+    elif content.model_label(image) == UNCERTAIN_KEY:
         detail = (
             f"low confidence; top {content.display_name(result.get('top_class'))} "
             f"{content.percent(result.get('confidence'))}"
@@ -534,7 +543,7 @@ def top_fields(case: dict, n: int = TOP_FIELDS) -> list[dict]:
         probabilities = result.get("probabilities")
         if not result.get("valid") or not isinstance(probabilities, dict):
             continue
-        if content.uncertain_reason(image) == "outside_training_domain":
+        if content.uncertain_reason(image) == REASON_OUTSIDE:
             continue
         if call in BY_KEY:
             if result.get("top_class") != call:
