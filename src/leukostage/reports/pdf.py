@@ -45,7 +45,7 @@ from ..classes import (
     UNCERTAIN_KEY,
     text_colour,
 )
-from ..imaging import ImageError, decode_image
+from ..imaging import ImageError, cap_longest_side, decode_image
 from ..outcomes import REASON_OUTSIDE, refusal_code
 from . import Overlay, ReadImage, ReportInputs, content
 
@@ -186,11 +186,8 @@ class _ImageCache:
 
 
 def _jpeg(rgb: np.ndarray, max_px: int) -> tuple[bytes, int, int]:
-    """A small JPEG of an RGB array (longest side ``max_px``) and its size."""
-    h, w = rgb.shape[:2]
-    scale = min(1.0, max_px / max(h, w))
-    if scale < 1.0:
-        rgb = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    """A small JPEG of an RGB array (at most ``max_px`` on its longest side) and its size."""
+    rgb = cap_longest_side(rgb, max_px)
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
     if not ok:
         raise ValueError("JPEG encoding failed")
