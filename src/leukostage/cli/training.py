@@ -113,6 +113,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_card_options(p: argparse.ArgumentParser, whose: str) -> None:
+    """--name, --metrics, --external: what ``export`` and ``quantize`` put into the card they write."""
+    p.add_argument("--name", default=None, help="model name in the card (default: the file stem)")
+    p.add_argument(
+        "--metrics",
+        nargs="*",
+        default=[],
+        help="metrics.json files to copy into the card (their data fingerprint must match the model's training data)",
+    )
+    p.add_argument(
+        "--external",
+        nargs="*",
+        default=[],
+        metavar="REPORT",
+        help=f"`evaluate --external` metrics.json files ({whose}, on other laboratories' images) to copy into the card",
+    )
+
+
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
@@ -122,21 +140,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--checkpoint", required=True, help="a run's best.pt")
     p.add_argument("--out", required=True, help="ONNX file to write, e.g. models/robust.onnx (the card goes beside it)")
-    p.add_argument("--name", default=None, help="model name in the card (default: the file stem)")
     p.add_argument("--data", default=str(default_data_dir()), help="to score the test split(s) for the card")
-    p.add_argument(
-        "--metrics",
-        nargs="*",
-        default=[],
-        help="metrics.json files to copy into the card (their data fingerprint must match the checkpoint's)",
-    )
-    p.add_argument(
-        "--external",
-        nargs="*",
-        default=[],
-        metavar="REPORT",
-        help="`evaluate --external` metrics.json files (other laboratories' images) to copy into the card",
-    )
+    _add_card_options(p, "of this model")
     p.set_defaults(func=cmd_export)
 
 
@@ -165,20 +170,12 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", required=True, help="the float .onnx written by `export` (its card beside it)")
     p.add_argument("--out", required=True, help="int8 ONNX file to write (the card goes beside it)")
-    p.add_argument("--name", default=None, help="model name in the card (default: the file stem)")
     p.add_argument(
         "--data",
         default=str(default_data_dir()),
         help="the model's training data (calibration, thresholds, test metrics)",
     )
-    p.add_argument("--metrics", nargs="*", default=[], help="metrics.json files to copy into the card")
-    p.add_argument(
-        "--external",
-        nargs="*",
-        default=[],
-        metavar="REPORT",
-        help="`evaluate --external` metrics.json files (of the quantised model) to copy into the card",
-    )
+    _add_card_options(p, "of the quantised model")
     p.set_defaults(func=cmd_quantize)
 
 

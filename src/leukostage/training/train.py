@@ -53,37 +53,27 @@ class Recipe:
 # magnification is part of what a class looks like. No shear (it distorts cell shape, a morphological cue).
 CELL_AUGMENT = AugmentConfig(rotation_deg=180.0, width_shift=0.1, height_shift=0.1, shear=0.0, zoom=0.1)
 
+TRANSFER = Recipe(
+    colour_norm=True,
+    stain=StainConfig(),
+    augment=CELL_AUGMENT,
+    optimizer="adamw",
+    schedule="onecycle",
+    warmup_fraction=0.15,
+    body_lr_scale=0.5,
+    weight_decay=0.01,
+    label_smoothing=0.1,
+    pretrained=True,
+)
+
 RECIPES: dict[str, Recipe] = {
     "paper": Recipe(),  # Table 3 augmentation only, as published
     "robust": Recipe(colour_norm=True, stain=StainConfig(), attention_weight=1.0),
-    "transfer": Recipe(
-        colour_norm=True,
-        stain=StainConfig(),
-        augment=CELL_AUGMENT,
-        optimizer="adamw",
-        schedule="onecycle",
-        warmup_fraction=0.15,
-        body_lr_scale=0.5,
-        weight_decay=0.01,
-        label_smoothing=0.1,
-        pretrained=True,
-    ),
+    "transfer": TRANSFER,
     # the same, plus the robust recipe's cell-attention loss: fine-tuning alone leaves the 7x7 Grad-CAM spread over
     # the field (mass on cells ~1.1x their area share in the audit), not on the white cells. The weight, 0.25, was
     # chosen against 0.5 on the blocked validation part (reports/lite0/selection); 1.0 cost Normal recall once
-    "transfer-cells": Recipe(
-        colour_norm=True,
-        stain=StainConfig(),
-        attention_weight=0.25,
-        augment=CELL_AUGMENT,
-        optimizer="adamw",
-        schedule="onecycle",
-        warmup_fraction=0.15,
-        body_lr_scale=0.5,
-        weight_decay=0.01,
-        label_smoothing=0.1,
-        pretrained=True,
-    ),
+    "transfer-cells": replace(TRANSFER, attention_weight=0.25),
 }
 
 
