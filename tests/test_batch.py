@@ -360,6 +360,22 @@ def test_existing_output_needs_resume_and_unknown_suffix_needs_format(table2, tm
     assert proc.returncode == 2 and "none.onnx" in proc.stderr
 
 
+def test_a_corrupt_model_or_a_missing_card_stops_the_run_at_once_with_one_line(table2, tmp_path, model_path):
+    """Loaded once before any work (Predictor.load, as serve does): not one internal_error row per input."""
+    from leukostage.predict import ModelLoadError, card_path_for
+
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(model_path.read_bytes()[:5000])  # truncated
+    card_path_for(broken).write_text(card_path_for(model_path).read_text())
+    out = tmp_path / "r.jsonl"
+    with pytest.raises(ModelLoadError, match="broken.onnx is not a loadable ONNX model"):
+        run_batch(BatchConfig([str(table2)], out, model=str(broken), workers=1, progress=False))
+    assert not read_jsonl(out)
+    card_path_for(broken).unlink()
+    proc = run_cli("batch", table2, "--out", tmp_path / "s.jsonl", "--model", broken)
+    assert proc.returncode == 2 and "broken.card.json not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_threads_per_worker_defaults_to_cores_over_workers_and_can_be_set(table2, tmp_path):
     from leukostage.cores import cpu_count
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from leukostage.cases import rule
-from leukostage.cases.rule import CaseRule, call, counts, is_counted, load_rule, summarise
+from leukostage.cases.rule import CaseRule, call, is_counted, load_rule, summarise
 from leukostage.classes import CLASS_KEYS
 
 
@@ -21,7 +21,7 @@ def refused(code: str = "not_blood_smear") -> dict:
     return {"valid": False, "code": code, "reason": "..."}
 
 
-def test_counts_classes_uncertain_by_reason_and_refused():
+def test_summary_counts_classes_uncertain_by_reason_and_refused():
     results = [
         field("mid"),
         field("mid"),
@@ -31,7 +31,7 @@ def test_counts_classes_uncertain_by_reason_and_refused():
         refused("unreadable"),
         refused(),
     ]
-    c = counts(results)
+    c = summarise(results, CaseRule())["counts"]
     assert c["mid"] == 2 and c["normal"] == 0
     assert c["uncertain"] == {"low_confidence": 1, "outside_training_domain": 1}  # missing reason -> low confidence
     assert c["refused"] == {"not_blood_smear": 2, "unreadable": 1}

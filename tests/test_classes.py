@@ -1,6 +1,15 @@
 import pytest
 
-from leukostage.classes import BY_KEY, CLASS_KEYS, CLASSES, class_info, parse_class, parse_final_call
+from leukostage.classes import (
+    BY_KEY,
+    CLASS_KEYS,
+    CLASSES,
+    LEUKAEMIA_KEYS,
+    NORMAL_KEY,
+    class_info,
+    parse_class,
+    parse_final_call,
+)
 
 
 def test_keys_names_and_dataset_labels_are_the_contract():
@@ -8,6 +17,11 @@ def test_keys_names_and_dataset_labels_are_the_contract():
     assert [c.display_name for c in CLASSES] == ["Normal", "Early Stage", "Mid Stage", "Advanced Stage"]
     assert [c.dataset_label for c in CLASSES] == ["Benign (hematogones)", "Early Pre-B ALL", "Pre-B ALL", "Pro-B ALL"]
     assert [c.folder for c in CLASSES] == ["normal", "cancerous/early", "cancerous/mid", "cancerous/advanced"]
+
+
+def test_the_leukaemias_are_the_cancerous_classes_and_normal_is_the_other():
+    assert LEUKAEMIA_KEYS == ("early", "mid", "advanced") and NORMAL_KEY == "normal"
+    assert all(c.is_leukaemia == c.folder.startswith("cancerous/") for c in CLASSES)
 
 
 def test_unknown_class_lists_valid_keys():

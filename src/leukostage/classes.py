@@ -1,4 +1,4 @@
-"""The four classes: one source of truth for keys, names, dataset labels and colours.
+"""The four classes: one source of truth for keys, names, dataset labels, colours and which are leukaemias.
 
 The stage names are the seed paper's; the dataset labels are the Taleqani dataset's B-ALL subtypes (determined by
 flow cytometry). They are not clinical stages, and every surface that shows a result says so.
@@ -16,17 +16,20 @@ class ClassInfo:
     dataset_label: str
     folder: str  # relative to the dataset root (Table 2 layout)
     colour: str  # badge colour on the web page
+    is_leukaemia: bool  # calling a leukaemia Normal is the costly error: rules and metrics single it out
 
 
 CLASSES: tuple[ClassInfo, ...] = (
-    ClassInfo("normal", "Normal", "Benign (hematogones)", "normal", "#1a7f37"),
-    ClassInfo("early", "Early Stage", "Early Pre-B ALL", "cancerous/early", "#d4a72c"),
-    ClassInfo("mid", "Mid Stage", "Pre-B ALL", "cancerous/mid", "#e16f24"),
-    ClassInfo("advanced", "Advanced Stage", "Pro-B ALL", "cancerous/advanced", "#cf222e"),
+    ClassInfo("normal", "Normal", "Benign (hematogones)", "normal", "#1a7f37", is_leukaemia=False),
+    ClassInfo("early", "Early Stage", "Early Pre-B ALL", "cancerous/early", "#d4a72c", is_leukaemia=True),
+    ClassInfo("mid", "Mid Stage", "Pre-B ALL", "cancerous/mid", "#e16f24", is_leukaemia=True),
+    ClassInfo("advanced", "Advanced Stage", "Pro-B ALL", "cancerous/advanced", "#cf222e", is_leukaemia=True),
 )
 
 CLASS_KEYS: tuple[str, ...] = tuple(c.key for c in CLASSES)
 BY_KEY: dict[str, ClassInfo] = {c.key: c for c in CLASSES}
+LEUKAEMIA_KEYS: tuple[str, ...] = tuple(c.key for c in CLASSES if c.is_leukaemia)
+(NORMAL_KEY,) = (c.key for c in CLASSES if not c.is_leukaemia)  # exactly one class is not a leukaemia
 
 UNCERTAIN_KEY = "uncertain"
 UNCERTAIN_DISPLAY_NAME = "Uncertain"

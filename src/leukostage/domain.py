@@ -14,9 +14,6 @@ from __future__ import annotations
 import numpy as np
 
 DOMAIN_OUTPUT = "domain_score"  # the ONNX output that carries the score, (N,)
-REASON_OUTSIDE = "outside_training_domain"
-REASON_LOW_CONFIDENCE = "low_confidence"
-UNCERTAIN_REASONS = (REASON_LOW_CONFIDENCE, REASON_OUTSIDE)
 
 
 def mahalanobis(embeddings: np.ndarray, mean: np.ndarray, whitening: np.ndarray) -> np.ndarray:

@@ -7,14 +7,15 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..classes import UNCERTAIN_KEY
 from ..cores import cpu_count
-from ..predict import card_path_for, default_model_path
+from ..outcomes import Tally
+from ..predict import Predictor, default_model_path
 from ..validate import DEFAULT_PRESET
 from .discover import BatchInput, count_inputs, iter_inputs
 from .engines import DaskEngine, LocalEngine
@@ -42,24 +43,17 @@ class BatchConfig:
 
 
 @dataclass
-class Tally:
-    """Running counts for the summary: kept as counters, never as rows, so memory stays flat."""
+class RunTally:
+    """Running counts for the summary: rows by outcome (``outcomes.Tally``), never the rows, so memory stays flat."""
 
     written: int = 0
     skipped: int = 0
     first_chunk_at: float | None = None  # perf_counter when the first chunk came back (start-up is before it)
-    labels: Counter = field(default_factory=Counter)
-    uncertain_by_reason: Counter = field(default_factory=Counter)
-    refused_by_code: Counter = field(default_factory=Counter)
+    outcomes: Tally = field(default_factory=Tally)
 
     def add(self, row: dict) -> None:
         self.written += 1
-        if not row.get("valid"):
-            self.refused_by_code[row.get("code") or "unknown"] += 1
-            return
-        self.labels[row.get("label")] += 1
-        if row.get("label") == "uncertain":
-            self.uncertain_by_reason[row.get("uncertain_reason") or "low_confidence"] += 1
+        self.outcomes.add(row)
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
@@ -74,12 +68,10 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
 
 
 def _check_model(model: str | None) -> str:
-    """The local engine's model path, checked here so a typo fails at once, not inside every worker."""
+    """The local engine's model path, loaded once here (one thread, then dropped) so a typo, a missing card or a
+    corrupt file fails at once with one line, not as an error row for every input."""
     path = Path(model) if model else default_model_path()
-    if not path.is_file():
-        raise FileNotFoundError(f"model file {path} not found; pass --model PATH.onnx (with its .card.json beside it)")
-    if not card_path_for(path).is_file():
-        raise FileNotFoundError(f"model card {card_path_for(path)} not found beside {path.name}")
+    Predictor.load(path, threads=1)
     return str(path)
 
 
@@ -137,7 +129,7 @@ def _with_resume(stream: Iterable[BatchInput | dict], done: DoneIndex, pre: list
         yield item._replace(resumed=True, previous_sha256=sha) if found else item
 
 
-def _write_chunk(rows: list[dict], writer, tally: Tally) -> None:
+def _write_chunk(rows: list[dict], writer, tally: RunTally) -> None:
     """Append a chunk's new rows (one write, flushed) and count them; resume markers are counted, not written."""
     if tally.first_chunk_at is None and rows:
         tally.first_chunk_at = time.perf_counter()
@@ -158,7 +150,8 @@ def run_batch(cfg: BatchConfig) -> dict:
 
     Raises:
         BatchError: the output exists without ``resume``, a bad format or worker count, a cluster out of reach.
-        FileNotFoundError: the model, or an ``@list`` file, is missing.
+        FileNotFoundError: the model, its card, or an ``@list`` file, is missing.
+        ModelLoadError: (a ValueError) the model file or its card cannot be loaded.
     """
     out = Path(cfg.out)
     fmt = format_for(out, cfg.format)
@@ -167,7 +160,7 @@ def run_batch(cfg: BatchConfig) -> dict:
     engine = _engine(cfg)
     done = DoneIndex.read(out, fmt) if cfg.resume else DoneIndex(iter(()))
     writer = open_writer(out, fmt, cfg.resume)
-    tally, progress, pre = Tally(), _Progress(cfg), []
+    tally, progress, pre = RunTally(), _Progress(cfg), []
     interrupted, results = False, None
     in_main = threading.current_thread() is threading.main_thread()
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None  # SIGTERM stops like Ctrl-C
@@ -194,20 +187,23 @@ def run_batch(cfg: BatchConfig) -> dict:
     return summary(tally, t0, interrupted, out, fmt, engine.describe())
 
 
-def summary(tally: Tally, t0: float, interrupted: bool, out: Path, fmt: str, engine: dict) -> dict:
-    """The run in numbers: what was written, per label and per refusal code, and how fast (``t0``: the start)."""
+def summary(tally: RunTally, t0: float, interrupted: bool, out: Path, fmt: str, engine: dict) -> dict:
+    """The run in numbers: what was written, per label (those that occurred) and per refusal code, and how fast
+    (``t0``: the start)."""
     seconds = time.perf_counter() - t0
+    counted = tally.outcomes
+    labels = {**counted.labels, UNCERTAIN_KEY: counted.n_uncertain}
     return {
         "out": str(out),
         "format": fmt,
         "interrupted": interrupted,
         "rows_written": tally.written,
         "skipped_already_done": tally.skipped,
-        "valid": sum(tally.labels.values()),
-        "refused": sum(tally.refused_by_code.values()),
-        "labels": dict(sorted(tally.labels.items())),
-        "uncertain_by_reason": dict(sorted(tally.uncertain_by_reason.items())),
-        "refused_by_code": dict(sorted(tally.refused_by_code.items())),
+        "valid": counted.n_valid,
+        "refused": counted.n_refused,
+        "labels": {k: v for k, v in sorted(labels.items()) if v},
+        "uncertain_by_reason": {k: v for k, v in sorted(counted.uncertain.items()) if v},
+        "refused_by_code": dict(sorted(counted.refused.items())),
         "seconds": round(seconds, 3),
         "seconds_to_first_chunk": round(tally.first_chunk_at - t0, 3) if tally.first_chunk_at else None,
         "images_per_second": round(tally.written / seconds, 2) if seconds > 0 else None,

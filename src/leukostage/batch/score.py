@@ -8,6 +8,7 @@ import hashlib
 from collections.abc import Callable
 
 from ..imaging import ImageError, read_bytes, read_header
+from ..outcomes import uncertain_reason
 from ..predict import Predictor, analyse_bytes, default_model_path
 from ..validate import DEFAULT_PRESET
 from .discover import BatchInput
@@ -43,7 +44,7 @@ def batch_fields(result: dict, inp: BatchInput, sha256: str | None, size: tuple[
     """A prediction result (passed through whole, whatever fields the model adds) plus the batch fields."""
     row = {**result, "folder": inp.folder, "sha256": sha256, "width": size[0], "height": size[1]}
     if row.get("valid"):  # a model before issue 9 gives no reason: its only uncertain outcome is low confidence
-        row.setdefault("uncertain_reason", "low_confidence" if row.get("label") == "uncertain" else None)
+        row.setdefault("uncertain_reason", uncertain_reason(row))
     return row
 
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..classes import BY_KEY, DISCLAIMER
+from ..outcomes import uncertain_reason
 from .common import add_model_option, add_validation_options, emit, expand_inputs, progress, use_validator
 
 
@@ -80,10 +81,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def outcome(r: dict) -> str:
     """The table cell for an accepted image; an uncertain row still names the class the model leaned towards."""
-    if r["label"] == "uncertain":
-        reason = (r.get("uncertain_reason") or "low_confidence").replace("_", " ")
+    reason = uncertain_reason(r)
+    if reason:
         top = BY_KEY.get(r.get("top_class", ""))
-        return f"{r['display_label']} ({reason}; top class {top.display_name if top else r.get('top_class')})"
+        leaning = top.display_name if top else r.get("top_class")
+        return f"{r['display_label']} ({reason.replace('_', ' ')}; top class {leaning})"
     return f"{r['display_label']} - {r['dataset_label'] or 'no class asserted'}"
 
 

@@ -17,10 +17,11 @@ from ..classes import (
     NON_DIAGNOSTIC_MEANING,
     UNCERTAIN_COLOUR,
     UNCERTAIN_DISPLAY_NAME,
-    UNCERTAIN_KEY,
 )
+from ..outcomes import REFUSED as REFUSED  # the outcome of a refused field, named here for the pages and the PDF
+from ..outcomes import outcome
+from ..outcomes import uncertain_reason as result_reason
 
-REFUSED = "refused"  # a field the input check refused: shown with its code, never counted
 REFUSED_COLOUR = "#8c959f"  # its badge (grey, lighter than Uncertain's)
 STATUS_NAMES = {"open": "Open (not reviewed)", "signed_off": "Signed off", "amended": "Amended after sign-off"}
 
@@ -92,12 +93,9 @@ def statement_line(statement: dict) -> str:
 
 
 def model_label(image: dict) -> str:
-    """The model's outcome for one field: a class key, ``uncertain``, or ``refused``."""
-    result = image.get("result") or {}
-    if not result.get("valid"):
-        return REFUSED
-    label = result.get("label")
-    return label if label in BY_KEY else UNCERTAIN_KEY
+    """The model's outcome for one field: a class key, ``uncertain``, or ``refused`` (shown with its code, never
+    counted)."""
+    return outcome(image.get("result") or {})
 
 
 def shown_label(image: dict) -> str:
@@ -108,10 +106,7 @@ def shown_label(image: dict) -> str:
 
 def uncertain_reason(image: dict) -> str | None:
     """Why a valid field is uncertain (results from before the domain check carry no reason: low confidence)."""
-    result = image.get("result") or {}
-    if not result.get("valid") or result.get("label") in BY_KEY:
-        return None
-    return result.get("uncertain_reason") or "low_confidence"
+    return result_reason(image.get("result") or {})
 
 
 def class_shares(summary: dict) -> dict[str, float] | None:

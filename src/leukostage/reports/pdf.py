@@ -36,8 +36,17 @@ from reportlab.platypus import (
     TableStyle,
 )
 
-from ..classes import BY_KEY, CLASS_KEYS, DISCLAIMER, NON_DIAGNOSTIC_KEY, NON_DIAGNOSTIC_MEANING, text_colour
-from ..imaging import ImageError, decode_image
+from ..classes import (
+    BY_KEY,
+    CLASS_KEYS,
+    DISCLAIMER,
+    NON_DIAGNOSTIC_KEY,
+    NON_DIAGNOSTIC_MEANING,
+    UNCERTAIN_KEY,
+    text_colour,
+)
+from ..imaging import ImageError, cap_longest_side, decode_image
+from ..outcomes import REASON_OUTSIDE, refusal_code
 from . import Overlay, ReadImage, ReportInputs, content
 
 MARGIN = 15 * mm
@@ -177,11 +186,8 @@ class _ImageCache:
 
 
 def _jpeg(rgb: np.ndarray, max_px: int) -> tuple[bytes, int, int]:
-    """A small JPEG of an RGB array (longest side ``max_px``) and its size."""
-    h, w = rgb.shape[:2]
-    scale = min(1.0, max_px / max(h, w))
-    if scale < 1.0:
-        rgb = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    """A small JPEG of an RGB array (at most ``max_px`` on its longest side) and its size."""
+    rgb = cap_longest_side(rgb, max_px)
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
     if not ok:
         raise ValueError("JPEG encoding failed")
@@ -472,12 +478,12 @@ def _field_cell(image: dict, styles: _Styles, images: _ImageCache) -> list:
     if picture is None:
         picture = _placeholder("image not available", THUMB_SIDE, styles)
     if not result.get("valid"):
-        detail = f"refused: {result.get('code') or 'refused'}"
+        detail = f"refused: {refusal_code(result)}"
     elif image.get("override"):
         detail = f"reviewer override (model: {content.display_name(content.model_label(image))})"
-    elif content.uncertain_reason(image) == "outside_training_domain":
+    elif content.uncertain_reason(image) == REASON_OUTSIDE:
         detail = "outside training domain"
-    elif content.model_label(image) == "uncertain":
+    elif content.model_label(image) == UNCERTAIN_KEY:
         detail = (
             f"low confidence; top {content.display_name(result.get('top_class'))} "
             f"{content.percent(result.get('confidence'))}"
@@ -534,7 +540,7 @@ def top_fields(case: dict, n: int = TOP_FIELDS) -> list[dict]:
         probabilities = result.get("probabilities")
         if not result.get("valid") or not isinstance(probabilities, dict):
             continue
-        if content.uncertain_reason(image) == "outside_training_domain":
+        if content.uncertain_reason(image) == REASON_OUTSIDE:
             continue
         if call in BY_KEY:
             if result.get("top_class") != call:

@@ -1,4 +1,9 @@
-"""Metrics and reports: what a reader needs to judge a model, written as metrics.json + report.md + PNGs."""
+"""Metrics and reports: what a reader needs to judge a model, written as metrics.json + report.md + PNGs.
+
+A checkpoint or an exported model is scored on a part of its own split (an exported one as it serves: its decisions,
+uncertain outcomes included, counted by :mod:`leukostage.outcomes`); ``score_external`` runs the whole serving
+pipeline on other laboratories' images, which have no labels, and reports what the model said there.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..classes import CLASS_KEYS, CLASSES
-from ..domain import REASON_LOW_CONFIDENCE, REASON_OUTSIDE, UNCERTAIN_REASONS
+from ..classes import CLASS_KEYS, CLASSES, LEUKAEMIA_KEYS, NORMAL_KEY
+from ..outcomes import REASON_LOW_CONFIDENCE, REASON_OUTSIDE, tally
 
 ECE_BINS = 15
-LEUKAEMIA_KEYS = tuple(k for k in CLASS_KEYS if k != "normal")
 CONFIDENT = 0.9  # a leukaemia label given above this probability on normal blood is the error that misleads most
 
 
@@ -190,11 +194,6 @@ def model_decisions(model_path: str | Path, images_uint8: np.ndarray) -> tuple[n
     return (np.concatenate(probs) if probs else np.zeros((0, len(CLASS_KEYS)), np.float32)), decisions
 
 
-def reason_counts(results: list[dict]) -> dict[str, int]:
-    """How many results are uncertain for each reason."""
-    return {reason: sum(r.get("uncertain_reason") == reason for r in results) for reason in UNCERTAIN_REASONS}
-
-
 def decision_metrics(y_true: np.ndarray, decisions: list[dict]) -> dict:
     """What the served decision does on labelled images: coverage, accuracy among images given a class, accuracy
     with "uncertain" counted as a miss, uncertain by reason, and the dangerous error (leukaemia called Normal)."""
@@ -202,7 +201,7 @@ def decision_metrics(y_true: np.ndarray, decisions: list[dict]) -> dict:
     truth = [CLASS_KEYS[int(y)] for y in y_true]
     decided = [(t, lab) for t, lab in zip(truth, labels) if lab in CLASS_KEYS]
     n = len(labels)
-    reasons = reason_counts(decisions)
+    reasons = tally({"valid": True, **d} for d in decisions).uncertain  # decisions: prediction fields, all valid
     return {
         "n": n,
         "decided": len(decided),
@@ -211,9 +210,9 @@ def decision_metrics(y_true: np.ndarray, decisions: list[dict]) -> dict:
         "accuracy_uncertain_as_miss": sum(t == lab for t, lab in decided) / n if n else float("nan"),
         "uncertain": reasons,
         "uncertain_share": {k: v / n for k, v in reasons.items()} if n else {},
-        "leukaemia_called_normal": sum(t != "normal" and lab == "normal" for t, lab in decided),
+        "leukaemia_called_normal": sum(t in LEUKAEMIA_KEYS and lab == NORMAL_KEY for t, lab in decided),
         "normal_recall_decided": (
-            sum(t == lab == "normal" for t, lab in decided) / max(1, sum(t == "normal" for t in truth))
+            sum(t == lab == NORMAL_KEY for t, lab in decided) / max(1, sum(t == NORMAL_KEY for t in truth))
         ),
     }
 
@@ -263,21 +262,20 @@ def external_tally(results: list[dict]) -> dict:
     uncertain by reason, refused by the validator (by code), and how many leukaemia labels came with p > 0.9."""
     from collections import Counter
 
+    counted = tally(results)
     valid = [r for r in results if r["valid"]]
-    labels = Counter(r["label"] for r in valid)
     leukaemia = [r for r in valid if r["label"] in LEUKAEMIA_KEYS]
-    uncertain = reason_counts(valid)
     return {
         "n": len(results),
-        "labels": {k: labels.get(k, 0) for k in CLASS_KEYS},
-        "uncertain": uncertain,
-        "refused": len(results) - len(valid),
-        "refused_codes": dict(Counter(r["code"] for r in results if not r["valid"])),
+        "labels": counted.labels,
+        "uncertain": counted.uncertain,
+        "refused": counted.n_refused,
+        "refused_codes": counted.refused,
         "leukaemia_labelled": len(leukaemia),
         "leukaemia_share": len(leukaemia) / len(results) if results else float("nan"),
         "leukaemia_confident": sum(r["confidence"] > CONFIDENT for r in leukaemia),
-        "outside_domain": uncertain[REASON_OUTSIDE],
-        "outside_domain_share": uncertain[REASON_OUTSIDE] / len(results) if results else float("nan"),
+        "outside_domain": counted.uncertain[REASON_OUTSIDE],
+        "outside_domain_share": counted.uncertain[REASON_OUTSIDE] / len(results) if results else float("nan"),
         "top_class": {k: v for k, v in Counter(r["top_class"] for r in valid).most_common()},
         "mean_confidence": float(np.mean([r["confidence"] for r in valid])) if valid else float("nan"),
     }
@@ -292,13 +290,14 @@ def score_external(
     does there, not an accuracy: per folder and sub-folder, each label, uncertain by reason, refused, and the
     leukaemia labels given with high confidence (the dangerous answer on normal blood).
     """
-    from ..imaging import IMAGE_SUFFIXES
+    from ..imaging import IMAGE_SUFFIXES, iter_image_files
     from ..predict import Predictor, analyse_path
 
     predictor = Predictor.load(model_path)
     summary: dict[str, dict] = {}
     for folder in folders:
-        files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        found = list(iter_image_files(folder))
+        files = [Path(f) for f, _ in found]
         if not files:
             raise FileNotFoundError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         if progress:
@@ -311,10 +310,9 @@ def score_external(
         summary[Path(folder).name] = external_tally(results)
         # sub-folders (e.g. PBC's cell types) say which kinds of image the answers come from
         groups: dict[str, list[dict]] = {}
-        for f, r in zip(files, results):
-            rel = f.relative_to(folder).parts
-            if len(rel) > 1:
-                groups.setdefault(rel[0], []).append(r)
+        for (_, sub), r in zip(found, results):
+            if sub != ".":
+                groups.setdefault(sub.split("/")[0], []).append(r)
         if groups:
             summary[Path(folder).name]["by_subfolder"] = {k: external_tally(v) for k, v in sorted(groups.items())}
     out = Path(out) if out else Path("reports") / f"{Path(model_path).stem}-external"
@@ -342,7 +340,7 @@ def external_markdown(model_name: str, summary: dict) -> str:
     for name, s in rows:
         unc = s["uncertain"]
         lines.append(
-            f"| {name} | {s['n']} | {s['labels']['normal']} | {unc[REASON_OUTSIDE]} / "
+            f"| {name} | {s['n']} | {s['labels'][NORMAL_KEY]} | {unc[REASON_OUTSIDE]} / "
             f"{unc[REASON_LOW_CONFIDENCE]} | {' / '.join(str(s['labels'][k]) for k in LEUKAEMIA_KEYS)} | "
             f"{s['leukaemia_confident']} | {s['refused']} | {s['outside_domain_share']:.1%} |"
         )

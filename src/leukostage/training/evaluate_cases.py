@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..cases.rule import RULE_PATH, CaseRule, call, is_counted
-from ..classes import CLASS_KEYS, UNCERTAIN_KEY
+from ..classes import CLASS_KEYS, LEUKAEMIA_KEYS, NORMAL_KEY, UNCERTAIN_KEY
 from .data import discover, file_number, make_split
 
 CASE_SIZE = 10
@@ -53,8 +53,8 @@ def score(cases: list[tuple[str, list[dict]]], rule: CaseRule) -> dict:
         "right": right,
         "accuracy": round(right / max(len(calls), 1), 4),
         "uncertain": sum(c == UNCERTAIN_KEY for _, c in calls),
-        "leukaemia_called_normal": sum(t != "normal" and c == "normal" for t, c in calls),
-        "normal_called_leukaemia": sum(t == "normal" and c not in ("normal", UNCERTAIN_KEY) for t, c in calls),
+        "leukaemia_called_normal": sum(t in LEUKAEMIA_KEYS and c == NORMAL_KEY for t, c in calls),
+        "normal_called_leukaemia": sum(t == NORMAL_KEY and c in LEUKAEMIA_KEYS for t, c in calls),
         "confusion": confusion,
     }
 

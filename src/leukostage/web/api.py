@@ -21,7 +21,8 @@ from typing import NamedTuple
 from flask import Blueprint, current_app, g, jsonify, request
 
 from ..classes import parse_class
-from ..explain import EXPLAIN_MAX_SIDE, cap_size, explain_rgb
+from ..explain import EXPLAIN_MAX_SIDE, explain_rgb
+from ..imaging import capped_size
 from ..predict import Analysis
 from .context import PREDICTOR_KEY, can_explain, predictor
 from .openapi import build_spec
@@ -85,7 +86,7 @@ def _payload(analysis: Analysis, explain: Explain) -> dict:
     if not explain.on:
         return payload
     work: Work = g.work
-    if not work.take_pixels(*cap_size(*analysis.rgb.shape[:2], EXPLAIN_MAX_SIDE)):
+    if not work.take_pixels(*capped_size(*analysis.rgb.shape[:2], EXPLAIN_MAX_SIDE)):
         most = current_app.config["MAX_EXPLAINED_PIXELS"]
         payload["explanation_omitted"] = {
             "code": "explain_limit",

@@ -16,6 +16,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask_login import current_user, login_required
 
 from ..cases import service
+from ..imaging import media_type
 from ..reports import FORMATS, ReportInputs
 from .auth import protect_writes
 from .context import can_explain, predictor, store, transaction
@@ -24,14 +25,6 @@ from .uploads import NOT_AN_IMAGE_CODES, Upload, uploads
 
 bp = Blueprint("cases_api", __name__)
 bp.before_request(protect_writes)
-
-IMAGE_TYPES = (
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"II*\x00", "image/tiff"),
-    (b"MM\x00*", "image/tiff"),
-    (b"BM", "image/bmp"),
-)
 
 
 def _json_body() -> dict:
@@ -192,10 +185,6 @@ def audit(case_id: int):
         return jsonify({"case_id": case_id, "events": service.view_audit(s, current_user, case_id)})
 
 
-def _media_type(data: bytes) -> str:
-    return next((t for magic, t in IMAGE_TYPES if data.startswith(magic)), "application/octet-stream")
-
-
 @bp.get("/api/v1/cases/<int:case_id>/images/<int:image_id>")
 @login_required
 def image_file(case_id: int, image_id: int):
@@ -205,7 +194,7 @@ def image_file(case_id: int, image_id: int):
     data = _read(sha256)  # the store may open its own transaction
     with transaction() as s:
         service.record_view(s, current_user, case_id, image_id, "image")
-    return Response(data, mimetype=_media_type(data), headers={"Content-Disposition": "inline"})
+    return Response(data, mimetype=media_type(data), headers={"Content-Disposition": "inline"})
 
 
 @bp.get("/api/v1/cases/<int:case_id>/images/<int:image_id>/overlay.png")

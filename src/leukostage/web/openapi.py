@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from .. import __version__
 from ..classes import CLASS_KEYS, CLASSES, DISCLAIMER, UNCERTAIN_KEY
-from ..domain import UNCERTAIN_REASONS
 from ..explain import EXPLAIN_MAX_SIDE, METHOD
 from ..imaging import MAX_PIXELS, MIN_SIDE, mebibytes
+from ..outcomes import UNCERTAIN_REASONS
 from .cases_openapi import case_paths, case_schemas, security_schemes
 from .responses import STATUS_BY_CODE
 

@@ -175,37 +175,21 @@ def check_secret() -> None:
 
 
 def check_model(model_path: Path) -> None:
-    """Load the model and its card once, in the master, before any worker forks: a missing card or a corrupt file
-    is then one clear line, not a traceback from every worker. One ONNX Runtime thread and no inference, so no
-    thread pool exists at the fork; the session is dropped again (each worker loads its own).
+    """Load the model and its card once (:meth:`Predictor.load`, the one check), in the master, before any worker
+    forks: a missing card or a corrupt file is then one clear line, not a traceback from every worker. One ONNX
+    Runtime thread and no inference, so no thread pool exists at the fork; the session is dropped again (each worker
+    loads its own).
 
     Raises:
         StartupError: the model or its card is missing, unreadable, not ONNX, or made for other classes.
     """
-    from ..predict import Predictor, card_path_for
+    from ..predict import Predictor
 
-    if not model_path.is_file():
-        raise StartupError(
-            f"model file {model_path} not found; pass --model with an exported .onnx file, or unset "
-            "LEUKOSTAGE_MODEL to use the shipped model"
-        )
-    card = card_path_for(model_path)
-    if not card.is_file():
-        raise StartupError(
-            f"model card {card.name} not found beside {model_path}; `leukostage export` writes it "
-            "there, so copy the card that came with this model next to it"
-        )
     try:
         loaded = Predictor.load(model_path, threads=1)
-    except ValueError as exc:  # a card for other classes or without a threshold, a file ONNX Runtime refuses
+    except (OSError, ValueError) as exc:  # missing files, a file ONNX Runtime refuses, a card serving cannot use
         message = str(exc).splitlines()[0]
         raise StartupError(message if str(model_path) in message else f"model {model_path}: {message}") from None
-    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own exception types for a bad file
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise StartupError(
-            f"model file {model_path} could not be loaded by ONNX Runtime ({detail}); re-export it "
-            "with `leukostage export`, or pass another --model"
-        ) from None
     del loaded
 
 
