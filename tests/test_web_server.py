@@ -8,9 +8,10 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from web_server import HOST, free_port
+from web_server import HOST, LiveServer, free_port, post
 
 from leukostage.predict import card_path_for
 
@@ -81,3 +82,32 @@ def test_a_host_that_is_not_this_machine(model_path):
         "cannot listen on 192.0.2.1",
         "--host",
     )
+
+
+# --- shutdown ---------------------------------------------------------------------------------------------------------
+SHUTDOWN_CRASH_SIGNS = ("terminate called", "std::system_error", "free(): invalid pointer", "SIGABRT", "SIGKILL")
+
+
+def test_a_server_that_served_stops_cleanly_on_sigterm(model_path, sample_smears, tmp_path):
+    """Every worker used to abort at exit after serving ("terminate called after throwing an instance of
+    'std::system_error'", "Worker ... was sent SIGABRT"): ONNX Runtime, loaded in the master to check the model, keeps
+    thread state that a forked worker cannot tear down at interpreter exit. Stopped with SIGTERM after real
+    predictions, the log must show each worker exiting and the master shutting down, and nothing crashing."""
+    log = tmp_path / "serve.log"
+    image = sample_smears["mid"].read_bytes()
+    server = LiveServer(model_path, workers=2, log=log).start()
+    try:
+        workers = server.worker_pids()
+        assert "onnxruntime" not in Path(f"/proc/{server.proc.pid}/maps").read_text()  # the master never loads it
+        for _ in range(4):
+            status, body = post(server.port, "/predict", "file", [("mid.jpg", image)])
+            assert status == 200 and body["label"] == "mid", body
+    finally:
+        server.stop()
+    text = log.read_text()
+    assert server.proc.returncode == 0, text
+    assert not [sign for sign in SHUTDOWN_CRASH_SIGNS if sign in text], text
+    assert "Traceback" not in text, text
+    for pid in workers:
+        assert f"Worker exiting (pid: {pid})" in text, text
+    assert "Shutting down: Master" in text, text

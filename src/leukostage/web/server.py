@@ -129,14 +129,18 @@ class StartupError(ValueError):
 
 
 def check_model(model_path: Path) -> None:
-    """Load the model and its card once, in the master, before any worker forks: a missing card or a corrupt file
-    is then one clear line, not a traceback from every worker. One ONNX Runtime thread and no inference, so no
-    thread pool exists at the fork; the session is dropped again (each worker loads its own).
+    """Load the model and its card once before any worker forks: a missing card or a corrupt file is then one clear
+    line, not a traceback from every worker.
+
+    The load runs in a forked child that ends with ``os._exit``, so ONNX Runtime is never initialised in the master.
+    Its import alone starts a thread, and a worker forked from a process that holds ONNX Runtime's thread state
+    cannot tear it down: at interpreter exit every worker that had served aborted ("terminate called after throwing
+    an instance of 'std::system_error'", "Worker ... was sent SIGABRT") or hung until gunicorn killed it.
 
     Raises:
         StartupError: the model or its card is missing, unreadable, not ONNX, or made for other classes.
     """
-    from ..predict import Predictor, card_path_for
+    from ..predict import card_path_for
 
     if not model_path.is_file():
         raise StartupError(
@@ -149,18 +153,55 @@ def check_model(model_path: Path) -> None:
             f"model card {card.name} not found beside {model_path}; `leukostage export` writes it "
             "there, so copy the card that came with this model next to it"
         )
+    message = _in_child(_load_model, model_path)
+    if message:
+        raise StartupError(message)
+
+
+def _load_model(model_path: Path) -> str | None:
+    """What is wrong with loading ``model_path`` (one line), or None (one ONNX Runtime thread, no inference)."""
+    from ..predict import Predictor
+
     try:
-        loaded = Predictor.load(model_path, threads=1)
+        Predictor.load(model_path, threads=1)
     except ValueError as exc:  # a card for other classes or without a threshold, a file ONNX Runtime refuses
         message = str(exc).splitlines()[0]
-        raise StartupError(message if str(model_path) in message else f"model {model_path}: {message}") from None
+        return message if str(model_path) in message else f"model {model_path}: {message}"
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own exception types for a bad file
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise StartupError(
+        return (
             f"model file {model_path} could not be loaded by ONNX Runtime ({detail}); re-export it "
             "with `leukostage export`, or pass another --model"
-        ) from None
-    del loaded
+        )
+    return None
+
+
+def _in_child(check, *args) -> str | None:
+    """Run ``check(*args)`` (which returns a problem or None) in a forked child and return its answer. The child ends
+    with ``os._exit``: no interpreter teardown, no native destructors, nothing of what it loaded left in this
+    process."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without tearing anything down
+        status = 1
+        try:
+            os.close(read_fd)
+            problem = check(*args)
+            os.write(write_fd, (problem or "").encode("utf-8", "replace"))
+            status = 0
+        except BaseException as exc:  # noqa: BLE001 - the master must get one line whatever happened here
+            os.write(write_fd, f"checking the model failed ({type(exc).__name__}: {exc})".encode("utf-8", "replace"))
+        finally:
+            os._exit(status)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as fh:
+        answer = fh.read().decode("utf-8", "replace")
+    _, status = os.waitpid(pid, 0)
+    if not answer and os.waitstatus_to_exitcode(status) != 0:
+        answer = (
+            f"checking the model failed (the checking process ended with status {os.waitstatus_to_exitcode(status)})"
+        )
+    return answer or None
 
 
 def check_port(host: str, port: int) -> None:
