@@ -2,8 +2,14 @@
 
 Each gunicorn worker builds its own app (and so loads its own ONNX session) after the fork. Workers share the cores,
 so each gets ``max(1, cores // workers)`` ONNX Runtime and OpenCV threads: N workers never start more compute
-threads than there are cores. Extra gunicorn settings (access log, TLS, max requests) can be passed in
-``GUNICORN_CMD_ARGS``, as for the ``gunicorn`` command.
+threads than there are cores. Extra gunicorn settings (TLS, max requests) can be passed in ``GUNICORN_CMD_ARGS``, as
+for the ``gunicorn`` command.
+
+The access log (off unless ``$LEUKOSTAGE_ACCESS_LOG`` or ``serve --access-log`` turns it on) names a request by its
+method and path only: never its query string (``?q=`` searches accession numbers), body, referer, cookies or
+credentials, and a path that matches no route (which a client could fill with anything) is logged as ``<unmatched>``.
+Case routes carry numeric ids only, so the log holds no accession number or patient reference, whatever log format
+an operator passes in ``GUNICORN_CMD_ARGS`` (only the fields below are ever filled in).
 """
 
 from __future__ import annotations
@@ -14,9 +20,11 @@ import os
 import shlex
 import socket
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger as GunicornLogger
 from gunicorn.workers.sync import SyncWorker
 
 from ..cores import cpu_count, limit_opencv_threads, threads_per_worker
@@ -27,6 +35,13 @@ from . import REQUEST_BUDGET_S
 # above budget + one step, so a slow request gets its JSON 503 and the worker lives on.
 WORST_STEP_S = 40
 GRACEFUL_TIMEOUT_S = 10  # on SIGTERM, finish requests in flight for at most this long
+
+ACCESS_LOG_ENV = "LEUKOSTAGE_ACCESS_LOG"  # unset/0/false: off; 1/true/-: stdout; anything else: a file to append to
+ACCESS_LOG_FORMAT = '%(h)s %(t)s "%(r)s" %(s)s %(B)s %(M)sms'  # client, time, "METHOD /path HTTP/1.1", status, ...
+# The only gunicorn log atoms ever filled in (any other, e.g. %(q)s, %(f)s or %({cookie}i)s, logs "-"): client
+# address, time, method, path (as loggable_path gives it), protocol, status, size, duration, worker pid.
+ACCESS_LOG_ATOMS = ("h", "l", "t", "m", "H", "s", "b", "B", "T", "D", "M", "L", "p")
+UNMATCHED_PATH = "<unmatched>"
 
 
 def bind_address(host: str, port: int) -> str:
@@ -44,8 +59,72 @@ def worker_timeout_s(budget_s: float | None = None) -> int:
     return int(round((request_budget_s() if budget_s is None else budget_s) + WORST_STEP_S))
 
 
-def gunicorn_options(host: str, port: int, workers: int) -> dict:
-    """The gunicorn settings ``serve`` uses (a dict, so tests can check them without starting a server)."""
+def access_log_target(value: str | None) -> str | None:
+    """gunicorn's ``accesslog`` for a ``$LEUKOSTAGE_ACCESS_LOG`` / ``--access-log`` value: None (off) for unset, empty,
+    0, false, no, off; "-" (stdout) for 1, true, yes, on, -; any other value is a file path."""
+    if value is None or value.strip().lower() in ("", "0", "false", "no", "off"):
+        return None
+    return "-" if value.strip().lower() in ("1", "true", "yes", "on", "-") else value
+
+
+def loggable_path(url_map, method: str, path: str, status: int) -> str:
+    """The request path as the access log may show it: a path of one of the app's routes with only numeric
+    arguments (case and image ids) as it is; a static file as it is when it was served; anything else the client
+    could have typed (an unknown path, a missing file name) as the route's pattern or ``UNMATCHED_PATH``."""
+    from werkzeug.exceptions import MethodNotAllowed, NotFound
+    from werkzeug.routing import RequestRedirect
+
+    if url_map is None:
+        return UNMATCHED_PATH
+    adapter = url_map.bind("localhost")
+    try:
+        try:
+            rule, args = adapter.match(path, method=method, return_rule=True)
+        except MethodNotAllowed as exc:  # a route's path with another method: match it with one it allows
+            rule, args = adapter.match(path, method=sorted(exc.valid_methods or ["GET"])[0], return_rule=True)
+    except RequestRedirect:  # a route's path without its trailing slash
+        return path
+    except (NotFound, MethodNotAllowed):
+        return UNMATCHED_PATH
+    if all(isinstance(v, int) for v in args.values()) or status < 400:
+        return path
+    return rule.rule
+
+
+class AccessLogger(GunicornLogger):
+    """gunicorn's logger with an access log that holds no query string and no patient data (see the module doc)."""
+
+    url_map = None  # the app's routes, set in each worker by GunicornApp.load
+
+    def atoms(self, resp, req, environ, request_time) -> dict:
+        every = super().atoms(resp, req, environ, request_time)
+        method = environ.get("REQUEST_METHOD", "-")
+        status = int(str(every.get("s", "0")).split()[0] or 0)
+        path = loggable_path(self.url_map, method, environ.get("PATH_INFO") or "/", status)
+        protocol = environ.get("SERVER_PROTOCOL", "-")
+        return {**{k: every[k] for k in ACCESS_LOG_ATOMS if k in every}, "U": path, "r": f"{method} {path} {protocol}"}
+
+
+def debug_request_handler(url_map):
+    """Werkzeug's development server logs each request line, query string included; this handler logs what the
+    gunicorn access log would (``--debug`` only)."""
+    from werkzeug.serving import WSGIRequestHandler
+
+    class SafeRequestHandler(WSGIRequestHandler):
+        def log_request(self, code="-", size="-") -> None:
+            status = int(getattr(code, "value", code)) if str(getattr(code, "value", code)).isdigit() else 0
+            path = loggable_path(url_map, self.command or "-", unquote(urlsplit(self.path).path), status)
+            self.log("info", '"%s %s %s" %s %s', self.command, path, self.request_version, status or code, size)
+
+    return SafeRequestHandler
+
+
+def gunicorn_options(host: str, port: int, workers: int, access_log: str | None = None) -> dict:
+    """The gunicorn settings ``serve`` uses (a dict, so tests can check them without starting a server).
+
+    Args:
+        access_log: gunicorn's ``accesslog`` ("-" for stdout, a file path), None for no access log.
+    """
     return {
         "bind": bind_address(host, port),
         "workers": workers,
@@ -56,6 +135,9 @@ def gunicorn_options(host: str, port: int, workers: int) -> dict:
         "graceful_timeout": GRACEFUL_TIMEOUT_S,
         "errorlog": "-",
         "loglevel": "info",
+        "logger_class": f"{__name__}.AccessLogger",
+        "accesslog": access_log,
+        "access_log_format": ACCESS_LOG_FORMAT,
         "proc_name": "leukostage",
         "control_socket_disable": True,  # gunicorn >= 27: no shared ~/.gunicorn/gunicorn.ctl between instances
     }
@@ -121,7 +203,9 @@ class GunicornApp(BaseApplication):
         from . import create_app
 
         limit_opencv_threads(int(os.environ["LEUKOSTAGE_ORT_THREADS"]))
-        return create_app()
+        app = create_app()
+        AccessLogger.url_map = app.url_map
+        return app
 
 
 class StartupError(ValueError):
@@ -239,7 +323,12 @@ def _is_loopback(host: str) -> bool:
 
 
 def serve(
-    host: str = "127.0.0.1", port: int = 8000, workers: int | None = None, model: str | None = None, debug: bool = False
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int | None = None,
+    model: str | None = None,
+    debug: bool = False,
+    access_log: str | None = None,
 ) -> int:
     """Serve the page and the API until interrupted.
 
@@ -248,6 +337,8 @@ def serve(
         model: ONNX model path (default: $LEUKOSTAGE_MODEL, else the model shipped in the package); passed to the
             workers in $LEUKOSTAGE_MODEL.
         debug: Flask's development server with the interactive debugger; only on a loopback address.
+        access_log: "-" (stdout) or a file for the access log (see :func:`access_log_target`); default
+            ``$LEUKOSTAGE_ACCESS_LOG``, else none. The development server always logs requests, in the same form.
 
     Raises:
         ValueError: ``workers`` below 1, or ``debug`` on an address other hosts can reach.
@@ -262,17 +353,20 @@ def serve(
         raise ValueError(f"--debug runs Werkzeug's interactive debugger; bind it to 127.0.0.1, not {host}")
     model_path = Path(model) if model else default_model_path()
     check_model(model_path)
-    check_port(host, port)
+    if os.environ.get("WERKZEUG_RUN_MAIN") != "true":  # --debug's reloader child: the parent holds the port already
+        check_port(host, port)
     os.environ["LEUKOSTAGE_MODEL"] = str(model_path.resolve())  # read by create_app in each worker
 
     if debug:
         from . import create_app
 
-        create_app().run(host=host, port=port, debug=True)
+        app = create_app()
+        app.run(host=host, port=port, debug=True, request_handler=debug_request_handler(app.url_map))
         return 0
 
     workers = workers or cpu_count()
     # An operator's explicit $LEUKOSTAGE_ORT_THREADS wins; the workers read it in create_app.
     os.environ.setdefault("LEUKOSTAGE_ORT_THREADS", str(threads_per_worker(workers)))
-    GunicornApp(gunicorn_options(host, port, workers)).run()
+    target = access_log if access_log is not None else access_log_target(os.environ.get(ACCESS_LOG_ENV))
+    GunicornApp(gunicorn_options(host, port, workers, access_log=target)).run()
     return 0
