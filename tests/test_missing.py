@@ -96,3 +96,49 @@ def test_a_complete_run_has_no_such_line(tiny_suite, data_dir):
         timeout=180,
     )
     assert r.returncode == 0 and "3 passed" in r.stdout and "NOT RUN" not in r.stdout, r.stdout
+
+
+@pytest.fixture
+def no_torch(tmp_path) -> Path:
+    """A PYTHONPATH entry whose ``torch`` cannot be imported, as in an install without the train extra."""
+    blocked = tmp_path / "no-torch" / "torch"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text('raise ImportError("torch is not installed (blocked for this test)")\n')
+    return blocked.parent
+
+
+def run_quantize_tests(no_torch: Path, ci: bool) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env["PYTHONPATH"] = os.pathsep.join([str(no_torch), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    if ci:
+        env["CI"] = "true"
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(HERE / "test_quantize.py"),
+            "-k",
+            "shipped or exact or only_the_backbone",
+        ],
+        cwd=HERE.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_without_torch_only_the_tests_that_need_it_skip(no_torch, data_dir):
+    """test_quantize once skipped as a whole without torch, taking the shipped int8 model's tests (no torch needed)
+    with it, even under CI."""
+    r = run_quantize_tests(no_torch, ci=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "4 passed, 1 skipped, 3 deselected" in r.stdout, r.stdout
+    assert r.stdout.strip().splitlines()[-1].startswith("NOT RUN: 1 test did not run"), r.stdout
+    assert "1 for torch" in r.stdout
+    ci = run_quantize_tests(no_torch, ci=True)
+    assert ci.returncode == 1 and "4 passed, 3 deselected, 1 error" in ci.stdout, ci.stdout
