@@ -57,6 +57,13 @@ def sample_smears(taleqani) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def foreign_cell(data_dir) -> Path:
+    """A real blood cell from another laboratory (a lymphocyte of the PBC dataset): a valid smear that the shipped
+    model answers ``uncertain``, ``outside_training_domain`` (domain score ~74 against a threshold ~52)."""
+    return data_dir / "pbc_sample" / "lymphocyte" / "LY_644290.jpg"
+
+
+@pytest.fixture(scope="session")
 def model_path() -> Path:
     path = default_model_path()
     if not path.is_file():

@@ -175,6 +175,31 @@ def test_table2_rows_equal_predict_json(table2, tmp_path):
     assert "rows written" in proc.stderr and "not a diagnosis" in proc.stderr
 
 
+def test_a_cell_from_another_laboratory_is_an_uncertain_row_with_its_reason(foreign_cell, sample_smears, tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "foreign.jpg").symlink_to(foreign_cell)
+    (tmp_path / "in" / "ours.jpg").symlink_to(sample_smears["mid"].resolve())
+    proc = run_cli(
+        "batch", tmp_path / "in", "--out", tmp_path / "r.csv", "--workers", "1", "--summary-json", tmp_path / "s.json"
+    )
+    assert proc.returncode == 0, proc.stderr  # uncertain is an answer, not a refusal
+    with open(tmp_path / "r.csv", newline="") as fh:
+        rows = {Path(r["file"]).name: r for r in csv.DictReader(fh)}
+    foreign = rows["foreign.jpg"]
+    assert (foreign["valid"], foreign["label"], foreign["uncertain_reason"], foreign["in_domain"]) == (
+        "True",
+        "uncertain",
+        "outside_training_domain",
+        "False",
+    )
+    assert float(foreign["domain_score"]) > float(foreign["domain_threshold"]) and foreign["dataset_label"] == ""
+    assert (rows["ours.jpg"]["label"], rows["ours.jpg"]["in_domain"]) == ("mid", "True")
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["labels"] == {"mid": 1, "uncertain": 1}
+    assert summary["uncertain_by_reason"] == {"outside_training_domain": 1}
+    assert "(uncertain: outside_training_domain 1)" in proc.stderr
+
+
 def test_csv_and_parquet_hold_the_same_rows(table2, tmp_path):
     assert run_cli("batch", table2, "--out", tmp_path / "r.jsonl", "--workers", "1").returncode == 0
     rows = {r["file"]: flatten(r) for r in read_jsonl(tmp_path / "r.jsonl")}

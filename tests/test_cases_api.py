@@ -30,6 +30,21 @@ def make_case(client, token, accession=ACCESSION, **extra) -> int:
     return r.json["id"]
 
 
+def test_a_field_from_another_laboratory_is_uncertain_and_not_counted(case_client, people, case_fields, foreign_cell):
+    """A real PBC lymphocyte uploaded to a case with three Advanced fields: its entry says why no class is asserted,
+    and the case call is made from the three fields the model knows."""
+    c = case_client
+    cid = make_case(c, people.tech, accession="ACC-FOREIGN")
+    r = upload(c, people.tech, cid, case_fields["advanced"][:3] + [foreign_cell.read_bytes()])
+    assert r.status_code == 201, r.json
+    entry = r.json[-1]
+    assert (entry["valid"], entry["label"], entry["uncertain_reason"]) == (True, "uncertain", "outside_training_domain")
+    assert entry["domain"]["in_domain"] is False
+    summary = c.get(f"/api/v1/cases/{cid}", headers=People.auth(people.tech)).json["summary"]
+    assert summary["counts"]["uncertain"] == {"low_confidence": 0, "outside_training_domain": 1}
+    assert summary["counted"] == 3 and summary["case_call"] == "advanced"
+
+
 def test_workflow_technician_then_reviewer(case_client, people, case_fields):
     c = case_client
     cid = make_case(c, people.tech, patient_ref=PATIENT, note="smear 1")
