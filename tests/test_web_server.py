@@ -205,6 +205,14 @@ def test_the_access_log_names_routes_without_queries_or_patient_data(
                 "Cookie": "session=PAT-SECRET-8",
             },
         )
+        for raw in (  # malformed request lines: gunicorn refuses them and its error log used to quote them
+            b"GET /cases?q=ACC-SECRET-9\x00 HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /cases/PAT-SECRET-10 HTTP/1.1 junk\r\nHost: x\r\n\r\n",
+        ):
+            with socket.create_connection((HOST, port), timeout=30) as sock:
+                sock.sendall(raw)
+                assert sock.recv(64).startswith(b"HTTP/1.1 400")
+    assert log.read_text().count("Invalid request from ip=") == 2
     text = access.read_text()
     lines = text.splitlines()
     assert len(lines) == 9, text

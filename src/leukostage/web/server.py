@@ -17,8 +17,12 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import re
+import select
 import shlex
+import signal
 import socket
+import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -35,6 +39,7 @@ from . import REQUEST_BUDGET_S
 # above budget + one step, so a slow request gets its JSON 503 and the worker lives on.
 WORST_STEP_S = 40
 GRACEFUL_TIMEOUT_S = 10  # on SIGTERM, finish requests in flight for at most this long
+MODEL_CHECK_TIMEOUT_S = 120  # serve's one-off load of the model before gunicorn starts (a few seconds when healthy)
 
 ACCESS_LOG_ENV = "LEUKOSTAGE_ACCESS_LOG"  # unset/0/false: off; 1/true/-: stdout; anything else: a file to append to
 ACCESS_LOG_FORMAT = '%(h)s %(t)s "%(r)s" %(s)s %(B)s %(M)sms'  # client, time, "METHOD /path HTTP/1.1", status, ...
@@ -42,6 +47,8 @@ ACCESS_LOG_FORMAT = '%(h)s %(t)s "%(r)s" %(s)s %(B)s %(M)sms'  # client, time, "
 # address, time, method, path (as loggable_path gives it), protocol, status, size, duration, worker pid.
 ACCESS_LOG_ATOMS = ("h", "l", "t", "m", "H", "s", "b", "B", "T", "D", "M", "L", "p")
 UNMATCHED_PATH = "<unmatched>"
+INVALID_REQUEST_PREFIX = "Invalid request from ip="  # gunicorn's error-log lines that quote what a client sent
+REQUEST_ERROR_PREFIX = "Error handling request"
 
 
 def bind_address(host: str, port: int) -> str:
@@ -92,9 +99,27 @@ def loggable_path(url_map, method: str, path: str, status: int) -> str:
 
 
 class AccessLogger(GunicornLogger):
-    """gunicorn's logger with an access log that holds no query string and no patient data (see the module doc)."""
+    """gunicorn's logger with an access log that holds no query string and no patient data (see the module doc).
+
+    gunicorn's error log quotes a malformed request line ("Invalid request from ip=...: Invalid HTTP request line:
+    'GET /cases?q=...'") and names the URI of a request that failed outside the app: those quotes and URIs are
+    replaced too.
+    """
 
     url_map = None  # the app's routes, set in each worker by GunicornApp.load
+
+    def warning(self, msg, *args, **kwargs) -> None:
+        if isinstance(msg, str) and msg.startswith(INVALID_REQUEST_PREFIX):
+            msg = re.sub(r"'.*'", "'<not logged>'", msg % args if args else msg, flags=re.DOTALL)
+            args = ()
+        super().warning(msg, *args, **kwargs)
+
+    def exception(self, msg, *args, **kwargs) -> None:
+        if isinstance(msg, str) and msg.startswith(REQUEST_ERROR_PREFIX) and args:
+            method = str(args[0]) if len(args) > 1 else "GET"
+            path = loggable_path(self.url_map, method, urlsplit(str(args[-1])).path or "/", 500)
+            msg, args = f"{REQUEST_ERROR_PREFIX} %s %s", (method, path)
+        super().exception(msg, *args, **kwargs)
 
     def atoms(self, resp, req, environ, request_time) -> dict:
         every = super().atoms(resp, req, environ, request_time)
@@ -263,7 +288,7 @@ def _load_model(model_path: Path) -> str | None:
 def _in_child(check, *args) -> str | None:
     """Run ``check(*args)`` (which returns a problem or None) in a forked child and return its answer. The child ends
     with ``os._exit``: no interpreter teardown, no native destructors, nothing of what it loaded left in this
-    process."""
+    process. A child that does not answer within ``MODEL_CHECK_TIMEOUT_S`` is stopped and reported."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report, then leave without tearing anything down
@@ -278,14 +303,25 @@ def _in_child(check, *args) -> str | None:
         finally:
             os._exit(status)
     os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as fh:
-        answer = fh.read().decode("utf-8", "replace")
+    answer, deadline = b"", time.monotonic() + MODEL_CHECK_TIMEOUT_S
+    try:
+        while True:
+            ready, _, _ = select.select([read_fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return f"loading the model did not finish within {MODEL_CHECK_TIMEOUT_S} s; check the model file"
+            data = os.read(read_fd, 65536)
+            if not data:
+                break
+            answer += data
+    finally:
+        os.close(read_fd)
     _, status = os.waitpid(pid, 0)
-    if not answer and os.waitstatus_to_exitcode(status) != 0:
-        answer = (
-            f"checking the model failed (the checking process ended with status {os.waitstatus_to_exitcode(status)})"
-        )
-    return answer or None
+    code = os.waitstatus_to_exitcode(status)
+    if not answer and code != 0:
+        return f"checking the model failed (the checking process ended with status {code})"
+    return answer.decode("utf-8", "replace") or None
 
 
 def check_port(host: str, port: int) -> None:
