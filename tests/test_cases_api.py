@@ -45,6 +45,21 @@ def non_smear(data_dir) -> bytes:
     return jpeg.tobytes()
 
 
+def test_a_field_from_another_laboratory_is_uncertain_and_not_counted(case_client, people, case_fields, foreign_cell):
+    """A real PBC lymphocyte uploaded to a case with three Advanced fields: its entry says why no class is asserted,
+    and the case call is made from the three fields the model knows."""
+    c = case_client
+    cid = make_case(c, people.tech, accession="ACC-FOREIGN")
+    r = upload(c, people.tech, cid, case_fields["advanced"][:3] + [foreign_cell.read_bytes()])
+    assert r.status_code == 201, r.json
+    entry = r.json[-1]
+    assert (entry["valid"], entry["label"], entry["uncertain_reason"]) == (True, "uncertain", "outside_training_domain")
+    assert entry["domain"]["in_domain"] is False
+    summary = c.get(f"/api/v1/cases/{cid}", headers=People.auth(people.tech)).json["summary"]
+    assert summary["counts"]["uncertain"] == {"low_confidence": 0, "outside_training_domain": 1}
+    assert summary["counted"] == 3 and summary["case_call"] == "advanced"
+
+
 def test_workflow_technician_then_reviewer(case_client, people, case_fields, non_smear):
     c = case_client
     cid = make_case(c, people.tech, patient_ref=PATIENT, note="smear 1")
@@ -52,13 +67,14 @@ def test_workflow_technician_then_reviewer(case_client, people, case_fields, non
     assert r.status_code == 201
     entries, gif = r.json[:4], r.json[4]
     assert len(entries) == 4 and all("image_id" in e for e in entries)
+    assert [e["label"] for e in entries[:3]] == ["advanced"] * 3  # three real Advanced fields
     assert entries[-1]["valid"] is False and entries[-1]["code"] not in NOT_AN_IMAGE_CODES  # a refused field, kept
     assert gif["valid"] is False and gif["code"] == "unsupported_format" and "image_id" not in gif  # not stored
     assert all(e["model"]["name"] for e in entries if e["valid"])
     case = c.get(f"/api/v1/cases/{cid}", headers=People.auth(people.tech)).json
     assert case["patient_ref"] == PATIENT and len(case["images"]) == 4
     assert case["summary"]["counted"] == sum(e["valid"] for e in entries)
-    assert case["summary"]["case_call"] in ("normal", "early", "mid", "advanced", "uncertain")
+    assert case["summary"]["case_call"] == "advanced"  # three counted Advanced fields: the rule's minimum
     image_id = entries[0]["image_id"]
     review = {"final_call": "advanced", "comment": "ok", "image_overrides": [{"image_id": image_id, "label": "mid"}]}
     assert c.post(f"/api/v1/cases/{cid}/review", json=review, headers=People.auth(people.tech)).status_code == 403

@@ -37,6 +37,23 @@ def test_serve_refuses_an_unmigrated_database(db_url, tmp_path):
     assert len(lines) == 1 and "leukostage db upgrade" in lines[0] and "not migrated" in lines[0]
 
 
+def test_serve_never_migrates_an_existing_default_database(tmp_path):
+    """The README's rule: only a new instance's database is created by `serve`; an existing SQLite file in the
+    instance folder that is not migrated (an older version's, an empty one) is refused and left as it was."""
+    import sqlite3
+
+    inst = tmp_path / "inst"
+    inst.mkdir()
+    with sqlite3.connect(inst / "leukostage.sqlite3") as conn:
+        conn.execute("CREATE TABLE notes (x TEXT)")
+    assert "LEUKOSTAGE_DATABASE_URL" not in os.environ  # the default database (the default_instance fixture)
+    r = cli("serve", "--port", "1", env={"LEUKOSTAGE_INSTANCE": str(inst)})
+    assert r.returncode == 2 and "not migrated" in r.stderr and "leukostage db upgrade" in r.stderr, r.stderr
+    assert "created a new case database" not in r.stderr
+    with sqlite3.connect(inst / "leukostage.sqlite3") as conn:  # no table added (not even alembic_version)
+        assert conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall() == [("notes",)]
+
+
 def test_users_add_and_token_alone_on_the_last_line(instance):
     r = cli("users", "add", "tech", "--role", "technician", "--password-stdin", stdin="long enough pw\n")
     assert r.returncode == 0, r.stderr

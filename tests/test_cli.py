@@ -213,6 +213,21 @@ def test_uncertain_row_names_the_top_class(model_with_card, sample_smears, capsy
     assert "\tUncertain (low confidence; top class " in row and "Stage)" in row
 
 
+def test_a_cell_from_another_laboratory_is_uncertain_outside_the_training_domain(foreign_cell, capsys):
+    """A real PBC lymphocyte through `predict --json` and the table: no class asserted, and why."""
+    assert main(["predict", "--json", str(foreign_cell)]) == 0  # a valid image: not a refusal
+    (r,) = json.loads(capsys.readouterr().out)
+    assert (r["valid"], r["label"], r["uncertain_reason"], r["dataset_label"]) == (
+        True,
+        "uncertain",
+        "outside_training_domain",
+        None,
+    )
+    assert r["domain"]["in_domain"] is False and r["domain"]["score"] > r["domain"]["threshold"]
+    assert main(["predict", str(foreign_cell)]) == 0
+    assert "\tUncertain (outside training domain; top class " in capsys.readouterr().out
+
+
 def test_serve_with_a_missing_validator_fails_before_starting(tmp_path):
     one_line_error(
         run_cli("serve", "--port", "1", "--validator", tmp_path / "none.json"),

@@ -103,6 +103,23 @@ def test_smear_shows_badge_confidence_and_class_bars(page, smear_file):
     assert page.problems == []
 
 
+def test_a_cell_from_another_laboratory_shows_uncertain_and_why(page, foreign_cell):
+    """A real PBC lymphocyte (another laboratory): the grey Uncertain badge, no class asserted, and the note that
+    the image is unlike the training images (not the low-confidence one)."""
+    page.set_input_files("#file-input", str(foreign_cell))
+    page.wait_for_selector("#result:not([hidden])")
+    badge = page.locator("#badge")
+    assert badge.get_attribute("data-label") == UNCERTAIN_KEY and badge.inner_text().strip() == "Uncertain"
+    assert badge.evaluate("el => getComputedStyle(el).backgroundColor") == rgb_css(UNCERTAIN_COLOUR)
+    assert "no class asserted" in page.inner_text("#subtype")
+    note = page.locator("#uncertain-note")
+    assert note.is_visible() and note.get_attribute("data-reason") == "outside_training_domain"
+    text = note.inner_text()
+    assert "unlike the images the model was trained on" in text and "not confident enough" not in text
+    page.screenshot(path=str(ARTIFACTS / "web-foreign-cell.png"), full_page=True)
+    assert page.problems == []
+
+
 def test_heat_map_switch_shows_the_gradcam_overlay(page, smear_file):
     posts = []
     page.on("request", lambda r: r.method == "POST" and posts.append(r.url))

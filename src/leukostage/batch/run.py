@@ -184,7 +184,7 @@ def run_batch(cfg: BatchConfig) -> dict:
         progress.close()
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
-    return summary(tally, t0, interrupted, out, fmt, engine.describe())
+    return {**summary(tally, t0, interrupted, out, fmt, engine.describe()), "repairs": writer.repairs}
 
 
 def summary(tally: RunTally, t0: float, interrupted: bool, out: Path, fmt: str, engine: dict) -> dict:
@@ -231,6 +231,7 @@ def format_summary(s: dict) -> str:
         )
     if s["refused_by_code"]:
         lines.append("refused: " + ", ".join(f"{k} {v}" for k, v in s["refused_by_code"].items()))
+    lines += [f"resume: {note}" for note in s.get("repairs", [])]
     if s["interrupted"]:
         lines.append(f"rows up to the last completed chunk are in {s['out']}; rerun with --resume to finish")
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """Command line verbs for cases: ``db upgrade|check|grant``, ``users add|list|set|token``, ``evaluate-cases``; and
-the guard that keeps ``serve`` from starting on an unmigrated database. A verb group of the ``cli`` package
-(``register``). ``users`` calls the same functions as the admin's Users page (``cases.accounts``)."""
+the guard that keeps ``serve`` from starting on an unmigrated database (a new instance's default SQLite file is
+created). A verb group of the ``cli`` package (``register``). ``users`` calls the same functions as the admin's Users
+page (``cases.accounts``)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ def _add_db(sub: argparse._SubParsersAction) -> None:
         "db",
         help="the case database: apply migrations, check stored images against rows",
         description="The case database ($LEUKOSTAGE_DATABASE_URL, default a SQLite file in the "
-        "instance folder): `db upgrade` applies every pending migration (serve refuses an unmigrated "
-        "database); `db check` compares the image store with the rows; `db grant ROLE` (PostgreSQL, run as the "
-        "schema's owner) lets the app's own role use the tables without altering or emptying the audit trail.",
+        "instance folder): `db upgrade` applies every pending migration (serve creates the default SQLite "
+        "database on a new instance, and refuses any other database that is not migrated); `db check` compares "
+        "the image store with the rows; `db grant ROLE` (PostgreSQL, run as the schema's owner) lets the app's "
+        "own role use the tables without altering or emptying the audit trail.",
     )
     verbs = p.add_subparsers(dest="db_command", required=True)
     verbs.add_parser("upgrade", help="apply every pending migration (creates the SQLite file on first use)")

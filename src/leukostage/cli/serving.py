@@ -76,6 +76,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="validator calibration JSON (default: $LEUKOSTAGE_VALIDATOR, else the packaged one)",
     )
     p.add_argument("--debug", action="store_true", help="Flask's development server instead of gunicorn")
+    p.add_argument(
+        "--access-log",
+        nargs="?",
+        const="-",
+        default=None,
+        metavar="FILE",
+        help="log each request (method, path without query string, status, size, time) to stdout, or append to "
+        "FILE (default: $LEUKOSTAGE_ACCESS_LOG: 1 for stdout or a file; unset: no access log)",
+    )
     p.set_defaults(func=cmd_serve)
 
 
@@ -200,7 +209,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..web import serve
+    from ..web.server import serve
 
     use_validator(args.validator)
-    return serve(host=args.host, port=args.port, workers=args.workers, model=args.model, debug=args.debug)
+    return serve(
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        model=args.model,
+        debug=args.debug,
+        access_log=args.access_log,
+    )
