@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .domain import REASON_LOW_CONFIDENCE, REASON_OUTSIDE
+
 
 @dataclass(frozen=True)
 class ClassInfo:
@@ -123,3 +125,46 @@ def probability_column(key: str) -> str:
     """A class's probability as a flat table column, the same in every table leukostage writes (batch csv and
     parquet, a case's CSV export): the nested ``probabilities`` field flattened one level, ``probabilities_<key>``."""
     return f"probabilities_{key}"
+
+
+# --- a result that asserts no class, and how the picture was taken, in words (issue 18) ----------------------------
+# Every surface (the page, the case page, the CLI, the PDF) says these, and never names a class for an uncertain or
+# refused result: no class colour, no "top class", no heat map titled as evidence. The probabilities stay available,
+# behind a disclosure labelled as not evidence.
+UNCERTAIN_REASON_NAMES: dict[str, str] = {
+    REASON_OUTSIDE: "outside the training domain",
+    REASON_LOW_CONFIDENCE: "low confidence",
+}
+UNCERTAIN_REASON_TEXT: dict[str, str] = {
+    REASON_OUTSIDE: "This image is unlike the images the model was trained on (probably another laboratory, stain, "
+    "microscope or magnification), so its probabilities are not evidence for any class. To use the model on such "
+    "images, it must first be retrained or calibrated on that laboratory's own labelled images.",
+    REASON_LOW_CONFIDENCE: "The model is not confident enough to name a class: no class is asserted for this image.",
+}
+NOT_EVIDENCE_LABEL = "Model probabilities (not evidence: no class is asserted)"
+EYEPIECE_MODE = "eyepiece"  # capture.mode of a phone photo through the eyepiece (its round field found and cropped)
+EYEPIECE_NOTE = "Photo through the eyepiece: field cropped"
+RESCALED_NOTE = "rescaled to the training scale"
+
+
+def uncertain_reason_name(reason: str | None) -> str:
+    """Why no class is asserted, in a few words (``outside the training domain``); results from before the domain
+    check carry no reason, and their only uncertain outcome is low confidence."""
+    return UNCERTAIN_REASON_NAMES.get(reason or REASON_LOW_CONFIDENCE, str(reason).replace("_", " "))
+
+
+def uncertain_reason_text(reason: str | None) -> str:
+    """Why no class is asserted, in a sentence or two for people."""
+    return UNCERTAIN_REASON_TEXT.get(reason or REASON_LOW_CONFIDENCE, UNCERTAIN_REASON_TEXT[REASON_LOW_CONFIDENCE])
+
+
+def capture_note(capture: object) -> str | None:
+    """The small note a result carries about how its picture was taken: a photo through the eyepiece had its round
+    field cropped (and maybe rescaled to the training scale by the red-cell ruler); a direct capture rescaled is said
+    too. None when there is nothing to say (a direct capture used as it was, or a result without ``capture``)."""
+    if not isinstance(capture, dict):
+        return None
+    rescaled = capture.get("rescaled_by") is not None
+    if capture.get("mode") == EYEPIECE_MODE:
+        return EYEPIECE_NOTE + (f", {RESCALED_NOTE}" if rescaled else "")
+    return f"Field {RESCALED_NOTE}" if rescaled else None
