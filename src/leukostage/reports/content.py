@@ -18,7 +18,10 @@ from ..classes import (
     UNCERTAIN_COLOUR,
     UNCERTAIN_DISPLAY_NAME,
     UNCERTAIN_KEY,
+    capture_note,
+    uncertain_reason_name,
 )
+from ..domain import REASON_OUTSIDE
 
 REFUSED = "refused"  # a field the input check refused: shown with its code, never counted
 REFUSED_COLOUR = "#8c959f"  # its badge (grey, lighter than Uncertain's)
@@ -112,6 +115,27 @@ def uncertain_reason(image: dict) -> str | None:
     if not result.get("valid") or result.get("label") in BY_KEY:
         return None
     return result.get("uncertain_reason") or "low_confidence"
+
+
+def asserts_class(image: dict) -> bool:
+    """Whether the model named a class for the field (not uncertain, not refused): only then is it shown with a class
+    colour, a confidence or a heat map titled as evidence for its class."""
+    return model_label(image) in BY_KEY
+
+
+def uncertain_detail(image: dict) -> str | None:
+    """An uncertain field's caption, naming no class: ``outside the training domain: not counted`` or ``low
+    confidence: no class asserted`` (a low-confidence field still counts through its probabilities). None for a
+    field that is refused or has a class."""
+    reason = uncertain_reason(image)
+    if reason is None:
+        return None
+    return f"{uncertain_reason_name(reason)}: {'not counted' if reason == REASON_OUTSIDE else 'no class asserted'}"
+
+
+def field_capture(image: dict) -> str | None:
+    """How the field's picture was taken, when there is something to say (``classes.capture_note``)."""
+    return capture_note((image.get("result") or {}).get("capture"))
 
 
 def class_shares(summary: dict) -> dict[str, float] | None:
