@@ -655,3 +655,45 @@ def test_dask_worker_without_the_model_is_a_clear_error(dask_cluster, table2, tm
                 progress=False,
             )
         )
+
+
+def test_a_quality_refusal_keeps_its_code_reason_and_capture_in_every_format(
+    sample_smears, predictor, tmp_path, monkeypatch
+):
+    """Issue 18's refusal codes pass through a batch row whole: csv and parquet carry the code and the reason in
+    their columns and the capture in ``extra``; the summary counts the code. The validator that says ``out_of_focus``
+    is built on another branch, so a real smear's analysis is given that refusal here (a fault this branch cannot
+    cause for real)."""
+    from dataclasses import replace
+
+    from leukostage.batch import score as score_module
+    from leukostage.batch.run import Tally
+    from leukostage.batch.writers import open_writer
+
+    reason = "The picture is out of focus (sharpness 3.1; sharp fields measure at least 12.0). Refocus and retake."
+    capture = {"mode": "eyepiece", "background_level": 231.0, "dark_level": 9.0, "clipped_share": 0.0}
+    real = score_module.analyse_bytes
+
+    def out_of_focus(*args, **kwargs):
+        analysis = real(*args, **kwargs)
+        result = {"file": analysis.result["file"], "valid": False, "code": "out_of_focus", "reason": reason}
+        return replace(analysis, result={**result, "capture": capture})
+
+    monkeypatch.setattr(score_module, "analyse_bytes", out_of_focus)
+    row = score_input(BatchInput(str(sample_smears["mid"]), "cancerous/mid"), lambda: predictor)
+    assert (row["code"], row["reason"], row["capture"]) == ("out_of_focus", reason, capture)
+    assert row["width"] and len(row["sha256"]) == 64  # the batch fields, as for any row
+
+    for fmt, out in (("csv", tmp_path / "r.csv"), ("parquet", tmp_path / "r.parquet")):
+        writer = open_writer(out, fmt, resume=False)
+        writer.write([row])
+        writer.close()
+    with open(tmp_path / "r.csv", newline="") as fh:
+        (from_csv,) = list(csv.DictReader(fh))
+    (from_parquet,) = pq.read_table(tmp_path / "r.parquet").to_pylist()
+    for written in (from_csv, from_parquet):
+        assert (written["code"], written["reason"]) == ("out_of_focus", reason)
+        assert json.loads(written["extra"])["capture"] == capture
+    tally = Tally()
+    tally.add(row)
+    assert tally.refused == {"out_of_focus": 1}

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from web_server import LiveServer, launch_chromium, watched_page
 
-from leukostage.classes import CLASS_KEYS, DISCLAIMER
+from leukostage.classes import CLASS_KEYS, CLASSES, DISCLAIMER, NOT_EVIDENCE_LABEL, UNCERTAIN_COLOUR
 from leukostage.reports import content
 
 pytestmark = pytest.mark.browser
@@ -90,6 +90,11 @@ def fields(taleqani, data_dir) -> list[Path]:
     one histology image that it refuses too."""
     smears = sorted((taleqani / "cancerous" / "advanced").glob("*.jpg"))[:5]
     return smears + sorted((data_dir / "not_blood").glob("*"))[:1]
+
+
+def rgb_css(hex_colour: str) -> str:
+    r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgb({r}, {g}, {b})"
 
 
 def sign_in(pg, username: str, next_path: str = "/cases") -> None:
@@ -479,3 +484,49 @@ def test_an_admin_manages_users_on_the_users_page(page, browser, server):
         sign_in(other, "tech")
         assert other.locator("#users-link").count() == 0
         assert other.goto(other.base + "/users").status == 403
+
+
+def test_a_field_without_a_class_shows_no_class_like_result(page, server, instance, fields, data_dir):
+    """Issue 18: a real PBC cell (another laboratory: outside the training domain) beside a real smear. Its tile and
+    its dialog name no class and colour none; its probabilities are behind a closed disclosure that says they are
+    not evidence; the grid's heat-map view leaves it as it is, and its own heat map says it is not evidence."""
+    pbc = sorted((data_dir / "pbc_sample" / "neutrophil").glob("*.jpg"))[0]
+    case_id = create_case_via_api(server.url, instance["token"], "BR-UNC-18", [pbc, fields[0]])
+    sign_in(page, "tech", next_path=f"/cases/{case_id}")
+    page.wait_for_selector("#field-grid")
+    images = {i["filename"]: i for i in api_case(page, case_id)["images"]}
+    cell, smear = images[pbc.name], images[fields[0].name]
+    assert cell["result"]["label"] == "uncertain" and cell["result"]["uncertain_reason"] == "outside_training_domain"
+    assert smear["result"]["label"] in CLASS_KEYS
+    names = [n for c in CLASSES for n in (c.display_name, c.dataset_label)]
+
+    tile = page.locator(f'.field[data-image-id="{cell["image_id"]}"]')
+    badge = tile.locator(".badge")
+    assert badge.get_attribute("data-label") == "uncertain"
+    assert badge.evaluate("el => getComputedStyle(el).backgroundColor") == rgb_css(UNCERTAIN_COLOUR)
+    assert "outside the training domain" in tile.inner_text()
+    assert [n for n in names if n in tile.inner_text()] == []
+
+    page.click("#view-heatmap")  # the grid's heat maps: the smear's, not the cell's (it has none to show)
+    page.wait_for_selector(f'.field[data-image-id="{smear["image_id"]}"] img.heatmap', state="visible")
+    assert tile.locator("img.original").is_visible() and tile.locator("img.heatmap").count() == 0
+
+    dialog = page.locator(f"#field-dialog-{cell['image_id']}")
+    tile.locator("a.thumb").click()
+    dialog.wait_for(state="visible")
+    assert dialog.locator("img.large-original").is_visible()  # opens on the original, not on a heat map
+    assert [n for n in names if n in dialog.inner_text()] == []  # the closed disclosure hides the probabilities
+    disclosure = dialog.locator("details.not-evidence")
+    assert disclosure.evaluate("d => d.open") is False
+    assert disclosure.locator("summary").inner_text() == NOT_EVIDENCE_LABEL
+    disclosure.locator("summary").click()
+    assert all(c.display_name in disclosure.inner_text() for c in CLASSES)
+    assert disclosure.locator(".swatch").count() == 0  # no class colours
+    dialog.locator(".show-heatmap").click()
+    page.wait_for_function(
+        f"() => document.querySelector('#field-dialog-{cell['image_id']} img.large-heatmap').naturalWidth > 0"
+    )
+    note = dialog.locator(".heatmap-note").inner_text()
+    assert "not evidence for any class" in note and [n for n in names if n in note] == []
+    page.screenshot(path=str(ARTIFACTS / "cases-field-uncertain.png"))
+    assert page.problems == []

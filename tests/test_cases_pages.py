@@ -4,6 +4,7 @@ style). The browser walk is tests/test_cases_browser.py."""
 
 from __future__ import annotations
 
+import html as html_lib
 import io
 import re
 
@@ -11,7 +12,7 @@ import cv2
 import numpy as np
 from cases_fixtures import PASSWORD, People
 
-from leukostage.classes import CLASSES, NON_DIAGNOSTIC_COLOUR, UNCERTAIN_COLOUR, text_colour
+from leukostage.classes import CLASSES, NON_DIAGNOSTIC_COLOUR, NOT_EVIDENCE_LABEL, UNCERTAIN_COLOUR, text_colour
 
 CSRF = re.compile(rb'name="csrf_token" value="([^"]+)"')
 
@@ -259,3 +260,92 @@ def test_the_users_page_is_for_admins(case_client, people):
     assert r.status_code in (400, 403)
     users = admin.get("/api/v1/users").json["users"]
     assert [(u["username"], u["disabled"]) for u in users if u["username"] == "nina"] == [("nina", True)]
+
+
+# --- issue 18: fields without a class show no class-like result; refusals say what to do -----------------------------
+OUT_OF_FOCUS = (
+    "The picture is out of focus (sharpness 3.1; sharp fields of the training images measure at least 12.0). "
+    "Refocus and retake."
+)
+EYEPIECE = {"mode": "eyepiece", "background_level": 231.0, "dark_level": 9.0, "clipped_share": 0.0, "scale": 1.0}
+
+
+def field_html(page: str, image_id: int) -> tuple[str, str]:
+    """A field's grid entry and its dialog, as rendered."""
+    tile = re.search(rf'<li class="field" data-image-id="{image_id}".*?</li>', page, re.S).group(0)
+    dialog = re.search(rf'<dialog[^>]*id="field-dialog-{image_id}".*?</dialog>', page, re.S).group(0)
+    return tile, dialog
+
+
+def shown_text(html: str) -> str:
+    """What a reader sees without opening anything: tags and closed disclosures left out."""
+    html = re.sub(r"<details.*?</details>", "", html, flags=re.S)
+    return " ".join(re.sub(r"<[^>]+>", " ", html).split())
+
+
+def test_fields_without_a_class_show_no_class_and_refusals_their_reason(
+    case_client, people, case_fields, data_dir, monkeypatch
+):
+    """A real PBC cell (outside the training domain: uncertain), a real smear, and two results of the new validator's
+    shape: an out-of-focus refusal and a photo through the eyepiece. The validator that gives those is built on
+    another branch, so the analysis of two uploads (named ``focus-`` and ``eyepiece-``) is given them here: faults
+    this branch cannot cause for real."""
+    from dataclasses import replace
+
+    from leukostage.web import uploads as uploads_module
+
+    real = uploads_module.analyse_bytes
+
+    def analyse(data, name, *args, **kwargs):
+        analysis = real(data, name, *args, **kwargs)
+        if name.startswith("focus-"):
+            result = {"file": name, "valid": False, "code": "out_of_focus", "reason": OUT_OF_FOCUS, "capture": EYEPIECE}
+            return replace(analysis, result=result)
+        if name.startswith("eyepiece-"):
+            return replace(analysis, result={**analysis.result, "capture": {**EYEPIECE, "rescaled_by": 1.1}})
+        return analysis
+
+    monkeypatch.setattr(uploads_module, "analyse_bytes", analyse)
+    pbc = sorted((data_dir / "pbc_sample" / "neutrophil").glob("*.jpg"))[0].read_bytes()
+    r = case_client.post("/api/v1/cases", json={"accession": "PG-Q-18"}, headers=People.auth(people.tech))
+    case_id = r.json["id"]
+    names = ("pbc.jpg", "smear.jpg", "focus-1.jpg", "eyepiece-1.jpg")
+    blobs = (pbc, case_fields["advanced"][0], case_fields["advanced"][1], case_fields["advanced"][2])
+    r = case_client.post(
+        f"/api/v1/cases/{case_id}/images",
+        headers=People.auth(people.tech),
+        data={"files": [(io.BytesIO(b), n) for n, b in zip(names, blobs)]},
+        content_type="multipart/form-data",
+    )
+    assert r.status_code == 201
+    ids = {e["file"]: e["image_id"] for e in r.json}
+    uncertain = next(e for e in r.json if e["file"] == "pbc.jpg")
+    assert uncertain["label"] == "uncertain" and uncertain["uncertain_reason"] == "outside_training_domain"
+    assert next(e for e in r.json if e["file"] == "smear.jpg")["label"] == "advanced"
+
+    sign_in(case_client, "tech")
+    page = case_client.get(f"/cases/{case_id}").get_data(as_text=True)
+    page = html_lib.unescape(page)
+    names_of_classes = [c.display_name for c in CLASSES] + [c.dataset_label for c in CLASSES]
+
+    tile, dialog = field_html(page, ids["pbc.jpg"])
+    assert 'data-label="uncertain"' in tile and "outside the training domain: not counted" in tile
+    assert 'class="heatmap"' not in tile  # no heat map in the grid for a field the model gives no class
+    assert [n for n in names_of_classes if n in shown_text(tile) or n in shown_text(dialog)] == []
+    assert "unlike the images the model was trained on" in dialog and "swatch" not in dialog
+    assert f'<details class="not-evidence"><summary>{NOT_EVIDENCE_LABEL}</summary>' in dialog
+    assert 'data-asserted="false"' in dialog and "not evidence for any class" in dialog
+
+    tile, dialog = field_html(page, ids["smear.jpg"])  # a class: its colour, confidence and heat map
+    assert 'data-label="advanced"' in tile and 'class="heatmap"' in tile and "%" in shown_text(tile)
+    assert 'data-asserted="true"' in dialog and "evidence for Advanced Stage" in dialog and "not-evidence" not in dialog
+    assert "Capture" not in shown_text(dialog)
+
+    tile, dialog = field_html(page, ids["focus-1.jpg"])
+    assert 'data-label="refused"' in tile and f"refused: {OUT_OF_FOCUS}" in shown_text(tile)
+    assert f"refused: {OUT_OF_FOCUS}" in shown_text(dialog)
+    assert "Capture Photo through the eyepiece: field cropped" in shown_text(dialog)
+    assert [n for n in names_of_classes if n in shown_text(tile) or n in shown_text(dialog)] == []
+
+    _, dialog = field_html(page, ids["eyepiece-1.jpg"])
+    assert "Photo through the eyepiece: field cropped, rescaled to the training scale" in shown_text(dialog)

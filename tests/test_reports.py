@@ -634,11 +634,26 @@ def test_pdf_holds_a_thumbnail_per_field_and_overlays_of_the_top_fields(real_fie
 
 def test_top_fields_are_the_counted_fields_that_weigh_most_for_the_call(synthetic_case):
     chosen = top_fields(synthetic_case)
-    # the fields whose top class is the call (mid), the low-confidence one last; not the out-of-domain or refused
-    assert [i["filename"] for i in chosen] == ["f0.jpg", "f1.jpg", "f2.jpg", "u.jpg"]
+    # the fields the model called mid (the call); not the low-confidence one, whose heat map would be captioned as
+    # evidence for a class it does not assert (issue 18), nor the out-of-domain or refused ones
+    assert [i["filename"] for i in chosen] == ["f0.jpg", "f1.jpg", "f2.jpg"]
     synthetic_case["summary"]["case_call"] = "uncertain"
-    names = [i["filename"] for i in top_fields(synthetic_case)]
-    assert "ood.jpg" not in names and "bad.jpg" not in names and len(names) == 4
+    assert [i["filename"] for i in top_fields(synthetic_case)] == ["f0.jpg", "f1.jpg", "f2.jpg"]
+
+
+def test_pdf_names_no_class_for_a_field_without_one(synthetic_case, card):
+    """Issue 18: an uncertain field's caption said "low confidence; top Mid Stage 40.0%", and its heat map was
+    captioned as evidence for Mid Stage. Now it names no class, and only fields with a class get a heat map. A refused
+    field gives its code (its reason is on the case page and in the CSV)."""
+    synthetic_case["images"][-1]["result"] |= {"code": "out_of_focus", "reason": "Refocus and retake."}
+    data_by_sha = {i["sha256"]: bytes([n]) for n, i in enumerate(synthetic_case["images"])}
+    explained = []
+    data = case_pdf(synthetic_case, card, data_by_sha.__getitem__, lambda b: explained.append(b))
+    flat = squash(pdf_text(data)[1])
+    assert "low confidence: no class asserted" in flat and "outside the training domain: not counted" in flat
+    assert "refused: out_of_focus" in flat
+    assert "top Mid" not in flat and "low confidence;" not in flat
+    assert explained == [bytes([n]) for n in range(3)]  # the three fields called Mid Stage, not the uncertain ones
 
 
 def test_pdf_of_an_open_case_says_it_is_preliminary(real_fields, store, gradcam, card):

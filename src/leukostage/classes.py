@@ -126,3 +126,25 @@ def probability_column(key: str) -> str:
     """A class's probability as a flat table column, the same in every table leukostage writes (batch csv and
     parquet, a case's CSV export): the nested ``probabilities`` field flattened one level, ``probabilities_<key>``."""
     return f"probabilities_{key}"
+
+
+# --- a result that asserts no class, and how the picture was taken, in words (issue 18; the reasons: outcomes) --------
+# Every surface (the page, the case page, the CLI, the PDF) says these, and never names a class for an uncertain or
+# refused result: no class colour, no "top class", no heat map titled as evidence. The probabilities stay available,
+# behind a disclosure labelled as not evidence.
+NOT_EVIDENCE_LABEL = "Model probabilities (not evidence: no class is asserted)"
+EYEPIECE_MODE = "eyepiece"  # capture.mode of a phone photo through the eyepiece (its round field found and cropped)
+EYEPIECE_NOTE = "Photo through the eyepiece: field cropped"
+RESCALED_NOTE = "rescaled to the training scale"
+
+
+def capture_note(capture: object) -> str | None:
+    """The small note a result carries about how its picture was taken: a photo through the eyepiece had its round
+    field cropped (and maybe rescaled to the training scale by the red-cell ruler); a direct capture rescaled is said
+    too. None when there is nothing to say (a direct capture used as it was, or a result without ``capture``)."""
+    if not isinstance(capture, dict):
+        return None
+    rescaled = capture.get("rescaled_by") is not None
+    if capture.get("mode") == EYEPIECE_MODE:
+        return EYEPIECE_NOTE + (f", {RESCALED_NOTE}" if rescaled else "")
+    return f"Field {RESCALED_NOTE}" if rescaled else None

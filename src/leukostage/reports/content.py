@@ -17,9 +17,10 @@ from ..classes import (
     NON_DIAGNOSTIC_MEANING,
     UNCERTAIN_COLOUR,
     UNCERTAIN_DISPLAY_NAME,
+    capture_note,
 )
+from ..outcomes import REASON_OUTSIDE, outcome, uncertain_reason_name
 from ..outcomes import REFUSED as REFUSED  # the outcome of a refused field, named here for the pages and the PDF
-from ..outcomes import outcome
 from ..outcomes import uncertain_reason as result_reason
 
 REFUSED_COLOUR = "#8c959f"  # its badge (grey, lighter than Uncertain's)
@@ -107,6 +108,27 @@ def shown_label(image: dict) -> str:
 def uncertain_reason(image: dict) -> str | None:
     """Why a valid field is uncertain (results from before the domain check carry no reason: low confidence)."""
     return result_reason(image.get("result") or {})
+
+
+def asserts_class(image: dict) -> bool:
+    """Whether the model named a class for the field (not uncertain, not refused): only then is it shown with a class
+    colour, a confidence or a heat map titled as evidence for its class."""
+    return model_label(image) in BY_KEY
+
+
+def uncertain_detail(image: dict) -> str | None:
+    """An uncertain field's caption, naming no class: ``outside the training domain: not counted`` or ``low
+    confidence: no class asserted`` (a low-confidence field still counts through its probabilities). None for a
+    field that is refused or has a class."""
+    reason = uncertain_reason(image)
+    if reason is None:
+        return None
+    return f"{uncertain_reason_name(reason)}: {'not counted' if reason == REASON_OUTSIDE else 'no class asserted'}"
+
+
+def field_capture(image: dict) -> str | None:
+    """How the field's picture was taken, when there is something to say (``classes.capture_note``)."""
+    return capture_note((image.get("result") or {}).get("capture"))
 
 
 def class_shares(summary: dict) -> dict[str, float] | None:

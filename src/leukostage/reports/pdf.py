@@ -42,11 +42,10 @@ from ..classes import (
     DISCLAIMER,
     NON_DIAGNOSTIC_KEY,
     NON_DIAGNOSTIC_MEANING,
-    UNCERTAIN_KEY,
     text_colour,
 )
 from ..imaging import ImageError, cap_longest_side, decode_image
-from ..outcomes import REASON_OUTSIDE, refusal_code
+from ..outcomes import refusal_code
 from . import Overlay, ReadImage, ReportInputs, content
 
 MARGIN = 15 * mm
@@ -481,13 +480,8 @@ def _field_cell(image: dict, styles: _Styles, images: _ImageCache) -> list:
         detail = f"refused: {refusal_code(result)}"
     elif image.get("override"):
         detail = f"reviewer override (model: {content.display_name(content.model_label(image))})"
-    elif content.uncertain_reason(image) == REASON_OUTSIDE:
-        detail = "outside training domain"
-    elif content.model_label(image) == UNCERTAIN_KEY:
-        detail = (
-            f"low confidence; top {content.display_name(result.get('top_class'))} "
-            f"{content.percent(result.get('confidence'))}"
-        )
+    elif not content.asserts_class(image):  # no class asserted: said without naming one
+        detail = content.uncertain_detail(image)
     else:
         detail = f"p {content.percent(result.get('confidence'))}"
     name = image.get("filename") or ""
@@ -532,15 +526,14 @@ def _fields_section(case: dict, styles: _Styles, images: _ImageCache, width: flo
 
 def top_fields(case: dict, n: int = TOP_FIELDS) -> list[dict]:
     """The counted fields that weigh most for the model's call: highest probability of the called class (of their
-    own top class when the call is uncertain). Refused and out-of-domain fields never qualify."""
+    own class when the call is uncertain). Only fields the model gave a class qualify: a heat map here is captioned
+    as evidence for that class, and an uncertain field (low confidence, out of domain) or a refused one has none."""
     call = case["summary"]["case_call"]
     ranked = []
     for image in case.get("images") or []:
         result = image.get("result") or {}
         probabilities = result.get("probabilities")
-        if not result.get("valid") or not isinstance(probabilities, dict):
-            continue
-        if content.uncertain_reason(image) == REASON_OUTSIDE:
+        if not content.asserts_class(image) or not isinstance(probabilities, dict):
             continue
         if call in BY_KEY:
             if result.get("top_class") != call:

@@ -140,7 +140,8 @@ def predict_one():
     analysis = files[0].analyse(explain.on)
     result = analysis.result
     if not result["valid"]:
-        extra = {"checks": result["checks"]} if result.get("checks") else {}
+        # what the validator measured, and how the picture was taken (a photo through the eyepiece, cropped)
+        extra = {key: result[key] for key in ("checks", "capture") if result.get(key)}
         raise ApiError(
             STATUS_BY_CODE.get(result["code"], NOT_A_SMEAR_STATUS), result["code"], result["reason"], **extra
         )

@@ -20,10 +20,12 @@ from ..classes import (
     NON_DIAGNOSTIC_DISPLAY_NAME,
     NON_DIAGNOSTIC_KEY,
     NON_DIAGNOSTIC_MEANING,
+    NOT_EVIDENCE_LABEL,
     UNCERTAIN_KEY,
     text_colour,
 )
 from ..imaging import mebibytes
+from ..outcomes import uncertain_reason_text
 from ..reports import FORMATS, content
 from .auth import protect_writes
 from .context import can_explain, predictor, transaction
@@ -130,6 +132,8 @@ def case_view(case_id: int):
         explain=can_explain(),
         reports=FORMATS.values(),
         classes=CLASSES,
+        not_evidence=NOT_EVIDENCE_LABEL,
+        uncertain_text=uncertain_reason_text,
         accept=ACCEPT,
         max_size=mebibytes(current_app.config["MAX_FILE_BYTES"]),
         statuses=content.STATUS_NAMES,

@@ -6,9 +6,21 @@ from __future__ import annotations
 from flask import Flask, current_app
 from flask_login import current_user
 
-from ..classes import CLASSES, DISCLAIMER, UNCERTAIN_COLOUR, UNCERTAIN_DISPLAY_NAME, UNCERTAIN_KEY, text_colour
+from ..classes import (
+    CLASSES,
+    DISCLAIMER,
+    EYEPIECE_MODE,
+    EYEPIECE_NOTE,
+    NOT_EVIDENCE_LABEL,
+    RESCALED_NOTE,
+    UNCERTAIN_COLOUR,
+    UNCERTAIN_DISPLAY_NAME,
+    UNCERTAIN_KEY,
+    text_colour,
+)
 from ..explain import colour_scale_info
 from ..imaging import size_limit_message
+from ..outcomes import UNCERTAIN_REASON_NAMES, UNCERTAIN_REASON_TEXT
 from .context import can_explain, predictor
 
 ACCEPT = "image/jpeg,image/png,image/tiff,image/bmp,.jpg,.jpeg,.png,.tif,.tiff,.bmp"
@@ -34,8 +46,9 @@ def init_app(app: Flask) -> None:
 
 def page_config() -> dict:
     """What the script needs: class names and badge colours (from classes.py, the one source), limits, whether
-    the model can explain its predictions (Grad-CAM outputs in its graph), and how heat maps are coloured (for the
-    colour scale drawn beside them)."""
+    the model can explain its predictions (Grad-CAM outputs in its graph), how heat maps are coloured (for the
+    colour scale drawn beside them), and the words for a result without a class and for how a picture was taken
+    (classes.py, so the script and the server say the same)."""
     badges = [
         {
             "key": c.key,
@@ -62,4 +75,12 @@ def page_config() -> dict:
         "too_large_message": size_limit_message(None, limit, "file"),
         "explain": can_explain(),
         "colour_scale": colour_scale_info(),
+        "wording": {
+            "uncertain_names": UNCERTAIN_REASON_NAMES,
+            "uncertain_text": UNCERTAIN_REASON_TEXT,
+            "not_evidence": NOT_EVIDENCE_LABEL,
+            "eyepiece_mode": EYEPIECE_MODE,
+            "eyepiece_note": EYEPIECE_NOTE,
+            "rescaled_note": RESCALED_NOTE,
+        },
     }

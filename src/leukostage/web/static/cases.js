@@ -34,9 +34,9 @@
   function outcomeText(r) {
     if (r.duplicate_of) return "the same photo as field #" + r.duplicate_of + ": not added again";
     if (!r.valid) return "refused: " + (r.reason || r.code);
-    if (r.label === "uncertain") {
-      const why = r.uncertain_reason === "outside_training_domain" ? "outside the training domain" : "low confidence";
-      return "Uncertain (" + why + ")";
+    if (!(r.label in classes) || r.label === "uncertain") { // no class asserted: no class name, no confidence
+      const names = config.wording.uncertain_names;
+      return "Uncertain (" + (names[r.uncertain_reason] || names.low_confidence) + ")";
     }
     return (classes[r.label] ? classes[r.label].display_name : r.label) + " " + percent(r.confidence);
   }
@@ -237,8 +237,11 @@
       e.preventDefault();
       const original = dialog.querySelector("img.large-original");
       if (!original.getAttribute("src")) original.src = original.dataset.src;
+      // The grid's heat-map view carries over to fields with a class; a field without one opens on its original
+      // (its heat map is there when asked for, and says it is not evidence).
       const heatmapOn = $("view-heatmap") && $("view-heatmap").getAttribute("aria-pressed") === "true";
-      showLarge(dialog, Boolean(heatmapOn && dialog.querySelector("img.large-heatmap")));
+      const asserted = dialog.dataset.asserted === "true";
+      showLarge(dialog, Boolean(heatmapOn && asserted && dialog.querySelector("img.large-heatmap")));
       dialog.showModal();
     });
     dialog.querySelector(".dialog-close").addEventListener("click", () => dialog.close());
