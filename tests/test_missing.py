@@ -44,19 +44,24 @@ def tiny_suite(tmp_path) -> Path:
     return suite
 
 
+def pytest_run(*args: str, cwd: Path, env: dict, timeout: int = 180) -> subprocess.CompletedProcess:
+    """A pytest run in a child process, as ``make test`` would start it."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def run_tiny(suite: Path, ci: bool) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "CI"}
     env["LEUKOSTAGE_DATA"] = str(suite.parent / "empty")
     if ci:
         env["CI"] = "true"
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(suite)],
-        cwd=suite,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    return pytest_run(str(suite), cwd=suite, env=env)
 
 
 def test_a_run_without_the_data_ends_with_one_line_saying_what_did_not_run(tiny_suite):
@@ -77,23 +82,12 @@ def test_under_ci_missing_data_fails_the_run(tiny_suite):
 
 
 def test_a_complete_run_has_no_such_line(tiny_suite, data_dir):
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            str(tiny_suite / "test_tiny.py"),
-            "-k",
-            "data or image or nothing",
-        ],
+    r = pytest_run(
+        str(tiny_suite / "test_tiny.py"),
+        "-k",
+        "data or image or nothing",
         cwd=tiny_suite,
         env={**os.environ, "LEUKOSTAGE_DATA": str(data_dir)},
-        capture_output=True,
-        text=True,
-        timeout=180,
     )
     assert r.returncode == 0 and "3 passed" in r.stdout and "NOT RUN" not in r.stdout, r.stdout
 
@@ -112,22 +106,12 @@ def run_quantize_tests(no_torch: Path, ci: bool) -> subprocess.CompletedProcess:
     env["PYTHONPATH"] = os.pathsep.join([str(no_torch), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     if ci:
         env["CI"] = "true"
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            str(HERE / "test_quantize.py"),
-            "-k",
-            "shipped or exact or only_the_backbone",
-        ],
+    return pytest_run(
+        str(HERE / "test_quantize.py"),
+        "-k",
+        "shipped or exact or only_the_backbone",
         cwd=HERE.parent,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=600,
     )
 
