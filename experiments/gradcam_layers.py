@@ -23,7 +23,7 @@ from leukostage.imaging import load_image
 from leukostage.predict import MODELS_DIR, card_path_for, preprocess
 from leukostage.training.audit import heat_mass_share, load_mask
 from leukostage.training.data import default_data_dir, discover, make_split
-from leukostage.training.model import build_model, config_from_dict
+from leukostage.training.model import build_model, config_from_dict, gradcam_maps
 
 LAYERS = {
     "block 7 (14x14)": "blocks.7",
@@ -62,7 +62,6 @@ def main() -> None:
 
     def keep(name: str):
         def hook(module, inputs, output) -> None:  # returning None keeps the output as it is
-            output.retain_grad()
             acts[name] = output
 
         return hook
@@ -75,11 +74,8 @@ def main() -> None:
         rgb = load_image(ds.paths[i])
         mask = load_mask(ds.paths[i], rgb.shape[:2])
         logits = model(torch.from_numpy(preprocess(rgb, model.cfg.image_size)[None]).permute(0, 3, 1, 2).float())
-        model.zero_grad()
-        logits[0, int(logits.argmax())].backward()
         for name in LAYERS:
-            a, g = acts[name][0].detach(), acts[name].grad[0]
-            cam = torch.relu((g.mean((1, 2))[:, None, None] * a).sum(0)).numpy()
+            cam = gradcam_maps(acts[name], logits[0, int(logits.argmax())])[0].detach().numpy()
             cam = cam / cam.max() if cam.max() > 0 else cam
             shares[name].append(heat_mass_share(upsample(cam, *rgb.shape[:2]), mask))
         areas.append(mask.mean())

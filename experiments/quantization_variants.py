@@ -25,6 +25,7 @@ from gradcam_layers import FLOAT_MODEL  # experiments/gradcam_layers.py
 from onnxruntime.quantization import QuantType
 
 from leukostage.domain import DOMAIN_OUTPUT
+from leukostage.imaging import to_unit_range
 from leukostage.predict import card_path_for, session_options
 from leukostage.training.data import default_data_dir, reproduce_split
 from leukostage.training.quantize import quantize_onnx
@@ -83,7 +84,7 @@ def main() -> None:
     _, split, images = reproduce_split(
         args.data, training["data_fingerprint"], training["split"], training["seed"], card["architecture"]["image_size"]
     )
-    x = images[split["val"]].astype(np.float32) / 255.0
+    x = to_unit_range(images[split["val"]])
     ref, ref_timing = outputs_and_timings(args.model, x, args.threads)
     report = {"model": args.model, "threads": args.threads, "val_images": len(x), "float": ref_timing, "variants": {}}
     with tempfile.TemporaryDirectory() as tmp:

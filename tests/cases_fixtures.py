@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from missing import missing
 
 PG_USER = "leuko"
 
@@ -67,12 +68,7 @@ def default_instance(tmp_path_factory):
 def pg_cluster():
     bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
     if not bins:
-        message = (
-            "PostgreSQL binaries not found under /usr/lib/postgresql (apt-get install postgresql; `make test` does)"
-        )
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("PostgreSQL", "no initdb under /usr/lib/postgresql (apt-get install postgresql; `make test` does)")
     bindir = bins[-1].parent
     root = Path(tempfile.mkdtemp(prefix="leukostage-pg-"))
     data, sock = root / "data", root / "sock"
@@ -129,6 +125,12 @@ class Instance:
     url: str
     root: Path
     storage: Path
+
+    def store(self):
+        """The image store the app uses on this database (the database on PostgreSQL, files on SQLite)."""
+        from leukostage.cases.store import open_store
+
+        return open_store(self.url, self.storage)
 
     @property
     def env(self) -> dict[str, str]:

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from missing import missing, not_run_line
 
 from leukostage.predict import default_model_path
 
@@ -19,10 +20,15 @@ def require(module: str):
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        message = f"{module} is a declared dependency but cannot be imported ({exc}); run `make setup`"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(module.partition(".")[0], f"a declared dependency that cannot be imported ({exc}); run `make setup`")
+
+
+def pytest_unconfigure(config):
+    """The run's last line, after pytest's own summary: how many tests were skipped for something missing."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    line = not_run_line(reporter.stats.get("skipped", [])) if reporter is not None else None
+    if line:
+        reporter.write_line(line, yellow=True, bold=True)
 
 
 def pytest_addoption(parser):
@@ -33,10 +39,7 @@ def pytest_addoption(parser):
 def data_dir(request) -> Path:
     path = Path(request.config.getoption("--data") or os.environ.get("LEUKOSTAGE_DATA", "../shared/data"))
     if not (path / "taleqani_all").is_dir():
-        message = f"real data not found at {path} (set LEUKOSTAGE_DATA or --data)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("real data", f"no taleqani_all folder in {path} (set LEUKOSTAGE_DATA or --data)")
     return path
 
 
@@ -51,6 +54,13 @@ def sample_smears(taleqani) -> dict[str, Path]:
     from leukostage.classes import CLASSES
 
     return {c.key: sorted((taleqani / c.folder).glob("*.jpg"))[0] for c in CLASSES}
+
+
+@pytest.fixture(scope="session")
+def foreign_cell(data_dir) -> Path:
+    """A real blood cell from another laboratory (a lymphocyte of the PBC dataset): a valid smear that the shipped
+    model answers ``uncertain``, ``outside_training_domain`` (domain score ~74 against a threshold ~52)."""
+    return data_dir / "pbc_sample" / "lymphocyte" / "LY_644290.jpg"
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,12 @@
 """The case pages in a real browser: Debian's chromium driven by Playwright against `leukostage serve` (gunicorn) on a
-throw-away instance (SQLite, migrated and given a technician and a reviewer through the CLI), with real smears.
+throw-away instance (SQLite, migrated and given a technician, a reviewer and an admin through the CLI), with real
+smears.
 
 A technician signs in, creates a case, drops many fields at once (a progress bar each), sees the grid, the chart,
-the call and the heat maps, and finds no sign-off control; a reviewer searches, relabels a field, signs off and
-amends. Only 127.0.0.1 is contacted; console errors (CSP violations show there) fail the test. Screenshots go to
-test-artifacts/ (gitignored).
+the call and the heat maps, and finds no sign-off control; a reviewer searches, relabels a field, signs off (nothing
+pre-selected) and amends, and reads the amended call back; a non-diagnostic sign-off; a field opened large and
+removed; an admin manages users on the Users page. Only 127.0.0.1 is contacted; console errors (CSP violations show
+there) fail the test. Screenshots go to test-artifacts/ (gitignored).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import pytest
 from web_server import LiveServer, launch_chromium, watched_page
 
-from leukostage.classes import CLASS_KEYS, DISCLAIMER
+from leukostage.classes import CLASS_KEYS, CLASSES, DISCLAIMER, NOT_EVIDENCE_LABEL, UNCERTAIN_COLOUR
 from leukostage.reports import content
 
 pytestmark = pytest.mark.browser
@@ -44,16 +46,18 @@ def cli(env: dict, *args: str, stdin: str | None = None) -> str:
 
 @pytest.fixture(scope="module")
 def instance(tmp_path_factory) -> dict:
-    """A migrated SQLite instance with users ``tech`` (technician) and ``rev`` (reviewer), and rev's API token."""
+    """A migrated SQLite instance with users ``tech`` (technician), ``rev`` (reviewer) and ``boss`` (admin), and rev's
+    API token."""
     root = tmp_path_factory.mktemp("cases-browser")
     env = {
         **os.environ,
         "LEUKOSTAGE_INSTANCE": str(root / "instance"),
         "LEUKOSTAGE_STORAGE": str(root / "instance" / "images"),
+        "LEUKOSTAGE_LOGIN_RATE_LIMIT": "100 per minute",  # this module signs in more than 10 times a minute
     }
     env.pop("LEUKOSTAGE_DATABASE_URL", None)
     cli(env, "db", "upgrade")
-    for name, role in (("tech", "technician"), ("rev", "reviewer")):
+    for name, role in (("tech", "technician"), ("rev", "reviewer"), ("boss", "admin")):
         cli(env, "users", "add", name, "--role", role, "--password-stdin", stdin=PASSWORD + "\n")
     token = cli(env, "users", "token", "rev").strip().splitlines()[-1].split()[-1]
     return {"env": env, "token": token}
@@ -86,6 +90,11 @@ def fields(taleqani, data_dir) -> list[Path]:
     one histology image that it refuses too."""
     smears = sorted((taleqani / "cancerous" / "advanced").glob("*.jpg"))[:5]
     return smears + sorted((data_dir / "not_blood").glob("*"))[:1]
+
+
+def rgb_css(hex_colour: str) -> str:
+    r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgb({r}, {g}, {b})"
 
 
 def sign_in(pg, username: str, next_path: str = "/cases") -> None:
@@ -248,15 +257,22 @@ def test_reviewer_searches_relabels_signs_off_and_amends(page, server, instance,
     valid = sum(bool(i["result"]["valid"]) for i in model_case["images"])
     assert page.locator(".override-select").count() == valid  # none for refused fields
     page.select_option(f'.override-select[data-image-id="{first["image_id"]}"]', "mid")
-    assert page.input_value("#final-call-select") == model_case["summary"]["case_call"]
-    page.select_option("#final-call-select", "advanced")
+    # nothing is pre-selected: the reviewer states the call; signing off without one does not send anything
+    choices = page.eval_on_selector_all('input[name="final_call"]', "els => els.map(e => [e.value, e.checked])")
+    assert [v for v, _ in choices] == ["normal", "early", "mid", "advanced", "non_diagnostic"]
+    assert not any(checked for _, checked in choices)
     page.fill("#comment", "Pro-B blasts; field 1 reads as Pre-B")
+    page.click("#sign-off")
+    assert page.evaluate("document.getElementById('review-form').checkValidity()") is False
+    assert api_case(page, case_id)["status"] == "open"
+    page.check("#call-advanced")
     page.click("#sign-off")
     page.wait_for_selector("#amend")
 
     assert page.get_attribute("#case-status", "data-status") == "signed_off"
     assert page.get_attribute("#final-call", "data-label") == "advanced"
     assert "Pro-B blasts" in page.inner_text("#final-comment")
+    assert " ".join(page.inner_text("#final-call-by").split()).startswith("signed off by rev")
     field = page.locator(f'.field[data-image-id="{first["image_id"]}"]')
     assert field.locator(".badge").get_attribute("data-label") == "mid"
     assert "model:" in field.inner_text()
@@ -275,8 +291,15 @@ def test_reviewer_searches_relabels_signs_off_and_amends(page, server, instance,
     page.select_option("#final-call-select", "mid")
     page.click("#amend")
     page.wait_for_selector('#case-status[data-status="amended"]')
-    assert "Second look at the smear" in page.inner_text("#amendments")
+    # the amendment is what the case says now: its call, who, when and why; the sign-off is history below it
     assert page.get_attribute("#final-call", "data-label") == "mid"
+    assert " ".join(page.inner_text("#final-call-by").split()).startswith("amended by rev")
+    assert page.inner_text("#final-reason") == "Reason: Second look at the smear"
+    assert page.locator("#final-comment").count() == 0  # the sign-off's comment is not the amendment's
+    history = page.inner_text("#history")
+    assert "signed off as Advanced Stage" in history and "Pro-B blasts" in history
+    listed = page.request.get(f"{page.base}/api/v1/cases?q=BR-REV-2").json()["cases"][0]
+    assert (listed["final_call"], listed["final_call_by"]) == ("mid", "rev")
     actions = page.eval_on_selector_all("#audit-table tbody tr", "els => els.map(e => e.dataset.action)")
     for action in ("overridden", "signed_off", "amended"):
         assert action in actions
@@ -360,4 +383,150 @@ def test_fields_dragged_onto_the_drop_zone_are_uploaded(page, server, instance, 
     assert page.locator("#upload-list li progress").count() == len(dropped)
     names = page.eval_on_selector_all("#field-grid .field-name", "els => els.map(e => e.title)")
     assert sorted(names) == sorted(f.name for f in dropped)  # two uploads run at once: either may be stored first
+    assert page.problems == []
+
+
+def test_a_non_diagnostic_sign_off(page, server, instance, data_dir):
+    """No field counted: Non-diagnostic is offered first, and it needs a comment saying why."""
+    refused = sorted((data_dir / "not_blood").glob("*"))[:1]
+    case_id = create_case_via_api(server.url, instance["token"], "BR-ND-7", refused)
+    sign_in(page, "rev", next_path=f"/cases/{case_id}")
+    page.wait_for_selector("#review-form")
+    first = page.eval_on_selector('input[name="final_call"]', "e => e.value")
+    assert first == "non_diagnostic"
+    page.locator("#review-panel").screenshot(path=str(ARTIFACTS / "cases-sign-off.png"))
+    page.check("#call-non_diagnostic")
+    page.click("#sign-off")
+    assert page.evaluate("document.getElementById('comment').validity.valueMissing") is True  # a reason first
+    assert api_case(page, case_id)["status"] == "open"
+    page.fill("#comment", "Only an H&E section was sent; no blood smear field")
+    page.click("#sign-off")
+    page.wait_for_selector("#amend")
+    assert page.get_attribute("#final-call", "data-label") == "non_diagnostic"
+    assert page.inner_text("#final-call") == "Non-diagnostic"
+    assert "cannot be called" in page.inner_text("#final-meaning")
+    assert api_case(page, case_id)["final_call"] == "non_diagnostic"
+    page.goto(f"{page.base}/cases?q=BR-ND-7")
+    assert page.get_attribute("#case-table .final-call .badge", "data-label") == "non_diagnostic"
+    assert page.problems == []
+
+
+def test_a_field_opens_large_and_a_mistaken_one_is_removed(page, server, instance, fields):
+    case_id = create_case_via_api(server.url, instance["token"], "BR-RM-8", fields[:3])
+    before = None
+    sign_in(page, "tech", next_path=f"/cases/{case_id}")
+    page.wait_for_selector("#field-grid")
+    before = api_case(page, case_id)
+    target = next(i for i in before["images"] if i["result"]["valid"])
+    dialog = page.locator(f"#field-dialog-{target['image_id']}")
+    page.click(f'.field[data-image-id="{target["image_id"]}"] a.thumb')
+    dialog.wait_for(state="visible")
+    page.wait_for_function(
+        f"() => document.querySelector('#field-dialog-{target['image_id']} img.large-original').naturalWidth > 0"
+    )
+    large = dialog.locator("img.large-original").bounding_box()
+    thumb = page.locator(f'.field[data-image-id="{target["image_id"]}"] img.original').bounding_box()
+    assert large["width"] > 2 * thumb["width"]  # opened large
+    assert "Probabilities" in dialog.inner_text() and "Advanced Stage" in dialog.inner_text()
+    dialog.locator(".show-heatmap").click()
+    page.wait_for_function(
+        f"() => document.querySelector('#field-dialog-{target['image_id']} img.large-heatmap').naturalWidth > 0"
+    )
+    assert dialog.locator("img.large-heatmap").is_visible() and not dialog.locator("img.large-original").is_visible()
+    page.screenshot(path=str(ARTIFACTS / "cases-field-large.png"))
+    dialog.locator("input[name=reason]").fill("Wrong patient's slide")
+    dialog.locator(".remove-field").click()
+    page.wait_for_selector("#removed-fields")
+    after = api_case(page, case_id)
+    assert [i["image_id"] for i in after["images"]] == [
+        i["image_id"] for i in before["images"] if i["image_id"] != target["image_id"]
+    ]
+    assert after["removed_images"][0]["removed"]["reason"] == "Wrong patient's slide"
+    assert page.locator(f'#field-grid .field[data-image-id="{target["image_id"]}"]').count() == 0
+    page.click("#removed-fields summary")
+    assert "Wrong patient's slide" in page.inner_text("#removed-fields")
+    actions = page.eval_on_selector_all("#audit-table tbody tr", "els => els.map(e => e.dataset.action)")
+    assert "image_removed" in actions
+    assert page.problems == []
+
+
+def test_an_admin_manages_users_on_the_users_page(page, browser, server):
+    sign_in(page, "boss")
+    page.click("#users-link")
+    page.wait_for_selector("#users-table")
+    names = page.eval_on_selector_all("#users-table tbody tr", "els => els.map(e => e.dataset.username)")
+    assert {"boss", "rev", "tech"} <= set(names)
+    page.fill("#new-username", "temp-browser")
+    page.select_option("#new-role", "technician")
+    page.fill("#new-password", PASSWORD)
+    page.click("#add-user")
+    page.wait_for_selector("#users-saved")
+    assert page.get_attribute('tr[data-username="temp-browser"]', "data-disabled") == "false"
+    page.fill("#new-username", "temp-browser")  # the same name again: said clearly, nothing changed
+    page.fill("#new-password", PASSWORD)
+    page.click("#add-user")
+    page.wait_for_selector("#users-error")
+    assert "already exists" in page.inner_text("#users-error")
+    page.click("#disable-temp-browser")
+    page.wait_for_selector('tr[data-username="temp-browser"][data-disabled="true"]')
+    page.screenshot(path=str(ARTIFACTS / "cases-users.png"), full_page=True)
+    assert page.problems == []
+
+    # the disabled account cannot sign in; a technician has no Users page
+    with watched_page(browser, server.url, 1200, TIMEOUT_MS) as other:
+        other.base = server.url
+        other.goto(other.base + "/login")
+        assert "leukostage users" not in other.inner_text("main")  # no shell command for technicians
+        other.fill("#username", "temp-browser")
+        other.fill("#password", PASSWORD)
+        other.click("#sign-in")
+        other.wait_for_selector("#login-error")
+        sign_in(other, "tech")
+        assert other.locator("#users-link").count() == 0
+        assert other.goto(other.base + "/users").status == 403
+
+
+def test_a_field_without_a_class_shows_no_class_like_result(page, server, instance, fields, data_dir):
+    """Issue 18: a real PBC cell (another laboratory: outside the training domain) beside a real smear. Its tile and
+    its dialog name no class and colour none; its probabilities are behind a closed disclosure that says they are
+    not evidence; the grid's heat-map view leaves it as it is, and its own heat map says it is not evidence."""
+    pbc = sorted((data_dir / "pbc_sample" / "neutrophil").glob("*.jpg"))[0]
+    case_id = create_case_via_api(server.url, instance["token"], "BR-UNC-18", [pbc, fields[0]])
+    sign_in(page, "tech", next_path=f"/cases/{case_id}")
+    page.wait_for_selector("#field-grid")
+    images = {i["filename"]: i for i in api_case(page, case_id)["images"]}
+    cell, smear = images[pbc.name], images[fields[0].name]
+    assert cell["result"]["label"] == "uncertain" and cell["result"]["uncertain_reason"] == "outside_training_domain"
+    assert smear["result"]["label"] in CLASS_KEYS
+    names = [n for c in CLASSES for n in (c.display_name, c.dataset_label)]
+
+    tile = page.locator(f'.field[data-image-id="{cell["image_id"]}"]')
+    badge = tile.locator(".badge")
+    assert badge.get_attribute("data-label") == "uncertain"
+    assert badge.evaluate("el => getComputedStyle(el).backgroundColor") == rgb_css(UNCERTAIN_COLOUR)
+    assert "outside the training domain" in tile.inner_text()
+    assert [n for n in names if n in tile.inner_text()] == []
+
+    page.click("#view-heatmap")  # the grid's heat maps: the smear's, not the cell's (it has none to show)
+    page.wait_for_selector(f'.field[data-image-id="{smear["image_id"]}"] img.heatmap', state="visible")
+    assert tile.locator("img.original").is_visible() and tile.locator("img.heatmap").count() == 0
+
+    dialog = page.locator(f"#field-dialog-{cell['image_id']}")
+    tile.locator("a.thumb").click()
+    dialog.wait_for(state="visible")
+    assert dialog.locator("img.large-original").is_visible()  # opens on the original, not on a heat map
+    assert [n for n in names if n in dialog.inner_text()] == []  # the closed disclosure hides the probabilities
+    disclosure = dialog.locator("details.not-evidence")
+    assert disclosure.evaluate("d => d.open") is False
+    assert disclosure.locator("summary").inner_text() == NOT_EVIDENCE_LABEL
+    disclosure.locator("summary").click()
+    assert all(c.display_name in disclosure.inner_text() for c in CLASSES)
+    assert disclosure.locator(".swatch").count() == 0  # no class colours
+    dialog.locator(".show-heatmap").click()
+    page.wait_for_function(
+        f"() => document.querySelector('#field-dialog-{cell['image_id']} img.large-heatmap').naturalWidth > 0"
+    )
+    note = dialog.locator(".heatmap-note").inner_text()
+    assert "not evidence for any class" in note and [n for n in names if n in note] == []
+    page.screenshot(path=str(ARTIFACTS / "cases-field-uncertain.png"))
     assert page.problems == []

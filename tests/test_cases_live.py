@@ -1,5 +1,5 @@
 """The case API under a real gunicorn server, on SQLite and PostgreSQL: many clients uploading to one case at once,
-and a worker killed (SIGKILL) in the middle of an upload."""
+a worker killed (SIGKILL) in the middle of an upload, and two app nodes on one PostgreSQL database."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 
 import pytest
 from sqlalchemy import func, select
@@ -19,7 +20,6 @@ from web_server import HOST, LiveServer, multipart
 
 from leukostage.cases import db
 from leukostage.cases.models import AuditEvent, Image, Result
-from leukostage.cases.store import ImageStore
 
 pytestmark = pytest.mark.slow
 CLIENTS, PER_CLIENT = 8, 10
@@ -149,7 +149,7 @@ def test_worker_killed_mid_upload_leaves_whole_fields_only(instance, people, eig
     with db.session_scope(instance.url) as s:
         assert s.scalar(select(func.count(Image.id))) == s.scalar(select(func.count(Result.id))) == stored + 1
     # a field whose file was written but whose rows never committed is an orphan; db check removes it
-    orphan = ImageStore(instance.storage).put(b"as a killed worker leaves it: file, no rows")
+    orphan = instance.store().put(b"as a killed worker leaves it: file, no rows")
     check = subprocess.run(
         [sys.executable, "-m", "leukostage.cli", "db", "check", "--min-age", "0"],
         capture_output=True,
@@ -161,9 +161,105 @@ def test_worker_killed_mid_upload_leaves_whole_fields_only(instance, people, eig
     assert orphan in report["removed"] and report["rows_without_file"] == []
     with db.session_scope(instance.url) as s:
         referenced = set(s.scalars(select(Image.sha256)))
-    assert set(ImageStore(instance.storage).digests()) == referenced
+    assert set(instance.store().digests()) == referenced
 
 
 def _rows(url: str, case_id: int) -> int:
     with db.session_scope(url) as s:
         return s.scalar(select(func.count(Image.id)).where(Image.case_id == case_id)) or 0
+
+
+def _form_login(port: int, username: str, password: str, cookie: str | None = None) -> tuple[int, str | None]:
+    """Sign in through the form as a browser does (the page's CSRF token and cookie); returns (status, cookie)."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=60)
+    try:
+        conn.request("GET", "/login", headers={"Cookie": cookie} if cookie else {})
+        page = conn.getresponse()
+        body = page.read().decode()
+        cookie = (page.getheader("Set-Cookie") or cookie or "").split(";")[0]
+        csrf = body.split('name="csrf_token" value="')[1].split('"')[0]
+        form = urllib.parse.urlencode({"username": username, "password": password, "csrf_token": csrf})
+        conn.request(
+            "POST", "/login", body=form, headers={"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"}
+        )
+        r = conn.getresponse()
+        r.read()
+        return r.status, (r.getheader("Set-Cookie") or cookie).split(";")[0]
+    finally:
+        conn.close()
+
+
+def _get(port: int, path: str, token: str | None = None, cookie: str | None = None) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=120)
+    try:
+        headers = {"Authorization": f"Bearer {token}"} if token else {"Cookie": cookie}
+        conn.request("GET", path, headers=headers)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def test_two_app_nodes_on_one_postgresql(pg_cluster, eighty_fields, model_path, tmp_path):
+    """Two `leukostage serve` processes with their own instance folders on one PostgreSQL database: fields uploaded
+    through node A are read through node B, a case is signed off through B and seen by A, the audit trail has every
+    step in order, a session from A is valid on B, and failed sign-ins are counted across both nodes."""
+    from leukostage.cases import users
+
+    url = pg_cluster.create_database()
+    db.upgrade(url)
+    with db.session_scope(url) as s:
+        tech = users.issue_token(s, users.add_user(s, "tech", "technician", "correct horse battery 9"))
+        rev = users.issue_token(s, users.add_user(s, "rev", "reviewer", "correct horse battery 9"))
+
+    def node(name: str) -> LiveServer:
+        folder = tmp_path / name
+        env = {
+            "LEUKOSTAGE_DATABASE_URL": url,
+            "LEUKOSTAGE_INSTANCE": str(folder),
+            "LEUKOSTAGE_STORAGE": str(folder / "images"),
+            "LEUKOSTAGE_LOGIN_MAX_FAILURES": "3",
+        }
+        return LiveServer(model_path, workers=1, env=env, log=tmp_path / f"{name}.log")
+
+    fields = eighty_fields[:3]
+    with node("node-a") as a, node("node-b") as b:
+        cid = new_case(a.port, tech, "ACC-SECRET-NODES")
+        body, ctype = multipart("files", fields)
+        status, entries = call(a.port, "POST", f"/api/v1/cases/{cid}/images", tech, body, ctype)
+        assert status == 201 and all(e.get("image_id") for e in entries)
+        for (_, data), entry in zip(fields, entries):
+            assert _get(b.port, f"/api/v1/cases/{cid}/images/{entry['image_id']}", tech) == (200, data)
+        review = json.dumps({"final_call": "normal", "comment": "two nodes"}).encode()
+        status, case = call(b.port, "POST", f"/api/v1/cases/{cid}/review", rev, review, "application/json")
+        assert status == 200 and case["status"] == "signed_off"
+        assert call(a.port, "GET", f"/api/v1/cases/{cid}", tech)[1]["status"] == "signed_off"
+        status, pdf = _get(a.port, f"/api/v1/cases/{cid}/report.pdf", rev)
+        assert status == 200 and pdf.startswith(b"%PDF")
+        status, trail = call(b.port, "GET", f"/api/v1/cases/{cid}/audit", rev)
+        events = trail["events"]
+        assert [(e["action"], e["user"]) for e in events] == [
+            ("created", "tech"),
+            *[("image_added", "tech")] * 3,  # through A
+            *[("viewed", "tech")] * 3,  # the fields, read through B
+            ("signed_off", "rev"),  # through B
+            ("viewed", "tech"),  # the case, read through A
+            ("exported", "rev"),  # the PDF, through A
+        ]
+        image_ids = [e["image_id"] for e in entries]
+        assert [e["detail"]["image_id"] for e in events[1:4]] == image_ids
+        assert [e["detail"] for e in events[4:7]] == [{"what": "image", "image_id": i} for i in image_ids]
+        assert [e["id"] for e in events] == sorted(e["id"] for e in events)
+        assert [e["at"] for e in events] == sorted(e["at"] for e in events)
+        # one session, valid on both nodes (the session key is the database's)
+        status, cookie = _form_login(a.port, "tech", "correct horse battery 9")
+        assert status == 302 and cookie.startswith("session=")
+        assert _get(b.port, "/api/v1/cases", cookie=cookie)[0] == 200
+        # failed sign-ins: 2 through A and 1 through B reach the limit of 3 on both
+        assert [_form_login(p, "rev", "wrong")[0] for p in (a.port, b.port, a.port)] == [401, 401, 401]
+        assert _form_login(b.port, "rev", "correct horse battery 9")[0] == 429
+        assert _form_login(a.port, "rev", "correct horse battery 9")[0] == 429
+    for name in ("node-a", "node-b"):
+        folder = tmp_path / name
+        assert not (folder / "secret_key").exists() and not (folder / "images").exists()  # nothing node-local
+        assert "SECRET" not in (tmp_path / f"{name}.log").read_text(errors="replace")

@@ -9,7 +9,6 @@ from sqlalchemy.exc import DBAPIError
 
 from leukostage.cases import db, service, users
 from leukostage.cases.models import AuditEvent, Image, Result, User
-from leukostage.cases.store import ImageStore
 from leukostage.predict import analyse_bytes
 
 MODEL = {"name": "test-model", "version": "1"}
@@ -49,7 +48,7 @@ def test_create_and_duplicate_accession(instance, staff):
 
 def test_fields_stored_with_results_and_refusals_not_counted(instance, staff, case_fields, predictor):
     cid = new_case(instance.url, staff["technician"])
-    store = ImageStore(instance.storage)
+    store = instance.store()
     uploads = [analysed(d, f"mid-{i}.jpg", predictor) for i, d in enumerate(case_fields["mid"][:3])]
     uploads.append(analysed(b"not an image at all", "../../etc/passwd", predictor))
     entries = []
@@ -74,7 +73,7 @@ def test_fields_stored_with_results_and_refusals_not_counted(instance, staff, ca
 def test_review_needs_a_reviewer_and_freezes_the_case(instance, staff, case_fields, predictor):
     tech, rev = staff["technician"], staff["reviewer"]
     cid = new_case(instance.url, tech)
-    store = ImageStore(instance.storage)
+    store = instance.store()
     with db.session_scope(instance.url) as s:
         image_id = service.add_image(s, tech, cid, analysed(case_fields["early"][0], "e.jpg", predictor), store, MODEL)[
             "image_id"
@@ -104,7 +103,7 @@ def test_overrides_only_for_this_cases_fields(instance, staff, case_fields, pred
     a, b = new_case(instance.url, tech, "A"), new_case(instance.url, tech, "B")
     with db.session_scope(instance.url) as s:
         other = service.add_image(
-            s, tech, b, analysed(case_fields["normal"][0], "n.jpg", predictor), ImageStore(instance.storage), MODEL
+            s, tech, b, analysed(case_fields["normal"][0], "n.jpg", predictor), instance.store(), MODEL
         )["image_id"]
     with pytest.raises(service.NotFound, match="not a field of case"), db.session_scope(instance.url) as s:
         service.sign_off(s, rev, a, {"final_call": "normal", "image_overrides": [{"image_id": other, "label": "mid"}]})
@@ -190,7 +189,7 @@ def test_users_passwords_and_tokens(instance):
 
 def test_check_storage_finds_orphans_and_missing_files(instance, staff, case_fields, predictor):
     cid = new_case(instance.url, staff["technician"])
-    store = ImageStore(instance.storage)
+    store = instance.store()
     with db.session_scope(instance.url) as s:
         kept = service.add_image(
             s, staff["technician"], cid, analysed(case_fields["mid"][0], "a.jpg", predictor), store, MODEL
@@ -210,3 +209,340 @@ def test_check_storage_finds_orphans_and_missing_files(instance, staff, case_fie
 def _sha(url: str, image_id: int) -> str:
     with db.session_scope(url) as s:
         return s.get(Image, image_id).sha256
+
+
+# --- issue 21: the reviewer's workflow, made safe ---------------------------------------------------------------------
+
+
+def add(url, user, cid, field, store):
+    with db.session_scope(url) as s:
+        return service.add_image(s, user, cid, field, store, MODEL)
+
+
+def test_the_same_photo_again_is_the_same_field_counted_once(instance, staff, case_fields, predictor):
+    """Issue 21: one Pro-B photo uploaded three times made three fields and met the three-field minimum."""
+    tech = staff["technician"]
+    cid = new_case(instance.url, tech)
+    store = instance.store()
+    photo = analysed(case_fields["advanced"][0], "a.jpg", predictor)
+    entries = [add(instance.url, tech, cid, photo, store) for _ in range(3)]
+    first = entries[0]["image_id"]
+    assert entries[0]["duplicate_of"] is None
+    assert [(e["image_id"], e["duplicate_of"]) for e in entries[1:]] == [(first, first), (first, first)]
+    assert entries[1]["label"] == entries[0]["label"] == "advanced"  # answered with the existing field's result
+    with db.session_scope(instance.url) as s:
+        case = service.case_dict(s, cid)
+        events = service.audit_events(s, cid)
+        listed = service.list_cases(s)["cases"][0]
+    assert [i["image_id"] for i in case["images"]] == [first]
+    assert case["summary"]["counted"] == 1 and case["summary"]["case_call"] == "uncertain"
+    assert (listed["images"], listed["counted"], listed["case_call"]) == (1, 1, "uncertain")
+    assert [e["action"] for e in events].count("duplicate_upload") == 2
+    # another photo is another field
+    other = add(instance.url, tech, cid, analysed(case_fields["advanced"][1], "b.jpg", predictor), store)
+    assert other["duplicate_of"] is None and other["image_id"] != first
+
+
+class CountingStore:
+    """A real store that counts its writes (what the duplicate check must spare it)."""
+
+    def __init__(self, store):
+        self.store, self.puts = store, 0
+
+    def put(self, data, session=None):
+        self.puts += 1
+        return self.store.put(data, session)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+@pytest.mark.parametrize("kind", ["files", "database"])
+def test_the_same_photo_again_is_not_stored_again_in_either_store(instance, staff, case_fields, predictor, kind):
+    """Issue 21's duplicate check with issue 20's stores: only a new field's bytes go to the store."""
+    from leukostage.cases.store import open_store
+
+    tech = staff["technician"]
+    cid = new_case(instance.url, tech)
+    store = CountingStore(open_store(instance.url, instance.storage, kind))
+    photo = analysed(case_fields["advanced"][0], "a.jpg", predictor)
+    first = add(instance.url, tech, cid, photo, store)
+    assert add(instance.url, tech, cid, photo, store)["duplicate_of"] == first["image_id"]
+    assert store.puts == 1
+    add(instance.url, tech, cid, analysed(case_fields["advanced"][1], "b.jpg", predictor), store)
+    assert store.puts == 2 and len(list(store.digests())) == 2
+    assert store.read(_sha(instance.url, first["image_id"])) == case_fields["advanced"][0]
+
+
+def test_rows_of_one_photo_stored_before_the_fix_count_once(instance, staff, case_fields, predictor):
+    """A case whose rows already hold the same bytes several times (uploaded before duplicates were refused)."""
+    tech = staff["technician"]
+    cid = new_case(instance.url, tech)
+    store = instance.store()
+    entry = add(instance.url, tech, cid, analysed(case_fields["advanced"][0], "a.jpg", predictor), store)
+    with db.session_scope(instance.url) as s:  # as the old add_image wrote them: a second and third row
+        original = s.get(Image, entry["image_id"])
+        for _ in range(2):
+            copy = Image(
+                case_id=cid,
+                sha256=original.sha256,
+                filename="again.jpg",
+                size_bytes=original.size_bytes,
+                uploaded_by_id=tech.id,
+            )
+            s.add(copy)
+            s.flush()
+            s.add(
+                Result(
+                    image_id=copy.id,
+                    valid=True,
+                    label="advanced",
+                    model_name="m",
+                    model_version="1",
+                    payload=original.result.payload,
+                )
+            )
+    with db.session_scope(instance.url) as s:
+        case = service.case_dict(s, cid)
+        listed = service.list_cases(s)["cases"][0]
+    assert [i["duplicate_of"] for i in case["images"]] == [None, entry["image_id"], entry["image_id"]]
+    assert [i["counted"] for i in case["images"]] == [True, False, False]
+    assert case["summary"]["counted"] == 1 and case["summary"]["case_call"] == "uncertain"
+    assert listed["counted"] == 1 and listed["case_call"] == "uncertain"
+
+
+def test_a_sign_off_states_a_call_and_non_diagnostic_says_why(instance, staff):
+    tech, rev = staff["technician"], staff["reviewer"]
+    cid = new_case(instance.url, tech)
+    for body, code in (
+        ({"comment": "looks fine"}, "missing_field"),
+        ({"final_call": ""}, "missing_field"),
+        ({"final_call": "uncertain"}, "bad_class"),
+        ({"final_call": 3}, "bad_class"),
+        ({"final_call": "non_diagnostic"}, "missing_field"),
+        ({"final_call": "Non-diagnostic", "comment": "   "}, "missing_field"),
+    ):
+        with pytest.raises(service.InvalidInput) as err, db.session_scope(instance.url) as s:
+            service.sign_off(s, rev, cid, body)
+        assert err.value.code == code, body
+    with pytest.raises(service.InvalidInput, match="a non_diagnostic call needs a comment"):
+        with db.session_scope(instance.url) as s:
+            service.sign_off(s, rev, cid, {"final_call": "non_diagnostic"})
+    with db.session_scope(instance.url) as s:
+        service.sign_off(s, rev, cid, {"final_call": "Non-diagnostic", "comment": "two usable fields only"})
+    with db.session_scope(instance.url) as s:
+        case = service.case_dict(s, cid)
+    assert case["final_call"] == "non_diagnostic" and case["review"]["comment"] == "two usable fields only"
+
+
+def test_final_call_and_overrides_take_display_names(instance, staff, case_fields, predictor):
+    """Issue 21: /predict?class= took "Mid Stage" but final_call refused it."""
+    tech, rev = staff["technician"], staff["reviewer"]
+    cid = new_case(instance.url, tech)
+    image_id = add(instance.url, tech, cid, analysed(case_fields["mid"][0], "m.jpg", predictor), instance.store())[
+        "image_id"
+    ]
+    with db.session_scope(instance.url) as s:
+        service.sign_off(
+            s, rev, cid, {"final_call": "Mid Stage", "image_overrides": [{"image_id": image_id, "label": "Pro-B ALL"}]}
+        )
+    with db.session_scope(instance.url) as s:
+        service.amend(s, rev, cid, {"reason": "typo", "final_call": "early stage"})
+        case = service.case_dict(s, cid)
+    assert case["review"]["final_call"] == "mid" and case["images"][0]["override"]["label"] == "advanced"
+    assert case["final_call"] == "early"
+
+
+def test_an_amendment_is_the_statement_in_force_everywhere(instance, staff):
+    """Issue 21: after an amendment the case still showed the sign-off's comment and time beside the new call, and
+    the list showed only the model's call."""
+    tech, rev = staff["technician"], staff["reviewer"]
+    cid = new_case(instance.url, tech)
+    with db.session_scope(instance.url) as s:
+        assert service.case_dict(s, cid)["final_call"] is None
+        service.sign_off(s, rev, cid, {"final_call": "mid", "comment": "Agree with model"})
+    with db.session_scope(instance.url) as s:
+        service.amend(s, rev, cid, {"reason": "flow cytometry", "final_call": "advanced"})
+    with db.session_scope(instance.url) as s:
+        case = service.case_dict(s, cid)
+        (listed,) = service.list_cases(s)["cases"]
+    assert case["final_call"] == "advanced"
+    now = case["decision"]
+    assert (now["kind"], now["by"], now["reason"], now["comment"]) == ("amended", "revi", "flow cytometry", None)
+    assert now["at"] == case["amendments"][0]["at"]
+    assert [(h["kind"], h["final_call"], h["comment"]) for h in case["history"]] == [
+        ("signed_off", "mid", "Agree with model"),
+        ("amended", "advanced", None),
+    ]
+    assert (listed["final_call"], listed["final_call_by"], listed["signed_off_by"]) == ("advanced", "revi", "revi")
+    assert listed["final_call_at"] == now["at"] and listed["case_call"] == "uncertain"
+    with db.session_scope(instance.url) as s:  # an amendment without a call keeps it
+        service.amend(s, rev, cid, {"reason": "note added", "comment": "discussed at the board"})
+        case = service.case_dict(s, cid)
+    assert case["final_call"] == "advanced" and case["decision"]["changed_call"] is False
+    assert case["decision"]["comment"] == "discussed at the board"
+
+
+def test_a_field_is_removed_before_sign_off_with_a_reason_and_kept(instance, staff, case_fields, predictor):
+    tech, rev = staff["technician"], staff["reviewer"]
+    cid = new_case(instance.url, tech)
+    store = instance.store()
+    ids = [
+        add(instance.url, tech, cid, analysed(data, f"e{n}.jpg", predictor), store)["image_id"]
+        for n, data in enumerate(case_fields["early"][:3])
+    ]
+    for body in (None, {}, {"reason": "  "}):
+        with pytest.raises(service.InvalidInput), db.session_scope(instance.url) as s:
+            service.remove_image(s, tech, cid, ids[0], body)
+    other = new_case(instance.url, tech, "OTHER")
+    with pytest.raises(service.NotFound), db.session_scope(instance.url) as s:
+        service.remove_image(s, tech, other, ids[0], {"reason": "x"})
+    with db.session_scope(instance.url) as s:
+        service.remove_image(s, tech, cid, ids[0], {"reason": "H&E section, not a smear"})
+    with pytest.raises(service.Conflict, match="removed already"), db.session_scope(instance.url) as s:
+        service.remove_image(s, tech, cid, ids[0], {"reason": "again"})
+    with db.session_scope(instance.url) as s:
+        case = service.case_dict(s, cid)
+        events = service.audit_events(s, cid)
+        listed = service.list_cases(s, q="ACC-1")["cases"][0]
+        sha = s.get(Image, ids[0]).sha256
+    assert [i["image_id"] for i in case["images"]] == ids[1:]
+    (removed,) = case["removed_images"]
+    assert removed["image_id"] == ids[0] and removed["counted"] is False
+    assert (removed["removed"]["by"], removed["removed"]["reason"]) == ("tech", "H&E section, not a smear")
+    assert case["summary"]["counted"] == 2 and listed["images"] == 2
+    assert store.exists(sha)  # the bytes stay for the audit trail
+    (event,) = [e for e in events if e["action"] == "image_removed"]
+    assert event["user"] == "tech" and event["detail"] == {
+        "image_id": ids[0],
+        "sha256": sha,
+        "reason": "H&E section, not a smear",
+    }
+    with pytest.raises(service.Conflict, match="removed"), db.session_scope(instance.url) as s:
+        service.sign_off(
+            s, rev, cid, {"final_call": "early", "image_overrides": [{"image_id": ids[0], "label": "mid"}]}
+        )
+    # the same photo uploaded again after its field was removed is a new field
+    again = add(instance.url, tech, cid, analysed(case_fields["early"][0], "e0.jpg", predictor), store)
+    assert again["duplicate_of"] is None and again["image_id"] not in ids
+    with db.session_scope(instance.url) as s:
+        service.sign_off(s, rev, cid, {"final_call": "early"})
+    with pytest.raises(service.Conflict, match="before sign-off") as err, db.session_scope(instance.url) as s:
+        service.remove_image(s, tech, cid, ids[1], {"reason": "late"})
+    assert err.value.code == "case_signed_off"
+
+
+# --- user administration (cases.accounts) ----------------------------------------------------------------------------
+
+
+def test_admin_lists_creates_and_changes_users_and_each_change_is_recorded(instance, staff):
+    from leukostage.cases import accounts
+
+    with db.session_scope(instance.url) as s:
+        boss = users.add_user(s, "boss", "admin", "password-123")
+    with db.session_scope(instance.url) as s:
+        assert [u["username"] for u in accounts.list_users(s, boss)] == ["boss", "revi", "tech"]
+        made = accounts.create_user(s, boss, {"username": "ann", "role": "technician", "password": "long-enough"})
+        assert made == {"username": "ann", "role": "technician", "disabled": False, "created_at": made["created_at"]}
+        with pytest.raises(service.Conflict, match="already exists") as err:
+            accounts.create_user(s, boss, {"username": "ann", "role": "reviewer", "password": "long-enough"})
+        assert err.value.code == "user_exists" and "users set ann" in err.value.message
+        for body in ({"username": "bob", "role": "chief", "password": "long-enough"}, {"username": "bob"}, "x"):
+            with pytest.raises(service.InvalidInput):
+                accounts.create_user(s, boss, body)
+    with db.session_scope(instance.url) as s:
+        ann = accounts.update_user(s, boss, "ann", {"role": "reviewer"})
+        token = users.issue_token(s, users.get_user(s, "ann"))
+        assert ann["role"] == "reviewer" and users.user_for_token(s, token).username == "ann"
+        accounts.update_user(s, boss, "ann", {"disabled": True})
+    with db.session_scope(instance.url) as s:
+        assert users.user_for_token(s, token) is None  # a disabled account's token is refused
+        assert users.authenticate(s, "ann", "long-enough") is None
+        accounts.update_user(s, boss, "ann", {"disabled": False, "password": "another-one"})
+    with db.session_scope(instance.url) as s:
+        assert users.authenticate(s, "ann", "another-one").username == "ann"
+        for body, code in (
+            ({}, "bad_json"),
+            ({"name": "x"}, "invalid_field"),
+            ({"role": "chief"}, "invalid_field"),
+            ({"disabled": "yes"}, "invalid_field"),
+            ({"password": "short"}, "invalid_field"),
+        ):
+            with pytest.raises(service.InvalidInput) as err:
+                accounts.update_user(s, boss, "ann", body)
+            assert err.value.code == code, body
+        with pytest.raises(service.NotFound):
+            accounts.update_user(s, boss, "nobody", {"disabled": True})
+        events = s.scalars(select(AuditEvent).where(AuditEvent.case_id.is_(None)).order_by(AuditEvent.id)).all()
+    assert [(e.action, e.username, e.detail.get("username")) for e in events] == [
+        ("user_created", "boss", "ann"),
+        ("role_changed", "boss", "ann"),
+        ("user_disabled", "boss", "ann"),
+        ("user_enabled", "boss", "ann"),
+        ("password_reset", "boss", "ann"),
+    ]
+    assert all("another-one" not in str(e.detail) and "long-enough" not in str(e.detail) for e in events)
+
+
+def test_only_an_admin_manages_users_and_the_last_admin_stays(instance, staff):
+    from leukostage.cases import accounts
+
+    with db.session_scope(instance.url) as s:
+        boss = users.add_user(s, "boss", "admin", "password-123")
+    for who in (staff["technician"], staff["reviewer"]):
+        with pytest.raises(service.Forbidden), db.session_scope(instance.url) as s:
+            accounts.list_users(s, who)
+        with pytest.raises(service.Forbidden), db.session_scope(instance.url) as s:
+            accounts.update_user(s, who, "tech", {"role": "admin"})
+    for change in ({"disabled": True}, {"role": "reviewer"}):
+        with pytest.raises(service.Conflict, match="last active admin") as err, db.session_scope(instance.url) as s:
+            accounts.update_user(s, boss, "boss", change)
+        assert err.value.code == "last_admin"
+    with db.session_scope(instance.url) as s:
+        accounts.update_user(s, None, "revi", {"role": "admin"})  # the command line (the server's operator)
+        assert s.scalar(select(AuditEvent).where(AuditEvent.action == "role_changed")).detail["via"] == "cli"
+    with pytest.raises(service.Conflict) as err, db.session_scope(instance.url) as s:
+        accounts.update_user(s, boss, "boss", {"disabled": True})
+    assert err.value.code == "own_account"
+    with db.session_scope(instance.url) as s:
+        assert accounts.update_user(s, boss, "boss", {"role": "reviewer"})["role"] == "reviewer"  # another admin left
+
+
+def test_the_review_safety_migration_upgrades_a_database_in_use_and_downgrades(db_url):
+    """0002_review_safety only adds a table: a 0001 database keeps its rows, and the step can be taken back."""
+    from alembic import command
+    from sqlalchemy import inspect
+
+    from leukostage.cases.db import _alembic_config, get_engine
+
+    with get_engine(db_url).begin() as conn:
+        command.upgrade(_alembic_config(conn), "0001")
+    with get_engine(db_url).begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO users (username, password_hash, role, active, created_at) "
+                "VALUES ('old', 'x', 'reviewer', true, CURRENT_TIMESTAMP)"
+            )
+        )
+    db.upgrade(db_url)
+    assert db.current_revision(db_url) == db.head_revision()
+    assert "image_removals" in inspect(get_engine(db_url)).get_table_names()
+    with db.session_scope(db_url) as s:
+        assert s.scalar(select(User.role).where(User.username == "old")) == "reviewer"
+    with get_engine(db_url).begin() as conn:
+        command.downgrade(_alembic_config(conn), "0001")
+    assert "image_removals" not in inspect(get_engine(db_url)).get_table_names()
+    assert "image_blobs" not in inspect(get_engine(db_url)).get_table_names()  # 0003_reliability, taken back first
+    db.dispose_all()
+
+
+def test_the_migrations_are_one_line_with_one_head():
+    """Issues 20 and 21 each added a revision after 0001; merged, they run one after the other."""
+    from alembic.script import ScriptDirectory
+
+    from leukostage.cases.db import _alembic_config
+
+    script = ScriptDirectory.from_config(_alembic_config())
+    assert script.get_heads() == [db.head_revision()] == ["0003_reliability"]
+    chain = [r.revision for r in script.walk_revisions()]  # head first
+    assert chain == ["0003_reliability", "0002_review_safety", "0001"]

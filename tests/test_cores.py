@@ -17,8 +17,50 @@ def test_vnni_is_read_from_the_cpu_flags():
     assert not has_vnni("flags\t\t: avx512_vnnix avx2\n")  # whole flag names only
 
 
-def test_this_machine_answer_is_a_bool_and_stable():
-    assert cpu_has_vnni() in (True, False) and cpu_has_vnni() == cpu_has_vnni()
+def cpuinfo(flags: str, processors: int = 2) -> str:
+    """A /proc/cpuinfo as Linux writes it on x86: one block per processor, a "vmx flags" line after "flags"."""
+    block = (
+        "processor\t: {n}\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R)\n"
+        "flags\t\t: {flags}\nvmx flags\t: vnmi preemption_timer invvpid ept_x_only\nbugs\t\t: spectre_v1\n\n"
+    )
+    return "".join(block.format(n=n, flags=flags) for n in range(processors))
+
+
+ICELAKE_FLAGS = "fpu vme de pse tsc msr pae mce cx8 apic sse sse2 ssse3 avx avx2 avx512f avx512dq avx512_vnni"
+
+
+def test_cpu_has_vnni_reads_proc_cpuinfo(monkeypatch):
+    """What the serving path acts on: this machine's /proc/cpuinfo, parsed; no VNNI where it cannot be read."""
+    import leukostage.cores as cores
+
+    def reading(text: str | None):
+        class FakePath:
+            def __init__(self, path):
+                assert path == "/proc/cpuinfo"
+
+            def read_text(self):
+                if text is None:
+                    raise PermissionError("/proc/cpuinfo")
+                return text
+
+        monkeypatch.setattr(cores, "Path", FakePath)
+        return cpu_has_vnni.__wrapped__()  # the uncached function
+
+    assert reading(cpuinfo(ICELAKE_FLAGS)) is True
+    assert reading(cpuinfo(ICELAKE_FLAGS.replace(" avx512_vnni", ""))) is False
+    assert reading(cpuinfo("fpu sse2 avx2 avx_vnni")) is True
+    assert reading(None) is False
+
+
+def test_this_machine_answer_matches_its_flags():
+    """Read independently (a regular expression over every processor's flags line) from the real /proc/cpuinfo."""
+    import re
+    from pathlib import Path
+
+    text = Path("/proc/cpuinfo").read_text()
+    flags = re.findall(r"^flags\s*:(.*)$", text, re.MULTILINE)
+    expected = bool(flags) and bool(re.search(r"(?<!\S)(avx512_vnni|avx_vnni)(?!\S)", flags[0]))
+    assert cpu_has_vnni() is expected
 
 
 def test_threads_per_worker_share_the_cores():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -16,8 +17,12 @@ from leukostage.imaging import (
     MAX_PIXELS,
     MIN_SIDE,
     ImageError,
+    cap_longest_side,
+    capped_size,
     decode_image,
+    iter_image_files,
     load_image,
+    media_type,
     preprocess,
     read_bytes,
     read_header,
@@ -338,3 +343,49 @@ def test_preprocess_gives_the_model_input():
     x = preprocess(gradient(300, 500))
     assert x.shape == (128, 128, 3) and x.dtype == np.float32
     assert 0.0 <= x.min() and x.max() <= 1.0
+
+
+# --- what several modules share: media types, capping, listing ------------------------------------------------------
+@pytest.mark.parametrize(
+    "ext, expected", [(".jpg", "image/jpeg"), (".png", "image/png"), (".tif", "image/tiff"), (".bmp", "image/bmp")]
+)
+def test_media_type_names_each_accepted_format_by_content(ext, expected):
+    assert media_type(encode(ext, gradient())) == expected
+
+
+@pytest.mark.parametrize("data", [b"GIF89a....", b"RIFF\0\0\0\0WEBPVP8 ", b"%PDF-1.7", b""])
+def test_media_type_of_anything_else_is_octet_stream(data):
+    assert media_type(data) == "application/octet-stream"
+
+
+@pytest.mark.parametrize(
+    "shape, max_side, expected",
+    [((3000, 4000), 1024, (768, 1024)), ((4000, 3000), 1024, (1024, 768)), ((600, 800), 1024, (600, 800))],
+)
+def test_capping_scales_the_longest_side_down_never_up(shape, max_side, expected):
+    assert capped_size(*shape, max_side) == expected
+    rgb = np.zeros((*shape, 3), np.uint8)
+    out = cap_longest_side(rgb, max_side)
+    assert out.shape[:2] == expected
+    if expected == shape:
+        assert out is rgb  # a small image is not copied
+
+
+def test_capping_keeps_a_one_pixel_side_of_a_very_long_image():
+    assert capped_size(2, 10_000, 100) == (1, 100)
+
+
+def test_image_files_at_any_depth_sorted_hidden_skipped_others_reported(tmp_path):
+    for rel in ("b.png", "a.JPG", "notes.txt", "sub/c.tif", "sub/deeper/d.bmp", ".hidden/e.jpg", ".f.jpg", "z/x.pdf"):
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    skipped: list[str] = []
+    found = list(iter_image_files(tmp_path, skipped=skipped.append))
+    assert [(Path(p).relative_to(tmp_path).as_posix(), folder) for p, folder in found] == [
+        ("a.JPG", "."),
+        ("b.png", "."),
+        ("sub/c.tif", "sub"),
+        ("sub/deeper/d.bmp", "sub/deeper"),
+    ]
+    assert sorted(Path(p).name for p in skipped) == ["notes.txt", "x.pdf"]

@@ -1,7 +1,19 @@
+import math
+
 import pytest
 import torch
+from torch import nn
 
-from leukostage.training.model import ColourNormalise, ModelConfig, build_model, count_trainable
+from leukostage.training.model import (
+    ARCH_IMAGE_SIZE,
+    ARCHITECTURES,
+    Backbone,
+    ColourNormalise,
+    ModelConfig,
+    build_model,
+    count_trainable,
+    gradcam_maps,
+)
 
 
 def test_trainable_parameters_match_table_4():
@@ -161,3 +173,49 @@ def test_lite0_domain_embedding_is_the_stage_ends_global_averages():
         assert torch.allclose(embedding, torch.cat(means, 1), atol=1e-5)
         assert tuple(embedding.shape) == (2, 40 + 80 + 112 + 192)
         assert torch.equal(maps, model.forward_maps(x)[0])
+
+
+# --- the Backbone protocol: what the export wrapper, training and the domain check rely on ---------------------------
+@pytest.fixture(scope="module", params=sorted(ARCHITECTURES))
+def backbone(request):
+    arch = request.param
+    torch.manual_seed(0)
+    return build_model(ModelConfig(arch=arch, image_size=ARCH_IMAGE_SIZE[arch], colour_norm=True)).eval()
+
+
+def test_every_architecture_is_a_backbone_and_other_modules_are_not(backbone):
+    assert isinstance(backbone, Backbone)
+    assert not isinstance(nn.Linear(3, 4), Backbone)
+
+
+def test_backbone_shapes_agree_with_what_it_declares(backbone):
+    size = backbone.cfg.image_size
+    x = torch.rand(2, 3, size, size)
+    with torch.no_grad():
+        maps, pooled = backbone.forward_maps(x)
+        assert tuple(pooled.shape[1:]) == backbone.feature_shape
+        assert torch.equal(backbone.pool_maps(maps), pooled)
+        assert torch.equal(backbone.forward_features(x), pooled)
+        assert tuple(backbone.forward_head(pooled).shape) == (2, backbone.cfg.num_classes)
+        assert torch.equal(backbone(x), backbone.forward_head(pooled))
+    assert [m for m in backbone.head if isinstance(m, nn.Linear)][0].in_features == math.prod(backbone.feature_shape)
+    if backbone.DOMAIN_EMBEDDING is None:
+        with pytest.raises(NotImplementedError):
+            backbone.forward_domain(x)
+    else:
+        with torch.no_grad():
+            d_maps, d_pooled, embedding = backbone.forward_domain(x)
+        assert torch.equal(d_maps, maps) and torch.equal(d_pooled, pooled) and embedding.shape[0] == 2
+
+
+def test_pooling_passes_gradient_sums_so_gradcam_at_the_pooled_features_equals_gradcam_at_the_maps(backbone):
+    """The export's closed-form Grad-CAM and the cell-attention loss take the channel weights at the pooled
+    features; that is only Grad-CAM if the pooling keeps the gradient's sum over positions."""
+    size = backbone.cfg.image_size
+    maps, pooled = backbone.forward_maps(torch.rand(2, 3, size, size))
+    score = backbone.forward_head(pooled)[:, 1].sum()
+    direct, through_pool = gradcam_maps(maps, score), gradcam_maps(maps, score, at=pooled)
+    assert direct.shape == (2, *maps.shape[-2:]) and direct.requires_grad
+    direct, through_pool = direct.detach(), through_pool.detach()
+    assert float(direct.max()) > 0
+    torch.testing.assert_close(through_pool, direct, rtol=1e-4, atol=1e-6 * float(direct.max()))

@@ -25,7 +25,9 @@ def test_prediction_contract_on_a_real_smear(predictor, sample_smears):
     assert set(r["probabilities"]) == set(CLASS_KEYS)
     assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
     assert r["confidence"] == pytest.approx(max(r["probabilities"].values()), abs=1e-6)
-    assert r["label"] in CLASS_KEYS + ("uncertain",)
+    # an Advanced (Pro-B ALL) image of the dataset, given its class with confidence
+    assert (r["label"], r["top_class"], r["dataset_label"]) == ("advanced", "advanced", "Pro-B ALL")
+    assert r["uncertain_reason"] is None and r["confidence"] > predictor.uncertain_below
     json.dumps(r)  # JSON-ready
 
 
@@ -106,7 +108,7 @@ def test_card_threshold_makes_predictor_cli_and_web_answer_uncertain(model_with_
 
     path = sample_smears["advanced"]
     shipped = analyse_path(path, predictor).result
-    assert shipped["label"] in CLASS_KEYS  # so "uncertain" below comes from the threshold, not the image
+    assert shipped["label"] == "advanced"  # so "uncertain" below comes from the threshold, not the image
     doubtful = model_with_card(with_threshold(0.999999))
     strict = Predictor.load(doubtful)
     assert strict.uncertain_below == 0.999999

@@ -13,12 +13,13 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle
 from pypdf import PdfReader
 
+from leukostage.cases import decision
 from leukostage.cases.rule import summarise
 from leukostage.classes import CLASS_KEYS, DISCLAIMER
 from leukostage.explain import explain_image, overlay, png_bytes
 from leukostage.imaging import decode_image
 from leukostage.predict import analyse_bytes
-from leukostage.reports import FORMATS, ReportFormat, ReportInputs, content
+from leukostage.reports import FORMATS, ReportFormat, ReportInputs, content, pdf
 from leukostage.reports.csv import COLUMNS, case_csv
 from leukostage.reports.fhir import case_bundle
 from leukostage.reports.pdf import TOP_FIELDS, case_pdf, top_fields
@@ -54,6 +55,8 @@ def make_case(
             "height": None,
             "result": result,
             "override": None,
+            "duplicate_of": None,
+            "counted": None,
         }
         for n, (name, data, result) in enumerate(fields)
     ]
@@ -92,6 +95,18 @@ def make_case(
                 "comment": "Pro-B picture on the second smear.",
             }
         ]
+    return settle(case)
+
+
+def settle(case: dict) -> dict:
+    """The keys case_dict derives from the review and the amendments (the call in force and its history)."""
+    statements = decision.history(case["review"], case["amendments"])
+    case.update(
+        final_call=statements[-1]["final_call"] if statements else None,
+        decision=statements[-1] if statements else None,
+        history=statements,
+        removed_images=[],
+    )
     return case
 
 
@@ -235,6 +250,50 @@ def test_conclusion_is_the_models_call_before_sign_off_and_the_reviewers_after(s
     assert "recount" in amended["conclusion"]
 
 
+def test_an_amended_report_says_only_what_is_current(synthetic_case, card):
+    """Issue 21: after an amendment to Advanced the conclusion still quoted the sign-off's "Agree with model" and the
+    sign-off time beside the new call. Now it is the amendment's call, who made it, when and why; the sign-off is
+    history (its Provenance)."""
+    case = copy.deepcopy(synthetic_case)
+    case["status"] = "amended"
+    case["review"] = {"final_call": "mid", "comment": "Agree with model", "reviewer": "rev", "signed_off_at": SIGNED}
+    case["amendments"] = [
+        {"reason": "flow cytometry", "by": "chief", "at": AMENDED, "final_call": "advanced", "comment": None}
+    ]
+    bundle = case_bundle(case, card)
+    (report,) = resources(bundle, "DiagnosticReport")
+    assert report["status"] == "amended" and report["conclusionCode"][0]["coding"][0]["code"] == "advanced"
+    conclusion = report["conclusion"]
+    assert conclusion.startswith("Reviewer's final call: Advanced Stage")
+    assert "chief" in conclusion and "flow cytometry" in conclusion and "2026-11-26 10:30 UTC" in conclusion
+    assert "Agree with model" not in conclusion and "10:00" not in conclusion  # the sign-off is history
+    assert report["issued"].startswith("2026-11-26T10:30:00")
+    assert [r["display"] for r in report["resultsInterpreter"]] == ["chief", "rev"]  # who made the call in force first
+    activities = [p["activity"]["text"] for p in resources(bundle, "Provenance")]
+    assert any("signed off; final call Mid Stage" in a for a in activities)  # the history stays in the bundle
+
+
+def test_a_non_diagnostic_call_says_so(synthetic_case, card):
+    case = copy.deepcopy(synthetic_case)
+    case["status"] = "signed_off"
+    case["review"] = {
+        "final_call": "non_diagnostic",
+        "comment": "one usable field",
+        "reviewer": "rev",
+        "signed_off_at": SIGNED,
+    }
+    (report,) = resources(case_bundle(case, card), "DiagnosticReport")
+    Bundle.model_validate(case_bundle(case, card))
+    assert report["status"] == "final"
+    assert report["conclusion"].startswith("Reviewer's final call: Non-diagnostic (insufficient or unusable fields)")
+    assert "cannot be called" in report["conclusion"] and "one usable field" in report["conclusion"]
+    assert report["conclusionCode"][0]["coding"][0] == {
+        "system": "urn:leukostage:class",
+        "code": "non_diagnostic",
+        "display": "Non-diagnostic",
+    }
+
+
 def test_ai_generated_parts_carry_the_ai_transparency_label(synthetic_case, card):
     def labels(resource):
         return {c["code"] for c in resource.get("meta", {}).get("security", [])}
@@ -254,8 +313,12 @@ def test_ai_generated_parts_carry_the_ai_transparency_label(synthetic_case, card
     assert labels(report) == {"CLINAST_AIRPT"}  # a clinician asserted it from the AI's report
 
 
-@pytest.mark.parametrize("patient_ref", ["Patient/p-42", "https://ehr.example/fhir/Patient/9", "MRN 77 (ward 3)"])
-def test_patient_ref_is_the_subject_verbatim_and_nothing_else_is_said_of_a_patient(synthetic_case, card, patient_ref):
+@pytest.mark.parametrize(
+    "patient_ref", ["Patient/p-42", "https://ehr.example/fhir/Patient/9", "Patient/p-42/_history/3", "Group/ward-3"]
+)
+def test_a_fhir_reference_is_the_subject_verbatim_and_nothing_else_is_said_of_a_patient(
+    synthetic_case, card, patient_ref
+):
     case = dict(synthetic_case, patient_ref=patient_ref)
     bundle = case_bundle(case, card)
     raw = json.dumps(bundle)
@@ -265,6 +328,17 @@ def test_patient_ref_is_the_subject_verbatim_and_nothing_else_is_said_of_a_patie
     assert raw.count(json.dumps(patient_ref)) == len(subjects)  # nowhere but as the subject
     for word in ("birthDate", "gender", "address", "telecom", 'Patient", '):
         assert word not in raw
+
+
+@pytest.mark.parametrize("patient_ref", ["MRN 554433", "MRN 77 (ward 3)", "554433", "patient/12", "Patient/"])
+def test_free_text_patient_ref_is_an_identifier_not_a_reference(synthetic_case, card, patient_ref):
+    """Issue 21: "MRN 554433" went out as Reference.reference, which no FHIR server can resolve."""
+    bundle = case_bundle(dict(synthetic_case, patient_ref=patient_ref), card)
+    Bundle.model_validate(bundle)
+    subjects = [r["subject"] for e in bundle["entry"] for r in [e["resource"]] if "subject" in r]
+    assert subjects and all("reference" not in s for s in subjects)
+    assert all(s["type"] == "Patient" and s["identifier"]["value"] == patient_ref for s in subjects)
+    assert not resources(bundle, "Patient")
 
 
 def test_no_patient_ref_means_no_subject(synthetic_case, card):
@@ -401,6 +475,63 @@ def test_csv_has_one_row_per_field_with_the_models_result_and_the_override(real_
     assert rows[0]["model_label"] == real_fields[0][2]["label"]  # the model's own result stays beside it
 
 
+def test_csv_rows_carry_the_models_call_beside_the_final_call_in_force(real_fields):
+    """Issue 21: the export showed the model's labels only; an amended case must read as amended."""
+    case = make_case(real_fields, status="amended")
+    rows = read_csv(case_csv(case))
+    assert {(r["case_call"], r["final_call"], r["final_call_by"], r["final_call_at"]) for r in rows} == {
+        (case["summary"]["case_call"], "advanced", "rev", AMENDED)
+    }
+    open_rows = read_csv(case_csv(make_case(real_fields)))
+    assert {r["final_call"] for r in open_rows} == {""}
+
+
+def test_worklist_csv_is_one_row_per_case_with_both_calls():
+    from leukostage.reports.csv import WORKLIST_COLUMNS, worklist_csv
+
+    items = [
+        {
+            "id": 2,
+            "accession": "=cmd",
+            "patient_ref": None,
+            "status": "amended",
+            "images": 5,
+            "counted": 4,
+            "case_call": "mid",
+            "final_call": "advanced",
+            "final_call_by": "chief",
+            "final_call_at": AMENDED,
+            "signed_off_by": "rev",
+            "created_at": CREATED,
+            "created_by": "tech",
+            "updated_at": UPDATED,
+        },
+        {
+            "id": 1,
+            "accession": "A-1",
+            "patient_ref": "MRN 1",
+            "status": "open",
+            "images": 0,
+            "counted": 0,
+            "case_call": "uncertain",
+            "final_call": None,
+            "final_call_by": None,
+            "final_call_at": None,
+            "signed_off_by": None,
+            "created_at": CREATED,
+            "created_by": "tech",
+            "updated_at": UPDATED,
+        },
+    ]
+    rows = read_csv(worklist_csv(items))
+    assert list(rows[0]) == list(WORKLIST_COLUMNS)
+    assert [(r["id"], r["case_call"], r["final_call"], r["final_call_by"], r["fields"]) for r in rows] == [
+        ("2", "mid", "advanced", "chief", "5"),
+        ("1", "uncertain", "", "", "0"),
+    ]
+    assert rows[0]["accession"] == "'=cmd"  # no formula from client text
+
+
 @pytest.mark.parametrize("name", ['=HYPERLINK("http://x")', "+1", "-2+3", "@SUM(A1)", "\tx.jpg"])
 def test_csv_neutralises_spreadsheet_formulas_in_client_text(synthetic_case, name):
     synthetic_case["images"][0]["filename"] = name
@@ -460,6 +591,32 @@ def test_pdf_says_what_a_case_report_must(real_fields, store, gradcam, card):
     assert "page 1 of" in flat
 
 
+def test_pdf_of_an_amended_case_shows_the_current_call_then_its_history(real_fields, store, card):
+    """Issue 21: the PDF showed the sign-off's comment and time beside the amended call."""
+    case = make_case(real_fields, status="amended")
+    _, text = pdf_text(case_pdf(case, card, store.__getitem__, lambda d: None))
+    flat = squash(text)
+    current = flat.index("Amended 2026-11-26 10:30 UTC by rev. Reason: Second smear read.")
+    assert flat.index("Reviewer's final call") < current < flat.index("Pro-B picture on the second smear.")
+    history = flat.index("History (superseded by the call above)")
+    assert current < history < flat.index("signed off as") < flat.index("Blasts confirmed on review.")
+    assert flat.count("Blasts confirmed on review.") == 1  # only in the history
+
+
+def test_pdf_limits_are_each_said_once_on_one_page(real_fields, store, gradcam, card):
+    """Issue 21: the last page held a few bullets that repeated the card's limits in other words."""
+    reader, _ = pdf_text(case_pdf(make_case(real_fields, status="amended"), card, store.__getitem__, gradcam))
+    pages = [squash(page.extract_text()) for page in reader.pages]
+    bullets = [line for page in reader.pages for line in page.extract_text().split("\u2022")[1:]]
+    (section,) = [n for n, page in enumerate(pages) if "The model and its limits" in page]
+    limits = card["limits"]
+    shown = [x for x in limits if not x.startswith("Research decision support")]  # the disclaimer heads every page
+    assert len(bullets) == len(shown)
+    for limit in shown:
+        assert squash(limit) in pages[section]  # the section is never split across pages
+    assert not any(squash(x) in " ".join(pages) for x in pdf.FALLBACK_LIMITS)  # the card has its own
+
+
 def test_pdf_holds_a_thumbnail_per_field_and_overlays_of_the_top_fields(real_fields, store, gradcam, card):
     case = make_case(real_fields, status="signed_off")
     explained = []
@@ -477,11 +634,26 @@ def test_pdf_holds_a_thumbnail_per_field_and_overlays_of_the_top_fields(real_fie
 
 def test_top_fields_are_the_counted_fields_that_weigh_most_for_the_call(synthetic_case):
     chosen = top_fields(synthetic_case)
-    # the fields whose top class is the call (mid), the low-confidence one last; not the out-of-domain or refused
-    assert [i["filename"] for i in chosen] == ["f0.jpg", "f1.jpg", "f2.jpg", "u.jpg"]
+    # the fields the model called mid (the call); not the low-confidence one, whose heat map would be captioned as
+    # evidence for a class it does not assert (issue 18), nor the out-of-domain or refused ones
+    assert [i["filename"] for i in chosen] == ["f0.jpg", "f1.jpg", "f2.jpg"]
     synthetic_case["summary"]["case_call"] = "uncertain"
-    names = [i["filename"] for i in top_fields(synthetic_case)]
-    assert "ood.jpg" not in names and "bad.jpg" not in names and len(names) == 4
+    assert [i["filename"] for i in top_fields(synthetic_case)] == ["f0.jpg", "f1.jpg", "f2.jpg"]
+
+
+def test_pdf_names_no_class_for_a_field_without_one(synthetic_case, card):
+    """Issue 18: an uncertain field's caption said "low confidence; top Mid Stage 40.0%", and its heat map was
+    captioned as evidence for Mid Stage. Now it names no class, and only fields with a class get a heat map. A refused
+    field gives its code (its reason is on the case page and in the CSV)."""
+    synthetic_case["images"][-1]["result"] |= {"code": "out_of_focus", "reason": "Refocus and retake."}
+    data_by_sha = {i["sha256"]: bytes([n]) for n, i in enumerate(synthetic_case["images"])}
+    explained = []
+    data = case_pdf(synthetic_case, card, data_by_sha.__getitem__, lambda b: explained.append(b))
+    flat = squash(pdf_text(data)[1])
+    assert "low confidence: no class asserted" in flat and "outside the training domain: not counted" in flat
+    assert "refused: out_of_focus" in flat
+    assert "top Mid" not in flat and "low confidence;" not in flat
+    assert explained == [bytes([n]) for n in range(3)]  # the three fields called Mid Stage, not the uncertain ones
 
 
 def test_pdf_of_an_open_case_says_it_is_preliminary(real_fields, store, gradcam, card):
@@ -516,13 +688,21 @@ def test_pdf_with_many_fields_spans_pages(real_fields, store, card):
     assert f"Fields ({len(fields)})" in text
 
 
-def test_content_final_call_prefers_the_latest_amendment_that_set_one():
-    case = {
-        "review": {"final_call": "mid", "comment": "c"},
-        "amendments": [{"final_call": "early", "comment": None}, {"final_call": None, "comment": "later note"}],
-    }
+def test_the_call_in_force_is_the_latest_statement_and_keeps_no_earlier_comment():
+    review = {"final_call": "mid", "comment": "Agree with model", "reviewer": "rev", "signed_off_at": SIGNED}
+    first = {"final_call": "early", "comment": None, "reason": "recount", "by": "rev2", "at": AMENDED}
+    case = {"review": review, "amendments": [first]}
     assert content.final_call(case) == "early"
-    assert content.final_comment(case) == "later note"
+    assert content.final_comment(case) is None  # "Agree with model" was said of Mid Stage, not of Early
+    later = {"final_call": None, "comment": "later note", "reason": "typo", "by": "rev", "at": AMENDED}
+    case["amendments"].append(later)
+    assert content.final_call(case) == "early" and content.final_comment(case) == "later note"
+    now = content.current(case)
+    assert (now["by"], now["reason"], now["changed_call"]) == ("rev", "typo", False)
+    lines = [content.statement_line(s) for s in content.history(case)]
+    assert lines[0].startswith("2026-11-26 10:00 UTC, rev: signed off as Mid Stage.") and "Agree with model" in lines[0]
+    assert "amended the call to Early Stage. Reason: recount." in lines[1]
+    assert "amended, call kept (Early Stage)" in lines[2]
     assert content.final_call({"review": None, "amendments": []}) is None
 
 

@@ -772,3 +772,34 @@ def test_serving_path_never_imports_torch(model_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+# --- issue 18: a refusal whose cause is known keeps its reason and how the picture was taken -------------------------
+def test_a_quality_refusal_answers_422_with_its_reason_and_capture(client, monkeypatch):
+    """``/predict`` passes the validator's ``capture`` into the 422 body (the page says "Photo through the eyepiece")
+    and ``/api/v1/predict`` keeps the whole refusal. The validator that says ``out_of_focus`` is built on another
+    branch; here a real refusal (a blank white picture) is given that code, reason and capture, the one fault this
+    branch cannot cause."""
+    from dataclasses import replace
+
+    from leukostage.web import uploads as uploads_module
+
+    reason = "The picture is out of focus (sharpness 3.1, sharp fields measure at least 12.0). Refocus and retake."
+    capture = {"mode": "eyepiece", "background_level": 231.0, "dark_level": 9.0, "clipped_share": 0.0}
+    real = uploads_module.analyse_bytes
+
+    def out_of_focus(*args, **kwargs):
+        analysis = real(*args, **kwargs)
+        assert analysis.result["valid"] is False  # a real refusal, given the new code
+        result = {**analysis.result, "code": "out_of_focus", "reason": reason, "capture": capture}
+        return replace(analysis, result=result)
+
+    monkeypatch.setattr(uploads_module, "analyse_bytes", out_of_focus)
+    r = upload(client, blank_white())
+    assert r.status_code == 422
+    assert r.json["error"]["code"] == "out_of_focus" and r.json["error"]["message"] == reason
+    assert r.json["error"]["capture"] == capture and r.json["error"]["checks"]
+    r = upload(client, blank_white(), field="files", path="/api/v1/predict")
+    (entry,) = r.json
+    assert r.status_code == 200 and entry["valid"] is False
+    assert (entry["code"], entry["reason"], entry["capture"]) == ("out_of_focus", reason, capture)

@@ -18,7 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
+from missing import missing
 
 HOST = "127.0.0.1"
 
@@ -170,22 +170,15 @@ CHROMIUM = "/usr/bin/chromium"  # Debian's chromium (`make browser`); Playwright
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
-def unavailable(message: str):
-    """A missing browser fails the browser tests under CI and skips them elsewhere."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @contextlib.contextmanager
 def launch_chromium():
     """Debian's chromium through Playwright, headless: the browser fixture of every browser test module."""
     if not Path(CHROMIUM).is_file():
-        unavailable(f"{CHROMIUM} is missing: run `make browser` (apt-get install -y chromium)")
+        missing("chromium", f"{CHROMIUM} is missing: run `make browser` (apt-get install -y chromium)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        unavailable("playwright is not installed: pip install -e '.[test]'")
+        missing("playwright", "not installed: pip install -e '.[test]'")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         yield browser

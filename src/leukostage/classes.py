@@ -35,6 +35,14 @@ UNCERTAIN_KEY = "uncertain"
 UNCERTAIN_DISPLAY_NAME = "Uncertain"
 UNCERTAIN_COLOUR = "#6e7781"
 
+# A reviewer's call that is not a class: the sample cannot be called from its fields (too few usable ones, or none).
+# Never a model output; a reviewer who gives it must say why (cases.service requires a comment or reason).
+NON_DIAGNOSTIC_KEY = "non_diagnostic"
+NON_DIAGNOSTIC_DISPLAY_NAME = "Non-diagnostic"
+NON_DIAGNOSTIC_MEANING = "insufficient or unusable fields"
+NON_DIAGNOSTIC_COLOUR = "#8250df"
+FINAL_CALLS: tuple[str, ...] = (*CLASS_KEYS, NON_DIAGNOSTIC_KEY)  # what a reviewer's final call may be
+
 DISCLAIMER = (
     "Research decision support, not a diagnosis. Class names are the seed paper's stage names for the dataset's "
     "B-ALL subtypes (flow cytometry labels), not clinical stages."
@@ -74,6 +82,30 @@ def parse_class(text: str) -> ClassInfo:
     return found
 
 
+_NON_DIAGNOSTIC_NAMES = frozenset(
+    _folded(n) for n in (NON_DIAGNOSTIC_KEY, NON_DIAGNOSTIC_DISPLAY_NAME, "non diagnostic", "nondiagnostic")
+)
+
+
+def parse_final_call(text: str) -> str:
+    """A reviewer's final call from what a person or a client sends: a class as :func:`parse_class` reads it
+    (key, display name or dataset label, any case), or ``non_diagnostic`` ("Non-diagnostic"); returns its key.
+
+    Raises:
+        ValueError: neither; the message lists what is accepted.
+    """
+    if _folded(str(text)) in _NON_DIAGNOSTIC_NAMES:
+        return NON_DIAGNOSTIC_KEY
+    try:
+        return parse_class(text).key
+    except ValueError:
+        names = ", ".join(c.display_name for c in CLASSES)
+        raise ValueError(
+            f"unknown call {str(text)[:40]!r}; expected one of {', '.join(FINAL_CALLS)} (any case), or a display "
+            f"name: {names}, {NON_DIAGNOSTIC_DISPLAY_NAME}"
+        ) from None
+
+
 def luminance(hex_colour: str) -> float:
     """WCAG relative luminance of ``#rrggbb``."""
     channels = [int(hex_colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
@@ -94,3 +126,25 @@ def probability_column(key: str) -> str:
     """A class's probability as a flat table column, the same in every table leukostage writes (batch csv and
     parquet, a case's CSV export): the nested ``probabilities`` field flattened one level, ``probabilities_<key>``."""
     return f"probabilities_{key}"
+
+
+# --- a result that asserts no class, and how the picture was taken, in words (issue 18; the reasons: outcomes) --------
+# Every surface (the page, the case page, the CLI, the PDF) says these, and never names a class for an uncertain or
+# refused result: no class colour, no "top class", no heat map titled as evidence. The probabilities stay available,
+# behind a disclosure labelled as not evidence.
+NOT_EVIDENCE_LABEL = "Model probabilities (not evidence: no class is asserted)"
+EYEPIECE_MODE = "eyepiece"  # capture.mode of a phone photo through the eyepiece (its round field found and cropped)
+EYEPIECE_NOTE = "Photo through the eyepiece: field cropped"
+RESCALED_NOTE = "rescaled to the training scale"
+
+
+def capture_note(capture: object) -> str | None:
+    """The small note a result carries about how its picture was taken: a photo through the eyepiece had its round
+    field cropped (and maybe rescaled to the training scale by the red-cell ruler); a direct capture rescaled is said
+    too. None when there is nothing to say (a direct capture used as it was, or a result without ``capture``)."""
+    if not isinstance(capture, dict):
+        return None
+    rescaled = capture.get("rescaled_by") is not None
+    if capture.get("mode") == EYEPIECE_MODE:
+        return EYEPIECE_NOTE + (f", {RESCALED_NOTE}" if rescaled else "")
+    return f"Field {RESCALED_NOTE}" if rescaled else None

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from .classes import BY_KEY, CLASS_KEYS, parse_class
-from .imaging import preprocess
+from .imaging import cap_longest_side, capped_size, preprocess
 from .predict import Predictor
 
 # How the heat map is drawn (web overlay, CLI PNG and the page's legend all read these).
@@ -110,7 +110,7 @@ def explain_image(
     probs = out["probabilities"][0]
     k = resolve_class(class_key, probs)
     cam = gradcam(out["features"][0], out["weights"][0, k])
-    height, width = rgb.shape[:2] if max_side is None else cap_size(*rgb.shape[:2], max_side)
+    height, width = rgb.shape[:2] if max_side is None else capped_size(*rgb.shape[:2], max_side)
     return Explanation(upsample(cam, height, width), CLASS_KEYS[k], probs)
 
 
@@ -127,20 +127,6 @@ def heat_alpha(heat: np.ndarray, max_alpha: float = MAX_ALPHA) -> np.ndarray:
     """Per-pixel opacity from the map: 0 below ``TRANSPARENT_BELOW``, rising (square root) to ``max_alpha`` at 1."""
     ramp = (np.asarray(heat, np.float32) - TRANSPARENT_BELOW) / (1.0 - TRANSPARENT_BELOW)
     return (max_alpha * np.sqrt(np.clip(ramp, 0.0, 1.0))).astype(np.float32)
-
-
-def cap_size(height: int, width: int, max_side: int = EXPLAIN_MAX_SIDE) -> tuple[int, int]:
-    """(height, width) scaled down so the longest side is at most ``max_side`` (never scaled up)."""
-    scale = min(1.0, max_side / max(height, width))
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-def capped(rgb: np.ndarray, max_side: int = EXPLAIN_MAX_SIDE) -> np.ndarray:
-    """The image at most ``max_side`` pixels on its longest side (area interpolation), or itself when smaller."""
-    h, w = cap_size(*rgb.shape[:2], max_side)
-    if (h, w) == rgb.shape[:2]:
-        return rgb
-    return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
 
 
 def overlay(rgb: np.ndarray, heat: np.ndarray, max_alpha: float = MAX_ALPHA) -> np.ndarray:
@@ -183,7 +169,7 @@ def colour_scale(height: int) -> np.ndarray:
 def render(rgb: np.ndarray, heat: np.ndarray, with_scale: bool, max_side: int = EXPLAIN_MAX_SIDE) -> np.ndarray:
     """The picture of an explanation, web and CLI alike: the overlay at most ``max_side`` pixels on its longest
     side, and with ``with_scale`` the colour scale beside it (the web page draws its own, in HTML)."""
-    small = capped(rgb, max_side)
+    small = cap_longest_side(rgb, max_side)
     if heat.shape != small.shape[:2]:  # a full-size map (the CLI keeps one for its .npy): shrink it like the image
         heat = np.clip(cv2.resize(heat, small.shape[1::-1], interpolation=cv2.INTER_AREA), 0.0, 1.0)
     picture = overlay(small, heat)

@@ -1,7 +1,9 @@
 """Decoding and preprocessing: the one place where bytes become pixels and pixels become model input.
 
 Training and serving both call :func:`preprocess` (or its two halves, :func:`resize_for_model` and
-:func:`to_unit_range`), so the tensors they feed the network cannot drift apart.
+:func:`to_unit_range`), so the tensors they feed the network cannot drift apart. Also the one definition of what
+several places need about images: the format by content (:func:`sniff_format`, :func:`media_type`), which files are
+images (:func:`iter_image_files`), capping the longest side (:func:`cap_longest_side`) and the stain basis.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +32,11 @@ BACKGROUND_LEVEL = 0.9  # where colour normalisation puts each channel's backgro
 MIN_BACKGROUND_LEVEL = 0.02  # a (near-)black channel is scaled as if its background were this dark, not divided by 0
 SUPPORTED_FORMATS = ("jpeg", "png", "tiff", "bmp")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+# Optical-density colours of three stains (Ruifrok & Johnston; scikit-image's rgb_from_hed), rows haematoxylin, eosin,
+# DAB: light through a stain of density d leaves I = I0 exp(-d x row) (Beer-Lambert). A generic mixing basis for
+# jittering and rendering stains, not a Giemsa model.
+STAIN_BASIS = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+STAIN_BASIS.flags.writeable = False
 
 
 class ImageError(ValueError):
@@ -64,6 +72,13 @@ def sniff_format(data: bytes) -> str | None:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp"
     return None
+
+
+def media_type(data: bytes) -> str:
+    """The HTTP media type of image bytes by their content (``image/png``); ``application/octet-stream`` for anything
+    but the accepted formats."""
+    fmt = sniff_format(data)
+    return f"image/{fmt}" if fmt in SUPPORTED_FORMATS else "application/octet-stream"
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
@@ -286,6 +301,48 @@ def load_image(path: str | Path) -> np.ndarray:
     return decode_image(read_bytes(path))
 
 
+# --- listing image files (one discovery for batch, the CLI verbs, training data and calibration) -------------------
+def is_image_name(name: str) -> bool:
+    """By extension only: the content is checked when the file is read, and a misnamed file becomes a coded refusal."""
+    return name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def iter_image_files(root: str | Path, skipped: Callable[[str], None] | None = None) -> Iterator[tuple[str, str]]:
+    """The image files under the folder ``root``, at any depth, lazily: ``(path, folder relative to root)`` with
+    ``"."`` for ``root`` itself.
+
+    Depth first, names sorted per directory, so the first files come long before a million-file tree is listed and
+    memory holds one listing per open level. Hidden entries are skipped; a directory is entered once (loops, and two
+    links to one folder, are not walked twice); an unlistable sub-folder is passed over. Files that are not images by
+    name are passed to ``skipped`` (their path), if given.
+    """
+    yield from _walk(str(root), ".", set(), skipped)
+
+
+def _walk(
+    root: str, rel: str, seen: set[tuple[int, int]], skipped: Callable[[str], None] | None
+) -> Iterator[tuple[str, str]]:
+    here = os.path.join(root, rel) if rel != "." else root
+    try:
+        st = os.stat(here)
+        if (st.st_dev, st.st_ino) in seen:
+            return
+        seen.add((st.st_dev, st.st_ino))
+        with os.scandir(here) as it:
+            names = sorted(e.name for e in it if not e.name.startswith("."))
+    except OSError:
+        return  # an unlistable sub-folder: its parent still gives everything else
+    for name in names:
+        path = os.path.join(here, name)
+        child = name if rel == "." else f"{rel}/{name}"
+        if os.path.isdir(path):  # follows symlinks: a linked folder is walked (once)
+            yield from _walk(root, child, seen, skipped)
+        elif is_image_name(name):  # regular files, links (broken ones too), FIFOs...: reading decides
+            yield path, rel
+        elif skipped is not None:
+            skipped(path)
+
+
 # --- preprocessing (shared by training and inference) -------------------------------------------------------------
 def resize_for_model(rgb: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
     """Resize 8-bit RGB to the network's square input; area interpolation when shrinking avoids aliasing."""
@@ -297,6 +354,20 @@ def resize_for_model(rgb: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
 def to_unit_range(rgb_uint8: np.ndarray) -> np.ndarray:
     """Scale 8-bit pixels to float32 in [0, 1] (Table 3: rescale 1/255)."""
     return rgb_uint8.astype(np.float32) / np.float32(255.0)
+
+
+def capped_size(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """(height, width) scaled down so the longest side is at most ``max_side`` (never scaled up)."""
+    scale = min(1.0, max_side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def cap_longest_side(rgb: np.ndarray, max_side: int) -> np.ndarray:
+    """The image at most ``max_side`` pixels on its longest side (area interpolation), or itself when smaller."""
+    h, w = capped_size(*rgb.shape[:2], max_side)
+    if (h, w) == rgb.shape[:2]:
+        return rgb
+    return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
 
 
 def preprocess(rgb: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:

@@ -18,6 +18,18 @@ UNCERTAIN_REASONS = (REASON_LOW_CONFIDENCE, REASON_OUTSIDE)
 REFUSED = "refused"  # the outcome of an input the input check refused (its ``code`` says why)
 UNKNOWN_CODE = "unknown"  # a refused result that carries no code (every refusal made here has one)
 
+# Why no class is asserted, in words for people (every surface says these, never a class name).
+UNCERTAIN_REASON_NAMES: dict[str, str] = {
+    REASON_OUTSIDE: "outside the training domain",
+    REASON_LOW_CONFIDENCE: "low confidence",
+}
+UNCERTAIN_REASON_TEXT: dict[str, str] = {
+    REASON_OUTSIDE: "This image is unlike the images the model was trained on (probably another laboratory, stain, "
+    "microscope or magnification), so its probabilities are not evidence for any class. To use the model on such "
+    "images, it must first be retrained or calibrated on that laboratory's own labelled images.",
+    REASON_LOW_CONFIDENCE: "The model is not confident enough to name a class: no class is asserted for this image.",
+}
+
 
 def outcome(result: dict) -> str:
     """A class key, ``uncertain`` or ``refused``. A label this version does not know reads as uncertain."""
@@ -91,3 +103,14 @@ class Tally:
 def tally(results: Iterable[dict]) -> Tally:
     """Count ``results`` (prediction results: ``valid``, ``label``, ``uncertain_reason``, ``code``) by outcome."""
     return Tally().update(results)
+
+
+def uncertain_reason_name(reason: str | None) -> str:
+    """Why no class is asserted, in a few words (``outside the training domain``); results from before the domain
+    check carry no reason, and their only uncertain outcome is low confidence."""
+    return UNCERTAIN_REASON_NAMES.get(reason or REASON_LOW_CONFIDENCE, str(reason).replace("_", " "))
+
+
+def uncertain_reason_text(reason: str | None) -> str:
+    """Why no class is asserted, in a sentence or two for people."""
+    return UNCERTAIN_REASON_TEXT.get(reason or REASON_LOW_CONFIDENCE, UNCERTAIN_REASON_TEXT[REASON_LOW_CONFIDENCE])

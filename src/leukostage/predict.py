@@ -1,6 +1,8 @@
 """Serving-side inference: an ONNX Runtime predictor and the one analysis pipeline the CLI and the web app share.
 
 bytes -> decode -> validate -> preprocess -> infer -> decide (label or uncertain). No torch here.
+:meth:`Predictor.load` is the one check that a model file and its card load: the CLI, ``serve`` (before gunicorn
+starts), batch and the web app all call it, so each failure reads the same.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ def default_model_path() -> Path:
 
 
 class ModelLoadError(ValueError):
-    """A model file that exists but ONNX Runtime cannot load (corrupt, truncated, not ONNX)."""
+    """A model file that exists but cannot serve: ONNX Runtime cannot load it (corrupt, truncated, not ONNX), or its
+    card is not JSON or lacks what serving reads."""
 
 
 def uncertain_threshold(card: dict, path: Path) -> float:
@@ -114,24 +117,32 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path | None = None, threads: int | None = None) -> Predictor:
-        """Load an ONNX model and its ``<name>.card.json``.
+        """Load an ONNX model and its ``<name>.card.json``: the one check that a model file and its card load, for
+        the CLI, ``serve`` (before gunicorn starts), batch and the web app alike. Each error is one line that names
+        the file and what to do.
 
         Args:
             threads: ONNX Runtime intra-op threads (default: all cores; give 1 per worker when serving N workers).
 
         Raises:
             FileNotFoundError: the model or its card is missing.
-            ModelLoadError: ONNX Runtime cannot load the file.
-            ValueError: the card is not JSON, lacks the decision threshold, or lists other classes.
+            ModelLoadError: ONNX Runtime cannot load the file, or the card is not JSON or lacks its input shape.
+            ValueError: the card lacks the decision threshold or lists other classes.
         """
         import onnxruntime as ort
 
         path = Path(path) if path is not None else default_model_path()
         card_path = card_path_for(path)
         if not path.is_file():
-            raise FileNotFoundError(f"model file {path} not found; train and export one, or pass --model")
+            raise FileNotFoundError(
+                f"model file {path} not found; pass --model with an exported .onnx file, or unset "
+                "LEUKOSTAGE_MODEL to use the shipped model"
+            )
         if not card_path.is_file():
-            raise FileNotFoundError(f"model card {card_path} not found beside {path.name}")
+            raise FileNotFoundError(
+                f"model card {card_path.name} not found beside {path}; `leukostage export` writes it there, so copy "
+                "the card that came with this model next to it"
+            )
         try:
             session = ort.InferenceSession(
                 str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
@@ -145,8 +156,13 @@ class Predictor:
         try:
             card = json.loads(card_path.read_text())
         except ValueError as exc:
-            raise ValueError(f"model card {card_path} is not valid JSON ({exc}); re-export the model") from None
-        return cls(session, card, path)
+            raise ModelLoadError(f"model card {card_path} is not valid JSON ({exc}); re-export the model") from None
+        try:
+            return cls(session, card, path)
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:  # a card without the fields serving reads
+            raise ModelLoadError(
+                f"model card {card_path} lacks what serving reads ({type(exc).__name__}: {exc}); re-export the model"
+            ) from None
 
     @property
     def info(self) -> dict:

@@ -14,7 +14,7 @@
 
 Presets: ``paper`` is Code Snippet 4 verbatim (colour only, full resolution), kept for comparison; ``default`` uses
 colour thresholds calibrated on genuine smears plus the content check. The calibrated numbers live in
-``validator.json`` beside this file, written by ``leukostage calibrate-validator`` (module ``calibrate``); the paper's
+``validator.json`` beside this file, written by ``leukostage calibrate-validator`` (``training.calibrate``); the paper's
 numbers live in :data:`PAPER_RULE`. Nothing else holds a threshold. Serving imports only numpy and cv2.
 """
 

@@ -1,8 +1,9 @@
 """Lazy input discovery: files, folders (recursive) and ``@list.txt`` files become a stream of inputs.
 
 Shared by ``leukostage batch`` and ``predict``/``validate``/``explain`` DIR, so every verb sees the same files.
-Folders are walked depth first, one directory listing at a time, so the first inputs are ready long before a
-million-file tree has been listed; memory holds one listing per open level, never the whole tree.
+Folders are walked by :func:`leukostage.imaging.iter_image_files` (as training data and calibration are): depth
+first, one directory listing at a time, so the first inputs are ready long before a million-file tree has been
+listed; memory holds one listing per open level, never the whole tree.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
-from ..imaging import IMAGE_SUFFIXES
+from ..imaging import IMAGE_SUFFIXES, iter_image_files
 
 LIST_PREFIX = "@"  # "@paths.txt": a text file with one input per line
 
@@ -25,33 +26,6 @@ class BatchInput(NamedTuple):
     folder: str = "."
     resumed: bool = False
     previous_sha256: str | None = None
-
-
-def is_image_name(name: str) -> bool:
-    """By extension only: the content is checked later, and a misnamed file becomes a row with a code."""
-    return name.lower().endswith(IMAGE_SUFFIXES)
-
-
-def _walk(root: str, rel: str, seen: set[tuple[int, int]]) -> Iterator[BatchInput]:
-    """Depth first, names sorted per directory; hidden entries skipped; a directory is entered once (loops, and
-    two links to one folder, are not walked twice)."""
-    here = os.path.join(root, rel) if rel != "." else root
-    try:
-        st = os.stat(here)
-        if (st.st_dev, st.st_ino) in seen:
-            return
-        seen.add((st.st_dev, st.st_ino))
-        with os.scandir(here) as it:
-            names = sorted(e.name for e in it if not e.name.startswith("."))
-    except OSError:
-        return  # an unlistable sub-folder: its parent still reports everything else
-    for name in names:
-        path = os.path.join(here, name)
-        child = name if rel == "." else f"{rel}/{name}"
-        if os.path.isdir(path):  # follows symlinks: a linked folder is walked (once)
-            yield from _walk(root, child, seen)
-        elif is_image_name(name):  # regular files, links (broken ones too), FIFOs...: reading decides
-            yield BatchInput(path, rel)
 
 
 def _list_file_items(spec: str) -> Iterator[str]:
@@ -91,9 +65,9 @@ def iter_inputs(items: Iterable[str]) -> Iterator[BatchInput | dict]:
             yield BatchInput(item, ".")
             continue
         found = False
-        for inp in _walk(item, ".", set()):
+        for path, folder in iter_image_files(item):
             found = True
-            yield inp
+            yield BatchInput(path, folder)
         if not found:
             yield {
                 "file": item,

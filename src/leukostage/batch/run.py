@@ -15,7 +15,7 @@ from pathlib import Path
 from ..classes import UNCERTAIN_KEY
 from ..cores import cpu_count
 from ..outcomes import Tally
-from ..predict import card_path_for, default_model_path
+from ..predict import Predictor, default_model_path
 from ..validate import DEFAULT_PRESET
 from .discover import BatchInput, count_inputs, iter_inputs
 from .engines import DaskEngine, LocalEngine
@@ -68,12 +68,10 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
 
 
 def _check_model(model: str | None) -> str:
-    """The local engine's model path, checked here so a typo fails at once, not inside every worker."""
+    """The local engine's model path, loaded once here (one thread, then dropped) so a typo, a missing card or a
+    corrupt file fails at once with one line, not as an error row for every input."""
     path = Path(model) if model else default_model_path()
-    if not path.is_file():
-        raise FileNotFoundError(f"model file {path} not found; pass --model PATH.onnx (with its .card.json beside it)")
-    if not card_path_for(path).is_file():
-        raise FileNotFoundError(f"model card {card_path_for(path)} not found beside {path.name}")
+    Predictor.load(path, threads=1)
     return str(path)
 
 
@@ -152,7 +150,8 @@ def run_batch(cfg: BatchConfig) -> dict:
 
     Raises:
         BatchError: the output exists without ``resume``, a bad format or worker count, a cluster out of reach.
-        FileNotFoundError: the model, or an ``@list`` file, is missing.
+        FileNotFoundError: the model, its card, or an ``@list`` file, is missing.
+        ModelLoadError: (a ValueError) the model file or its card cannot be loaded.
     """
     out = Path(cfg.out)
     fmt = format_for(out, cfg.format)
@@ -185,7 +184,7 @@ def run_batch(cfg: BatchConfig) -> dict:
         progress.close()
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
-    return summary(tally, t0, interrupted, out, fmt, engine.describe())
+    return {**summary(tally, t0, interrupted, out, fmt, engine.describe()), "repairs": writer.repairs}
 
 
 def summary(tally: RunTally, t0: float, interrupted: bool, out: Path, fmt: str, engine: dict) -> dict:
@@ -232,6 +231,7 @@ def format_summary(s: dict) -> str:
         )
     if s["refused_by_code"]:
         lines.append("refused: " + ", ".join(f"{k} {v}" for k, v in s["refused_by_code"].items()))
+    lines += [f"resume: {note}" for note in s.get("repairs", [])]
     if s["interrupted"]:
         lines.append(f"rows up to the last completed chunk are in {s['out']}; rerun with --resume to finish")
     return "\n".join(lines)

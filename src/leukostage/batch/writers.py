@@ -1,7 +1,8 @@
 """Streaming result writers (jsonl, csv, parquet) and the reader that tells ``--resume`` what is already done.
 
 Every writer appends one chunk of rows at a time and flushes it, so a run killed at any moment leaves a valid file up
-to the last completed chunk (at worst a torn last line, which ``--resume`` cuts off before appending). Rows are
+to the last completed chunk, at worst followed by one torn row: ``--resume`` never counts it as done (only rows that
+parse completely count) and cuts it off before appending, so its input is scored again. Rows are
 written generically: JSONL keeps each result dict whole (nested ``probabilities``, ``domain``, ``checks``); CSV and
 parquet flatten one level (``probabilities_normal``, ``domain_score``, ``in_domain``) into fixed columns and keep
 anything else as JSON in ``extra``, so a field a newer model adds is never dropped.
@@ -14,7 +15,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -102,18 +103,21 @@ def flatten(row: dict) -> dict:
 
 # --- writers ----------------------------------------------------------------------------------------------------------
 class RowWriter(Protocol):
+    repairs: list[str]  # what opening it mended (a torn last row cut, a damaged part set aside), for the summary
+
     def write(self, rows: list[dict]) -> None: ...
     def close(self) -> None: ...
 
 
-def repair_tail(path: Path) -> None:
-    """Cut a torn last line (a run killed mid-write) so appended rows start on a line of their own."""
+def repair_tail(path: Path) -> int:
+    """Cut a torn last line (a run killed mid-write) so appended rows start on a line of their own (JSONL: no JSON
+    line holds a raw newline). Returns the number of bytes cut."""
     if not path.is_file() or path.stat().st_size == 0:
-        return
+        return 0
     with open(path, "rb+") as fh:
         fh.seek(-1, os.SEEK_END)
         if fh.read(1) == b"\n":
-            return
+            return 0
         size = fh.seek(0, os.SEEK_END)
         pos = size
         while pos > 0:  # walk back to the last newline, a block at a time
@@ -123,15 +127,31 @@ def repair_tail(path: Path) -> None:
             nl = block.rfind(b"\n")
             if nl >= 0:
                 fh.truncate(pos - step + nl + 1)
-                return
+                return size - (pos - step + nl + 1)
             pos -= step
         fh.truncate(0)
+        return size
+
+
+def repair_csv_tail(path: Path) -> int:
+    """Cut whatever follows the last complete CSV record (see :func:`_csv_records`): a quoted cell may hold a newline
+    (a file name can), so the last newline is not always a row's end. Returns the number of bytes cut."""
+    if not path.is_file():
+        return 0
+    size = path.stat().st_size
+    end = max((record_end for _fields, record_end in _csv_records(path)), default=0)
+    if end < size:
+        with open(path, "rb+") as fh:
+            fh.truncate(end)
+    return size - end
 
 
 class JsonlWriter:
     """One JSON object per line, nested fields kept; each chunk is one write, then flushed."""
 
     def __init__(self, path: Path):
+        cut = repair_tail(path)
+        self.repairs = [f"cut a torn last row ({cut} bytes) from {path}"] if cut else []
         self.fh = open(path, "a", encoding="utf-8")
 
     def write(self, rows: list[dict]) -> None:
@@ -146,12 +166,9 @@ class CsvWriter:
     """Fixed columns (``COLUMN_NAMES``), header once; each chunk written then flushed."""
 
     def __init__(self, path: Path):
+        cut = repair_csv_tail(path)  # also checks the header (BatchError for another version's columns)
+        self.repairs = [f"cut a torn last row ({cut} bytes) from {path}"] if cut else []
         fresh = not path.is_file() or path.stat().st_size == 0
-        if not fresh:
-            with open(path, newline="", encoding="utf-8") as fh:
-                header = next(csv.reader(fh), [])
-            if tuple(header) != COLUMN_NAMES:
-                raise BatchError(f"{path} has other columns than this version writes; resume into a new file")
         self.fh = open(path, "a", newline="", encoding="utf-8")
         self.writer = csv.DictWriter(self.fh, COLUMN_NAMES)
         if fresh:
@@ -183,7 +200,14 @@ def _write_part(folder: Path, rows: list[dict]) -> None:
     name = f"part-{time.time_ns():020d}-{os.getpid()}"  # names sort in writing order: the last row wins on resume
     tmp = folder / f".{name}.tmp"
     pq.write_table(table, tmp)
+    with open(tmp, "rb") as fh:  # on disk before the journal is emptied: a power cut keeps one of the two
+        os.fsync(fh.fileno())
     os.replace(tmp, folder / f"{name}.parquet")
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename too
+    finally:
+        os.close(dir_fd)
 
 
 class ParquetWriter:
@@ -197,8 +221,13 @@ class ParquetWriter:
         self.journal_path = folder / PARQUET_JOURNAL
         for tmp in folder.glob(".part-*.tmp"):  # a part whose writing was killed: its rows are still in the journal
             tmp.unlink()
+        self.repairs = [
+            f"set aside the unreadable part file {part.name} as {_set_aside(part).name}; its inputs are scored again"
+            for part in _damaged_parts(folder)
+        ]
         self.pending = self._unwritten(folder, [json.loads(line) for line in _journal_lines(self.journal_path)])
-        repair_tail(self.journal_path)
+        cut = repair_tail(self.journal_path)
+        self.repairs += [f"cut a torn last row ({cut} bytes) from {self.journal_path}"] if cut else []
         self.journal = open(self.journal_path, "a", encoding="utf-8")
 
     @staticmethod
@@ -247,32 +276,87 @@ def open_writer(out: Path, fmt: str, resume: bool) -> RowWriter:
     if out.is_dir():
         raise BatchError(f"{out} is a folder; {fmt} output is one file")
     out.parent.mkdir(parents=True, exist_ok=True)
-    repair_tail(out)
     return JsonlWriter(out) if fmt == "jsonl" else CsvWriter(out)
 
 
 # --- what is done (for --resume) --------------------------------------------------------------------------------------
 def _journal_lines(path: Path) -> Iterator[str]:
-    """Complete lines of a JSONL file (a torn last line after a kill is not a row)."""
+    """Complete lines of a JSONL file (a torn last line after a kill is not a row). Read as bytes and decoded line by
+    line: a cut can fall inside a multi-byte character of the torn line, which then is never decoded."""
     if not path.is_file():
         return
-    with open(path, encoding="utf-8") as fh:
+    with open(path, "rb") as fh:
         for line in fh:
-            if line.endswith("\n") and line.strip():
-                yield line
+            if line.endswith(b"\n") and line.strip():
+                yield line.decode("utf-8")
+
+
+_SHA256_CHARS = frozenset("0123456789abcdef")
+_FILE_COLUMN, _SHA256_COLUMN = COLUMN_NAMES.index("file"), COLUMN_NAMES.index("sha256")
+
+
+def _complete_csv_record(fields: list[str]) -> bool:
+    """A data row as :class:`CsvWriter` writes it: every column, and a ``sha256`` cell empty or a whole digest."""
+    sha = fields[_SHA256_COLUMN] if len(fields) == len(COLUMN_NAMES) else None
+    return bool(fields[0]) and sha is not None and (sha == "" or (len(sha) == 64 and set(sha) <= _SHA256_CHARS))
+
+
+def _csv_records(path: Path) -> Iterator[tuple[list[str], int]]:
+    """(fields, byte offset where the record ends) of each complete record of a results CSV, header included.
+
+    A run killed mid-write leaves at most one torn record, at the end: one without its final newline, cut inside a
+    quoted cell (``strict`` parsing stops there), or short of columns or of its ``sha256``. Iteration stops before
+    it. Anything damaged before the last record is not a torn write, and raises rather than being cut away.
+
+    Raises:
+        BatchError: the header is another version's, or a record before the last one is damaged.
+    """
+    with open(path, "rb") as fh:
+        state = {"end": 0, "complete": True}
+
+        def lines() -> Iterator[str]:
+            for raw in fh:
+                state["end"] += len(raw)
+                state["complete"] = raw.endswith(b"\n")
+                yield raw.decode("utf-8", "surrogateescape")  # a character cut in two stays out of the records
+
+        reader = csv.reader(lines(), strict=True)
+        first = True
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error:  # end of the file inside a quoted cell: the torn last record
+                fields = None
+            ok = fields is not None and state["complete"]
+            if first:
+                if ok and tuple(fields) != COLUMN_NAMES:
+                    raise BatchError(f"{path} has other columns than this version writes; resume into a new file")
+            elif ok:
+                ok = _complete_csv_record(fields)
+            if not ok:
+                if fh.read(1):  # more after it: damage in the middle, not a torn end
+                    raise BatchError(
+                        f"{path} is damaged before its last row (record ending at byte {state['end']}); "
+                        "resume into a new file"
+                    )
+                return
+            first = False
+            yield fields, state["end"]
 
 
 def _done_pairs(out: Path, fmt: str) -> Iterator[tuple[str, str | None]]:
-    """(file, sha256) of every row already written."""
+    """(file, sha256) of every complete row already written (never a torn last row)."""
     if fmt == "jsonl":
         for line in _journal_lines(out):
             row = json.loads(line)
             yield row["file"], row.get("sha256")
     elif fmt == "csv":
-        with open(out, newline="", encoding="utf-8") as fh:
-            for row in csv.DictReader(fh):
-                if row.get("file") and row.get("sha256") is not None:  # a torn last line has no sha256 cell
-                    yield row["file"], row["sha256"] or None
+        records = _csv_records(out)
+        next(records, None)  # the header
+        for fields, _end in records:
+            yield fields[_FILE_COLUMN], fields[_SHA256_COLUMN] or None
     else:
         yield from _parquet_pairs(out)
         for line in _journal_lines(out / PARQUET_JOURNAL):
@@ -281,11 +365,38 @@ def _done_pairs(out: Path, fmt: str) -> Iterator[tuple[str, str | None]]:
 
 
 def _parquet_pairs(folder: Path) -> Iterator[tuple[str, str | None]]:
+    """(file, sha256) of every row in the folder's readable part files (an unreadable one is set aside by
+    :class:`ParquetWriter` when the run resumes, and its inputs scored again)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     for part in sorted(folder.glob("*.parquet")):  # one part at a time: memory stays at one part's two columns
-        table = pq.read_table(part, columns=["file", "sha256"])
+        try:
+            table = pq.read_table(part, columns=["file", "sha256"])
+        except (OSError, pa.ArrowException):
+            continue
         yield from zip(table.column("file").to_pylist(), table.column("sha256").to_pylist())
+
+
+def _damaged_parts(folder: Path) -> list[Path]:
+    """Part files parquet cannot read (only a power cut before this version synced parts, or a damaged disk)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    damaged = []
+    for part in sorted(folder.glob("*.parquet")):
+        try:
+            pq.read_metadata(part)
+        except (OSError, pa.ArrowException):
+            damaged.append(part)
+    return damaged
+
+
+def _set_aside(part: Path) -> Path:
+    """Rename a damaged part with a "_" prefix, which parquet readers skip; kept for whoever wants to look."""
+    target = part.with_name(f"_damaged-{part.name}")
+    os.replace(part, target)
+    return target
 
 
 def _path_key(path: str) -> int:
@@ -296,7 +407,7 @@ class DoneIndex:
     """Files already in RESULTS, with the content hash they were scored with. Compact (40 bytes a row in numpy
     arrays, not Python dicts), so resuming over millions of rows does not grow memory much."""
 
-    def __init__(self, pairs: Iterator[tuple[str, str | None]]):
+    def __init__(self, pairs: Iterable[tuple[str, str | None]]):
         keys: list[int] = []
         hashes = bytearray()
         for path, sha in pairs:

@@ -4,18 +4,24 @@ SQLite is set up for several gunicorn workers writing at once: WAL (readers do n
 timeout, foreign keys on, and every transaction opened with ``BEGIN IMMEDIATE`` so two writers queue for the lock
 instead of deadlocking on a read-to-write upgrade. PostgreSQL serialises writers to one case with row locks
 (``SELECT ... FOR UPDATE``, see ``service``).
+
+On PostgreSQL the app should run as its own role, not as the role that owns the schema: :func:`grant_app_role`
+(``leukostage db grant ROLE``, run as the owner after each ``db upgrade``) gives it rows to read and write but no
+UPDATE, DELETE or TRUNCATE on the audit trail, and, not owning any table, it cannot ALTER, DROP or disable a
+trigger either.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,6 +30,8 @@ from .config import database_url, redacted
 SQLITE_BUSY_TIMEOUT_S = 30
 MIGRATIONS = Path(str(resources.files("leukostage") / "cases" / "migrations"))
 UPGRADE_HINT = "leukostage db upgrade"
+APPEND_ONLY_TABLES = ("audit_events",)  # the app role may read and add rows, never change or remove them
+ROLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 _engines: dict[str, Engine] = {}
 _owners: dict[str, int] = {}  # the pid that built each engine
@@ -78,6 +86,13 @@ def dispose_all() -> None:
         for engine in _engines.values():
             engine.dispose()
         _engines.clear()
+
+
+def dialect_insert(session: Session):
+    """The ``insert`` of the session's database, which has ``on_conflict_do_nothing`` (PostgreSQL or SQLite)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 @contextmanager
@@ -149,3 +164,57 @@ def require_current(url: str | None = None) -> None:
     if current != head:
         state = "is not migrated" if current is None else f"is at revision {current}, this version needs {head}"
         raise DatabaseNotReady(f"the case database {redacted(url)} {state}; run `{UPGRADE_HINT}` first")
+
+
+def grant_app_role(role: str, url: str | None = None) -> list[str]:
+    """Give the PostgreSQL role ``role`` what the app needs, and no more, on every table of the current schema and
+    on the tables later migrations create (default privileges of the role running this, the schema's owner):
+    SELECT, INSERT, UPDATE, DELETE on rows, except UPDATE and DELETE on the append-only tables (the audit trail)
+    and any write to ``alembic_version``. Returns the statements it ran. Run it as the owner of the schema.
+
+    Raises:
+        ValueError: not PostgreSQL; a role name that is not a plain lower-case identifier; a role that does not
+            exist, is a superuser, or owns the tables (then it could alter or empty the audit trail anyway).
+    """
+    url = url or database_url()
+    if make_url(url).get_backend_name() != "postgresql":
+        raise ValueError("database roles are PostgreSQL's: a SQLite file is protected by its file permissions")
+    if not ROLE_RE.match(role):
+        raise ValueError(f"role {role[:70]!r}: use a lower-case identifier (letters, digits, '_')")
+    with get_engine(url).begin() as conn:
+        owner = conn.execute(
+            text("SELECT tableowner FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'audit_events'")
+        ).scalar()
+        if owner is None:
+            raise ValueError(f"the database is not migrated; run `{UPGRADE_HINT}` first (as the owner)")
+        found = conn.execute(text("SELECT rolsuper FROM pg_roles WHERE rolname = :r"), {"r": role}).first()
+        if found is None:
+            raise ValueError(f"no role {role!r}; create it first: CREATE ROLE {role} LOGIN PASSWORD '...'")
+        if found[0]:
+            raise ValueError(f"role {role!r} is a superuser: it could empty the audit trail; use an ordinary role")
+        if owner == role:
+            raise ValueError(
+                f"role {role!r} owns the tables (it ran `db upgrade`): the app needs a role of its own, "
+                "which cannot alter or empty the audit trail"
+            )
+        database = _quoted(conn.execute(text("SELECT current_database()")).scalar())
+        schema = _quoted(conn.execute(text("SELECT current_schema()")).scalar())
+        statements = [
+            f"GRANT CONNECT ON DATABASE {database} TO {role}",
+            f"GRANT USAGE ON SCHEMA {schema} TO {role}",
+            f"REVOKE ALL ON ALL TABLES IN SCHEMA {schema} FROM {role}",
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}",
+            *(f"REVOKE UPDATE, DELETE, TRUNCATE ON {t} FROM {role}" for t in APPEND_ONLY_TABLES),
+            f"REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON alembic_version FROM {role}",
+            f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {role}",
+            f"ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {role}",
+            f"ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT USAGE, SELECT ON SEQUENCES TO {role}",
+        ]
+        for statement in statements:
+            conn.execute(text(statement))
+    return statements
+
+
+def _quoted(name: str) -> str:
+    """A PostgreSQL identifier, quoted."""
+    return '"' + name.replace('"', '""') + '"'

@@ -1,8 +1,12 @@
 """The case tables (SQLAlchemy 2, typed). The schema itself is created by the Alembic migrations in ``migrations/``.
 
 A model's result is written once and never changed: a reviewer's correction is an ``Override`` row beside it, a
-sign-off a ``Review``, a later change an ``Amendment``; ``AuditEvent`` rows are append-only (the database refuses
-UPDATE and DELETE on them, see the first migration).
+sign-off a ``Review``, a later change an ``Amendment``, a field taken out of a case an ``ImageRemoval`` (the image row
+and its stored bytes stay, for the audit trail); ``AuditEvent`` rows are append-only (the database refuses UPDATE,
+DELETE and, on PostgreSQL, TRUNCATE on them: see the migrations).
+
+What several app nodes share lives here too: field images (``ImageBlob``, the database image store), failed sign-ins
+(``LoginFailure``) and the session secret (``AppSecret``).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 ROLES = ("technician", "reviewer", "admin")
@@ -37,6 +41,8 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(16))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # part of every session's user id: raising it ends every session of the user (tokens revoked, account disabled)
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0)
 
     tokens: Mapped[list[ApiToken]] = relationship(back_populates="user")
 
@@ -51,6 +57,7 @@ class ApiToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    expires_at: Mapped[datetime] = mapped_column()
 
     user: Mapped[User] = relationship(back_populates="tokens")
 
@@ -94,6 +101,23 @@ class Image(Base):
     uploaded_by: Mapped[User] = relationship()
     result: Mapped[Result] = relationship(back_populates="image")
     overrides: Mapped[list[Override]] = relationship(order_by="Override.id")
+    removal: Mapped[ImageRemoval | None] = relationship(back_populates="image")
+
+
+class ImageRemoval(Base):
+    """A field taken out of its case before sign-off (a mistaken upload), with who, when and why. At most one per
+    image; a removed field no longer counts, and its row and bytes are kept."""
+
+    __tablename__ = "image_removals"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), unique=True)
+    reason: Mapped[str] = mapped_column(Text)
+    by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    image: Mapped[Image] = relationship(back_populates="removal")
+    by: Mapped[User] = relationship()
 
 
 class Result(Base):
@@ -169,3 +193,37 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(32))
     at: Mapped[datetime] = mapped_column(default=utcnow)
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class ImageBlob(Base):
+    """The bytes of a field, by SHA-256: the image store when the database is PostgreSQL (``store.DatabaseStore``),
+    written in the same transaction as the field's rows, so every app node sees it and a crash leaves no orphan."""
+
+    __tablename__ = "image_blobs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LoginFailure(Base):
+    """One failed sign-in, counted per account and per client address (``shared.login_blocked``): in the database,
+    so every gunicorn worker and every app node counts the same failures."""
+
+    __tablename__ = "login_failures"
+    __table_args__ = (Index("ix_login_failures_scope_key_at", "scope", "key", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    scope: Mapped[str] = mapped_column(String(16))  # "account" or "address"
+    key: Mapped[str] = mapped_column(String(128))
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class AppSecret(Base):
+    """A secret every app node must share (the session signing key), created once by whichever node asks first."""
+
+    __tablename__ = "app_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

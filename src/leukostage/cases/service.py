@@ -7,6 +7,7 @@ runs one transaction per field, so a worker killed mid-request leaves whole fiel
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +16,8 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from ..classes import CLASS_KEYS
+from ..classes import CLASS_KEYS, FINAL_CALLS, NON_DIAGNOSTIC_KEY, NON_DIAGNOSTIC_MEANING, parse_class, parse_final_call
+from . import decision
 from . import rule as case_rule
 from .models import (
     ACCESSION_MAX,
@@ -24,6 +26,7 @@ from .models import (
     AuditEvent,
     Case,
     Image,
+    ImageRemoval,
     Override,
     Result,
     Review,
@@ -87,9 +90,35 @@ def _text(value: Any, name: str, required: bool = False, limit: int = TEXT_MAX) 
 
 
 def _class_key(value: Any, name: str) -> str:
-    if value not in CLASS_KEYS:
-        raise InvalidInput(f"'{name}' must be one of {', '.join(CLASS_KEYS)}; got {str(value)[:40]!r}", "bad_class")
-    return value
+    """A class key from a key, display name or dataset label (as ``/predict?class=`` reads them)."""
+    if isinstance(value, str):
+        try:
+            return parse_class(value).key
+        except ValueError:
+            pass
+    raise InvalidInput(
+        f"'{name}' must be one of {', '.join(CLASS_KEYS)} (or a display name such as 'Mid Stage'); "
+        f"got {str(value)[:40]!r}",
+        "bad_class",
+    )
+
+
+def _final_call(value: Any, required: bool) -> str | None:
+    """The reviewer's call: a class (key or display name) or ``non_diagnostic``. Never defaulted from the model."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise InvalidInput(
+                f"'final_call' is required: state the call ({', '.join(FINAL_CALLS)}; {NON_DIAGNOSTIC_KEY} with a "
+                "comment saying why). Nothing is taken over from the model's call.",
+                "missing_field",
+            )
+        return None
+    try:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, one of {', '.join(FINAL_CALLS)}; got {str(value)[:40]!r}")
+        return parse_final_call(value)
+    except ValueError as exc:
+        raise InvalidInput(f"'final_call': {exc}", "bad_class") from None
 
 
 def require_role(user: User, roles: frozenset[str], what: str) -> None:
@@ -176,14 +205,24 @@ class Field:
 def add_image(session: Session, user: User, case_id: int, field: Field, store: ImageStore, model: dict) -> dict:
     """Store one analysed field in the case; returns the API object (the result plus ``image_id``).
 
-    The file is written (atomically, by content) before the rows; if the process dies between the two, the file has
-    no row and ``leukostage db check`` removes it. Raises NotFound, or Conflict once the case is signed off.
+    The bytes go to ``store`` by content: the database store writes them in this transaction, with the rows; the
+    file store writes the file (atomically) before the rows, and if the process dies between the two the file has no
+    row and ``leukostage db check`` removes it. Raises NotFound, or Conflict once the case is signed off.
     """
     require_role(user, UPLOAD_ROLES, "add fields")
-    case = _case(session, case_id, lock=True)
+    case = _case(session, case_id, lock=True)  # also serialises two uploads of the same bytes to one case
     if case.status != "open":
         raise Conflict(f"case {case_id} is {case.status.replace('_', ' ')}; no fields can be added", "case_signed_off")
-    sha256 = store.put(field.data)
+    existing = _live_field(session, case.id, hashlib.sha256(field.data).hexdigest())
+    if existing is not None:
+        record(session, "duplicate_upload", user, case.id, image_id=existing.id, sha256=existing.sha256)
+        return {
+            **_result_payload(existing),
+            "file": field.filename,
+            "image_id": existing.id,
+            "duplicate_of": existing.id,
+        }
+    sha256 = store.put(field.data, session)
     result = field.result
     payload = {**result, "model": model} if result.get("valid") else dict(result)
     image = Image(
@@ -218,11 +257,30 @@ def add_image(session: Session, user: User, case_id: int, field: Field, store: I
         sha256=sha256,
         outcome=result.get("label") if result.get("valid") else f"refused:{result.get('code')}",
     )
-    return {**payload, "image_id": image.id}
+    return {**payload, "image_id": image.id, "duplicate_of": None}
 
 
-def _image_dict(image: Image) -> dict:
+def _live_field(session: Session, case_id: int, sha256: str) -> Image | None:
+    """The case's field with these bytes, if one is in the case (removed fields do not count: the same photo
+    uploaded again after its field was removed is a new field)."""
+    return session.scalar(
+        select(Image)
+        .outerjoin(ImageRemoval, ImageRemoval.image_id == Image.id)
+        .where(Image.case_id == case_id, Image.sha256 == sha256, ImageRemoval.id.is_(None))
+        .order_by(Image.id)
+        .limit(1)
+    )
+
+
+def _result_payload(image: Image) -> dict:
+    if image.result is None:
+        return {"valid": False, "code": "missing_result", "reason": "no result was stored for this field"}
+    return image.result.payload
+
+
+def _image_dict(image: Image, duplicate_of: int | None = None) -> dict:
     current = image.overrides[-1] if image.overrides else None
+    result = _result_payload(image)
     return {
         "image_id": image.id,
         "sha256": image.sha256,
@@ -231,11 +289,33 @@ def _image_dict(image: Image) -> dict:
         "uploaded_by": image.uploaded_by.username,
         "width": image.width,
         "height": image.height,
-        "result": image.result.payload
-        if image.result
-        else {"valid": False, "code": "missing_result", "reason": "no result was stored for this field"},
+        "result": result,
         "override": ({"label": current.label, "by": current.by.username, "at": iso(current.at)} if current else None),
+        "duplicate_of": duplicate_of,
+        "counted": duplicate_of is None and case_rule.is_counted(result),
     }
+
+
+def _removed_dict(image: Image) -> dict:
+    removal = image.removal
+    return {
+        **_image_dict(image),
+        "counted": False,
+        "removed": {"reason": removal.reason, "by": removal.by.username, "at": iso(removal.at)},
+    }
+
+
+def distinct_fields(images: list[Image]) -> list[tuple[Image, int | None]]:
+    """The case's fields that are not removed, each with the field it duplicates (the first live field with the same
+    bytes; None for an original). Uploads no longer add duplicates; this keeps older cases honest too."""
+    first: dict[str, int] = {}
+    out = []
+    for image in images:
+        if image.removal is not None:
+            continue
+        out.append((image, first.get(image.sha256)))
+        first.setdefault(image.sha256, image.id)
+    return out
 
 
 def _load_case(session: Session, case_id: int) -> Case:
@@ -246,6 +326,7 @@ def _load_case(session: Session, case_id: int) -> Case:
             selectinload(Case.images).selectinload(Image.result),
             selectinload(Case.images).selectinload(Image.uploaded_by),
             selectinload(Case.images).selectinload(Image.overrides).selectinload(Override.by),
+            selectinload(Case.images).selectinload(Image.removal).selectinload(ImageRemoval.by),
             selectinload(Case.review).selectinload(Review.reviewer),
             selectinload(Case.amendments).selectinload(Amendment.by),
             selectinload(Case.created_by),
@@ -259,8 +340,10 @@ def _load_case(session: Session, case_id: int) -> Case:
 def case_dict(session: Session, case_id: int, rule: case_rule.CaseRule | None = None) -> dict:
     """The case as CASE_SCHEMA.md defines it (the API's and the reports' one contract)."""
     case = _load_case(session, case_id)
-    images = [_image_dict(i) for i in case.images]
-    review = case.review
+    images = [_image_dict(i, dup) for i, dup in distinct_fields(case.images)]
+    review = _review_dict(case.review)
+    amendments = [_amendment_dict(a) for a in case.amendments]
+    statements = decision.history(review, amendments)
     return {
         "id": case.id,
         "accession": case.accession,
@@ -272,22 +355,29 @@ def case_dict(session: Session, case_id: int, rule: case_rule.CaseRule | None = 
         "updated_at": iso(case.updated_at),
         "model": {"name": case.model_name, "version": case.model_version},
         "images": images,
-        "summary": case_rule.summarise([i["result"] for i in images], rule),
-        "review": (
-            {
-                "final_call": review.final_call,
-                "comment": review.comment,
-                "reviewer": review.reviewer.username,
-                "signed_off_at": iso(review.signed_off_at),
-            }
-            if review
-            else None
-        ),
-        "amendments": [
-            {"reason": a.reason, "by": a.by.username, "at": iso(a.at), "final_call": a.final_call, "comment": a.comment}
-            for a in case.amendments
-        ],
+        "removed_images": [_removed_dict(i) for i in case.images if i.removal is not None],
+        "summary": case_rule.summarise([i["result"] for i in images if i["duplicate_of"] is None], rule),
+        "final_call": statements[-1]["final_call"] if statements else None,
+        "decision": statements[-1] if statements else None,
+        "history": statements,
+        "review": review,
+        "amendments": amendments,
     }
+
+
+def _review_dict(review: Review | None) -> dict | None:
+    if review is None:
+        return None
+    return {
+        "final_call": review.final_call,
+        "comment": review.comment,
+        "reviewer": review.reviewer.username,
+        "signed_off_at": iso(review.signed_off_at),
+    }
+
+
+def _amendment_dict(a: Amendment) -> dict:
+    return {"reason": a.reason, "by": a.by.username, "at": iso(a.at), "final_call": a.final_call, "comment": a.comment}
 
 
 def view_case(session: Session, user: User, case_id: int) -> dict:
@@ -327,19 +417,14 @@ def list_cases(
         .limit(per_page)
         .options(selectinload(Case.created_by))
     ).all()
-    results: dict[int, list[dict]] = {c.id: [] for c in cases}
-    if cases:
-        rows = session.execute(
-            select(Image.case_id, Result.payload)
-            .join(Result, Result.image_id == Image.id)
-            .where(Image.case_id.in_(list(results)))
-        ).all()
-        for cid, payload in rows:
-            results[cid].append(payload)
+    ids = [c.id for c in cases]
+    results = _distinct_results(session, ids)
+    statements = _statements(session, ids)
     rule = case_rule.load_rule()
     items = []
     for c in cases:
         summary = case_rule.summarise(results[c.id], rule)
+        current = statements[c.id][-1] if statements[c.id] else None
         items.append(
             {
                 "id": c.id,
@@ -352,9 +437,65 @@ def list_cases(
                 "images": len(results[c.id]),
                 "counted": summary["counted"],
                 "case_call": summary["case_call"],
+                "final_call": current["final_call"] if current else None,
+                "final_call_by": current["by"] if current else None,
+                "final_call_at": current["at"] if current else None,
+                "signed_off_by": statements[c.id][0]["by"] if current else None,
             }
         )
     return {"cases": items, "page": page, "per_page": per_page, "total": total}
+
+
+def _distinct_results(session: Session, ids: list[int]) -> dict[int, list[dict]]:
+    """Per case, the results of its fields as the case call reads them: removed fields left out, the same bytes
+    once (as ``distinct_fields`` does for one case)."""
+    out: dict[int, list[dict]] = {i: [] for i in ids}
+    if not ids:
+        return out
+    rows = session.execute(
+        select(Image.case_id, Image.sha256, Result.payload)
+        .join(Result, Result.image_id == Image.id)
+        .outerjoin(ImageRemoval, ImageRemoval.image_id == Image.id)
+        .where(Image.case_id.in_(ids), ImageRemoval.id.is_(None))
+        .order_by(Image.id)
+    ).all()
+    seen: set[tuple[int, str]] = set()
+    for cid, sha256, payload in rows:
+        if (cid, sha256) not in seen:
+            seen.add((cid, sha256))
+            out[cid].append(payload)
+    return out
+
+
+def _statements(session: Session, ids: list[int]) -> dict[int, list[dict]]:
+    """Per case, the reviewer's statements (``decision.history``), read in two queries."""
+    if not ids:
+        return {}
+    reviews = {
+        r.case_id: _review_dict(r)
+        for r in session.scalars(select(Review).where(Review.case_id.in_(ids)).options(selectinload(Review.reviewer)))
+    }
+    amendments: dict[int, list[dict]] = {i: [] for i in ids}
+    for a in session.scalars(
+        select(Amendment).where(Amendment.case_id.in_(ids)).order_by(Amendment.id).options(selectinload(Amendment.by))
+    ):
+        amendments[a.case_id].append(_amendment_dict(a))
+    return {i: decision.history(reviews.get(i), amendments[i]) for i in ids}
+
+
+def export_worklist(session: Session, user: User, status: str | None = None, q: str | None = None) -> list[dict]:
+    """Every case ``list_cases`` finds for ``status`` and ``q``, all pages, recorded as one audit event (the list
+    names patients)."""
+    items: list[dict] = []
+    page = 1
+    while True:
+        listing = list_cases(session, status, q, page, PER_PAGE_MAX)
+        items += listing["cases"]
+        if not listing["cases"] or len(items) >= listing["total"]:
+            break
+        page += 1
+    record(session, "worklist_exported", user, None, status=status, q=q, cases=len(items))
+    return items
 
 
 # --- review ----------------------------------------------------------------------------------------------------------
@@ -371,10 +512,19 @@ def _apply_overrides(session: Session, user: User, case: Case, overrides: Any) -
             raise InvalidInput("each image override needs an integer 'image_id' and a 'label'", "invalid_field")
         parsed.append((item["image_id"], _class_key(item.get("label"), "label")))
     ids = {i for i, _ in parsed}
-    found = set(session.scalars(select(Image.id).where(Image.case_id == case.id, Image.id.in_(ids))))
-    missing = sorted(ids - found)
+    found = dict(
+        session.execute(
+            select(Image.id, ImageRemoval.id)
+            .outerjoin(ImageRemoval, ImageRemoval.image_id == Image.id)
+            .where(Image.case_id == case.id, Image.id.in_(ids))
+        ).all()
+    )
+    missing = sorted(ids - set(found))
     if missing:
         raise NotFound(f"image {missing[0]} is not a field of case {case.id}", "unknown_image")
+    removed = sorted(i for i, removal in found.items() if removal is not None)
+    if removed:
+        raise Conflict(f"field {removed[0]} was removed from case {case.id}; it cannot be relabelled", "image_removed")
     done = []
     for image_id, label in parsed:
         session.add(Override(image_id=image_id, label=label, by_id=user.id))
@@ -397,8 +547,14 @@ def sign_off(session: Session, user: User, case_id: int, body: dict) -> None:
             f"case {case_id} is signed off already; change it with POST /api/v1/cases/{case_id}/amend",
             "already_signed_off",
         )
-    final_call = _class_key(body.get("final_call"), "final_call")
+    final_call = _final_call(body.get("final_call"), required=True)
     comment = _text(body.get("comment"), "comment") or ""
+    if final_call == NON_DIAGNOSTIC_KEY and not comment:
+        raise InvalidInput(
+            f"a {NON_DIAGNOSTIC_KEY} call needs a comment saying why the sample cannot be called "
+            f"({NON_DIAGNOSTIC_MEANING}: e.g. too few usable fields, wrong stain)",
+            "missing_field",
+        )
     _apply_overrides(session, user, case, body.get("image_overrides"))
     session.add(Review(case_id=case.id, final_call=final_call, comment=comment, reviewer_id=user.id))
     case.status, case.updated_at = "signed_off", utcnow()
@@ -420,12 +576,43 @@ def amend(session: Session, user: User, case_id: int, body: dict) -> None:
             "not_signed_off",
         )
     reason = _text(body.get("reason"), "reason", required=True)
-    final_call = _class_key(body["final_call"], "final_call") if body.get("final_call") is not None else None
+    final_call = _final_call(body.get("final_call"), required=False)  # none: the call in force stays
     comment = _text(body.get("comment"), "comment")
     overrides = _apply_overrides(session, user, case, body.get("image_overrides"))
     session.add(Amendment(case_id=case.id, reason=reason, final_call=final_call, comment=comment, by_id=user.id))
     case.status, case.updated_at = "amended", utcnow()
     record(session, "amended", user, case.id, reason=reason, final_call=final_call, overrides=overrides)
+
+
+def remove_image(session: Session, user: User, case_id: int, image_id: int, body: Any) -> None:
+    """Take a field out of an open case (a mistaken upload: an H&E image, another patient's smear), with a reason.
+
+    The field stops counting; its row, result and stored bytes are kept, and the removal is an audit event.
+    Raises Forbidden, NotFound (unknown case, or not a field of it), Conflict (signed off; removed already),
+    InvalidInput (no reason).
+    """
+    require_role(user, UPLOAD_ROLES, "remove fields")
+    case = _case(session, case_id, lock=True)
+    image = session.scalar(select(Image).where(Image.id == image_id, Image.case_id == case.id))
+    if image is None:
+        raise NotFound(f"image {image_id} is not a field of case {case_id}", "unknown_image")
+    if case.status != "open":
+        raise Conflict(
+            f"case {case_id} is {case.status.replace('_', ' ')}; fields can only be removed before sign-off "
+            f"(to change what the case says, amend it: POST /api/v1/cases/{case_id}/amend)",
+            "case_signed_off",
+        )
+    if image.removal is not None:
+        raise Conflict(
+            f"field {image_id} was removed already ({iso(image.removal.at)} by {image.removal.by.username})",
+            "image_removed",
+        )
+    if not isinstance(body, dict):
+        raise InvalidInput('send a JSON object: {"reason": str}', "bad_json")
+    reason = _text(body.get("reason"), "reason", required=True)
+    session.add(ImageRemoval(image_id=image.id, reason=reason, by_id=user.id))
+    case.updated_at = utcnow()
+    record(session, "image_removed", user, case.id, image_id=image.id, sha256=image.sha256, reason=reason)
 
 
 def audit_events(session: Session, case_id: int) -> list[dict]:
@@ -435,6 +622,13 @@ def audit_events(session: Session, case_id: int) -> list[dict]:
     return [{"id": e.id, "at": iso(e.at), "user": e.username, "action": e.action, "detail": e.detail} for e in events]
 
 
+def view_audit(session: Session, user: User, case_id: int) -> list[dict]:
+    """The case's audit trail, recording that ``user`` read it (the trail names who did what to a patient's case)."""
+    events = audit_events(session, case_id)
+    record(session, "viewed", user, case_id, what="audit")
+    return events
+
+
 def image_of_case(session: Session, case_id: int, image_id: int) -> Image:
     """A field of this case (NotFound for another case's image id, so ids cannot be probed across cases)."""
     _case(session, case_id)
@@ -442,6 +636,16 @@ def image_of_case(session: Session, case_id: int, image_id: int) -> Image:
     if image is None:
         raise NotFound(f"image {image_id} is not a field of case {case_id}", "unknown_image")
     return image
+
+
+VIEWS = ("image", "overlay")  # what of a field can be shown: the stored image, its heat map
+
+
+def record_view(session: Session, user: User, case_id: int, image_id: int, what: str) -> None:
+    """Record that ``user`` was shown a field (``what``: one of VIEWS): the picture is patient data."""
+    if what not in VIEWS:
+        raise ValueError(f"unknown view {what!r}; expected one of {', '.join(VIEWS)}")
+    record(session, "viewed", user, case_id, what=what, image_id=image_id)
 
 
 # --- integrity -------------------------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
-"""Command line verbs for cases: ``db upgrade|check``, ``users add|token``, ``evaluate-cases``; and the guard that
-keeps ``serve`` from starting on an unmigrated database. A verb group of the ``cli`` package (``register``)."""
+"""Command line verbs for cases: ``db upgrade|check|grant``, ``users add|list|set|token``, ``evaluate-cases``; and
+the guard that keeps ``serve`` from starting on an unmigrated database (a new instance's default SQLite file is
+created). A verb group of the ``cli`` package (``register``). ``users`` calls the same functions as the admin's Users
+page (``cases.accounts``)."""
 
 from __future__ import annotations
 
@@ -19,8 +21,10 @@ def _add_db(sub: argparse._SubParsersAction) -> None:
         "db",
         help="the case database: apply migrations, check stored images against rows",
         description="The case database ($LEUKOSTAGE_DATABASE_URL, default a SQLite file in the "
-        "instance folder): `db upgrade` applies every pending migration (serve refuses an unmigrated "
-        "database); `db check` compares the image store with the rows.",
+        "instance folder): `db upgrade` applies every pending migration (serve creates the default SQLite "
+        "database on a new instance, and refuses any other database that is not migrated); `db check` compares "
+        "the image store with the rows; `db grant ROLE` (PostgreSQL, run as the schema's owner) lets the app's "
+        "own role use the tables without altering or emptying the audit trail.",
     )
     verbs = p.add_subparsers(dest="db_command", required=True)
     verbs.add_parser("upgrade", help="apply every pending migration (creates the SQLite file on first use)")
@@ -35,6 +39,12 @@ def _add_db(sub: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help="remove only orphan files older than this (a younger one may be an upload in flight)",
     )
+    g = verbs.add_parser(
+        "grant",
+        help="PostgreSQL: give the app's role rows to read and write, but no UPDATE, DELETE or TRUNCATE on the "
+        "audit trail (run as the owner, after each upgrade)",
+    )
+    g.add_argument("role", help="the role the app connects as (CREATE ROLE ... LOGIN first); not the owner")
 
 
 def cmd_db(args: argparse.Namespace) -> int:
@@ -46,13 +56,19 @@ def cmd_db(args: argparse.Namespace) -> int:
         state = "already at" if before == after else f"upgraded from {before or 'an empty database'} to"
         print(f"case database {redacted(database_url())}: {state} revision {after}")
         return 0
+    if args.db_command == "grant":
+        for statement in db.grant_app_role(args.role):
+            print(statement + ";")
+        print(f"role {args.role} may now serve {redacted(database_url())}: connect the app as {args.role}")
+        return 0
     from ..cases.service import check_storage
-    from ..cases.store import ImageStore
+    from ..cases.store import open_store
 
     db.require_current()
+    store = open_store(database_url(), storage_dir())
     with db.session_scope() as session:
-        report = check_storage(session, ImageStore(storage_dir()), remove=not args.dry_run, min_age_s=args.min_age)
-    print(json.dumps({**report, "storage": str(storage_dir())}, indent=2))
+        report = check_storage(session, store, remove=not args.dry_run, min_age_s=args.min_age)
+    print(json.dumps({**report, "storage": store.describe()}, indent=2))
     problems = len(report["orphan_files"]) - len(report["removed"]) + len(report["rows_without_file"])
     return 1 if problems else 0
 
@@ -62,10 +78,10 @@ def _add_users(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "users",
-        help="users of the case workflow: add one, issue or revoke API tokens",
+        help="users of the case workflow: add, list, change (role, disable, password), issue or revoke API tokens",
         description="Users of the case workflow and their roles (technician: creates cases and "
-        "uploads; reviewer: overrides and signs off; admin: users). Passwords and tokens are stored "
-        "hashed only.",
+        "uploads; reviewer: overrides and signs off; admin: users, also on the Users page). Passwords and tokens "
+        "are stored hashed only; every change is recorded in the audit trail.",
     )
     verbs = p.add_subparsers(dest="users_command", required=True)
     a = verbs.add_parser("add", help="add a user (the password is read from stdin)")
@@ -77,28 +93,85 @@ def _add_users(sub: argparse._SubParsersAction) -> None:
         required=True,
         help="read the password from the first line of stdin (never from the command line)",
     )
-    t = verbs.add_parser("token", help="print a new bearer token, alone on the last line (only its hash is stored)")
+    verbs.add_parser("list", help="every account: name, role, active or disabled")
+    c = verbs.add_parser("set", help="change an account: its role, disable or enable it, or a new password (stdin)")
+    c.add_argument("name")
+    c.add_argument("--role", choices=ROLES)
+    state = c.add_mutually_exclusive_group()
+    state.add_argument(
+        "--disable", action="store_true", help="refuse its sign-ins and tokens, end its sessions (kept, not deleted)"
+    )
+    state.add_argument("--enable", action="store_true")
+    c.add_argument("--password-stdin", action="store_true", help="read a new password from the first line of stdin")
+    t = verbs.add_parser(
+        "token",
+        help="print a new bearer token, alone on the last line (only its hash is stored), and its expiry on stderr",
+    )
     t.add_argument("name")
-    t.add_argument("--revoke", action="store_true", help="revoke every token of the user instead")
+    t.add_argument(
+        "--days",
+        type=int,
+        default=None,
+        help="days the token is valid (default: $LEUKOSTAGE_TOKEN_DAYS, else 90)",
+    )
+    t.add_argument(
+        "--revoke", action="store_true", help="revoke every token of the user instead (and end their sessions)"
+    )
 
 
 def cmd_users(args: argparse.Namespace) -> int:
-    from ..cases import db, users
+    from ..cases import accounts, db, users
+    from ..cases.service import ServiceError, iso
 
     db.require_current()
+    try:
+        with db.session_scope() as session:
+            if args.users_command == "add":
+                password = sys.stdin.readline().rstrip("\r\n")
+                user = accounts.create_user(
+                    session, None, {"username": args.name, "role": args.role, "password": password}
+                )
+                print(f"added {user['role']} {user['username']}")
+                return 0
+            if args.users_command == "list":
+                for user in accounts.list_users(session, None):
+                    print(f"{user['username']}\t{user['role']}\t{'disabled' if user['disabled'] else 'active'}")
+                return 0
+            if args.users_command == "set":
+                return _set_user(session, args)
+    except ServiceError as exc:
+        raise ValueError(exc.message) from None  # one line on stderr, exit status 2 (cli.main)
     with db.session_scope() as session:
-        if args.users_command == "add":
-            password = sys.stdin.readline().rstrip("\r\n")
-            user = users.add_user(session, args.name, args.role, password)
-            print(f"added {user.role} {user.username}")
-            return 0
         user = users.get_user(session, args.name)
         if args.revoke:
-            print(f"revoked {users.revoke_tokens(session, user)} token(s) of {user.username}")
+            print(f"revoked {users.revoke_tokens(session, user)} token(s) of {user.username}; their sessions ended")
             return 0
-        token = users.issue_token(session, user)
-    print(f"bearer token for {args.name} (shown once; send it as 'Authorization: Bearer <token>'):", file=sys.stderr)
+        token = users.issue_token(session, user, args.days)
+        expires = users.token_expiry(session, token)
+    print(
+        f"bearer token for {args.name}, valid until {iso(expires)} (shown once; send it as "
+        "'Authorization: Bearer <token>'):",
+        file=sys.stderr,
+    )
     print(token)
+    return 0
+
+
+def _set_user(session, args: argparse.Namespace) -> int:
+    from ..cases import accounts
+
+    changes: dict = {}
+    if args.role:
+        changes["role"] = args.role
+    if args.disable or args.enable:
+        changes["disabled"] = bool(args.disable)
+    if args.password_stdin:
+        changes["password"] = sys.stdin.readline().rstrip("\r\n")
+    if not changes:
+        raise ValueError("nothing to change: give --role ROLE, --disable, --enable or --password-stdin")
+    user = accounts.update_user(session, None, args.name, changes)
+    state = "disabled" if user["disabled"] else "active"
+    print(f"{user['username']}: {user['role']}, {state}" + (", password reset" if "password" in changes else ""))
     return 0
 
 

@@ -8,8 +8,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ..classes import BY_KEY, DISCLAIMER
-from ..outcomes import uncertain_reason
+from ..classes import BY_KEY, DISCLAIMER, UNCERTAIN_DISPLAY_NAME, capture_note
+from ..outcomes import uncertain_reason, uncertain_reason_name
 from .common import add_model_option, add_validation_options, emit, expand_inputs, progress, use_validator
 
 
@@ -76,27 +76,43 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="validator calibration JSON (default: $LEUKOSTAGE_VALIDATOR, else the packaged one)",
     )
     p.add_argument("--debug", action="store_true", help="Flask's development server instead of gunicorn")
+    p.add_argument(
+        "--access-log",
+        nargs="?",
+        const="-",
+        default=None,
+        metavar="FILE",
+        help="log each request (method, path without query string, status, size, time) to stdout, or append to "
+        "FILE (default: $LEUKOSTAGE_ACCESS_LOG: 1 for stdout or a file; unset: no access log)",
+    )
     p.set_defaults(func=cmd_serve)
 
 
 def outcome(r: dict) -> str:
-    """The table cell for an accepted image; an uncertain row still names the class the model leaned towards."""
-    reason = uncertain_reason(r)
-    if reason:
-        top = BY_KEY.get(r.get("top_class", ""))
-        leaning = top.display_name if top else r.get("top_class")
-        return f"{r['display_label']} ({reason.replace('_', ' ')}; top class {leaning})"
-    return f"{r['display_label']} ({r['dataset_label'] or 'no class asserted'})"
+    """The table cell for an accepted image: the class with its dataset subtype, or, when no class is asserted,
+    ``Uncertain (why)`` and no class name at all (the probabilities are in ``--json``, not shown as a result)."""
+    if r["label"] not in BY_KEY:
+        return f"{UNCERTAIN_DISPLAY_NAME} ({uncertain_reason_name(uncertain_reason(r))})"
+    return f"{r['display_label']} - {r['dataset_label'] or 'no class asserted'}"
+
+
+def _with_capture(line: str, r: dict) -> str:
+    """A row with how its picture was taken, when there is something to say (a photo through the eyepiece)."""
+    note = capture_note(r.get("capture"))
+    return f"{line}\t{note}" if note else line
 
 
 def table_row(r: dict) -> str:
-    if r.get("valid"):
-        return f"{r['file']}\t{outcome(r)}\tconfidence {r['confidence']:.3f}"
-    return rejected_row(r)
+    if not r.get("valid"):
+        return rejected_row(r)
+    if r["label"] not in BY_KEY:  # no class asserted: no confidence either, it would read as one class's
+        return _with_capture(f"{r['file']}\t{outcome(r)}", r)
+    return _with_capture(f"{r['file']}\t{outcome(r)}\tconfidence {r['confidence']:.3f}", r)
 
 
 def rejected_row(r: dict) -> str:
-    return f"{r['file']}\tREJECTED [{r['code']}]\t{r['reason']}"
+    """A refused input: its code and the reason, which says what was measured and what to do."""
+    return _with_capture(f"{r['file']}\tREJECTED [{r['code']}]\t{r['reason']}", r)
 
 
 def _finish(results: list[dict], as_json: bool, disclaimer: bool = True) -> int:
@@ -162,9 +178,12 @@ def heatmap_folder(out: str) -> Path:
 def explained_row(r: dict) -> str:
     if not r.get("valid"):
         return rejected_row(r)
-    return (
+    if r["label"] not in BY_KEY:  # the map is still written, but it is not evidence for any class
+        return _with_capture(f"{r['file']}\tGrad-CAM, not evidence for any class: {outcome(r)}\t{r['gradcam_png']}", r)
+    return _with_capture(
         f"{r['file']}\tGrad-CAM for {r['explained_class']} (prediction {r['label']}, confidence "
-        f"{r['confidence']:.3f})\t{r['gradcam_png']}"
+        f"{r['confidence']:.3f})\t{r['gradcam_png']}",
+        r,
     )
 
 
@@ -186,12 +205,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
             analysis = analyse_path(item, predictor, args.preset)
             result = analysis.result
             if result["valid"]:
-                exp = explain_image(predictor, analysis.view, class_key)
+                exp = explain_image(predictor, analysis.rgb, class_key)
                 stem, n = Path(item).stem, 2
                 while stem in used:  # same file name from two folders: keep both
                     stem, n = f"{Path(item).stem}-{n}", n + 1
                 used.add(stem)
-                png, npy = save_explanation(out, stem, analysis.view, exp.heatmap)
+                png, npy = save_explanation(out, stem, analysis.rgb, exp.heatmap)
                 result = {**result, "explained_class": exp.class_key, "gradcam_png": str(png), "gradcam_npy": str(npy)}
         results.append(result)
         if not args.json:
@@ -200,7 +219,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..web import serve
+    from ..web.server import serve
 
     use_validator(args.validator)
-    return serve(host=args.host, port=args.port, workers=args.workers, model=args.model, debug=args.debug)
+    return serve(
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        model=args.model,
+        debug=args.debug,
+        access_log=args.access_log,
+    )

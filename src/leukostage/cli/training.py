@@ -12,7 +12,7 @@ from pathlib import Path
 from ..training.data import SPLIT_METHODS, default_data_dir
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train a model on the Table 2 folder layout",
@@ -56,6 +56,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..training.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        data=args.data,
+        out=args.out,
+        arch=args.arch,
+        split=args.split,
+        recipe=args.recipe,
+        seed=args.seed,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        precision=args.precision,
+        limit_per_class=args.limit_per_class,
+        attention_weight=args.attention_weight,
+    )
+    summary = train(cfg, progress=not args.quiet)
+    print(json.dumps({k: summary[k] for k in ("best_epoch", "best_val_loss", "epochs_run", "median_epoch_seconds")}))
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
         help="score a checkpoint or ONNX model on a split; writes metrics.json + report.md",
@@ -77,6 +101,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=cmd_evaluate)
 
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..training.evaluate import evaluate_model, score_external
+
+    if args.external:
+        print(json.dumps(score_external(args.model, args.external, args.out, progress=sys.stderr.isatty()), indent=2))
+        return 0
+    out = evaluate_model(args.model, args.data, split=args.split, part=args.part, seed=args.seed, out=args.out)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _add_card_options(p: argparse.ArgumentParser, whose: str) -> None:
+    """--name, --metrics, --external: what ``export`` and ``quantize`` put into the card they write."""
+    p.add_argument("--name", default=None, help="model name in the card (default: the file stem)")
+    p.add_argument(
+        "--metrics",
+        nargs="*",
+        default=[],
+        help="metrics.json files to copy into the card (their data fingerprint must match the model's training data)",
+    )
+    p.add_argument(
+        "--external",
+        nargs="*",
+        default=[],
+        metavar="REPORT",
+        help=f"`evaluate --external` metrics.json files ({whose}, on other laboratories' images) to copy into the card",
+    )
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
         help="export a checkpoint to ONNX + model card, with test-split metrics",
@@ -85,23 +140,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--checkpoint", required=True, help="a run's best.pt")
     p.add_argument("--out", required=True, help="ONNX file to write, e.g. models/robust.onnx (the card goes beside it)")
-    p.add_argument("--name", default=None, help="model name in the card (default: the file stem)")
     p.add_argument("--data", default=str(default_data_dir()), help="to score the test split(s) for the card")
-    p.add_argument(
-        "--metrics",
-        nargs="*",
-        default=[],
-        help="metrics.json files to copy into the card (their data fingerprint must match the checkpoint's)",
-    )
-    p.add_argument(
-        "--external",
-        nargs="*",
-        default=[],
-        metavar="REPORT",
-        help="`evaluate --external` metrics.json files (other laboratories' images) to copy into the card",
-    )
+    _add_card_options(p, "of this model")
     p.set_defaults(func=cmd_export)
 
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..training.export import export_model
+
+    card = export_model(
+        args.checkpoint,
+        args.out,
+        name=args.name,
+        metrics_files=args.metrics,
+        data=args.data,
+        external_files=args.external,
+    )
+    print(f"wrote {args.out} and its card ({card['name']} {card['version']})")
+    return 0
+
+
+def _add_quantize(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "quantize",
         help="int8 version of an exported lite0 model (the served file), with its card",
@@ -111,22 +170,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", required=True, help="the float .onnx written by `export` (its card beside it)")
     p.add_argument("--out", required=True, help="int8 ONNX file to write (the card goes beside it)")
-    p.add_argument("--name", default=None, help="model name in the card (default: the file stem)")
     p.add_argument(
         "--data",
         default=str(default_data_dir()),
         help="the model's training data (calibration, thresholds, test metrics)",
     )
-    p.add_argument("--metrics", nargs="*", default=[], help="metrics.json files to copy into the card")
-    p.add_argument(
-        "--external",
-        nargs="*",
-        default=[],
-        metavar="REPORT",
-        help="`evaluate --external` metrics.json files (of the quantised model) to copy into the card",
-    )
+    _add_card_options(p, "of the quantised model")
     p.set_defaults(func=cmd_quantize)
 
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from ..training.quantize import quantize_model
+
+    card = quantize_model(
+        args.model, args.out, args.data, name=args.name, metrics_files=args.metrics, external_files=args.external
+    )
+    moved = card["quantization"]["val_change_from_reference"]
+    print(f"wrote {args.out} and its card ({card['name']} {card['version']}); on the val part: {json.dumps(moved)}")
+    return 0
+
+
+def _add_audit(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "audit",
         help="shortcut audit on the model's test split: Grad-CAM on cells, accuracy with "
@@ -152,6 +216,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-examples", action="store_true", help="numbers only: no example heat-map images")
     p.set_defaults(func=cmd_audit)
 
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from ..training.audit import run_audit
+
+    doc = run_audit(
+        args.model, args.data, split=args.split, out=args.out, examples=not args.no_examples, part=args.part
+    )
+    print(
+        json.dumps(
+            {"report": doc["meta"]["report"], "drops_points": doc["drops_points"], "checks": doc["checks"]}, indent=2
+        )
+    )
+    return 0
+
+
+def _add_calibrate_validator(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "calibrate-validator",
         help="fit the input validator on real data and write it to a named "
@@ -252,79 +332,6 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from ..training.train import TrainConfig, train
-
-    cfg = TrainConfig(
-        data=args.data,
-        out=args.out,
-        arch=args.arch,
-        split=args.split,
-        recipe=args.recipe,
-        seed=args.seed,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        precision=args.precision,
-        limit_per_class=args.limit_per_class,
-        attention_weight=args.attention_weight,
-    )
-    summary = train(cfg, progress=not args.quiet)
-    print(json.dumps({k: summary[k] for k in ("best_epoch", "best_val_loss", "epochs_run", "median_epoch_seconds")}))
-    return 0
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..training.evaluate import evaluate_model, score_external
-
-    if args.external:
-        print(json.dumps(score_external(args.model, args.external, args.out, progress=sys.stderr.isatty()), indent=2))
-        return 0
-    out = evaluate_model(args.model, args.data, split=args.split, part=args.part, seed=args.seed, out=args.out)
-    print(json.dumps(out, indent=2))
-    return 0
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from ..training.export import export_model
-
-    card = export_model(
-        args.checkpoint,
-        args.out,
-        name=args.name,
-        metrics_files=args.metrics,
-        data=args.data,
-        external_files=args.external,
-    )
-    print(f"wrote {args.out} and its card ({card['name']} {card['version']})")
-    return 0
-
-
-def cmd_quantize(args: argparse.Namespace) -> int:
-    from ..training.quantize import quantize_model
-
-    card = quantize_model(
-        args.model, args.out, args.data, name=args.name, metrics_files=args.metrics, external_files=args.external
-    )
-    moved = card["quantization"]["val_change_from_reference"]
-    print(f"wrote {args.out} and its card ({card['name']} {card['version']}); on the val part: {json.dumps(moved)}")
-    return 0
-
-
-def cmd_audit(args: argparse.Namespace) -> int:
-    from ..training.audit import run_audit
-
-    doc = run_audit(
-        args.model, args.data, split=args.split, out=args.out, examples=not args.no_examples, part=args.part
-    )
-    print(
-        json.dumps(
-            {"report": doc["meta"]["report"], "drops_points": doc["drops_points"], "checks": doc["checks"]}, indent=2
-        )
-    )
-    return 0
-
-
 def calibration_target(args: argparse.Namespace) -> Path:
     """The validator file this run reads (--report-only) or writes.
 
@@ -359,3 +366,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     )
     print(json.dumps(summary(metrics), indent=1))
     return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the training verbs, one ``_add_<verb>`` each."""
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_export(sub)
+    _add_quantize(sub)
+    _add_audit(sub)
+    _add_calibrate_validator(sub)

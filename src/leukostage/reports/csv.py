@@ -1,5 +1,7 @@
-"""A case as CSV: one row per field, the model's result beside any reviewer override (for spreadsheets and LIMS).
-Probabilities are ``probabilities_<class>`` columns, as in batch tables (``classes.probability_column``).
+"""A case as CSV: one row per field, the model's result beside any reviewer override, and on every row the case's
+calls (the model's, and the reviewer's final call in force with who made it and when), for spreadsheets and LIMS.
+Probabilities are ``probabilities_<class>`` columns, as in batch tables (``classes.probability_column``). The
+worklist (``GET /api/v1/cases/export.csv``) is one row per case with the same calls (:func:`worklist_csv`).
 
 Text a client chose (file names) is neutralised against spreadsheet formula injection: a cell that would start with
 ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading apostrophe.
@@ -38,6 +40,28 @@ COLUMNS = (
     "override_by",
     "override_at",
     "final_field_label",
+    "counted",
+    "duplicate_of",
+    "case_call",
+    "final_call",
+    "final_call_by",
+    "final_call_at",
+)
+WORKLIST_COLUMNS = (
+    "id",
+    "accession",
+    "patient_ref",
+    "status",
+    "created_at",
+    "created_by",
+    "updated_at",
+    "fields",
+    "counted",
+    "case_call",
+    "final_call",
+    "final_call_by",
+    "final_call_at",
+    "signed_off_by",
 )
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -48,12 +72,21 @@ def render(case: dict, inputs: ReportInputs) -> str:
 
 
 def case_csv(case: dict) -> str:
-    """The case's fields as CSV text (header + one row per field, in upload order)."""
+    """The case's fields as CSV text (header + one row per field, in upload order; removed fields left out)."""
+    return _table(COLUMNS, (field_row(case, image) for image in case.get("images") or []))
+
+
+def worklist_csv(items: list[dict]) -> str:
+    """The worklist as CSV text: one row per case of ``cases.service.list_cases``."""
+    return _table(WORKLIST_COLUMNS, ({**item, "fields": item.get("images")} for item in items))
+
+
+def _table(columns: tuple[str, ...], rows) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=COLUMNS)
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
-    for image in case.get("images") or []:
-        writer.writerow({k: _cell(v) for k, v in field_row(case, image).items()})
+    for row in rows:
+        writer.writerow({k: _cell(row.get(k)) for k in columns})
     return out.getvalue()
 
 
@@ -63,6 +96,7 @@ def field_row(case: dict, image: dict) -> dict:
     probabilities = result.get("probabilities") or {}
     domain = result.get("domain") or {}
     override = image.get("override") or {}
+    now = content.current(case) or {}
     return {
         "accession": case["accession"],
         "image_id": image["image_id"],
@@ -88,6 +122,12 @@ def field_row(case: dict, image: dict) -> dict:
         "override_by": override.get("by"),
         "override_at": override.get("at"),
         "final_field_label": content.shown_label(image),
+        "counted": image.get("counted"),
+        "duplicate_of": image.get("duplicate_of"),
+        "case_call": case["summary"]["case_call"],
+        "final_call": now.get("final_call"),
+        "final_call_by": now.get("by"),
+        "final_call_at": now.get("at"),
     }
 
 

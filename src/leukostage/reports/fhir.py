@@ -3,23 +3,28 @@
 What goes in, and why:
 
 - a ``DiagnosticReport``: status ``preliminary`` until a reviewer signs off, ``final`` after, ``amended`` after an
-  amendment; its ``conclusion`` and ``conclusionCode`` carry the reviewer's call once there is one, the model's call
-  before (and say which);
+  amendment; its ``conclusion`` and ``conclusionCode`` carry the reviewer's call in force once there is one (after an
+  amendment: the amended call, who amended it, when and why, and only the amendment's own comment), the model's call
+  before (and say which); a ``non_diagnostic`` call says that the sample cannot be called;
 - one ``Observation`` per class proportion (the share of counted fields the model gave that class, with the field
   count and the mean probability as components) and one for the model's case call;
 - a ``Device`` for the model that made the results (name, version; its card's intended use);
-- a ``Provenance`` for the model's output (agent: the Device), one for the reviewer's sign-off, one per amendment.
+- a ``Provenance`` for the model's output (agent: the Device), one for the reviewer's sign-off, one per amendment
+  (the history behind the current call).
 
 AI-made content is labelled with HL7's AI transparency security labels in ``meta.security``: ``AIAST`` (AI
 asserted, v3-ObservationValue) on every Observation and on an unreviewed report; a signed-off report carries
-``CLINAST_AIRPT`` (clinician asserted from AI reported) instead. The patient is only ever ``patient_ref``, used
-verbatim as the subject reference; nothing else about a patient is written, and no Patient resource is made up.
+``CLINAST_AIRPT`` (clinician asserted from AI reported) instead. The patient is only ever ``patient_ref``: a FHIR
+reference (``Patient/123``, an absolute URL of one, a ``urn:uuid:``) is the subject reference verbatim; anything else
+(``MRN 554433``) is the subject's identifier, not a reference. Nothing else about a patient is written, and no Patient
+resource is made up.
 Resource ids are UUIDs derived from the case id and accession, so the same case gives the same bundle.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 
 from fhir.resources.R4B.annotation import Annotation
@@ -35,7 +40,7 @@ from fhir.resources.R4B.provenance import Provenance, ProvenanceAgent
 from fhir.resources.R4B.quantity import Quantity
 from fhir.resources.R4B.reference import Reference
 
-from ..classes import BY_KEY, CLASS_KEYS, DISCLAIMER, UNCERTAIN_KEY
+from ..classes import BY_KEY, CLASS_KEYS, DISCLAIMER, NON_DIAGNOSTIC_KEY, UNCERTAIN_KEY
 from . import ReportInputs, content
 
 # Code systems. HL7's where one fits; the class keys and the report's own codes are this project's (a URN, since
@@ -48,7 +53,7 @@ OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-catego
 PROVENANCE_AGENT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 DATA_ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
 UCUM = "http://unitsofmeasure.org"
-CLASS_SYSTEM = "urn:leukostage:class"  # normal | early | mid | advanced | uncertain
+CLASS_SYSTEM = "urn:leukostage:class"  # normal | early | mid | advanced | uncertain | non_diagnostic
 CODE_SYSTEM = "urn:leukostage:code"  # what the report and each observation measure
 USER_SYSTEM = "urn:leukostage:user"  # the application's user names (reviewers), not a person registry
 
@@ -57,6 +62,12 @@ CLINICIAN_ASSERTED_FROM_AI = Coding(
     system=AI_TRANSPARENCY, code="CLINAST_AIRPT", display="Clinician Asserted from AI Reported"
 )
 REPORT_STATUS = {"open": "preliminary", "signed_off": "final", "amended": "amended"}
+# A reference FHIR can resolve for a subject (R4's Reference.reference pattern, the subject's target types): a relative
+# one, an absolute URL of one, or a bundle-local urn:uuid. Any other patient_ref is an identifier.
+SUBJECT_REFERENCE = re.compile(
+    r"^(?:https?://\S+/)?(?:Patient|Group|Device|Location)/[A-Za-z0-9\-.]{1,64}(?:/_history/[A-Za-z0-9\-.]{1,64})?$"
+    r"|^urn:uuid:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
 ID_NAMESPACE = uuid.UUID("6f0b6a52-3f0e-4d35-9a43-1c5d0f8a2b71")  # fixed: ids are stable across exports
 
 
@@ -117,15 +128,24 @@ def _concept(system: str, code: str, display: str, text: str | None = None) -> C
 
 
 def _class_concept(key: str) -> CodeableConcept:
-    """A class key (or ``uncertain``) coded, with the dataset's subtype in the text."""
-    return _concept(
-        CLASS_SYSTEM, key if key in BY_KEY else UNCERTAIN_KEY, content.display_name(key), content.long_name(key)
-    )
+    """A class key (or ``uncertain``, or a reviewer's ``non_diagnostic``) coded, with the dataset's subtype (or what
+    non-diagnostic means) in the text."""
+    code = key if key in BY_KEY or key == NON_DIAGNOSTIC_KEY else UNCERTAIN_KEY
+    return _concept(CLASS_SYSTEM, code, content.display_name(key), content.long_name(key))
 
 
 def _subject(case: dict) -> Reference | None:
-    """The patient reference exactly as the laboratory gave it; nothing when it gave none."""
-    return Reference(reference=case["patient_ref"]) if case.get("patient_ref") else None
+    """The patient as the laboratory gave it: a FHIR reference verbatim, any other text as the Patient's identifier
+    (free text such as "MRN 554433" is not a reference); nothing when it gave none."""
+    ref = case.get("patient_ref")
+    if not ref:
+        return None
+    if SUBJECT_REFERENCE.match(ref):
+        return Reference(reference=ref)
+    return Reference(
+        type="Patient",
+        identifier=Identifier(type=CodeableConcept(text="Patient reference as entered in leukostage"), value=ref),
+    )
 
 
 def _user(username: str) -> Reference:
@@ -239,35 +259,55 @@ def _call_observation(case: dict, ids: _Ids) -> Observation:
 
 
 def _conclusion(case: dict) -> tuple[str, str]:
-    """(text, class key) of the report's conclusion: the reviewer's call in force, else the model's."""
+    """(text, class key) of the report's conclusion: the reviewer's statement in force, else the model's call.
+
+    After an amendment it is the amendment's call, who made it, when and why, and only its own comment: the earlier
+    statements are history (the Provenance resources), never shown beside the current call.
+    """
     model_call = case["summary"]["case_call"]
-    reviewed = content.final_call(case)
-    if reviewed is None:
+    now = content.current(case)
+    if now is None:
         return (
             f"Preliminary, not reviewed: the model's call over {case['summary'].get('counted') or 0} counted "
             f"fields is {content.long_name(model_call)}. {DISCLAIMER}"
         ), model_call
-    parts = [
-        f"Reviewer's final call: {content.long_name(reviewed)} (the model's call: {content.long_name(model_call)})."
-    ]
-    comment = content.final_comment(case)
-    if comment:
-        parts.append(f"Comment: \u201c{comment}\u201d.")
-    amendments = case.get("amendments") or []
-    if amendments:
+    call = now["final_call"]
+    if call == NON_DIAGNOSTIC_KEY:
+        parts = [
+            f"Reviewer's final call: {content.long_name(call)}: the sample cannot be called from these fields "
+            f"(the model's call: {content.long_name(model_call)})."
+        ]
+    else:
+        parts = [
+            f"Reviewer's final call: {content.long_name(call)} (the model's call: {content.long_name(model_call)})."
+        ]
+    if now["kind"] == "amended":
         parts.append(
-            f"Amended {len(amendments)}x after sign-off; latest reason: \u201c{amendments[-1]['reason']}\u201d."
+            f"Amended after sign-off by {now['by']}, {content.show_time(now['at'])}; "
+            f"reason: \u201c{now['reason']}\u201d."
         )
-    return " ".join([*parts, DISCLAIMER]), reviewed
+    else:
+        parts.append(f"Signed off by {now['by']}, {content.show_time(now['at'])}.")
+    if now["comment"]:
+        parts.append(f"Comment: \u201c{now['comment']}\u201d.")
+    return " ".join([*parts, DISCLAIMER]), call
+
+
+def _interpreters(case: dict) -> list[Reference] | None:
+    """Who made the call in force, then whoever else signed or amended the case."""
+    names: list[str] = []
+    for statement in reversed(content.history(case)):
+        if statement["by"] not in names:
+            names.append(statement["by"])
+    return [_user(n) for n in names] or None
 
 
 def _report(case: dict, observations: list[Observation], ids: _Ids) -> DiagnosticReport:
     text, key = _conclusion(case)
-    reviewer = (case.get("review") or {}).get("reviewer")
-    signed_at = (case.get("review") or {}).get("signed_off_at")
+    now = content.current(case)
     return DiagnosticReport(
         id=ids.of("report"),
-        meta=Meta(security=[CLINICIAN_ASSERTED_FROM_AI if reviewer else AI_ASSERTED]),
+        meta=Meta(security=[CLINICIAN_ASSERTED_FROM_AI if now else AI_ASSERTED]),
         identifier=[Identifier(type=_concept(V2_IDENTIFIER_TYPE, "ACSN", "Accession ID"), value=case["accession"])],
         status=REPORT_STATUS[case["status"]],
         category=[_concept(V2_DIAGNOSTIC_SECTION, "HM", "Hematology")],
@@ -278,8 +318,8 @@ def _report(case: dict, observations: list[Observation], ids: _Ids) -> Diagnosti
         ),
         subject=_subject(case),
         effectiveDateTime=case["created_at"],
-        issued=case["updated_at"] if case["status"] == "amended" else (signed_at or case["updated_at"]),
-        resultsInterpreter=[_user(reviewer)] if reviewer else None,
+        issued=now["at"] if now else case["updated_at"],
+        resultsInterpreter=_interpreters(case),
         result=[Reference(reference=ids.url(o.id)) for o in observations],
         conclusion=text,
         conclusionCode=[_class_concept(key)],

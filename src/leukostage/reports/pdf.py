@@ -36,9 +36,16 @@ from reportlab.platypus import (
     TableStyle,
 )
 
-from ..classes import BY_KEY, CLASS_KEYS, DISCLAIMER, UNCERTAIN_COLOUR, UNCERTAIN_KEY, text_colour
-from ..imaging import ImageError, decode_image
-from ..outcomes import REASON_OUTSIDE, refusal_code
+from ..classes import (
+    BY_KEY,
+    CLASS_KEYS,
+    DISCLAIMER,
+    NON_DIAGNOSTIC_KEY,
+    NON_DIAGNOSTIC_MEANING,
+    text_colour,
+)
+from ..imaging import ImageError, cap_longest_side, decode_image
+from ..outcomes import refusal_code
 from . import Overlay, ReadImage, ReportInputs, content
 
 MARGIN = 15 * mm
@@ -47,7 +54,7 @@ THUMB_SIDE = 26 * mm
 THUMB_MAX_PX = 240  # thumbnails are re-encoded this small: 80 fields stay a few MB
 OVERLAY_MAX_PX = 480
 TOP_FIELDS = 4  # Grad-CAM overlays shown
-FALLBACK_LIMITS = (  # true of every leukostage model; a card's own "limitations" are shown before these
+FALLBACK_LIMITS = (  # true of every leukostage model; shown when a card states no limits of its own
     "Trained and tested on one hospital's images (the Taleqani dataset); accuracy on other laboratories' stains, "
     "microscopes and cameras is not established.",
     "The four classes are the dataset's B-ALL subtypes (flow-cytometry labels) under the seed paper's stage names, "
@@ -178,11 +185,8 @@ class _ImageCache:
 
 
 def _jpeg(rgb: np.ndarray, max_px: int) -> tuple[bytes, int, int]:
-    """A small JPEG of an RGB array (longest side ``max_px``) and its size."""
-    h, w = rgb.shape[:2]
-    scale = min(1.0, max_px / max(h, w))
-    if scale < 1.0:
-        rgb = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    """A small JPEG of an RGB array (at most ``max_px`` on its longest side) and its size."""
+    rgb = cap_longest_side(rgb, max_px)
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
     if not ok:
         raise ValueError("JPEG encoding failed")
@@ -215,9 +219,7 @@ def _placeholder(text: str, box: float, styles: _Styles) -> Table:
 
 
 def _colour(key: str) -> str:
-    if key == content.REFUSED:
-        return content.REFUSED_COLOUR
-    return BY_KEY[key].colour if key in BY_KEY else UNCERTAIN_COLOUR
+    return content.colour(key)
 
 
 def _badge(key: str, font: str, width: float = THUMB_SIDE, height: float = 4.6 * mm, size: float = 7) -> Drawing:
@@ -359,6 +361,16 @@ def _facts(case: dict, styles: _Styles, width: float) -> list:
             if review
             else "not yet: this report is preliminary",
         ),
+        *(
+            [
+                (
+                    "Amended",
+                    f"{len(case['amendments'])} time(s) after sign-off, last {content.show_time(last['at'])} by "
+                    f"{last['by']}",
+                )
+                for last in case.get("amendments", [])[-1:]
+            ]
+        ),
         ("Model", f"{case['model']['name']} {case['model']['version']}"),
         (
             "Fields",
@@ -386,6 +398,8 @@ def _facts(case: dict, styles: _Styles, width: float) -> list:
 def _call_row(title: str, key: str | None, detail: str, styles: _Styles, width: float) -> Table:
     badge = _badge(key, styles.bold, width=30 * mm, height=6 * mm, size=9) if key else _p("—", styles.body)
     subtype = f"dataset subtype: {BY_KEY[key].dataset_label}" if key in BY_KEY else ""
+    if key == NON_DIAGNOSTIC_KEY:
+        subtype = f"the sample cannot be called: {NON_DIAGNOSTIC_MEANING}"
     row = Table(
         [[_p(title, styles.small), badge, [_p(subtype, styles.body), _p(detail, styles.small)]]],
         colWidths=[34 * mm, 34 * mm, width - 68 * mm],
@@ -420,13 +434,17 @@ def _calls(case: dict, styles: _Styles, width: float) -> list:
             )
         )
         return out
-    comment = content.final_comment(case)
-    out.append(
-        _call_row("Reviewer's final call", final, f"Comment: {comment}" if comment else "No comment.", styles, width)
-    )
-    for a in case.get("amendments") or []:
-        change = f" Final call set to {content.long_name(a['final_call'])}." if a.get("final_call") else ""
-        out.append(_p(f"Amended {content.show_time(a['at'])} by {a['by']}: {a['reason']}.{change}", styles.small))
+    now = content.current(case)
+    if now["kind"] == "amended":
+        made = f"Amended {content.show_time(now['at'])} by {now['by']}. Reason: {now['reason']}."
+    else:
+        made = f"Signed off {content.show_time(now['at'])} by {now['by']}."
+    said = f" Comment: {now['comment']}" if now["comment"] else " No comment."
+    out.append(_call_row("Reviewer's final call", final, made + said, styles, width))
+    earlier = content.history(case)[:-1]
+    if earlier:
+        out.append(_p("History (superseded by the call above):", styles.small))
+        out += [_p(f"\u2013 {content.statement_line(s)}", styles.small) for s in earlier]
     overrides = [i for i in case.get("images") or [] if i.get("override")]
     if overrides:
         out.append(
@@ -462,13 +480,8 @@ def _field_cell(image: dict, styles: _Styles, images: _ImageCache) -> list:
         detail = f"refused: {refusal_code(result)}"
     elif image.get("override"):
         detail = f"reviewer override (model: {content.display_name(content.model_label(image))})"
-    elif content.uncertain_reason(image) == REASON_OUTSIDE:
-        detail = "outside training domain"
-    elif content.model_label(image) == UNCERTAIN_KEY:
-        detail = (
-            f"low confidence; top {content.display_name(result.get('top_class'))} "
-            f"{content.percent(result.get('confidence'))}"
-        )
+    elif not content.asserts_class(image):  # no class asserted: said without naming one
+        detail = content.uncertain_detail(image)
     else:
         detail = f"p {content.percent(result.get('confidence'))}"
     name = image.get("filename") or ""
@@ -513,15 +526,14 @@ def _fields_section(case: dict, styles: _Styles, images: _ImageCache, width: flo
 
 def top_fields(case: dict, n: int = TOP_FIELDS) -> list[dict]:
     """The counted fields that weigh most for the model's call: highest probability of the called class (of their
-    own top class when the call is uncertain). Refused and out-of-domain fields never qualify."""
+    own class when the call is uncertain). Only fields the model gave a class qualify: a heat map here is captioned
+    as evidence for that class, and an uncertain field (low confidence, out of domain) or a refused one has none."""
     call = case["summary"]["case_call"]
     ranked = []
     for image in case.get("images") or []:
         result = image.get("result") or {}
         probabilities = result.get("probabilities")
-        if not result.get("valid") or not isinstance(probabilities, dict):
-            continue
-        if content.uncertain_reason(image) == REASON_OUTSIDE:
+        if not content.asserts_class(image) or not isinstance(probabilities, dict):
             continue
         if call in BY_KEY:
             if result.get("top_class") != call:
@@ -598,17 +610,22 @@ def _metric_lines(card: dict) -> list[str]:
 
 
 def _limits(card: dict) -> list[str]:
-    """The card's own limitations (a list or a text) first, then what holds for every leukostage model."""
+    """The card's own limitations (a list or a text), each once and without the disclaimer that heads every page;
+    what holds for every leukostage model only when the card states none (a card's list already says it in its own
+    words: both would repeat a bullet)."""
     own = card.get("limitations") or card.get("limits") or []
     if isinstance(own, str):
         own = [own]
-    return [str(x) for x in own] + [x for x in FALLBACK_LIMITS if x not in own]
+    lead = DISCLAIMER.split(". ")[0].casefold()  # on every page already (notice and footer)
+    lines = [x for x in dict.fromkeys(str(x).strip() for x in own) if x and not x.casefold().startswith(lead)]
+    return lines or list(FALLBACK_LIMITS)
 
 
 def _model_section(case: dict, card: dict, styles: _Styles) -> list:
+    """The model and its limits, kept together: a page break moves the whole section rather than leaving a few of
+    its lines alone on a last page."""
     name, version = case["model"]["name"], case["model"]["version"]
     out = [
-        CondPageBreak(60 * mm),
         Paragraph("The model and its limits", styles.h2),
         _p(f"Results made by model {name} {version}.", styles.body),
     ]
@@ -639,7 +656,7 @@ def _model_section(case: dict, card: dict, styles: _Styles) -> list:
         out.append(_p(f"A field whose top probability is below {threshold:g} is called uncertain.", styles.body))
     out.append(Paragraph("<b>Limits</b>", styles.body))
     out += [_p(f"\u2022 {line}", styles.body) for line in _limits(card)]
-    return out
+    return [KeepTogether(out)]
 
 
 # --- page furniture -----------------------------------------------------------------------------------------------

@@ -266,6 +266,79 @@ def _points(a: float, b: float) -> float:
     return round(100.0 * (a - b), 2)
 
 
+def perturbations(
+    ds: Dataset, test: np.ndarray, originals: list[np.ndarray], masks: list[np.ndarray], tints: dict[str, list[float]]
+) -> dict[str, Callable[[int], np.ndarray]]:
+    """Each perturbed variant of the audited images, by name: the j-th audited image so changed."""
+    variants: dict[str, Callable[[int], np.ndarray]] = {
+        "scale_bar_masked": lambda j: mask_corners(originals[j]),
+        "background_neutral": lambda j: replace_background(originals[j], masks[j]),
+        "segmented": lambda j: load_image(segmented_twin(ds.paths[test[j]])),
+        "white_balanced": lambda j: white_balance(originals[j], masks[j]),
+        "tone_curve": lambda j: tone_curve(originals[j]),
+    }
+    for key in CLASS_KEYS:
+        variants[f"tint_{key}"] = lambda j, key=key: retint_background(originals[j], masks[j], tints[key])
+    return variants
+
+
+def other_class_tint(correct: dict[str, np.ndarray], y: np.ndarray) -> dict:
+    """(e) another class's tint: each audited image tinted with every other class's mean training background;
+    accuracy and recall over those, the worst tint per class, and the whole true class x tint recall table."""
+    other = np.array(
+        [np.mean([correct[f"tint_{k}"][j] for c, k in enumerate(CLASS_KEYS) if c != y[j]]) for j in range(len(y))]
+    )
+    tint_matrix = {
+        CLASS_KEYS[c]: {k: float(correct[f"tint_{k}"][y == c].mean()) for k in CLASS_KEYS}
+        for c in range(len(CLASS_KEYS))
+    }
+    return {
+        "accuracy": float(other.mean()),
+        "recall": {CLASS_KEYS[c]: float(other[y == c].mean()) for c in range(len(CLASS_KEYS))},
+        "worst_tint_recall": {c: min(v for k, v in row.items() if k != c) for c, row in tint_matrix.items()},
+        "recall_by_true_class_and_tint_source": tint_matrix,
+    }
+
+
+def target_checks(drops: dict[str, float], attention: dict) -> dict[str, bool]:
+    """Whether each of ``TARGETS`` is met."""
+    return {
+        "white_balanced": abs(drops["white_balanced"]) <= TARGETS["white_balanced_drop_max_points"],
+        "other_class_tint": abs(drops["other_class_tint"]) <= TARGETS["other_class_tint_drop_max_points"],
+        "scale_bar_masked": abs(drops["scale_bar_masked"]) <= TARGETS["scale_bar_masked_drop_max_points"],
+        "cell_attention": attention["overall"]["ratio_of_means"] >= TARGETS["cell_mass_to_area_ratio_min"],
+    }
+
+
+def audit_meta(
+    model_path: Path, data, ds: Dataset, split: str, seed: int, part: str, parts: dict, out: Path, heats_shape
+) -> dict:
+    """Provenance and settings of an audit, with the command that reproduces it."""
+    return {
+        "model": str(model_path),
+        "model_sha256": hashlib.sha256(model_path.read_bytes()).hexdigest()[:16],
+        "scored_with": "ONNX Runtime"
+        + (" (checkpoint exported to a temporary ONNX file)" if model_path.suffix == ".pt" else ""),
+        "data_fingerprint": ds.fingerprint,
+        "split": split,
+        "seed": seed,
+        "part": part,
+        "n_test": int(len(parts[part])),
+        "n_train_for_tints": int(len(parts["train"])),
+        "report": str(out),
+        "command": f"leukostage audit --model {model_path} --data {data} --split {split} --part {part} --out {out}",
+        "settings": {
+            "scale_bar_corner": SCALE_BAR_CORNER,
+            "corner_frac": CORNER_FRAC,
+            "mask_threshold": MASK_THRESHOLD,
+            "neutral_background": list(NEUTRAL_BACKGROUND),
+            "min_area_for_ratio": MIN_AREA_FOR_RATIO,
+            "tone_gamma": TONE_GAMMA,
+            "gradcam": f"{METHOD}; map {heats_shape[0]}x{heats_shape[1]} before upsampling",
+        },
+    }
+
+
 def run_audit(
     model_path: str | Path,
     data: str | Path,
@@ -279,7 +352,7 @@ def run_audit(
 
     Raises:
         ValueError: the split or seed is not the model's own, or the data differ from its training data (the guard of
-            :func:`leukostage.evaluate.evaluate_model`, which also scores the unperturbed baseline).
+            :func:`leukostage.training.evaluate.evaluate_model`, which also scores the unperturbed baseline).
         FileNotFoundError: a segmented twin is missing.
     """
     from .evaluate import evaluate_model, model_provenance
@@ -299,77 +372,23 @@ def run_audit(
     tints = class_background_tints(ds, parts["train"])
     originals = [load_image(ds.paths[i]) for i in test]
     masks = [load_mask(ds.paths[i], im.shape[:2]) for i, im in zip(test, originals)]
-
     with tempfile.TemporaryDirectory() as tmp:
         predictor = load_predictor(model_path, tmp)
         heats, base_probs, heats_shape = gradcam_images(predictor, originals)
-        variants: dict[str, Callable[[int], np.ndarray]] = {
-            "scale_bar_masked": lambda i: mask_corners(originals[i]),
-            "background_neutral": lambda i: replace_background(originals[i], masks[i]),
-            "segmented": lambda i: load_image(segmented_twin(ds.paths[test[i]])),
-            "white_balanced": lambda i: white_balance(originals[i], masks[i]),
-            "tone_curve": lambda i: tone_curve(originals[i]),
-        }
-        for key in CLASS_KEYS:
-            variants[f"tint_{key}"] = lambda i, key=key: retint_background(originals[i], masks[i], tints[key])
         probs = {"original": base_probs}
-        probs.update(
-            {name: predict_images(predictor, [make(i) for i in range(len(test))]) for name, make in variants.items()}
-        )
+        for name, make in perturbations(ds, test, originals, masks, tints).items():
+            probs[name] = predict_images(predictor, [make(j) for j in range(len(test))])
         if examples:
             write_examples(out / "gradcam_examples.png", originals, heats, masks, y)
 
     accuracy = {name: _summary(y, p) for name, p in probs.items()}
     base = accuracy["original"]["accuracy"]
-    correct = {name: p.argmax(1) == y for name, p in probs.items()}
-    # (e) another class's tint: each test image tinted with every other class's mean training background
-    other = np.array(
-        [np.mean([correct[f"tint_{k}"][j] for c, k in enumerate(CLASS_KEYS) if c != y[j]]) for j in range(len(y))]
-    )
-    tint_matrix = {
-        CLASS_KEYS[c]: {k: float(correct[f"tint_{k}"][y == c].mean()) for k in CLASS_KEYS}
-        for c in range(len(CLASS_KEYS))
-    }
-    other_tint = {
-        "accuracy": float(other.mean()),
-        "recall": {CLASS_KEYS[c]: float(other[y == c].mean()) for c in range(len(CLASS_KEYS))},
-        "worst_tint_recall": {c: min(v for k, v in row.items() if k != c) for c, row in tint_matrix.items()},
-        "recall_by_true_class_and_tint_source": tint_matrix,
-    }
+    other_tint = other_class_tint({name: p.argmax(1) == y for name, p in probs.items()}, y)
     drops = {name: _points(base, m["accuracy"]) for name, m in accuracy.items() if name != "original"}
     drops["other_class_tint"] = _points(base, other_tint["accuracy"])
     attention = cell_attention(heats, masks, y)
-    checks = {
-        "white_balanced": abs(drops["white_balanced"]) <= TARGETS["white_balanced_drop_max_points"],
-        "other_class_tint": abs(drops["other_class_tint"]) <= TARGETS["other_class_tint_drop_max_points"],
-        "scale_bar_masked": abs(drops["scale_bar_masked"]) <= TARGETS["scale_bar_masked_drop_max_points"],
-        "cell_attention": attention["overall"]["ratio_of_means"] >= TARGETS["cell_mass_to_area_ratio_min"],
-    }
-    meta = {
-        "model": str(model_path),
-        "model_sha256": hashlib.sha256(model_path.read_bytes()).hexdigest()[:16],
-        "scored_with": "ONNX Runtime"
-        + (" (checkpoint exported to a temporary ONNX file)" if model_path.suffix == ".pt" else ""),
-        "data_fingerprint": ds.fingerprint,
-        "split": split,
-        "seed": prov["seed"],
-        "part": part,
-        "n_test": int(len(test)),
-        "n_train_for_tints": int(len(parts["train"])),
-        "report": str(out),
-        "command": f"leukostage audit --model {model_path} --data {data} --split {split} --part {part} --out {out}",
-        "settings": {
-            "scale_bar_corner": SCALE_BAR_CORNER,
-            "corner_frac": CORNER_FRAC,
-            "mask_threshold": MASK_THRESHOLD,
-            "neutral_background": list(NEUTRAL_BACKGROUND),
-            "min_area_for_ratio": MIN_AREA_FOR_RATIO,
-            "tone_gamma": TONE_GAMMA,
-            "gradcam": f"{METHOD}; map {heats_shape[0]}x{heats_shape[1]} before upsampling",
-        },
-    }
     doc = {
-        "meta": meta,
+        "meta": audit_meta(model_path, data, ds, split, prov["seed"], part, parts, out, heats_shape),
         "baseline_evaluate": baseline,
         "class_background_tints_train": tints,
         "accuracy": accuracy,
@@ -378,7 +397,7 @@ def run_audit(
         "cell_attention": attention,
         "mask_area_share_by_class": {k: attention["per_class"][k]["mean_cell_area_share"] for k in CLASS_KEYS},
         "targets": TARGETS,
-        "checks": checks,
+        "checks": target_checks(drops, attention),
     }
     (out / "metrics.json").write_text(json.dumps(doc, indent=2) + "\n")
     (out / "report.md").write_text(report_markdown(doc))

@@ -1,7 +1,9 @@
-"""Table 3 augmentation on whole batches (training only): one affine warp per image, sampled in one call.
+"""Augmentation on whole batches (training only): an affine warp and stain jitter per image, sampled in one call.
 
-rotation +-30 deg, width/height shift 0.2, shear 0.2 (radians, as Keras), zoom 0.8-1.2, horizontal flip,
-'nearest' fill (edge pixels repeat, i.e. border padding).
+The affine warp's defaults are Table 3's: rotation +-30 deg, width/height shift 0.2, shear 0.2 (radians, as Keras),
+zoom 0.8-1.2, horizontal flip, 'nearest' fill (edge pixels repeat, i.e. border padding); recipes may choose others
+(``train.CELL_AUGMENT``). Stain jitter (:class:`StainConfig`, not in the paper) scales and shifts each image's stain
+amounts in optical-density space, on the stain basis of :data:`leukostage.imaging.STAIN_BASIS`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from ..imaging import STAIN_BASIS
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,8 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
 class StainConfig:
     """Stain-space jitter (Tellez et al. 2018), not in the paper: labs stain and photograph differently, and the
     model's colour normalisation removes only per-channel gains. Each image's optical density is split into three
-    stain components (scikit-image's H-E-DAB basis, a generic mixing basis rather than a Giemsa model); each
+    stain components (``imaging.STAIN_BASIS``: scikit-image's H-E-DAB basis, a generic mixing basis rather than a
+    Giemsa model); each
     component is scaled by 1 +- ``scale`` and shifted by +- ``shift`` before recombining."""
 
     scale: float = 0.15
@@ -74,8 +79,7 @@ class StainConfig:
     apply_p: float = 0.9
 
 
-# scikit-image's rgb_from_hed (Ruifrok & Johnston): rows are the optical-density colours of the three stains
-RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+RGB_FROM_HED = torch.tensor(STAIN_BASIS, dtype=torch.float32)  # rows: the optical-density colours of the stains
 MIN_INTENSITY = 1.0 / 255.0  # keeps log() finite on black pixels
 
 

@@ -1,4 +1,5 @@
-"""The dataset: discovery in the Table 2 layout, a content fingerprint, honest splits, and a decode-once cache."""
+"""The dataset: discovery in the Table 2 layout, a content fingerprint, honest splits, a decode-once cache, and cell
+masks (from the segmented twins for the audit, from stain colour for the training-time attention loss)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ from ..imaging import (
     IMAGE_SUFFIXES,
     MIN_BACKGROUND_LEVEL,
     ImageError,
+    iter_image_files,
     load_image,
     resize_for_model,
+    to_unit_range,
 )
 
 DEFAULT_DATA = Path("../shared/data")
@@ -64,8 +67,13 @@ class Dataset:
         return len(self.paths)
 
 
+def _warn_skipped(path: str) -> None:
+    warnings.warn(f"skipping {path}: not an image file ({', '.join(IMAGE_SUFFIXES)})", stacklevel=3)
+
+
 def discover(data_dir: str | Path) -> Dataset:
-    """List the images of the four class folders, in a stable order.
+    """List the images of the four class folders, in a stable order (names sorted; sub-folders too, as every
+    discovery does: :func:`leukostage.imaging.iter_image_files`); other files are skipped with a warning.
 
     Raises:
         FileNotFoundError: a class folder is missing (the message names it and the expected layout).
@@ -78,13 +86,8 @@ def discover(data_dir: str | Path) -> Dataset:
         if not folder.is_dir():
             expected = ", ".join(f"{c.folder}/" for c in CLASSES)
             raise FileNotFoundError(f"class folder {folder} is missing; expected {expected} under {root}")
-        for path in sorted(folder.iterdir()):
-            if path.is_dir():
-                continue
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                warnings.warn(f"skipping {path}: not an image file ({', '.join(IMAGE_SUFFIXES)})", stacklevel=2)
-                continue
-            paths.append(path)
+        for path, _ in iter_image_files(folder, skipped=_warn_skipped):
+            paths.append(Path(path))
             labels.append(index)
     digests = tuple(hashlib.sha256(p.read_bytes()).hexdigest() for p in paths)
     return Dataset(root, tuple(paths), np.asarray(labels, dtype=np.int64), digests)
@@ -239,7 +242,7 @@ def stain_mask(rgb_uint8: np.ndarray) -> np.ndarray:
     Channels are divided by their 90th percentile (the empty slide), chroma is thresholded per image (Otsu, with a
     floor so a field without white cells stays nearly empty), and a 3x3 opening removes red-cell rims and specks.
     """
-    x = rgb_uint8.astype(np.float32) / 255.0
+    x = to_unit_range(rgb_uint8)
     background = np.quantile(x.reshape(-1, 3), BACKGROUND_QUANTILE, axis=0)
     x = x * (BACKGROUND_LEVEL / np.maximum(background, MIN_BACKGROUND_LEVEL))  # what ColourNormalise does in the model
     chroma = x.max(axis=2) - x.min(axis=2)

@@ -1,4 +1,9 @@
-"""Metrics and reports: what a reader needs to judge a model, written as metrics.json + report.md + PNGs."""
+"""Metrics and reports: what a reader needs to judge a model, written as metrics.json + report.md + PNGs.
+
+A checkpoint or an exported model is scored on a part of its own split (an exported one as it serves: its decisions,
+uncertain outcomes included, counted by :mod:`leukostage.outcomes`); ``score_external`` runs the whole serving
+pipeline on other laboratories' images, which have no labels, and reports what the model said there.
+"""
 
 from __future__ import annotations
 
@@ -285,13 +290,14 @@ def score_external(
     does there, not an accuracy: per folder and sub-folder, each label, uncertain by reason, refused, and the
     leukaemia labels given with high confidence (the dangerous answer on normal blood).
     """
-    from ..imaging import IMAGE_SUFFIXES
+    from ..imaging import IMAGE_SUFFIXES, iter_image_files
     from ..predict import Predictor, analyse_path
 
     predictor = Predictor.load(model_path)
     summary: dict[str, dict] = {}
     for folder in folders:
-        files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        found = list(iter_image_files(folder))
+        files = [Path(f) for f, _ in found]
         if not files:
             raise FileNotFoundError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         if progress:
@@ -304,10 +310,9 @@ def score_external(
         summary[Path(folder).name] = external_tally(results)
         # sub-folders (e.g. PBC's cell types) say which kinds of image the answers come from
         groups: dict[str, list[dict]] = {}
-        for f, r in zip(files, results):
-            rel = f.relative_to(folder).parts
-            if len(rel) > 1:
-                groups.setdefault(rel[0], []).append(r)
+        for (_, sub), r in zip(found, results):
+            if sub != ".":
+                groups.setdefault(sub.split("/")[0], []).append(r)
         if groups:
             summary[Path(folder).name]["by_subfolder"] = {k: external_tally(v) for k, v in sorted(groups.items())}
     out = Path(out) if out else Path("reports") / f"{Path(model_path).stem}-external"

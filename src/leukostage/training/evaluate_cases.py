@@ -78,6 +78,14 @@ def choose(val_cases: list[tuple[str, list[dict]]]) -> tuple[CaseRule, dict]:
     return best, best_score
 
 
+def may_overlap_training(training: dict, seed: int, fingerprint: str) -> bool:
+    """Whether the test cases may hold images the model was trained on: unless the model was trained on this very
+    split (same method and seed) of this very data (same fingerprint: another folder, or a subset, splits
+    differently), its training part cannot be shown to be disjoint from these cases."""
+    same_split = training.get("split") == SPLIT and int(training.get("seed", -1)) == seed
+    return not (same_split and training.get("data_fingerprint") == fingerprint)
+
+
 def _analyse_all(ds, indices, predictor, preset: str, progress: bool) -> dict[int, dict]:
     from tqdm import tqdm
 
@@ -128,7 +136,7 @@ def run(
     cases = {p: [(t, [results[i] for i in idx]) for t, idx in cs] for p, cs in parts.items()}
     rule, val_score = choose(cases["val"])
     test_score = score(cases["test"], rule)
-    overlap = training.get("split") != SPLIT or int(training.get("seed", -1)) != seed
+    overlap = may_overlap_training(training, seed, ds.fingerprint)
     meta = {
         "split": SPLIT,
         "seed": seed,
@@ -137,7 +145,11 @@ def run(
         "data_fingerprint": ds.fingerprint,
         "model": predictor.info,
         "model_sha256": hashlib.sha256(predictor.path.read_bytes()).hexdigest()[:16],
-        "model_training_split": {"split": training.get("split"), "seed": training.get("seed")},
+        "model_training_split": {
+            "split": training.get("split"),
+            "seed": training.get("seed"),
+            "data_fingerprint": training.get("data_fingerprint"),
+        },
         "test_overlaps_training": overlap,
         "validation_preset": preset,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -186,11 +198,13 @@ def _confusion_md(confusion: dict) -> str:
 
 def report_markdown(m: dict) -> str:
     meta, val, test = m["meta"], m["validation"], m["test"]
+    trained = meta["model_training_split"]
     warn = (
         "\n**Caution:** the model was trained on the "
-        f"{meta['model_training_split']['split']} split (seed {meta['model_training_split']['seed']}), so these "
-        "blocked-split cases include images it was trained on; the numbers are optimistic. Re-run this command "
-        "with a model trained on the blocked split.\n"
+        f"{trained['split']} split (seed {trained['seed']}) of data {trained.get('data_fingerprint')}, and these "
+        f"cases come from the {meta['split']} split (seed {meta['seed']}) of data {meta['data_fingerprint']}, so "
+        "they may include images it was trained on; the numbers may be optimistic. Re-run this command on the data "
+        "and split the model was trained on (or with a model trained on the blocked split of this data).\n"
         if meta["test_overlaps_training"]
         else ""
     )

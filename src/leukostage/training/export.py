@@ -1,13 +1,18 @@
 """Export: a trained checkpoint -> one ONNX file (dynamic batch) + a model card JSON beside it.
 
-The ONNX graph takes what :func:`leukostage.imaging.preprocess` returns, batched: (N, 128, 128, 3) float32 in [0, 1].
-It returns ``probabilities`` (N, 4), and for Grad-CAM without torch: ``features`` (N, C, 16, 16), the last
-convolutional layer's activations (before its 2x2 max pool), and ``weights`` (N, 4, C), Grad-CAM's channel weights
-for every class: the spatial mean of d logit_k / d features. Max pooling hands each gradient of the pooled features
-to one position of ``features``, so that mean is the pooled gradient's sum over positions divided by 16x16. The
-dense head is piecewise linear (ReLU), so the gradient is an exact closed form,
-w3[k] diag(relu'(z2)) W2 diag(relu'(z1)) W1, and summing it over positions only needs W1 summed over positions
-(a C x 256 constant): a few thousand multiply-adds per image instead of the full (4, C, 8, 8) gradient.
+The ONNX graph takes what :func:`leukostage.imaging.preprocess` returns, batched: (N, S, S, 3) float32 in [0, 1], S
+the architecture's input side (224 for EfficientNet-Lite0, 128 for the paper CNN). It returns ``probabilities``
+(N, 4) and, for Grad-CAM without torch, ``features`` (N, C, H, W): the maps Grad-CAM explains, before their pooling
+(lite0: the 1280-channel head convolution, 7x7; the paper CNN: the last block's convolutions, 256 x 16x16, before
+its 2x2 max pool), and ``weights`` (N, 4, C), Grad-CAM's channel weights for every class: the spatial mean of
+d logit_k / d features. Both poolings (max, global average) pass the gradient's sum over positions through unchanged
+(:class:`model.Backbone`), so that mean is the pooled features' gradient summed over their positions, divided by the
+maps' H x W. The head is piecewise linear (Linear layers, ReLU between), so that gradient is an exact closed form,
+w_L[k] diag(relu'(z)) ... W_1, and summing it over positions only needs W_1 summed over the pooled positions (a
+constant of the graph): a few thousand multiply-adds per image instead of the full gradient. Models with a domain
+embedding (lite0) also return ``domain_score`` (N,), the Mahalanobis distance of :mod:`leukostage.domain`.
+
+The wrapper uses only the :class:`model.Backbone` members of a model, so a new backbone exports unchanged.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from torch import nn
 from .. import __version__
 from ..classes import CLASSES
 from ..domain import DOMAIN_OUTPUT
-from ..imaging import BACKGROUND_LEVEL, BACKGROUND_QUANTILE, IMAGE_SIZE
+from ..imaging import BACKGROUND_LEVEL, BACKGROUND_QUANTILE, IMAGE_SIZE, to_unit_range
 from ..predict import card_path_for, result_fields, session_options
 from .evaluate import headline_metrics
 
@@ -35,7 +40,8 @@ OPSET = 18
 
 
 class ServingGraph(nn.Module):
-    """Wraps a model (``forward_maps`` + a ``head`` of Linear layers with ReLUs between them) for export.
+    """Wraps a :class:`model.Backbone` for export: its ``forward_maps`` (or ``forward_domain``), ``head`` and
+    ``feature_shape``, nothing else.
 
     Works for the paper CNN (flatten + MLP over max-pooled maps) and EfficientNet-Lite0 (global average + one Linear):
     in both, the spatial mean of the gradient at the maps is the pooled features' gradient summed over the pooled
@@ -282,7 +288,7 @@ def val_test_outputs(onnx_path: str | Path, images: np.ndarray, split: dict, shi
     parts = [images[np.concatenate([split["val"], split["test"]])]]
     if shifted is not None:
         parts.append(shifted.views)
-    return onnx_outputs(onnx_path, np.concatenate(parts).astype(np.float32) / 255.0)
+    return onnx_outputs(onnx_path, to_unit_range(np.concatenate(parts)))
 
 
 def fit_served_decision(
@@ -438,7 +444,7 @@ def export_model(
         train_images = images[split["train"]]
         if recipe is not None and recipe.capture is not None:  # the domain also covers what training answered
             train_images = np.concatenate([train_images, augmented_copies(train_images, recipe, meta["seed"])])
-        if hasattr(model, "forward_domain"):  # architectures with a domain embedding (lite0)
+        if model.DOMAIN_EMBEDDING is not None:  # architectures with a domain embedding (lite0)
             mean, whitening, shrinkage = fit_domain(embeddings(model, train_images), embeddings(model, x_val))
             domain = (mean, whitening)
         out = export_onnx(model, out, size, temperature=temperature, domain=domain)

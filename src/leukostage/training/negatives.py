@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..imaging import load_image
+from ..imaging import STAIN_BASIS, load_image, to_unit_range
 
 PARTS = ("calibration", "heldout")
 # Table 7 of the seed paper: the categories its validator is said to reject.
@@ -39,10 +39,8 @@ TEXTURES = {
 }
 DOCUMENTS = {"calibration": ("page",), "heldout": ("text",)}
 
-# Optical densities per RGB channel (Ruifrok & Johnston) for rendering stained tissue by Beer-Lambert.
-HAEMATOXYLIN = np.array([0.65, 0.70, 0.29])
-EOSIN = np.array([0.07, 0.99, 0.11])
-DAB = np.array([0.27, 0.57, 0.78])
+# Optical densities per RGB channel for rendering stained tissue by Beer-Lambert (the rows of the stain basis).
+HAEMATOXYLIN, EOSIN, DAB = STAIN_BASIS
 
 
 @dataclass(frozen=True)
@@ -453,7 +451,7 @@ def tissue_synthetic(rng: np.random.Generator, src: Sources) -> np.ndarray:
             nuclei, (x, y), axes, float(rng.uniform(0, 180)), 0, 360, float(rng.uniform(0.6, 1.0)), -1, cv2.LINE_AA
         )
     if src.textures and rng.random() < 0.4:
-        tex = cv2.resize(_pick(src.textures, rng, "texture"), (w, h)).astype(np.float32) / 255
+        tex = to_unit_range(cv2.resize(_pick(src.textures, rng, "texture"), (w, h)))
         nuclei = np.maximum(nuclei, (1 - tex) ** 2)
     nuclei = cv2.GaussianBlur(nuclei, (0, 0), rng.uniform(0.5, 1.5))
     stroma = _fbm(rng, h, w, 6, int(rng.integers(4, 16)))
@@ -475,7 +473,7 @@ def purple_photo(rng: np.random.Generator, src: Sources) -> np.ndarray:
         a = rng.uniform(0.3, 0.75)
         out = (1 - a) * img + a * colour
     elif kind == 1:  # duotone: dark purple shadows to light lavender / pink highlights
-        lum = cv2.cvtColor(_to_u8(img), cv2.COLOR_RGB2GRAY).astype(np.float32)[:, :, None] / 255
+        lum = to_unit_range(cv2.cvtColor(_to_u8(img), cv2.COLOR_RGB2GRAY))[:, :, None]
         lo, hi = _purple(rng, (80, 255), (40, 140)), _purple(rng, (10, 60), (220, 255))
         out = (1 - lum) * lo + lum * hi
     elif kind == 2:  # multiply by a purple filter

@@ -11,7 +11,7 @@ where nearly all the time goes. The colour normalisation (a percentile over ever
 
 Quantisation moves the probabilities and the domain score a little, so the decision thresholds are chosen again on
 the validation part from the quantised file as served, and the test part is scored once after that (the same rules
-as :func:`leukostage.export.export_model`). The card records how far the quantised file moved from its float
+as :func:`leukostage.training.export.export_model`). The card records how far the quantised file moved from its float
 reference on the validation part. Needs the ``train`` extra (onnx); serving the result needs only onnxruntime.
 """
 
@@ -28,6 +28,7 @@ import numpy as np
 
 from .. import __version__
 from ..domain import DOMAIN_OUTPUT
+from ..imaging import to_unit_range
 from ..predict import card_path_for
 
 BODY_OPS = ("Conv", "Clip", "Add")
@@ -73,7 +74,7 @@ def quantize_onnx(
             start = next(self.starts, None)
             if start is None:
                 return None
-            return {"image": calibration[start : start + CALIBRATION_BATCH].astype(np.float32) / 255.0}
+            return {"image": to_unit_range(calibration[start : start + CALIBRATION_BATCH])}
 
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
@@ -171,7 +172,7 @@ def quantize_model(
     outputs = val_test_outputs(out, images, split, shifted)
     decision, test_metrics, served_domain = fit_served_decision(outputs, ds.labels, split, training["split"], shifted)
     n_val = len(split["val"])
-    reference = onnx_outputs(model, images[split["val"]].astype(np.float32) / 255.0)
+    reference = onnx_outputs(model, to_unit_range(images[split["val"]]))
     thresholds = (card["domain"]["threshold"], served_domain["threshold"]) if served_domain else None
     moved = agreement(reference, {name: values[:n_val] for name, values in outputs.items()}, thresholds)
 

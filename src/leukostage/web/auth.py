@@ -1,11 +1,17 @@
 """Who is asking: Flask-Login sessions (the pages) and bearer tokens (the API), CSRF on cookie-authenticated writes,
-and the login rate limit (the sign-in pages themselves are the ``login`` blueprint).
+the session secret and the sign-in limits (the sign-in pages themselves are the ``login`` blueprint).
 
 A request with an ``Authorization`` header is authenticated by its token alone (the session cookie is ignored), and
 needs no CSRF token: a cross-site page cannot set that header. Every other state-changing request that rides on the
 session cookie must carry the Flask-WTF token (form field ``csrf_token`` or header ``X-CSRFToken``). The login form
-always needs it. Session cookies are HttpOnly and SameSite=Lax. Usernames are logged on failed logins; nothing about
-patients is logged anywhere here.
+always needs it. Session cookies are HttpOnly and SameSite=Lax, and Secure with ``LEUKOSTAGE_SESSION_COOKIE_SECURE``
+(behind HTTPS). A session names its user and the user's session epoch: raising the epoch (tokens revoked, account
+disabled: ``users.end_sessions``) ends every session of that user on every node. Usernames are logged on failed
+logins; nothing about patients is logged anywhere here.
+
+The session key is ``LEUKOSTAGE_SECRET_KEY`` (at least 32 bytes) when set; otherwise, on PostgreSQL, one kept in the
+database (every app node signs with it), and on SQLite the instance's ``secret_key`` file, created once with mode
+0600. Failed sign-ins are counted in the database (``cases.shared``), per account and per client address.
 """
 
 from __future__ import annotations
@@ -19,13 +25,16 @@ from flask import Flask, redirect, request, url_for
 from flask_login import LoginManager, current_user
 from flask_wtf.csrf import CSRFProtect
 
+from ..cases import db
+from ..cases.config import check_secret_key, is_postgresql
+from ..cases.shared import shared_secret
 from ..cases.users import REVIEW_ROLES, user_for_token
 from .context import transaction
 from .responses import drain_refused_body, error_response
 
 csrf = CSRFProtect()
-LIMITER_KEY = "leukostage.limiter"
 SECRET_FILE = "secret_key"
+SECRET_FILE_MODE = 0o600
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -37,6 +46,7 @@ class CurrentUser:
     username: str
     role: str
     via_token: bool = False
+    epoch: int = 0  # the user's session epoch when this session began
     is_authenticated: bool = True
     is_active: bool = True
     is_anonymous: bool = False
@@ -46,11 +56,12 @@ class CurrentUser:
         return self.role in REVIEW_ROLES
 
     def get_id(self) -> str:
-        return str(self.id)
+        """What the session keeps: the user and their session epoch (a raised epoch ends the session)."""
+        return f"{self.id}:{self.epoch}"
 
     @classmethod
     def of(cls, user, via_token: bool = False) -> CurrentUser:
-        return cls(user.id, user.username, user.role, via_token)
+        return cls(user.id, user.username, user.role, via_token, user.session_epoch or 0)
 
 
 def _bearer() -> str | None:
@@ -59,14 +70,17 @@ def _bearer() -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def _load_session_user(user_id: str) -> CurrentUser | None:
-    if "Authorization" in request.headers or not user_id.isdigit():
-        return None  # a request with a token is judged by the token alone
+def _load_session_user(session_id: str) -> CurrentUser | None:
+    """The session's user, while the account is active and its session epoch is the one the session began with."""
+    user_id, _, epoch = session_id.partition(":")
+    if "Authorization" in request.headers or not user_id.isdigit() or not epoch.isdigit():
+        return None  # a request with a token is judged by the token alone; an old-style session signs in again
     from ..cases.models import User
 
     with transaction() as session:
         user = session.get(User, int(user_id))
-        return CurrentUser.of(user) if user is not None and user.active else None
+        current = user is not None and user.active and (user.session_epoch or 0) == int(epoch)
+        return CurrentUser.of(user) if current else None
 
 
 def _load_token_user(req) -> CurrentUser | None:
@@ -97,16 +111,25 @@ def protect_writes() -> None:
         csrf.protect()
 
 
-def _secret_key(instance: Path) -> str:
-    """The instance's session secret, created once (atomically: every gunicorn worker must read the same one)."""
+def secret_file(instance: Path) -> str:
+    """The instance's session secret (SQLite deployments), created once.
+
+    The file is created with mode 0600 by ``os.open`` itself (``O_CREAT | O_EXCL``), so it is never readable by
+    others, not even for a moment, and filled under a temporary name before ``os.link`` gives it its real one: an
+    atomic rename that never replaces an existing file, so every gunicorn worker ends up reading the same secret
+    (a worker that loses the race reads the winner's).
+    """
     path = instance / SECRET_FILE
     if not path.is_file():
         instance.mkdir(parents=True, exist_ok=True)
         tmp = instance / f".{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
-        tmp.write_text(secrets.token_hex(32))
-        tmp.chmod(0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_FILE_MODE)
         try:
-            os.link(tmp, path)  # fails if another worker won the race; then read theirs
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, path)
         except FileExistsError:
             pass
         finally:
@@ -114,17 +137,32 @@ def _secret_key(instance: Path) -> str:
     return path.read_text().strip()
 
 
-def init_auth(app: Flask) -> None:
-    """Sessions, Flask-Login, CSRF and the login rate limit for ``app`` (after ``context.init_app``, which settles
-    the instance folder that keeps the session secret)."""
-    from flask_limiter import Limiter
-    from flask_limiter.util import get_remote_address
+def session_secret(config: dict) -> str:
+    """The key sessions are signed with: ``SECRET_KEY`` ($LEUKOSTAGE_SECRET_KEY) if set, else the database's shared
+    one (PostgreSQL: every node), else the instance's file (SQLite).
 
-    if not app.config.get("SECRET_KEY"):
-        app.config["SECRET_KEY"] = _secret_key(Path(app.config["INSTANCE"]))
+    Raises:
+        ValueError: a configured key shorter than 32 bytes (``config.check_secret_key``).
+    """
+    if config.get("SECRET_KEY"):
+        return check_secret_key(config["SECRET_KEY"])
+    if is_postgresql(config["DATABASE_URL"]):
+        with db.session_scope(config["DATABASE_URL"]) as session:
+            return shared_secret(session)
+    return secret_file(Path(config["INSTANCE"]))
+
+
+def init_auth(app: Flask) -> None:
+    """Sessions, Flask-Login, CSRF and the sign-in limits for ``app`` (after ``context.init_app``, which settles
+    the database and the instance folder that keep the session secret).
+
+    Raises:
+        ValueError: ``SECRET_KEY`` ($LEUKOSTAGE_SECRET_KEY) is shorter than 32 bytes.
+    """
+    app.config["SECRET_KEY"] = session_secret(app.config)
     app.config["SESSION_COOKIE_HTTPONLY"] = True
     app.config["SESSION_COOKIE_SAMESITE"] = app.config.get("SESSION_COOKIE_SAMESITE") or "Lax"  # Flask's is None
-    app.config.setdefault("LOGIN_RATE_LIMIT", "10 per minute")
+    app.config["REMEMBER_COOKIE_SECURE"] = app.config["SESSION_COOKIE_SECURE"]
     app.config["WTF_CSRF_CHECK_DEFAULT"] = False  # checked by protect_writes, where a session cookie authenticates
     app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)  # valid for the session's life
     login = LoginManager()
@@ -133,7 +171,3 @@ def init_auth(app: Flask) -> None:
     login.unauthorized_handler(_unauthorized)
     login.init_app(app)
     csrf.init_app(app)
-    # one limiter per app, in this process's memory (per gunicorn worker: N workers allow N x the limit)
-    app.extensions[LIMITER_KEY] = Limiter(
-        get_remote_address, app=app, storage_uri="memory://", enabled=app.config.get("RATELIMIT_ENABLED", True)
-    )

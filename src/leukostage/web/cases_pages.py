@@ -1,10 +1,12 @@
-"""The laboratory's pages: case list with search, new case, the case view (fields, chart, call, review, downloads,
-audit trail), and the badge style sheet. Thin views over :mod:`leukostage.cases.service`, as the API is.
+"""The laboratory's pages: the worklist with search, new case, the case view (fields, chart, the call in force with
+its history, review, downloads, audit trail), and the badge style sheet. Thin views over
+:mod:`leukostage.cases.service`, as the API is.
 
 Server-rendered so the list, the case and its audit trail read without script; ``cases.js`` adds what needs it
-(many uploads with a progress bar each, the Original / Heat-map toggle, the reviewer's form), talking to the case
-API with the page's CSRF token. The reviewer's controls are rendered only for users who may review: a technician's
-page does not contain them at all (and the API refuses them with 403 anyway).
+(many uploads with a progress bar each, the Original / Heat-map toggle, a field opened large with its heat map and
+result, removing a field, the reviewer's form), talking to the case API with the page's CSRF token. The reviewer's
+controls are rendered only for users who may review: a technician's page does not contain them at all (and the API
+refuses them with 403 anyway). The sign-off form pre-selects nothing: the reviewer states the call.
 """
 
 from __future__ import annotations
@@ -13,12 +15,21 @@ from flask import Blueprint, Response, current_app, redirect, render_template, r
 from flask_login import current_user, login_required
 
 from ..cases import service
-from ..classes import CLASSES, UNCERTAIN_COLOUR, UNCERTAIN_KEY, text_colour
+from ..classes import (
+    CLASSES,
+    NON_DIAGNOSTIC_DISPLAY_NAME,
+    NON_DIAGNOSTIC_KEY,
+    NON_DIAGNOSTIC_MEANING,
+    NOT_EVIDENCE_LABEL,
+    UNCERTAIN_KEY,
+    text_colour,
+)
 from ..imaging import mebibytes
+from ..outcomes import uncertain_reason_text
 from ..reports import FORMATS, content
 from .auth import protect_writes
 from .context import can_explain, predictor, transaction
-from .frame import ACCEPT, disclaimer_parts, page_config
+from .frame import ACCEPT, chrome, page_config
 
 bp = Blueprint("cases_pages", __name__)
 bp.before_request(protect_writes)
@@ -34,9 +45,7 @@ def _page_error(exc: service.ServiceError):
 
 
 def _chrome() -> dict:
-    """What every case page's frame shows: who is signed in, the disclaimer, the model."""
-    lead, rest = disclaimer_parts()
-    return {"user": current_user, "disclaimer_lead": lead, "disclaimer_rest": rest, "model": predictor().info}
+    return chrome()
 
 
 def _badge(key: str) -> dict:
@@ -47,10 +56,8 @@ def _badge(key: str) -> dict:
 @bp.get("/cases/classes.css")
 def class_styles():
     """One rule per badge, from classes.py (the one source of colours), so the CSP can forbid inline styles."""
-    colours = [(c.key, c.colour) for c in CLASSES] + [
-        (UNCERTAIN_KEY, UNCERTAIN_COLOUR),
-        (content.REFUSED, content.REFUSED_COLOUR),
-    ]
+    keys = [c.key for c in CLASSES] + [UNCERTAIN_KEY, content.REFUSED, NON_DIAGNOSTIC_KEY]
+    colours = [(key, content.colour(key)) for key in keys]
     rules = [
         f'[data-label="{key}"].badge {{ background-color: {colour}; color: {text_colour(colour)}; }}\n'
         f'[data-label="{key}"] .swatch, .swatch[data-label="{key}"] {{ background-color: {colour}; }}'
@@ -117,13 +124,16 @@ def case_view(case_id: int):
         chart=chart_rows(case),
         badge=_badge,
         content=content,
-        final_call=content.final_call(case),
-        final_comment=content.final_comment(case),
+        decision=case["decision"],
+        history=case["history"],
+        call_options=call_options(case),
         can_review=current_user.can_review,
         can_upload=case["status"] == "open",
         explain=can_explain(),
         reports=FORMATS.values(),
         classes=CLASSES,
+        not_evidence=NOT_EVIDENCE_LABEL,
+        uncertain_text=uncertain_reason_text,
         accept=ACCEPT,
         max_size=mebibytes(current_app.config["MAX_FILE_BYTES"]),
         statuses=content.STATUS_NAMES,
@@ -131,6 +141,17 @@ def case_view(case_id: int):
         page_config={**page_config(), "case_id": case_id, "max_files": current_app.config["MAX_FILES"]},
         **_chrome(),
     )
+
+
+def call_options(case: dict) -> list[dict]:
+    """The sign-off form's choices, none pre-selected: the four classes, and Non-diagnostic, offered first when no
+    field of the case could be counted (else last)."""
+    options = [{"key": c.key, "text": f"{c.display_name} \u2013 {c.dataset_label}"} for c in CLASSES]
+    non_diagnostic = {
+        "key": NON_DIAGNOSTIC_KEY,
+        "text": f"{NON_DIAGNOSTIC_DISPLAY_NAME} \u2013 {NON_DIAGNOSTIC_MEANING}",
+    }
+    return [non_diagnostic, *options] if not case["summary"]["counted"] else [*options, non_diagnostic]
 
 
 def chart_rows(case: dict) -> list[dict]:

@@ -14,8 +14,8 @@ from flask import Flask, current_app
 from sqlalchemy.orm import Session
 
 from ..cases import db
-from ..cases.config import database_url, instance_dir, storage_dir
-from ..cases.store import ImageStore
+from ..cases.config import database_url, image_store_kind, instance_dir, storage_dir
+from ..cases.store import ImageStore, open_store
 from ..explain import GRADCAM_OUTPUTS
 from ..predict import Predictor
 
@@ -25,13 +25,18 @@ PREDICTOR_KEY = "leukostage.predictor"  # where the loaded model lives: app.exte
 def init_app(app: Flask, loaded: Predictor) -> None:
     """Keep ``loaded`` for every request of ``app``, and settle where cases live.
 
-    ``DATABASE_URL``, ``STORAGE`` and ``INSTANCE`` come from $LEUKOSTAGE_DATABASE_URL, $LEUKOSTAGE_STORAGE and
-    $LEUKOSTAGE_INSTANCE (read by ``create_app``'s prefixed-env config, or here through ``cases.config``).
+    ``DATABASE_URL``, ``IMAGE_STORE``, ``STORAGE`` and ``INSTANCE`` come from $LEUKOSTAGE_DATABASE_URL,
+    $LEUKOSTAGE_IMAGE_STORE, $LEUKOSTAGE_STORAGE and $LEUKOSTAGE_INSTANCE (read by ``create_app``'s prefixed-env
+    config, or here through ``cases.config``).
+
+    Raises:
+        ValueError: an ``IMAGE_STORE`` other than ``database`` or ``files``.
     """
     app.extensions[PREDICTOR_KEY] = loaded
     app.config.setdefault("INSTANCE", str(instance_dir()))
     app.config.setdefault("DATABASE_URL", database_url())
     app.config.setdefault("STORAGE", str(storage_dir()))
+    app.config["IMAGE_STORE"] = image_store_kind(app.config["DATABASE_URL"], app.config.get("IMAGE_STORE"))
 
 
 def predictor() -> Predictor:
@@ -52,5 +57,6 @@ def transaction() -> Iterator[Session]:
 
 
 def store() -> ImageStore:
-    """The stored field images (by SHA-256)."""
-    return ImageStore(current_app.config["STORAGE"])
+    """The stored field images (by SHA-256): in the database or in files, as configured (``cases.store``)."""
+    config = current_app.config
+    return open_store(config["DATABASE_URL"], config["STORAGE"], config["IMAGE_STORE"])

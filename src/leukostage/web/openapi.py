@@ -289,6 +289,12 @@ def _error_schema() -> dict:
                         "description": "On 422: the validator's measurements and thresholds.",
                     },
                     "limit_bytes": {"type": "integer", "description": "On 413 for a size: the limit exceeded."},
+                    "capture": {
+                        "type": "object",
+                        "description": "On 422, when the validator reports it: how the picture was taken "
+                        "(`mode` `eyepiece`: a phone photo through the eyepiece, its round field cropped; "
+                        "`direct`), as in a prediction's `capture`.",
+                    },
                 },
             }
         },
@@ -375,9 +381,11 @@ def _single_rejections() -> dict:
             "TIFF, BMP, a single still image."
         ),
         "422": _error(
-            "A readable image that is not a usable blood smear photograph: the validator's code "
-            "(e.g. low_saturation, abnormal_brightness, no_stain_profile, not_blood_smear) and "
-            f"reason, with its checks; also `too_small` (a side under {MIN_SIDE} pixels)."
+            "A readable image that is not a usable blood smear photograph, or a smear whose capture "
+            "cannot be read: the validator's code (e.g. low_saturation, abnormal_brightness, no_stain_profile, "
+            "not_blood_smear; out_of_focus, underexposed, overexposed, magnification_out_of_range, whose "
+            "reason says what was measured and what to do) and reason, with its checks and `capture`; also "
+            f"`too_small` (a side under {MIN_SIDE} pixels)."
         ),
     }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, render_template
 
+from ..classes import NOT_EVIDENCE_LABEL
 from ..imaging import SUPPORTED_FORMATS, mebibytes
 from .context import predictor
 from .frame import ACCEPT, disclaimer_parts, page_config
@@ -23,4 +24,5 @@ def index():
         formats=", ".join(f.upper() for f in SUPPORTED_FORMATS),
         max_size=mebibytes(current_app.config["MAX_FILE_BYTES"]),
         model=predictor().info,
+        not_evidence=NOT_EVIDENCE_LABEL,
     )

@@ -1,7 +1,9 @@
 // leukostage page: choose or drop an image, preview it, upload it to /predict, show the result or the rejection,
 // and the Grad-CAM heat map in place of the preview (an Original / Heat map switch) when the model can explain.
 // The heat map costs the server more than the prediction, so it is asked for (explain=1) only when the switch is
-// pressed, once per image.
+// pressed, once per image. A result that asserts no class (uncertain) shows no class-coloured result at all: a grey
+// badge, the reason in words, the probabilities behind a closed disclosure labelled as not evidence, and a heat map
+// not titled as evidence for any class.
 // Plain script, no libraries, no external requests (the page must work offline and under a strict CSP).
 "use strict";
 
@@ -11,6 +13,7 @@
   const $ = (id) => document.getElementById(id);
   const config = JSON.parse($("page-config").textContent);
   const classes = Object.fromEntries(config.classes.map((c) => [c.key, c]));
+  const words = config.wording;
 
   const form = $("upload-form");
   const input = $("file-input");
@@ -37,12 +40,21 @@
   let heatState = "none"; // none | loading | ready
   let heatRequest = null; // the heat map's request in flight
   let busy = false;
+  let asserted = true; // the shown result names a class (false: uncertain, its heat map is not evidence for one)
 
   const STATUS_TITLES = {
     400: "No image received",
     413: "File too large",
     415: "Not a supported image",
     422: "Not a usable blood smear photograph",
+  };
+  // Refusals whose cause is known: the picture is a smear, but this capture of it cannot be read (the reason says
+  // what was measured and what to do).
+  const CODE_TITLES = {
+    out_of_focus: "Out of focus",
+    underexposed: "Too dark (underexposed)",
+    overexposed: "Too bright (overexposed)",
+    magnification_out_of_range: "Magnification out of range",
   };
 
   function percent(p) {
@@ -81,10 +93,16 @@
   function showExplanation(e) {
     heatState = "ready";
     heatmapImage.src = "data:image/png;base64," + e.overlay_png_base64;
-    heatmapImage.alt = "Grad-CAM heat map for " + e.display_class + " over " + fileName;
-    heatmapCaption.textContent = "Where the model's evidence for " + e.display_class +
-      " lies — Grad-CAM, not a segmentation; not diagnostic. Yellow marks the strongest evidence; weak evidence " +
-      "is not drawn.";
+    if (asserted) {
+      heatmapImage.alt = "Grad-CAM heat map for " + e.display_class + " over " + fileName;
+      heatmapCaption.textContent = "Where the model's evidence for " + e.display_class +
+        " lies — Grad-CAM, not a segmentation; not diagnostic. Yellow marks the strongest evidence; weak evidence " +
+        "is not drawn.";
+    } else {
+      heatmapImage.alt = "Grad-CAM heat map over " + fileName + ": not evidence, no class is asserted";
+      heatmapCaption.textContent = "Where the model looked — Grad-CAM. No class is asserted for this image, so " +
+        "this map is not evidence for any class; not a segmentation, not diagnostic.";
+    }
     setView(viewHeatmap.getAttribute("aria-pressed") === "true");
   }
 
@@ -184,32 +202,47 @@
     meter.setAttribute("aria-valuetext", percent(fraction));
   }
 
+  // How the picture was taken, when there is something to say: a photo through the eyepiece had its round field
+  // cropped (and maybe rescaled to the training scale by the red-cell ruler). Words from classes.capture_note.
+  function captureNote(el, capture) {
+    let text = "";
+    if (capture && capture.mode === words.eyepiece_mode) {
+      text = words.eyepiece_note + (capture.rescaled_by != null ? ", " + words.rescaled_note : "");
+    } else if (capture && capture.rescaled_by != null) {
+      text = "Field " + words.rescaled_note;
+    }
+    el.textContent = text;
+    el.hidden = !text;
+  }
+
   function showResult(r) {
-    paintBadge($("badge"), r.label);
-    const uncertain = r.label === "uncertain";
-    $("subtype").textContent = uncertain
-      ? "no class asserted"
-      : "dataset subtype: " + r.dataset_label;
+    asserted = r.label in classes && r.label !== "uncertain";
+    paintBadge($("badge"), asserted ? r.label : "uncertain"); // no class colour without a class
+    $("subtype").textContent = asserted ? "dataset subtype: " + r.dataset_label : "no class asserted";
     const note = $("uncertain-note");
-    note.hidden = !uncertain;
-    if (uncertain) {
-      const top = classes[r.top_class];
-      const likely = "Its most likely class, " + top.display_name + " (" + top.dataset_label +
-        "), has probability " + percent(r.confidence) + ".";
-      note.dataset.reason = r.uncertain_reason || "low_confidence";
-      note.textContent = r.uncertain_reason === "outside_training_domain"
-        ? "No class is asserted: this image is unlike the images the model was trained on (probably another " +
-          "laboratory, stain, microscope or magnification), so its probabilities are not evidence for any class. " +
-          "To use the model on such images, it must first be retrained or calibrated on that laboratory's own " +
-          "labelled images. " + likely
-        : "The model is not confident enough to name a class. " + likely;
+    note.hidden = asserted;
+    if (!asserted) {
+      const reason = r.uncertain_reason || "low_confidence";
+      note.dataset.reason = reason;
+      note.textContent = words.uncertain_text[reason] || words.uncertain_text.low_confidence;
+    }
+    captureNote($("capture-note"), r.capture);
+
+    // A class result: its confidence bar and a bar per class, in the classes' colours. No class: neither the
+    // confidence bar nor the colours; the probabilities, in grey, behind a closed disclosure saying they are not
+    // evidence.
+    const classResult = $("class-result");
+    const disclosure = $("probabilities-disclosure");
+    const list = $("class-bars");
+    classResult.hidden = !asserted;
+    disclosure.hidden = asserted;
+    disclosure.open = false;
+    (asserted ? classResult : disclosure).append(list);
+    if (asserted) {
+      bar($("confidence-bar"), $("confidence-meter"), r.confidence, classes[r.label].colour);
+      $("confidence-value").textContent = percent(r.confidence);
     }
 
-    const badgeInfo = classes[r.label] || classes.uncertain;
-    bar($("confidence-bar"), $("confidence-meter"), r.confidence, badgeInfo.colour);
-    $("confidence-value").textContent = percent(r.confidence);
-
-    const list = $("class-bars");
     list.replaceChildren();
     for (const info of config.classes) {
       if (!(info.key in r.probabilities)) continue;
@@ -233,7 +266,7 @@
       const fill = document.createElement("div");
       fill.className = "bar-fill";
       track.append(fill);
-      bar(fill, track, p, info.colour);
+      bar(fill, track, p, asserted ? info.colour : classes.uncertain.colour);
       const value = document.createElement("span");
       value.className = "bar-value";
       value.textContent = percent(p);
@@ -255,8 +288,9 @@
   }
 
   function showRejection(status, error) {
-    $("rejection-heading").textContent = STATUS_TITLES[status] || "Not analysed";
+    $("rejection-heading").textContent = CODE_TITLES[error.code] || STATUS_TITLES[status] || "Not analysed";
     $("rejection-reason").textContent = error.message;
+    captureNote($("rejection-capture"), error.capture);
     $("rejection-code").textContent = error.code + (status ? " (HTTP " + status + ")" : "");
     const table = $("rejection-checks");
     const body = table.tBodies[0];

@@ -1,5 +1,6 @@
 // leukostage case page: upload many fields (one request per file, a progress bar each), switch the field grid
-// between the originals and their Grad-CAM heat maps, and send the reviewer's sign-off or amendment to the case API.
+// between the originals and their Grad-CAM heat maps, open a field large (its heat map, its result, removing it with
+// a reason), and send the reviewer's sign-off or amendment to the case API.
 // Plain script, no libraries, no external requests (the page works offline under a strict CSP). Every write
 // carries the page's CSRF token (header X-CSRFToken), as the API requires of cookie-authenticated requests.
 "use strict";
@@ -31,10 +32,11 @@
   const summary = $("upload-summary");
 
   function outcomeText(r) {
+    if (r.duplicate_of) return "the same photo as field #" + r.duplicate_of + ": not added again";
     if (!r.valid) return "refused: " + (r.reason || r.code);
-    if (r.label === "uncertain") {
-      const why = r.uncertain_reason === "outside_training_domain" ? "outside the training domain" : "low confidence";
-      return "Uncertain (" + why + ")";
+    if (!(r.label in classes) || r.label === "uncertain") { // no class asserted: no class name, no confidence
+      const names = config.wording.uncertain_names;
+      return "Uncertain (" + (names[r.uncertain_reason] || names.low_confidence) + ")";
     }
     return (classes[r.label] ? classes[r.label].display_name : r.label) + " " + percent(r.confidence);
   }
@@ -84,13 +86,15 @@
       xhr.upload.addEventListener("load", () => { row.state.textContent = "analysing…"; });
       xhr.addEventListener("load", () => {
         const body = xhr.response;
-        if (xhr.status === 201 && Array.isArray(body) && body.length) {
+        const stored = xhr.status === 201 && Array.isArray(body) && body.length;
+        if (stored) {
           finish(row, true, outcomeText(body[0]));
         } else {
           const message = body && body.error ? body.error.message : "the server answered " + xhr.status;
           finish(row, false, "failed: " + message);
         }
-        resolve({ name: file.name, ok: xhr.status === 201, text: row.state.textContent });
+        const duplicate = Boolean(stored && body[0].duplicate_of);
+        resolve({ name: file.name, ok: xhr.status === 201, duplicate, text: row.state.textContent });
       });
       xhr.addEventListener("error", () => {
         finish(row, false, "failed: the server could not be reached");
@@ -137,8 +141,10 @@
       row.li.querySelector(".upload-name").textContent = o.name;
       finish(row, o.ok, o.text);
     }
+    const duplicates = outcomes.filter((o) => o.duplicate).length;
     summary.textContent = "Last upload: " + outcomes.length + " file" + (outcomes.length === 1 ? "" : "s") + ", " +
-      outcomes.filter((o) => o.ok).length + " stored.";
+      outcomes.filter((o) => o.ok && !o.duplicate).length + " stored" +
+      (duplicates ? ", " + duplicates + " already in the case (the same photo counts once)." : ".");
   }
 
   if (input) {
@@ -185,14 +191,90 @@
     heatmap.addEventListener("click", () => setView(true));
   }
 
+  // A JSON write with the page's CSRF token. Done: reload (the server renders the case as it now stands). Refused:
+  // the server's message in `problem`, and the button back for another try.
+  async function sendAndReload(method, url, body, problem, button) {
+    problem.hidden = true;
+    button.disabled = true;
+    try {
+      const response = await fetch(url, {
+        method,
+        headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken },
+        body: JSON.stringify(body),
+        credentials: "same-origin",
+      });
+      if (response.ok) {
+        window.location.reload();
+        return;
+      }
+      const answer = await response.json().catch(() => null);
+      problem.textContent = answer && answer.error ? answer.error.message : "The server answered " + response.status + ".";
+    } catch (err) {
+      problem.textContent = "The server could not be reached. Try again.";
+    }
+    problem.hidden = false;
+    button.disabled = false;
+  }
+
+  // --- a field opened large ------------------------------------------------------------------------------------------
+
+  function showLarge(dialog, heat) {
+    const original = dialog.querySelector("img.large-original");
+    const heatImg = dialog.querySelector("img.large-heatmap");
+    if (!heatImg) return;
+    if (heat && !heatImg.getAttribute("src")) heatImg.src = heatImg.dataset.src;
+    heatImg.hidden = !heat;
+    original.hidden = heat;
+    dialog.querySelector(".show-original").setAttribute("aria-pressed", String(!heat));
+    dialog.querySelector(".show-heatmap").setAttribute("aria-pressed", String(heat));
+    dialog.querySelector(".heatmap-note").hidden = !heat;
+  }
+
+  for (const link of document.querySelectorAll("a.thumb[data-dialog]")) {
+    const dialog = $(link.dataset.dialog);
+    if (!dialog || typeof dialog.showModal !== "function") continue; // no <dialog>: the link opens the image
+    link.addEventListener("click", (e) => {
+      e.preventDefault();
+      const original = dialog.querySelector("img.large-original");
+      if (!original.getAttribute("src")) original.src = original.dataset.src;
+      // The grid's heat-map view carries over to fields with a class; a field without one opens on its original
+      // (its heat map is there when asked for, and says it is not evidence).
+      const heatmapOn = $("view-heatmap") && $("view-heatmap").getAttribute("aria-pressed") === "true";
+      const asserted = dialog.dataset.asserted === "true";
+      showLarge(dialog, Boolean(heatmapOn && asserted && dialog.querySelector("img.large-heatmap")));
+      dialog.showModal();
+    });
+    dialog.querySelector(".dialog-close").addEventListener("click", () => dialog.close());
+    dialog.addEventListener("click", (e) => { if (e.target === dialog) dialog.close(); }); // the backdrop
+    const toOriginal = dialog.querySelector(".show-original");
+    if (toOriginal) {
+      toOriginal.addEventListener("click", () => showLarge(dialog, false));
+      dialog.querySelector(".show-heatmap").addEventListener("click", () => showLarge(dialog, true));
+    }
+    const remove = dialog.querySelector(".remove-form");
+    if (remove) {
+      remove.addEventListener("submit", (e) => {
+        e.preventDefault();
+        // on 204 the page reloads: the server renders the counts, chart and call without the field
+        sendAndReload("DELETE", remove.dataset.url, { reason: remove.elements.reason.value },
+          remove.querySelector(".form-error"), remove.querySelector("button[type=submit]"));
+      });
+    }
+  }
+
   // --- review / amend ---------------------------------------------------------------------------------------------
 
   const form = $("review-form");
   if (form) {
     const error = $("review-error");
-    form.addEventListener("submit", async (e) => {
+    // Non-diagnostic needs a reason: the comment becomes required while it is the chosen call.
+    const needComment = () => {
+      form.elements.comment.required = form.dataset.action === "review" &&
+        form.elements.final_call.value === "non_diagnostic";
+    };
+    form.addEventListener("change", needComment);
+    form.addEventListener("submit", (e) => {
       e.preventDefault();
-      error.hidden = true;
       const overrides = Array.from(document.querySelectorAll(".override-select"))
         .filter((s) => s.value)
         .map((s) => ({ image_id: Number(s.dataset.imageId), label: s.value }));
@@ -205,26 +287,7 @@
         if (finalCall) body.final_call = finalCall;
         if (!body.comment) delete body.comment;
       }
-      const button = form.querySelector("button[type=submit]");
-      button.disabled = true;
-      try {
-        const response = await fetch(form.dataset.url, {
-          method: "POST",
-          headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken },
-          body: JSON.stringify(body),
-          credentials: "same-origin",
-        });
-        if (response.ok) {
-          window.location.reload();
-          return;
-        }
-        const answer = await response.json().catch(() => null);
-        error.textContent = answer && answer.error ? answer.error.message : "The server answered " + response.status + ".";
-      } catch (err) {
-        error.textContent = "The server could not be reached. Try again.";
-      }
-      error.hidden = false;
-      button.disabled = false;
+      sendAndReload("POST", form.dataset.url, body, error, form.querySelector("button[type=submit]"));
     });
   }
 })();
