@@ -284,8 +284,10 @@ def _add_adapt(sub: argparse._SubParsersAction) -> None:
     source.add_argument(
         "--from-cases",
         action="store_true",
-        help="the fields of signed-off cases in the case "
-        "database (labelled by the reviewer's override, else the case's final call)",
+        help="the fields of signed-off cases in the case database ($LEUKOSTAGE_DATABASE_URL, default the "
+        "instance's SQLite), each labelled by the reviewer's override, else the case's call in force (an amended "
+        "call wins); open and non-diagnostic cases, refused, removed and duplicate fields never count; each case is "
+        "one sample, and its export is an audit event (exported_for_adaptation)",
     )
     p.add_argument("--out", required=True, help="the adapted model file to write, NAME.onnx (a new file)")
     p.add_argument("--base", default=None, help="the model to adapt (default: $LEUKOSTAGE_MODEL, else the shipped one)")
@@ -320,6 +322,12 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     info = card["adaptation"]
     lab = card["metrics"]["laboratory_val"]
     print(f"wrote {args.out} and its card ({card['name']}, adapted from {info['base']['name']})")
+    if args.from_cases:
+        cases = info["laboratory"]["cases"]
+        print(
+            f"from {info['laboratory']['fields']} fields of {len(cases)} signed-off cases (each export recorded in "
+            "the case's audit trail)"
+        )
     print(f"classes adapted: {', '.join(info['classes_adapted'])}")
     for key, why in info["classes_not_adapted"].items():
         print(f"not adapted: {key}: {why}")

@@ -99,22 +99,67 @@ def discover_laboratory(root: str | Path) -> LabFields:
     return lab
 
 
+CASES_SOURCE = "signed-off cases of the case database"
+
+
+def laboratory_from_cases(
+    folder: str | Path, url: str | None = None, storage: str | Path | None = None, purpose: str | None = None
+) -> LabFields:
+    """The signed-off fields of the case database (``url``, default $LEUKOSTAGE_DATABASE_URL as the other case verbs
+    resolve it; its image store), written under ``folder`` in the Table 2 layout with one sub-folder per case
+    (``cases.export``: which fields count, their labels, one audit event per case) and read back by
+    :func:`discover_laboratory`. Each case is one sample, whichever classes its fields were labelled.
+
+    Raises:
+        ValueError: the database is not ready, or holds no signed-off field with a class.
+    """
+    from ..cases import db
+    from ..cases.config import database_url, redacted, storage_dir
+    from ..cases.export import export_for_adaptation
+    from ..cases.store import open_store
+
+    url = url or database_url()
+    try:
+        db.require_current(url)
+    except db.DatabaseNotReady as exc:
+        raise ValueError(str(exc)) from None
+    store = open_store(url, storage or storage_dir())
+    with db.session_scope(url) as session:
+        exported = export_for_adaptation(session, store, folder, purpose=purpose)
+    if not exported:
+        raise ValueError(
+            f"the case database {redacted(url)} holds no field to adapt on: only the fields of signed-off cases "
+            "whose call is a class count (not open cases, non-diagnostic ones, refused or removed fields); each "
+            f"class needs at least {MIN_ADAPT_PER_CLASS + MIN_VAL_PER_CLASS} fields from at least two cases"
+        )
+    lab = discover_laboratory(folder)
+    lab.samples = [sample.split("/", 1)[1] for sample in lab.samples]  # "<class>/case-<id>": the case, any class
+    lab.unreadable = [(str(Path(path).relative_to(folder)), why) for path, why in lab.unreadable]
+    return lab
+
+
 def split_by_sample(lab: LabFields, seed: int = 42) -> dict[str, np.ndarray]:
     """Adaptation and validation parts, by sample: per class, about :data:`VAL_SHARE` of the samples (at least one
-    where the class has two or more) go to validation; a sample is never on both sides."""
+    where the class has two or more) go to validation; a sample is never on both sides.
+
+    A sample with fields of several classes (a case whose reviewer relabelled some fields, ``--from-cases``) goes
+    where the first of its classes (in class order) sent it, with all its fields."""
     rng = np.random.default_rng(seed)
     samples = np.asarray(lab.samples)
     labels = np.asarray(lab.labels)
-    val: list[int] = []
+    in_val: dict[str, bool] = {}
     for c in range(len(CLASS_KEYS)):
         names = sorted(set(samples[labels == c]))
         if len(names) < 2:
+            for name in names:
+                in_val.setdefault(name, False)
             continue
         order = rng.permutation(len(names))
         n_val = max(1, round(VAL_SHARE * len(names)))
         chosen = {names[i] for i in order[:n_val]}
-        val += [i for i in np.flatnonzero(labels == c) if samples[i] in chosen]
-    val_idx = np.asarray(sorted(val), dtype=np.int64)
+        for name in names:
+            in_val.setdefault(name, name in chosen)
+    val_idx = np.asarray([i for i, name in enumerate(lab.samples) if in_val.get(name)], dtype=np.int64)
     adapt_idx = np.setdiff1d(np.arange(len(labels)), val_idx)
     return {"adapt": adapt_idx, "val": val_idx}
 
@@ -387,6 +432,7 @@ def adapt(cfg: AdaptConfig, progress: bool = True) -> dict:
     """
     import json
     import sys
+    import tempfile
     import time
     from datetime import UTC, datetime
 
@@ -405,8 +451,16 @@ def adapt(cfg: AdaptConfig, progress: bool = True) -> dict:
     if out.resolve() == base_path.resolve():
         raise ValueError(f"--out {out} is the base model: an adapted model is a new file, the base stays as it is")
     torch.manual_seed(cfg.seed)
-    lab = discover_laboratory(cfg.data)
-    read = lab_views(lab, progress)
+    if cfg.from_cases:
+        with tempfile.TemporaryDirectory(prefix="leukostage-cases-") as folder:  # read into memory, then removed
+            lab = laboratory_from_cases(folder, purpose=f"adapt --out {out.name}")
+            read = lab_views(lab, progress)
+        cases = sorted({int(s.removeprefix("case-")) for s in lab.samples})
+    else:
+        if cfg.data is None:
+            raise ValueError("name the laboratory's fields: --data DIR or --from-cases")
+        lab = discover_laboratory(cfg.data)
+        read = lab_views(lab, progress)
     usable = _subset(lab, read.kept)
     split = split_by_sample(usable, cfg.seed)
     coverage = class_coverage(usable, split)
@@ -472,14 +526,20 @@ def adapt(cfg: AdaptConfig, progress: bool = True) -> dict:
     card["adaptation"] = {
         "base": {"name": base_card.get("name"), "file": base_path.name, "sha256": sha256(base_path)},
         "laboratory": {
-            "data": usable.root if not cfg.from_cases else "signed-off cases of the case database",
+            "data": usable.root if not cfg.from_cases else CASES_SOURCE,
+            **({"cases": cases} if cfg.from_cases else {}),
             "fingerprint": usable.fingerprint,
             "fields": len(lab.paths),
             "unreadable": [p for p, _ in lab.unreadable],
             "refused_by_validator": {"count": len(read.refused), "codes": _codes(read.refused)},
         },
         "split": {
-            "rule": f"by sample (sample folder, or runs of {RUN_LENGTH} consecutive file numbers); about "
+            "rule": (
+                "by case"
+                if cfg.from_cases
+                else f"by sample (sample folder, or runs of {RUN_LENGTH} consecutive file numbers)"
+            )
+            + "; about "
             f"{VAL_SHARE:.0%} of each class's samples to validation, seed {cfg.seed}",
             "adaptation": usable.counts(split["adapt"]),
             "validation": usable.counts(split["val"]),

@@ -306,6 +306,7 @@ def case_schemas() -> dict:
                                     "overridden",
                                     "signed_off",
                                     "amended",
+                                    "exported_for_adaptation",
                                 ]
                             },
                             "detail": {"type": "object"},
