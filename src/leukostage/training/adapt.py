@@ -560,13 +560,14 @@ def adapt(cfg: AdaptConfig, progress: bool = True) -> dict:
         "log": log,
         "seconds": round(time.perf_counter() - t_start, 1),
     }
-    card["metrics"] = {
-        "laboratory_val": {"adapted": served(out, x_val, y_val), "base": served(base_path, x_val, y_val)},
-    }
     card["limits"] = list(base_card.get("limits", [])) + [
         f"Adapted to one laboratory's fields ({usable.fingerprint}): its numbers hold for that laboratory's stain, "
         "microscope and camera; the base model's limits still apply to everything else."
     ]
+    card_path_for(out).write_text(json.dumps(card, indent=2) + "\n")  # serving the new file needs its card
+    card["metrics"] = {
+        "laboratory_val": {"adapted": served(out, x_val, y_val), "base": served(base_path, x_val, y_val)},
+    }
     float_card = {**card, "name": f"{out.stem}-float"}
     float_card.pop("quantization", None)
     card_path_for(float_path).write_text(json.dumps(float_card, indent=2) + "\n")
