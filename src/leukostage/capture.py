@@ -23,6 +23,7 @@ Every threshold comes from validation data and lives in the validator file (``ca
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -32,10 +33,10 @@ from .imaging import BACKGROUND_QUANTILE
 
 # --- the physics (constants of the method, not tuned thresholds) ----------------------------------------------------
 RED_CELL_UM = 7.5  # a normal red cell's diameter: the ruler every smear carries
-RULER_SIDE = 128  # the ruler and the exposure levels look at a copy at most this long (speed); finer when needed
-MIN_RULER_PX = 6.0  # below this many pixels at the working copy the ruler measures again at full resolution
+WORKING_SIDE = 128  # the eyepiece search, the exposure levels and the ruler share one copy at most this long (speed)
+MIN_RULER_PX = 6.0  # below this many pixels at the working copy the ruler looks again at full resolution ...
+CLOSER_SIDE = 512  # ... on a central window at most this long (a smear's red cells are alike across a field)
 RULER_STEPS = 7  # bisection steps of the granulometry: the diameter to within 1 % of the largest cell radius
-EYEPIECE_SIDE = 128  # the eyepiece search looks at a copy at most this long
 SURROUND_FRACTION = 0.25  # the eyepiece's surround is darker than this share of the field's bright level
 MIN_SURROUND_AT_EDGE = 0.4  # share of the picture's outer rim that must be surround for an eyepiece photo
 MIN_ROUNDNESS = 0.8  # the bright region fills at least this share of its enclosing circle (within the picture)
@@ -45,6 +46,7 @@ FOCUS_COARSE_SIGMA = 2.0  # ... over gradients after this much: ~1.9 in focus, ~
 CLIPPED_LEVEL = 250  # a pixel this bright in every channel has lost what the stain did to it
 WASHED_OUT_SHARE = 0.5  # a picture at least half clipped, whose colour checks fail, is overexposed (cause known)
 DARK_QUANTILE = 0.01  # the picture's darkest hundredth: nuclei; if even these are near white, the stain is gone
+LARGE_PICTURE = 4  # a picture over this many model views in area is rescaled only where the model reads it
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,12 @@ def shrink(rgb: np.ndarray, side: int) -> tuple[np.ndarray, float]:
     return cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA), s
 
 
+def working_copy(rgb: np.ndarray, working: tuple[np.ndarray, float] | None = None) -> tuple[np.ndarray, float]:
+    """``shrink(rgb, WORKING_SIDE)``, or ``working`` where the caller already made it (one resize per picture: the
+    area resize costs more than most measurements on its copy)."""
+    return shrink(rgb, WORKING_SIDE) if working is None else working
+
+
 def grey(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
 
@@ -110,19 +118,29 @@ def quantile_f(values: np.ndarray, q: float) -> float:
     return float(np.partition(flat, k)[k])
 
 
+def channel_quantiles(rgb: np.ndarray, q: float) -> list[float]:
+    """:func:`quantile_u8` of each channel, from OpenCV's histograms (no copy of the interleaved channels)."""
+    return [_histogram_quantile(cv2.calcHist([rgb], [c], None, [256], [0, 256]).ravel(), q) for c in range(3)]
+
+
+def _histogram_quantile(hist: np.ndarray, q: float) -> float:
+    cumulative = np.cumsum(hist)
+    return float(np.searchsorted(cumulative, q * (cumulative[-1] - 1) + 1))
+
+
 def background_level(rgb: np.ndarray) -> float:
     """The slide's brightness (0-255): the brightest channel's ``BACKGROUND_QUANTILE`` quantile.
 
     Assumes bright-field illumination, where the empty slide is the brightest part and covers more than a tenth of
     any field (the same assumption as the model's colour normalisation).
     """
-    small, _ = shrink(rgb, RULER_SIDE)
-    return max(quantile_u8(small[:, :, c], BACKGROUND_QUANTILE) for c in range(3))
+    small, _ = shrink(rgb, WORKING_SIDE)
+    return max(channel_quantiles(small, BACKGROUND_QUANTILE))
 
 
 def dark_level(rgb: np.ndarray) -> float:
     """The grey level (0-255) of the picture's darkest hundredth: the nuclei, the most stained. Near 255: washed out."""
-    small, _ = shrink(rgb, RULER_SIDE)
+    small, _ = shrink(rgb, WORKING_SIDE)
     return quantile_u8(grey(small), DARK_QUANTILE)
 
 
@@ -131,12 +149,13 @@ def with_background(rgb: np.ndarray, level: float, reference: float) -> np.ndarr
     recorded); pictures at or above it are returned as they are (a clipped highlight cannot be undone)."""
     if level >= reference or level <= 0:
         return rgb
-    return np.clip(rgb.astype(np.float32) * (reference / level), 0, 255).astype(np.uint8)
+    table = np.clip(np.arange(256, dtype=np.float32) * np.float32(reference / level), 0, 255).astype(np.uint8)
+    return cv2.LUT(rgb, table)  # one lookup per pixel: the float product's numbers, several times faster
 
 
 def clipped_share(rgb: np.ndarray) -> float:
     """Share of the picture at full white in every channel: a lamp so bright that the sensor saturated."""
-    small, _ = shrink(rgb, RULER_SIDE)
+    small, _ = shrink(rgb, WORKING_SIDE)
     darkest = cv2.min(cv2.min(small[:, :, 0], small[:, :, 1]), small[:, :, 2])
     return float(np.count_nonzero(darkest >= CLIPPED_LEVEL)) / darkest.size
 
@@ -144,9 +163,10 @@ def clipped_share(rgb: np.ndarray) -> float:
 def optical_density(rgb: np.ndarray) -> np.ndarray:
     """Summed optical density over the channels, relative to each channel's background (Beer-Lambert): 0 on the
     empty slide, larger where more stain absorbs; independent of the lamp's brightness and colour."""
-    bg = np.array([quantile_u8(rgb[:, :, c], BACKGROUND_QUANTILE) for c in range(3)], np.float32).clip(1.0, 255.0)
+    bg = np.array(channel_quantiles(rgb, BACKGROUND_QUANTILE), np.float32).clip(1.0, 255.0)
     lut = np.maximum(-np.log(np.maximum(np.arange(256, dtype=np.float32), 1.0)[:, None] / bg), 0.0)  # (256, 3)
-    return lut[rgb[:, :, 0], 0] + lut[rgb[:, :, 1], 1] + lut[rgb[:, :, 2], 2]
+    per_channel = cv2.LUT(np.ascontiguousarray(rgb), np.ascontiguousarray(lut.reshape(1, 256, 3)))
+    return cv2.transform(per_channel, np.ones((1, 3), np.float32))  # the channels' sum
 
 
 def cell_mask(rgb: np.ndarray) -> np.ndarray | None:
@@ -156,58 +176,77 @@ def cell_mask(rgb: np.ndarray) -> np.ndarray | None:
     top = quantile_f(od, 0.99)
     if top <= 0.05:
         return None
-    od8 = np.clip(od * (255.0 / top), 0, 255).astype(np.uint8)
+    od8 = np.minimum(od * (255.0 / top), 255).astype(np.uint8)  # optical density is never negative
     _, mask = cv2.threshold(od8, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    share = float(mask.mean())
+    share = cv2.countNonZero(mask) / mask.size
     if not 0.05 <= share <= 0.9:
         return None
-    holes = (mask == 0).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(holes, connectivity=4)
-    rim = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    # 16-bit labels: enough for any working copy (4-connected holes are at most half its pixels), and faster
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(1 - mask, connectivity=4, ltype=cv2.CV_16U)
+    rim = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
     small = stats[:, cv2.CC_STAT_AREA] < 0.01 * mask.size
     small[rim] = False
     small[0] = False  # label 0 is the cells themselves
-    mask[small[labels]] = 1
+    if small.any():
+        mask |= np.take(small.astype(np.uint8), labels)
     return mask
 
 
-def _opened_share(dist: np.ndarray, area: float, r: float) -> float:
+@functools.lru_cache(maxsize=8)
+def _squared_offsets(radius: int) -> np.ndarray:
+    """Squared distances from the centre of a (2 radius + 1)-square grid."""
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    return xx * xx + yy * yy
+
+
+def _opened_share(dist: np.ndarray, mask: np.ndarray, area: float, r: float) -> float:
     """Share of the cell area that survives a morphological opening by a disc of radius ``r``: the pixels within
-    ``r`` of a point at least ``r`` from the background (two distance transforms instead of a large kernel)."""
+    ``r`` of a point at least ``r`` from the background (the distance map's cores, dilated by the disc: the same
+    pixels as a second distance transform, and several times faster on small discs)."""
     core = (dist >= r).astype(np.uint8)
-    if not core.any():
-        return 0.0
-    reach = cv2.distanceTransform(1 - core, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    return float(((reach <= r) & (dist > 0)).sum()) / area
+    disc = (_squared_offsets(int(r)) <= r * r).astype(np.uint8)
+    return cv2.countNonZero(cv2.dilate(core, disc) & mask) / area
 
 
 def _granulometric_diameter(mask: np.ndarray) -> float | None:
     """The disc diameter at which an opening removes half the cell area (a granulometry's median): the size of the
     objects that make up most of the cell area, which in a blood smear are the red cells."""
     dist = cv2.distanceTransform(mask, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    area = float(mask.sum())
-    lo, hi = 0.5, float(dist.max())
-    if hi <= 1.0 or _opened_share(dist, area, lo) < 0.5:
+    area = float(cv2.countNonZero(mask))
+    lo, hi = 0.5, float(dist.max())  # a disc of radius 1/2 is one pixel: the opening keeps the whole area
+    if hi <= 1.0:
         return None
     for _ in range(RULER_STEPS):  # the surviving share falls as the disc grows: bisect for one half
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if _opened_share(dist, area, mid) >= 0.5 else (lo, mid)
+        lo, hi = (mid, hi) if _opened_share(dist, mask, area, mid) >= 0.5 else (lo, mid)
     return 2.0 * (lo + hi) / 2
 
 
-def red_cell_diameter(rgb: np.ndarray) -> float | None:
+def red_cell_diameter(rgb: np.ndarray, working: tuple[np.ndarray, float] | None = None) -> float | None:
     """The typical red-cell diameter in pixels of ``rgb``, or None when the field shows too few cells to measure.
 
     Assumes a thin blood film, where red cells make up most of the stained area (a granulometry's median measures
-    them, not the rarer white cells), and a field of at least a few red cells across.
+    them, not the rarer white cells), and a field of at least a few red cells across. ``working``: the picture's
+    :func:`working_copy`, where the caller has it.
     """
-    small, s = shrink(rgb, RULER_SIDE)
+    small, s = working_copy(rgb, working)
     mask = cell_mask(small)
     d = None if mask is None else _granulometric_diameter(mask)
     if d is not None and d < MIN_RULER_PX and s < 1.0:  # too small to measure at the working copy: look closer
-        mask, s = cell_mask(rgb), 1.0
+        h, w = rgb.shape[:2]
+        y0, x0 = max(0, (h - CLOSER_SIDE) // 2), max(0, (w - CLOSER_SIDE) // 2)
+        mask, s = cell_mask(rgb[y0 : y0 + CLOSER_SIDE, x0 : x0 + CLOSER_SIDE]), 1.0
         d = None if mask is None else _granulometric_diameter(mask)
     return None if d is None else d / s
+
+
+@functools.lru_cache(maxsize=4)
+def _smoothed_sobel(sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """The 3x3 Sobel filter after a Gaussian blur of ``sigma``, as one separable pair (derivative, smoothing): the
+    same numbers as ``GaussianBlur`` then ``Sobel`` (reflected borders commute with symmetric kernels), in two
+    passes over the picture instead of four."""
+    gauss = cv2.getGaussianKernel(round(sigma * 8 + 1) | 1, sigma, cv2.CV_32F).ravel()  # GaussianBlur's own size
+    return np.convolve(gauss, [-1, 0, 1]).astype(np.float32), np.convolve(gauss, [1, 2, 1]).astype(np.float32)
 
 
 def focus_measure(rgb: np.ndarray) -> float:
@@ -216,24 +255,29 @@ def focus_measure(rgb: np.ndarray) -> float:
 
     Measure it at the model's input scale (after :func:`to_training_scale`): blur is in pixels of that scale.
     """
-    g = grey(rgb).astype(np.float32)
+    g = grey(rgb)
 
     def edge(sigma: float) -> float:
-        s = cv2.GaussianBlur(g, (0, 0), sigma)
-        gx, gy = cv2.Sobel(s, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(s, cv2.CV_32F, 0, 1, ksize=3)
+        derivative, smoothing = _smoothed_sobel(sigma)
+        gx = cv2.sepFilter2D(g, cv2.CV_32F, derivative, smoothing)
+        gy = cv2.sepFilter2D(g, cv2.CV_32F, smoothing, derivative)
         return quantile_f(cv2.magnitude(gx, gy), 0.99)
 
     return edge(FOCUS_FINE_SIGMA) / max(edge(FOCUS_COARSE_SIGMA), 1e-3)
 
 
 # --- the eyepiece ----------------------------------------------------------------------------------------------------
-def find_eyepiece_field(rgb: np.ndarray) -> Circle | None:
+def find_eyepiece_field(rgb: np.ndarray, working: tuple[np.ndarray, float] | None = None) -> Circle | None:
     """The bright disc of a photo taken through the eyepiece, or None for an ordinary (camera-port) field.
 
     Assumes what a phone held to an eyepiece records: a round field, perhaps cut by the picture's edges, inside a
-    surround much darker than the slide, which covers much of the picture's rim.
+    surround much darker than the slide, which covers much of the picture's rim. ``working``: the picture's
+    :func:`working_copy`, where the caller has it.
     """
-    small, s = shrink(rgb, EYEPIECE_SIDE)
+    small, s = working_copy(rgb, working)
+    edge = np.concatenate([small[0], small[-1], small[:, 0], small[:, -1]]).max(axis=1)
+    if np.count_nonzero(edge < SURROUND_FRACTION * 255) < MIN_SURROUND_AT_EDGE * edge.size:
+        return None  # a camera-port field: too little of the rim is dark even for the brightest slide (most pictures)
     g = cv2.max(cv2.max(small[:, :, 0], small[:, :, 1]), small[:, :, 2])  # a surround is dark in every channel
     bright = quantile_u8(g, 0.95)
     if bright < 40:
@@ -292,9 +336,34 @@ def to_training_scale(rgb: np.ndarray, ratio: float) -> np.ndarray:
     return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if ratio > 1 else cv2.INTER_CUBIC)
 
 
-def stain_centre(rgb: np.ndarray) -> tuple[float, float]:
+def training_shape(rgb: np.ndarray, ratio: float) -> tuple[int, int]:
+    """(height, width) of :func:`to_training_scale`'s result, without making it."""
+    h, w = rgb.shape[:2]
+    return max(1, round(h / ratio)), max(1, round(w / ratio))
+
+
+def training_view(
+    rgb: np.ndarray, ratio: float, size: int, working: tuple[np.ndarray, float] | None = None
+) -> np.ndarray:
+    """``model_view(to_training_scale(rgb, ratio), size)``; for a large picture only the window the model reads is
+    resized (placed by the stain in the working copy), so that a phone photo costs no more than a training field."""
+    th, tw = training_shape(rgb, ratio)
+    h, w = rgb.shape[:2]
+    if min(th, tw) < size or h * w <= LARGE_PICTURE * size * size:
+        return model_view(to_training_scale(rgb, ratio), size)
+    cx, cy = stain_centre(rgb, working)
+    fx, fy = w / tw, h / th  # the resize's scale on each axis
+    x0 = int(np.clip(round(cx / fx - size / 2), 0, tw - size))
+    y0 = int(np.clip(round(cy / fy - size / 2), 0, th - size))
+    sx0, sx1 = int(np.floor(x0 * fx)), min(w, int(np.ceil((x0 + size) * fx)))
+    sy0, sy1 = int(np.floor(y0 * fy)), min(h, int(np.ceil((y0 + size) * fy)))
+    window = rgb[sy0:sy1, sx0:sx1]
+    return cv2.resize(window, (size, size), interpolation=cv2.INTER_AREA if ratio > 1 else cv2.INTER_CUBIC)
+
+
+def stain_centre(rgb: np.ndarray, working: tuple[np.ndarray, float] | None = None) -> tuple[float, float]:
     """(x, y) of the optical-density-weighted centre of the most stained cells (white-cell nuclei stain most)."""
-    small, s = shrink(rgb, 128)
+    small, s = working_copy(rgb, working)
     od = optical_density(small)
     weight = np.maximum(od - quantile_f(od, 0.9), 0.0)
     if weight.sum() <= 0:
@@ -303,9 +372,10 @@ def stain_centre(rgb: np.ndarray) -> tuple[float, float]:
     return float((xx * weight).sum() / weight.sum()) / s, float((yy * weight).sum() / weight.sum()) / s
 
 
-def model_view(rgb: np.ndarray, size: int) -> np.ndarray:
+def model_view(rgb: np.ndarray, size: int, working: tuple[np.ndarray, float] | None = None) -> np.ndarray:
     """A square field of ``size`` pixels at the scale it already has: a window of a larger field, centred on its
-    most stained cells, or a smaller field extended by reflection (as a smear goes on past the picture)."""
+    most stained cells, or a smaller field extended by reflection (as a smear goes on past the picture).
+    ``working``: the picture's :func:`working_copy`, where the caller has it."""
     h, w = rgb.shape[:2]
     if h == size and w == size:
         return rgb
@@ -313,7 +383,8 @@ def model_view(rgb: np.ndarray, size: int) -> np.ndarray:
     if ph or pw:
         rgb = cv2.copyMakeBorder(rgb, ph // 2, ph - ph // 2, pw // 2, pw - pw // 2, cv2.BORDER_REFLECT_101)
         h, w = rgb.shape[:2]
-    cx, cy = stain_centre(rgb)
+        working = None  # a copy of the picture before the reflection: not this one's
+    cx, cy = stain_centre(rgb, working)
     x0 = int(np.clip(round(cx - size / 2), 0, w - size))
     y0 = int(np.clip(round(cy - size / 2), 0, h - size))
     return np.ascontiguousarray(rgb[y0 : y0 + size, x0 : x0 + size])

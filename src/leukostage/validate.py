@@ -467,11 +467,13 @@ def run_gate(rgb: np.ndarray, preset: Preset) -> ValidationResult:
         return verdict
     field_px = s.field_px
     info: dict = {"mode": "direct"}
-    circle = capture.find_eyepiece_field(rgb)
+    working = capture.working_copy(rgb)  # one small copy for the eyepiece, the exposure levels and the ruler
+    circle = capture.find_eyepiece_field(rgb, working)
     if circle is not None:
         rgb = capture.eyepiece_field(rgb, circle)
+        working = capture.working_copy(rgb)
         info["mode"] = "eyepiece"
-    small, _ = capture.shrink(rgb, capture.RULER_SIDE)  # the exposure levels are read on one small copy
+    small = working[0]
     level = capture.background_level(small)
     info["background_level"] = round(level, 1)
     if level < s.min_background:
@@ -488,7 +490,7 @@ def run_gate(rgb: np.ndarray, preset: Preset) -> ValidationResult:
         if verdict.code in ("low_saturation", "abnormal_brightness") and clipped >= capture.WASHED_OUT_SHARE:
             return _refuse("overexposed", washed_out, preset, info, verdict.checks)  # the lamp, not the subject
         return verdict  # the colour layer: nothing here is a smear to measure
-    diameter = capture.red_cell_diameter(rgb)
+    diameter = capture.red_cell_diameter(rgb, working)
     ratio = None if diameter is None else diameter / s.red_cell_px
     info["red_cell_diameter_px"] = None if diameter is None else round(diameter, 1)
     info["scale"] = None if ratio is None else round(ratio, 3)
@@ -500,20 +502,22 @@ def run_gate(rgb: np.ndarray, preset: Preset) -> ValidationResult:
     if ratio is None:
         view = resize_for_model(rgb, field_px)  # no ruler in this picture: the whole field, as before
     else:
-        as_taken = rgb
-        if not s.scale_band[0] <= ratio <= s.scale_band[1]:
-            rgb = capture.to_training_scale(rgb, ratio)
+        rescale = not s.scale_band[0] <= ratio <= s.scale_band[1]
+        if rescale:
             info["rescaled_by"] = round(1.0 / ratio, 3)
-        if min(rgb.shape[:2]) < s.min_field_fraction * field_px:
+        if min(capture.training_shape(rgb, ratio) if rescale else rgb.shape[:2]) < s.min_field_fraction * field_px:
             # blur swells the ruler's reading: a field too small only because of that is out of focus as taken
-            focus = capture.focus_measure(as_taken)
+            focus = capture.focus_measure(rgb)
             info["focus"] = round(focus, 3)
             if focus < s.min_focus:
                 return _refuse("out_of_focus", {"value": focus, "need": s.min_focus}, preset, info, verdict.checks)
             if not verdict.valid:
                 return verdict
             return _magnification(diameter, ratio, "small", preset, info, verdict)
-        view = capture.model_view(rgb, field_px)
+        if rescale:
+            view = capture.training_view(rgb, ratio, field_px, working)
+        else:
+            view = capture.model_view(rgb, field_px, working)
     focus = capture.focus_measure(view)
     info["focus"] = round(focus, 3)
     if focus < s.min_focus:
