@@ -44,7 +44,11 @@ EYEPIECE_RIM = 0.03  # the outer 3 % of the disc radius is the field stop's blur
 FOCUS_FINE_SIGMA = 0.7  # focus: gradients after this much smoothing (pixels at the training scale; damps noise) ...
 FOCUS_COARSE_SIGMA = 2.0  # ... over gradients after this much: ~1.9 in focus, ~1.4 at 1.5 px blur, ~1.15 at 3 px
 CLIPPED_LEVEL = 250  # a pixel this bright in every channel has lost what the stain did to it
-WASHED_OUT_SHARE = 0.5  # a picture at least half clipped, whose colour checks fail, is overexposed (cause known)
+WASHED_OUT_SHARE = (
+    0.5  # a picture at least half clipped, refused by the smear layers, is overexposed if its rest is stain
+)
+REMAINDER_SHARE = 0.01  # under this share of the picture unclipped: nothing left to judge
+REMAINDER_MIN_SATURATION = 12  # HSV saturation (of 255) above which a washed-out pixel still shows its colour
 DARK_QUANTILE = 0.01  # the picture's darkest hundredth: nuclei; if even these are near white, the stain is gone
 LARGE_PICTURE = 4  # a picture over this many model views in area is rescaled only where the model reads it
 
@@ -158,6 +162,23 @@ def clipped_share(rgb: np.ndarray) -> float:
     small, _ = shrink(rgb, WORKING_SIDE)
     darkest = cv2.min(cv2.min(small[:, :, 0], small[:, :, 1]), small[:, :, 2])
     return float(np.count_nonzero(darkest >= CLIPPED_LEVEL)) / darkest.size
+
+
+def washed_out_stain(rgb: np.ndarray, hue_band: tuple[int, int]) -> bool:
+    """Whether what the lamp left unclipped is a washed-out stain (or nothing at all), so that a mostly white picture
+    is an overexposed smear, not a document or a drawing on white: most of its coloured pixels have the stain's hue
+    (OpenCV hue in ``hue_band``), or under a hundredth of the picture is left."""
+    small, _ = shrink(rgb, WORKING_SIDE)
+    darkest = cv2.min(cv2.min(small[:, :, 0], small[:, :, 1]), small[:, :, 2])
+    left = darkest < CLIPPED_LEVEL
+    if np.count_nonzero(left) < REMAINDER_SHARE * left.size:
+        return True
+    hsv = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)[left]
+    coloured = hsv[hsv[:, 1] >= REMAINDER_MIN_SATURATION]
+    if len(coloured) < REMAINDER_SHARE * left.size:
+        return False  # grey or black marks on white: text, a drawing, a greyscale picture
+    in_band = (coloured[:, 0] >= hue_band[0]) & (coloured[:, 0] <= hue_band[1])
+    return bool(in_band.mean() >= 0.5)
 
 
 def optical_density(rgb: np.ndarray) -> np.ndarray:

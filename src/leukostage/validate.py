@@ -486,9 +486,11 @@ def run_gate(rgb: np.ndarray, preset: Preset) -> ValidationResult:
         return _refuse("overexposed", washed_out, preset, info)
     verdict = run_checks(capture.with_background(rgb, level, s.reference_background), preset)
     verdict.capture = info
-    if not verdict.valid and verdict.code != "not_blood_smear":
-        if verdict.code in ("low_saturation", "abnormal_brightness") and clipped >= capture.WASHED_OUT_SHARE:
+    if not verdict.valid and clipped >= capture.WASHED_OUT_SHARE:
+        rule = preset.colour
+        if capture.washed_out_stain(rgb, (rule.hue_low, rule.hue_high)):
             return _refuse("overexposed", washed_out, preset, info, verdict.checks)  # the lamp, not the subject
+    if not verdict.valid and verdict.code != "not_blood_smear":
         return verdict  # the colour layer: nothing here is a smear to measure
     diameter = capture.red_cell_diameter(rgb, working)
     ratio = None if diameter is None else diameter / s.red_cell_px
@@ -507,12 +509,12 @@ def run_gate(rgb: np.ndarray, preset: Preset) -> ValidationResult:
             info["rescaled_by"] = round(1.0 / ratio, 3)
         if min(capture.training_shape(rgb, ratio) if rescale else rgb.shape[:2]) < s.min_field_fraction * field_px:
             # blur swells the ruler's reading: a field too small only because of that is out of focus as taken
+            if not verdict.valid:
+                return verdict
             focus = capture.focus_measure(rgb)
             info["focus"] = round(focus, 3)
             if focus < s.min_focus:
                 return _refuse("out_of_focus", {"value": focus, "need": s.min_focus}, preset, info, verdict.checks)
-            if not verdict.valid:
-                return verdict
             return _magnification(diameter, ratio, "small", preset, info, verdict)
         if rescale:
             view = capture.training_view(rgb, ratio, field_px, working)
@@ -520,7 +522,7 @@ def run_gate(rgb: np.ndarray, preset: Preset) -> ValidationResult:
             view = capture.model_view(rgb, field_px, working)
     focus = capture.focus_measure(view)
     info["focus"] = round(focus, 3)
-    if focus < s.min_focus:
+    if focus < s.min_focus and verdict.valid:  # a smear, and blurred: refocus (a picture that is no smear stays so)
         return _refuse("out_of_focus", {"value": focus, "need": s.min_focus}, preset, info, verdict.checks)
     if verdict.valid:
         verdict.view = view
