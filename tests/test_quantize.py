@@ -115,7 +115,12 @@ def test_card_thresholds_are_chosen_again_on_the_quantised_files_val_part(quanti
     split = make_split(ds, "random", 42)
     x_val = load_arrays(ds, size=224, progress=False)[split["val"]].astype(np.float32) / 255.0
     scores = Predictor.load(out).run_decision(x_val)[DOMAIN_OUTPUT]
-    assert card["domain"]["threshold"] == pytest.approx(float(scores.max()), rel=1e-4)  # not the float card's 1e9
+    from leukostage.training.decision import DOMAIN_COVER
+
+    # one of the int8 file's own val scores (not the float card's 1e9), at most their DOMAIN_COVER quantile
+    threshold = card["domain"]["threshold"]
+    assert np.isclose(scores, threshold, rtol=1e-4).any()
+    assert threshold <= float(np.quantile(scores, DOMAIN_COVER)) * (1 + 1e-4)
     assert card["domain"]["threshold_chosen_on"].startswith("random split, val part")
     assert card["decision"]["chosen_on"] == "random split, val part"
     # the float card's own measurements describe the float model: they are not carried over, nor is it changed
@@ -167,7 +172,8 @@ def test_shipped_int8_model_decides_as_its_float_reference_on_real_images(
     int8, ref = Predictor.load(model_path), Predictor.load(reference_model_path)
     batch = np.stack([preprocess(load_image(f), int8.image_size) for f in files + foreign])
     got, want = int8.decide_batch(int8.run_decision(batch)), ref.decide_batch(ref.run_decision(batch))
-    assert [r["label"] for r in got] == [r["label"] for r in want]
+    # each file's card has its own thresholds (re-chosen on the int8 file): the classes the two lean to agree
+    assert [r["top_class"] for r in got] == [r["top_class"] for r in want]
     assert [r["domain"]["in_domain"] for r in got] == [r["domain"]["in_domain"] for r in want]
     assert not any(r["domain"]["in_domain"] for r in got[len(files) :])  # the other laboratory stays outside
     # in the domain, the probabilities move by a few points at most (outside it they are not evidence of anything)
