@@ -3,24 +3,24 @@
 import numpy as np
 import pytest
 
-from leukostage.domain import domain_fields, mahalanobis
+from leukostage.domain import DOMAIN_NEIGHBOURS, domain_fields, knn_distance, unit_rows
 from leukostage.imaging import load_image, preprocess, to_unit_range
 from leukostage.predict import analyse_path
 from leukostage.training.data import discover, load_arrays, make_split
 
 
-def test_whitened_distance_is_the_mahalanobis_distance():
+def test_knn_distance_is_one_minus_the_kth_largest_cosine_similarity():
     rng = np.random.default_rng(0)
-    a = rng.normal(size=(6, 6))
-    cov = a @ a.T + 0.1 * np.eye(6)
-    precision = np.linalg.inv(cov)
-    values, vectors = np.linalg.eigh(cov)
-    w = vectors / np.sqrt(values)  # what export.fit_domain stores
-    assert np.allclose(w @ w.T, precision)
-    x, mean = rng.normal(size=(5, 6)), rng.normal(size=6)
-    expected = np.sqrt(np.einsum("nd,de,ne->n", x - mean, precision, x - mean))
-    assert np.allclose(mahalanobis(x, mean, w), expected)
-    assert mahalanobis(mean[None], mean, w)[0] == 0.0
+    bank = unit_rows(rng.normal(size=(30, 6)))
+    assert np.allclose(np.linalg.norm(bank, axis=1), 1.0)
+    x = rng.normal(size=(5, 6)) * 3.0  # the length of a query does not matter, only its direction
+    cosine = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ bank.T
+    for k in (1, 4, 30):
+        expected = 1.0 - np.sort(cosine, axis=1)[:, -k]
+        assert np.allclose(knn_distance(x, bank, k), expected, atol=1e-6)
+    assert knn_distance(bank[:1] * 7.0, bank, 1)[0] == pytest.approx(0.0, abs=1e-6)  # a bank row is at distance 0
+    assert np.allclose(knn_distance(x, bank, 1000), knn_distance(x, bank, 30))  # k larger than the bank: the farthest
+    assert DOMAIN_NEIGHBOURS > 1  # one near twin in the bank must not make a field familiar
 
 
 def test_domain_fields_flag_only_scores_above_the_threshold():
@@ -78,8 +78,8 @@ def test_in_domain_test_images_pass_the_domain_check(shipped_domain, predictor, 
 # --- the shipped float graph's domain output against the numpy reference ---------------------------------------------
 def _graph_domain_parts(path):
     """The float graph's domain computation taken apart: (a copy of the graph that also outputs the embedding, its
-    name, the mean and the whitening matrix the graph holds). Found by walking back from DOMAIN_OUTPUT:
-    ReduceL2(MatMul(Sub(embedding, mean), whitening))."""
+    name, the bank of training embeddings the graph holds, its k). Found by walking back from DOMAIN_OUTPUT:
+    Sub(1, Gather/Slice(TopK(MatMul(unit embedding, bank^T))))."""
     import onnx
     from onnx import numpy_helper
 
@@ -90,14 +90,22 @@ def _graph_domain_parts(path):
     producer = {o: n for n in graph.node for o in n.output}
     constants = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node if n.op_type == "Constant"}
     constants |= {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    norm = producer[DOMAIN_OUTPUT]
-    matmul = producer[norm.input[0]]
-    sub = producer[matmul.input[0]]
-    assert (norm.op_type, matmul.op_type, sub.op_type) == ("ReduceL2", "MatMul", "Sub")
-    mean, whitening = constants[sub.input[1]], constants[matmul.input[1]]
-    assert mean.ndim == 1 and whitening.shape == (mean.size, mean.size)
-    graph.output.append(onnx.helper.make_tensor_value_info(sub.input[0], onnx.TensorProto.FLOAT, None))
-    return model, sub.input[0], mean, whitening
+    node = producer[DOMAIN_OUTPUT]
+    while node.op_type != "TopK":  # back through the subtraction and the k-th column's selection
+        node = next(producer[i] for i in node.input if i in producer and i not in constants)
+    topk = node
+    k = int(constants[topk.input[1]].reshape(-1)[0])
+    matmul = producer[topk.input[0]]
+    assert matmul.op_type == "MatMul"
+    bank = constants.get(matmul.input[1])
+    if bank is None:  # exported as Transpose(bank)
+        bank = constants[producer[matmul.input[1]].input[0]]
+    else:
+        bank = bank.T
+    normalised = producer[matmul.input[0]]  # embedding / its norm
+    embedding = normalised.input[0]
+    graph.output.append(onnx.helper.make_tensor_value_info(embedding, onnx.TensorProto.FLOAT, None))
+    return model, embedding, bank, k
 
 
 @pytest.fixture(scope="module")
@@ -114,20 +122,20 @@ def real_and_foreign(taleqani, data_dir):
     return np.stack([preprocess(load_image(f), 224) for f in files]), len(files) - 8
 
 
-def test_shipped_float_graphs_domain_score_is_the_numpy_mahalanobis(reference_model_path, real_and_foreign):
-    """The score the shipped float graph computes equals domain.mahalanobis of its own embedding under the mean and
-    whitening it holds, on real images in and out of the domain (it was checked on a random lite0 only)."""
+def test_shipped_float_graphs_domain_score_is_the_numpy_knn_distance(reference_model_path, real_and_foreign):
+    """The score the shipped float graph computes equals domain.knn_distance of its own embedding to the bank it
+    holds, on real images in and out of the domain."""
     import onnxruntime as ort
 
     from leukostage.domain import DOMAIN_OUTPUT
 
-    model, embedding_name, mean, whitening = _graph_domain_parts(reference_model_path)
+    model, embedding_name, bank, k = _graph_domain_parts(reference_model_path)
+    assert k == DOMAIN_NEIGHBOURS and np.allclose(np.linalg.norm(bank, axis=1), 1.0, atol=1e-5)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     batch, n_ours = real_and_foreign
     score, embedding = session.run([DOMAIN_OUTPUT, embedding_name], {"image": batch})
-    reference = mahalanobis(embedding, mean, whitening)
-    assert np.allclose(score, reference, rtol=1e-4), np.abs(score / reference - 1).max()
-    assert score[n_ours:].min() > score[:n_ours].max()  # and it separates the two laboratories
+    assert np.allclose(score, knn_distance(embedding, bank, k), atol=1e-5)
+    assert np.median(score[n_ours:]) > np.quantile(score[:n_ours], 0.9)  # another laboratory's cells lie farther
 
 
 def test_shipped_float_graphs_embedding_is_the_torch_models(
@@ -136,7 +144,7 @@ def test_shipped_float_graphs_embedding_is_the_torch_models(
     """The embedding the graph scores is the trained network's (rebuilt in torch from the same weights)."""
     from leukostage.training.export import embeddings
 
-    model, embedding_name, mean, whitening = _graph_domain_parts(reference_model_path)
+    model, embedding_name, bank, k = _graph_domain_parts(reference_model_path)
     import onnxruntime as ort
 
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -146,7 +154,7 @@ def test_shipped_float_graphs_embedding_is_the_torch_models(
     uint8 = np.clip(np.rint(batch * 255.0), 0, 255).astype(np.uint8)
     assert np.allclose(embeddings(torch_model, uint8), graph_embedding, rtol=1e-3, atol=1e-3)
     assert np.allclose(
-        mahalanobis(embeddings(torch_model, uint8), mean, whitening),
-        mahalanobis(graph_embedding, mean, whitening),
-        rtol=1e-3,
+        knn_distance(embeddings(torch_model, uint8), bank, k),
+        knn_distance(graph_embedding, bank, k),
+        atol=1e-4,
     )

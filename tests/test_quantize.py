@@ -44,7 +44,6 @@ def float_lite(small_data, tmp_path_factory) -> Path:
         build_card,
         embeddings,
         export_onnx,
-        fit_domain,
         write_card,
     )
     from leukostage.training.model import ModelConfig, build_model, config_dict
@@ -55,8 +54,8 @@ def float_lite(small_data, tmp_path_factory) -> Path:
     ds = discover(small_data)
     split = make_split(ds, "random", 42)
     images = load_arrays(ds, size=224, progress=False)
-    mean, whitening, _ = fit_domain(embeddings(model, images[split["train"]]), embeddings(model, images[split["val"]]))
-    path = export_onnx(model, tmp_path_factory.mktemp("float") / "lite-float.onnx", 224, domain=(mean, whitening))
+    bank = embeddings(model, images[split["train"]])
+    path = export_onnx(model, tmp_path_factory.mktemp("float") / "lite-float.onnx", 224, domain=bank)
     ckpt = {"model_config": config_dict(cfg), "meta": {"fingerprint": ds.fingerprint, "split": "random", "seed": 42}}
     card = build_card("lite-float", ckpt, {"stale": {"accuracy": 0.0}})
     card["decision"] = {"uncertain_below": 0.5, "chosen_on": "test fixture"}

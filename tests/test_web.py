@@ -22,7 +22,7 @@ from leukostage.classes import BY_KEY, CLASS_KEYS, CLASSES, DISCLAIMER, UNCERTAI
 from leukostage.cores import threads_per_worker
 from leukostage.explain import EXPLAIN_MAX_SIDE, METHOD, colour_scale_info
 from leukostage.imaging import MAX_BYTES, decode_image, size_limit_message
-from leukostage.validate import validate_bytes, validate_path
+from leukostage.validate import get_preset, validate_bytes, validate_path
 from leukostage.web import REQUEST_BUDGET_S, create_app
 from leukostage.web.context import PREDICTOR_KEY
 from leukostage.web.server import bind_address, gunicorn_options, serve, worker_timeout_s
@@ -299,17 +299,23 @@ def test_batch_explains_each_valid_file_only(client, smear):
 
 @pytest.fixture(scope="module")
 def large_smear(smear_path) -> bytes:
-    """The accepted smear scaled up to 3000 x 2250 pixels (a JPEG of a few hundred kB)."""
-    rgb = cv2.resize(cv2.imread(str(smear_path)), (3000, 2250), interpolation=cv2.INTER_CUBIC)
+    """The accepted smear mirrored out to 336 x 252 and enlarged 3.2 times, to 1075 x 806 pixels: a camera's frame
+    larger than the overlay cap, its red cells within the range the capture layer rescales (a 3000-pixel upscale of a
+    224-pixel field would be refused for its magnification)."""
+    bgr = cv2.imread(str(smear_path))
+    h, w = bgr.shape[:2]
+    rgb = cv2.resize(np.pad(bgr, ((0, 252 - h), (0, 336 - w), (0, 0)), mode="symmetric"), (1075, 806))
     return cv2.imencode(".jpg", rgb, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
 
 
-def test_explanation_of_a_large_image_is_capped(client, large_smear):
+def test_explanation_of_a_large_image_is_capped(client, app, large_smear):
     r = upload(client, large_smear, path="/predict?explain=1")
     assert r.status_code == 200, r.json
     e = r.json["explanation"]
-    assert (e["width"], e["height"]) == (EXPLAIN_MAX_SIDE, 768)  # longest side capped, aspect kept
-    assert overlay_shape(e) == (768, EXPLAIN_MAX_SIDE, 3)
+    assert r.json["capture"]["rescaled_by"] < 0.5  # brought to the training scale first ...
+    side = get_preset(app.config["VALIDATION_PRESET"]).capture.field_px
+    assert (e["width"], e["height"]) == (side, side) and side <= EXPLAIN_MAX_SIDE  # ... and drawn over what was read
+    assert overlay_shape(e) == (side, side, 3)
 
 
 def test_explained_pixels_per_request_are_capped(client, app, smear, monkeypatch):

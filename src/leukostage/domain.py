@@ -2,11 +2,13 @@
 
 The input validator asks "is this a blood smear?"; this asks the second question. A smear from another laboratory,
 stain or magnification passes the validator but lies far from every training image in the network's own feature
-space, and there the class probabilities mean little. The score is the Mahalanobis distance of an embedding
-(mid-level stage outputs, globally averaged: they carry magnification, focus and stain texture) from the training
-part's mean, under the training part's covariance shrunk towards a scaled identity (see
-``leukostage.training.export.fit_domain``). The exported graph computes it as an output;
-``mahalanobis`` is the same computation in numpy, used to fit the threshold and to check the graph.
+space, and there the class probabilities mean little. The score is the cosine distance of an embedding (mid-level
+stage outputs, globally averaged) to its k-th nearest neighbour among the training part's embeddings, clean and
+through the capture chain (deep k-NN, Sun et al., ICML 2022, with their CIFAR-10 ``k``). A Gaussian (Mahalanobis)
+score was used before the capture recipe: once training covers stain, focus, exposure and magnification, the
+embeddings of what the model answers no longer form one ellipsoid, and the whitened distance, which weighs the
+quietest directions most, is moved more by int8 rounding than by another laboratory. The exported graph computes the
+score as an output; ``knn_distance`` is the same computation in numpy, used to fit the threshold and check the graph.
 """
 
 from __future__ import annotations
@@ -14,16 +16,21 @@ from __future__ import annotations
 import numpy as np
 
 DOMAIN_OUTPUT = "domain_score"  # the ONNX output that carries the score, (N,)
+DOMAIN_NEIGHBOURS = 50  # k of the k-NN distance (Sun et al. 2022's value for CIFAR-10; not tuned here)
 
 
-def mahalanobis(embeddings: np.ndarray, mean: np.ndarray, whitening: np.ndarray) -> np.ndarray:
-    """Distances (N,) of embeddings (N, D) from ``mean`` (D,): the length of ``(x - mean) @ whitening``.
+def unit_rows(embeddings: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (float32): the bank the graph holds, and the query side of the distance."""
+    x = np.asarray(embeddings, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
-    ``whitening`` (D, D) is a square root of the inverse covariance (W W^T = precision). A sum of squares has no
-    cancellation, so the float32 graph agrees with this float64 reference where x^T P x would not.
-    """
-    centred = np.asarray(embeddings, np.float64) - mean
-    return np.sqrt(np.square(centred @ whitening).sum(1))
+
+def knn_distance(embeddings: np.ndarray, bank: np.ndarray, k: int = DOMAIN_NEIGHBOURS) -> np.ndarray:
+    """Distances (N,): one minus the cosine similarity of each embedding (N, D) to its ``k``-th most similar row of
+    ``bank`` (M, D), unit rows (:func:`unit_rows`)."""
+    similarity = unit_rows(embeddings) @ np.asarray(bank, np.float32).T
+    k = min(k, similarity.shape[1])
+    return 1.0 - np.partition(similarity, -k, axis=1)[:, -k]
 
 
 def domain_fields(score: float, threshold: float) -> dict:

@@ -476,14 +476,14 @@ def run_gate(rgb: np.ndarray, preset: Preset) -> ValidationResult:
     small = working[0]
     level = capture.background_level(small)
     info["background_level"] = round(level, 1)
-    if level < s.min_background:
-        return _refuse("underexposed", {"level": level, "need": s.min_background}, preset, info)
+    if level < s.min_background:  # the colour and content layers' checks come with every refusal, for the record
+        return _refuse("underexposed", {"level": level, "need": s.min_background}, preset, info, _checks(rgb, preset))
     dark = capture.dark_level(small)
     clipped = capture.clipped_share(small)
     info.update(dark_level=round(dark, 1), clipped_share=round(clipped, 3))
     washed_out = {"clipped": clipped, "level": dark, "limit": s.max_dark_level}
     if dark > s.max_dark_level:
-        return _refuse("overexposed", washed_out, preset, info)
+        return _refuse("overexposed", washed_out, preset, info, _checks(rgb, preset))
     verdict = run_checks(capture.with_background(rgb, level, s.reference_background), preset)
     verdict.capture = info
     if not verdict.valid and clipped >= capture.WASHED_OUT_SHARE:
@@ -527,6 +527,10 @@ def run_gate(rgb: np.ndarray, preset: Preset) -> ValidationResult:
     if verdict.valid:
         verdict.view = view
     return verdict
+
+
+def _checks(rgb: np.ndarray, preset: Preset) -> dict:
+    return run_checks(rgb, preset).checks
 
 
 def _refuse(code: str, values: dict, preset: Preset, info: dict, checks: dict | None = None) -> ValidationResult:

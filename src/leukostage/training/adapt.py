@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..classes import CLASS_KEYS, CLASSES
+from ..domain import DOMAIN_NEIGHBOURS
 from ..imaging import IMAGE_SUFFIXES, ImageError, load_image
 
 MIN_ADAPT_PER_CLASS = 8  # fields of a class in the adaptation part below which the class is not adapted
@@ -441,7 +442,7 @@ def adapt(cfg: AdaptConfig, progress: bool = True) -> dict:
     from .. import __version__
     from ..predict import card_path_for, default_model_path
     from .decision import choose_thresholds
-    from .export import embeddings, export_onnx, fit_domain, fit_temperature, onnx_outputs
+    from .export import embeddings, export_onnx, fit_temperature, onnx_outputs
     from .quantize import quantize_onnx, sha256
     from .train import RECIPES, augmented_copies
 
@@ -487,11 +488,9 @@ def adapt(cfg: AdaptConfig, progress: bool = True) -> dict:
         logits = torch.cat([model(to_input(x_keep[i : i + 64])) for i in range(0, len(x_keep), 64)]).numpy()
     temperature = fit_temperature(y_keep, logits)
     domain_fit = np.concatenate([x_train, augmented_copies(x_lab, RECIPES[cfg.recipe], cfg.seed)])
-    mean, whitening, shrinkage = fit_domain(embeddings(model, domain_fit), embeddings(model, x_keep))
+    bank = embeddings(model, domain_fit)
     float_path = out.with_name(f"{out.stem}-float.onnx")
-    export_onnx(
-        model, float_path, int(base_card["input"]["shape"][1]), temperature=temperature, domain=(mean, whitening)
-    )
+    export_onnx(model, float_path, int(base_card["input"]["shape"][1]), temperature=temperature, domain=bank)
     nodes = quantize_onnx(float_path, out, domain_fit)
     outputs = onnx_outputs(out, x_keep.astype(np.float32) / 255.0)
     chosen = choose_thresholds(outputs["probabilities"], y_keep, outputs.get("domain_score"))
@@ -514,7 +513,7 @@ def adapt(cfg: AdaptConfig, progress: bool = True) -> dict:
         "threshold": round(chosen["domain_threshold"], 4),
         "fitted_on": "the laboratory's adaptation part (and a capture-chain copy of each)"
         + (" and the replayed base training images" if replay else ""),
-        "shrinkage": shrinkage,
+        "neighbours": DOMAIN_NEIGHBOURS,
         "threshold_chosen_on": card["decision"]["chosen_on"],
     }
     card["quantization"] = {

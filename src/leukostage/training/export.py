@@ -30,7 +30,7 @@ from torch import nn
 
 from .. import __version__
 from ..classes import CLASSES
-from ..domain import DOMAIN_OUTPUT
+from ..domain import DOMAIN_NEIGHBOURS, DOMAIN_OUTPUT, unit_rows
 from ..imaging import BACKGROUND_LEVEL, BACKGROUND_QUANTILE, IMAGE_SIZE, to_unit_range
 from ..predict import card_path_for, result_fields, session_options
 from .evaluate import headline_metrics
@@ -45,11 +45,12 @@ class ServingGraph(nn.Module):
 
     Works for the paper CNN (flatten + MLP over max-pooled maps) and EfficientNet-Lite0 (global average + one Linear):
     in both, the spatial mean of the gradient at the maps is the pooled features' gradient summed over the pooled
-    positions, divided by the maps' positions. With ``domain`` (mean, whitening) it also outputs ``domain_score``,
-    the Mahalanobis distance of the model's domain embedding (``forward_domain``; see :mod:`leukostage.domain`).
+    positions, divided by the maps' positions. With ``domain`` (the training embeddings' bank, unit rows) it also
+    outputs ``domain_score``, the k-NN distance of the model's domain embedding (``forward_domain``; see
+    :mod:`leukostage.domain`).
     """
 
-    def __init__(self, model: nn.Module, temperature: float = 1.0, domain: tuple[np.ndarray, np.ndarray] | None = None):
+    def __init__(self, model: nn.Module, temperature: float = 1.0, domain: np.ndarray | None = None):
         super().__init__()
         self.model = model
         self.temperature = float(temperature)  # softmax(logits / T): T fitted on validation data calibrates
@@ -60,9 +61,8 @@ class ServingGraph(nn.Module):
         self.register_buffer("first_summed", first, persistent=False)
         self.has_domain = domain is not None
         if domain is not None:
-            mean, whitening = domain
-            self.register_buffer("domain_mean", torch.as_tensor(mean, dtype=torch.float32), persistent=False)
-            self.register_buffer("domain_whitening", torch.as_tensor(whitening, dtype=torch.float32), persistent=False)
+            self.register_buffer("domain_bank", torch.as_tensor(unit_rows(domain)), persistent=False)
+            self.neighbours = min(DOMAIN_NEIGHBOURS, len(domain))
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -91,7 +91,9 @@ class ServingGraph(nn.Module):
         weights = grad / (maps.shape[-2] * maps.shape[-1])  # mean over the maps' positions
         outputs = (torch.softmax(logits / self.temperature, dim=1), maps, weights)
         if self.has_domain:
-            outputs += (torch.linalg.vector_norm((embedding - self.domain_mean) @ self.domain_whitening, dim=1),)
+            unit = embedding / torch.linalg.vector_norm(embedding, dim=1, keepdim=True).clamp_min(1e-12)
+            similarity = torch.topk(unit @ self.domain_bank.T, self.neighbours, dim=1).values[:, -1]
+            outputs += (1.0 - similarity,)
         return outputs
 
 
@@ -100,9 +102,9 @@ def export_onnx(
     path: str | Path,
     image_size: int = IMAGE_SIZE,
     temperature: float = 1.0,
-    domain: tuple[np.ndarray, np.ndarray] | None = None,
+    domain: np.ndarray | None = None,
 ) -> Path:
-    """Write a single-file ONNX model with a dynamic batch dimension."""
+    """Write a single-file ONNX model with a dynamic batch dimension (``domain``: the training embeddings (M, D))."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = ServingGraph(model.eval(), temperature, domain).eval()
@@ -255,33 +257,6 @@ def embeddings(model: nn.Module, images_uint8: np.ndarray, batch_size: int = 64)
     return np.concatenate(out)
 
 
-# Shrinkage of the training covariance towards a scaled identity, chosen by the validation part's likelihood. The
-# training images' own features are tighter than any new patient's (the network has fitted them), so the plain
-# covariance over-weights directions in which only the training images happen to be quiet.
-SHRINKAGE_GRID = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
-
-
-def fit_domain(train_embeddings: np.ndarray, val_embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Mean, whitening matrix (W W^T = inverse covariance) and shrinkage of the training embeddings' Gaussian.
-
-    The shrinkage is the one under which the validation embeddings are most likely: a choice made on validation
-    images only, never on another laboratory's.
-    """
-    train = np.asarray(train_embeddings, np.float64)
-    mean = train.mean(0)
-    cov = np.cov(train, rowvar=False, bias=True)
-    scale = np.trace(cov) / len(cov)
-    best = None
-    for alpha in SHRINKAGE_GRID:
-        values, vectors = np.linalg.eigh((1 - alpha) * cov + alpha * scale * np.eye(len(cov)))
-        whitening = vectors / np.sqrt(values)
-        d2 = np.square((np.asarray(val_embeddings, np.float64) - mean) @ whitening).sum(1)
-        log_likelihood = -0.5 * d2.mean() - 0.5 * np.log(values).sum()
-        if best is None or log_likelihood > best[0]:
-            best = (log_likelihood, whitening, alpha)
-    return mean, best[1], best[2]
-
-
 def val_test_outputs(onnx_path: str | Path, images: np.ndarray, split: dict, shifted=None) -> dict[str, np.ndarray]:
     """Every output of the exported file, exactly as it will be served, for the val part, the test part, then the
     val part's shifted views (``shifted``, :class:`leukostage.training.decision.ShiftedViews`; one session for all)."""
@@ -404,11 +379,11 @@ def export_model(
 ) -> dict:
     """Checkpoint -> ONNX + card.
 
-    With the training data, the model's own split is rebuilt: the train part fits the domain check's mean and
-    covariance, the val part fits the softmax temperature, the uncertainty threshold and the domain threshold (the
-    largest val score, so every in-domain val image passes), the test part gives the card's metrics (never used for
-    choosing anything). ``metrics_files`` (reports of other runs, e.g. the blocked split) are copied into the card
-    with their provenance.
+    With the training data, the model's own split is rebuilt: the train part (and a capture-chain copy of each, for
+    the capture recipe) is the domain check's bank of embeddings, the val part and its shifted views fit the softmax
+    temperature and the decision's thresholds (:mod:`leukostage.training.decision`), the test part gives the card's
+    metrics (never used for choosing anything). ``metrics_files`` (reports of other runs, e.g. the blocked split) are
+    copied into the card with their provenance.
 
     Raises:
         ValueError: ``data`` or a ``metrics_files`` report is not the data the model was trained on (fingerprint
@@ -439,14 +414,13 @@ def export_model(
             "fitted_on": f"{meta['split']} split, val part (NLL, floored at the add-one val accuracy)",
             "grid": [min(TEMPERATURE_GRID), max(TEMPERATURE_GRID)],
         }
-        domain = shrinkage = None
+        domain = None
         recipe = RECIPES.get(meta.get("recipe"))
         train_images = images[split["train"]]
         if recipe is not None and recipe.capture is not None:  # the domain also covers what training answered
             train_images = np.concatenate([train_images, augmented_copies(train_images, recipe, meta["seed"])])
         if model.DOMAIN_EMBEDDING is not None:  # architectures with a domain embedding (lite0)
-            mean, whitening, shrinkage = fit_domain(embeddings(model, train_images), embeddings(model, x_val))
-            domain = (mean, whitening)
+            domain = unit_rows(embeddings(model, train_images))
         out = export_onnx(model, out, size, temperature=temperature, domain=domain)
         shifted = shifted_views(x_val, y_val) if recipe is not None and recipe.capture is not None else None
         decision, metrics[f"{meta['split']}_test"], served_domain = fit_served_decision(
@@ -456,15 +430,14 @@ def export_model(
             domain_card = {
                 "output": DOMAIN_OUTPUT,
                 "threshold": served_domain["threshold"],
-                "method": "Mahalanobis distance of the domain embedding from the training part's Gaussian; "
-                "covariance shrunk towards a scaled identity",
+                "method": f"cosine distance of the domain embedding to its {DOMAIN_NEIGHBOURS}th nearest training "
+                "embedding (deep k-NN, Sun et al. 2022)",
                 "embedding": model.DOMAIN_EMBEDDING,
-                "shrinkage": shrinkage,
-                "shrinkage_chosen_on": f"{meta['split']} split, val part (likelihood)",
+                "neighbours": DOMAIN_NEIGHBOURS,
                 "fitted_on": f"{meta['split']} split, train part ({len(split['train'])} images"
                 + (", and one capture-chain copy of each)" if len(train_images) > len(split["train"]) else ")"),
                 "threshold_chosen_on": served_domain["threshold_chosen_on"],
-                "embedding_dims": int(domain[0].shape[0]),
+                "embedding_dims": int(domain.shape[1]),
                 "test_flagged": served_domain["test_flagged"],
             }
     metrics.update(copied)
