@@ -97,11 +97,10 @@ def _graph_domain_parts(path):
     k = int(constants[topk.input[1]].reshape(-1)[0])
     matmul = producer[topk.input[0]]
     assert matmul.op_type == "MatMul"
-    bank = constants.get(matmul.input[1])
-    if bank is None:  # exported as Transpose(bank)
-        bank = constants[producer[matmul.input[1]].input[0]]
-    else:
-        bank = bank.T
+    name = matmul.input[1]
+    while name not in constants:  # Transpose(Cast(the float16 bank))
+        name = producer[name].input[0]
+    bank = constants[name].astype(np.float32).T
     normalised = producer[matmul.input[0]]  # embedding / its norm
     embedding = normalised.input[0]
     graph.output.append(onnx.helper.make_tensor_value_info(embedding, onnx.TensorProto.FLOAT, None))
