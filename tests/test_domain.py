@@ -97,10 +97,11 @@ def _graph_domain_parts(path):
     k = int(constants[topk.input[1]].reshape(-1)[0])
     matmul = producer[topk.input[0]]
     assert matmul.op_type == "MatMul"
-    name = matmul.input[1]
-    while name not in constants:  # Transpose(Cast(the float16 bank))
-        name = producer[name].input[0]
-    bank = constants[name].astype(np.float32).T
+    bank = constants.get(matmul.input[1])
+    if bank is None:  # exported as Transpose(bank)
+        bank = constants[producer[matmul.input[1]].input[0]]
+    else:
+        bank = bank.T
     normalised = producer[matmul.input[0]]  # embedding / its norm
     embedding = normalised.input[0]
     graph.output.append(onnx.helper.make_tensor_value_info(embedding, onnx.TensorProto.FLOAT, None))

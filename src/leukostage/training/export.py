@@ -61,9 +61,7 @@ class ServingGraph(nn.Module):
         self.register_buffer("first_summed", first, persistent=False)
         self.has_domain = domain is not None
         if domain is not None:
-            # stored float16 (an initializer, cast in the graph): half the file; a unit vector's rounding (< 1e-3)
-            # moves a cosine far less than any threshold
-            self.register_buffer("domain_bank", torch.as_tensor(unit_rows(domain)).half())
+            self.register_buffer("domain_bank", torch.as_tensor(unit_rows(domain)), persistent=False)
             self.neighbours = min(DOMAIN_NEIGHBOURS, len(domain))
 
     @property
@@ -94,7 +92,7 @@ class ServingGraph(nn.Module):
         outputs = (torch.softmax(logits / self.temperature, dim=1), maps, weights)
         if self.has_domain:
             unit = embedding / torch.linalg.vector_norm(embedding, dim=1, keepdim=True).clamp_min(1e-12)
-            similarity = torch.topk(unit @ self.domain_bank.float().T, self.neighbours, dim=1).values[:, -1]
+            similarity = torch.topk(unit @ self.domain_bank.T, self.neighbours, dim=1).values[:, -1]
             outputs += (1.0 - similarity,)
         return outputs
 
