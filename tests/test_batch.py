@@ -183,7 +183,7 @@ def test_table2_rows_equal_predict_json(table2, tmp_path):
 def test_a_cell_from_another_laboratory_is_an_uncertain_row_with_its_reason(foreign_cell, sample_smears, tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "foreign.jpg").symlink_to(foreign_cell)
-    (tmp_path / "in" / "ours.jpg").symlink_to(sample_smears["mid"].resolve())
+    (tmp_path / "in" / "ours.jpg").symlink_to(sample_smears["early"].resolve())
     proc = run_cli(
         "batch", tmp_path / "in", "--out", tmp_path / "r.csv", "--workers", "1", "--summary-json", tmp_path / "s.json"
     )
@@ -198,9 +198,9 @@ def test_a_cell_from_another_laboratory_is_an_uncertain_row_with_its_reason(fore
         "False",
     )
     assert float(foreign["domain_score"]) > float(foreign["domain_threshold"]) and foreign["dataset_label"] == ""
-    assert (rows["ours.jpg"]["label"], rows["ours.jpg"]["in_domain"]) == ("mid", "True")
+    assert (rows["ours.jpg"]["label"], rows["ours.jpg"]["in_domain"]) == ("early", "True")
     summary = json.loads((tmp_path / "s.json").read_text())
-    assert summary["labels"] == {"mid": 1, "uncertain": 1}
+    assert summary["labels"] == {"early": 1, "uncertain": 1}
     assert summary["uncertain_by_reason"] == {"outside_training_domain": 1}
     assert "(uncertain: outside_training_domain 1)" in proc.stderr
 

@@ -94,14 +94,17 @@ def _graph_domain_parts(path):
     while node.op_type != "TopK":  # back through the subtraction and the k-th column's selection
         node = next(producer[i] for i in node.input if i in producer and i not in constants)
     topk = node
-    k = int(constants[topk.input[1]].reshape(-1)[0])
+
+    def constant(name):  # a constant, through the Reshape / Transpose the exporter put around it
+        while name not in constants:
+            name = producer[name].input[0]
+        return constants[name]
+
+    k = int(constant(topk.input[1]).reshape(-1)[0])
     matmul = producer[topk.input[0]]
     assert matmul.op_type == "MatMul"
-    bank = constants.get(matmul.input[1])
-    if bank is None:  # exported as Transpose(bank)
-        bank = constants[producer[matmul.input[1]].input[0]]
-    else:
-        bank = bank.T
+    bank = constant(matmul.input[1])  # (M, D) behind a Transpose, or (D, M) held as the product's own operand
+    bank = bank.T if matmul.input[1] in constants else bank
     normalised = producer[matmul.input[0]]  # embedding / its norm
     embedding = normalised.input[0]
     graph.output.append(onnx.helper.make_tensor_value_info(embedding, onnx.TensorProto.FLOAT, None))
