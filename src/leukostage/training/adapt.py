@@ -308,7 +308,7 @@ def fine_tune(model, images: np.ndarray, labels: np.ndarray, cfg: AdaptConfig, p
     from tqdm import tqdm
 
     from .data import stain_mask
-    from .train import RECIPES, augment, cell_attention_loss, to_input
+    from .train import RECIPES, augment, cell_attention_loss, make_optimizer, to_input
 
     recipe = RECIPES[cfg.recipe]
     teacher = copy.deepcopy(model).eval()
@@ -316,20 +316,7 @@ def fine_tune(model, images: np.ndarray, labels: np.ndarray, cfg: AdaptConfig, p
         p.requires_grad_(False)
     masks = np.stack([stain_mask(im) for im in images]).astype(np.float32)
     steps = cfg.epochs * math.ceil(len(images) / cfg.batch_size)
-    head = {id(p) for p in model.head.parameters()}
-    groups = [
-        {"params": [p for p in model.parameters() if id(p) not in head], "lr": cfg.lr * recipe.body_lr_scale},
-        {"params": list(model.head.parameters()), "lr": cfg.lr},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=recipe.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=[g["lr"] for g in groups],
-        total_steps=max(steps, 1),
-        pct_start=recipe.warmup_fraction,
-        anneal_strategy="cos",
-        cycle_momentum=False,
-    )
+    optimizer, schedule = make_optimizer(model, cfg, recipe, steps)  # the recipe's, as in training
     gen = torch.Generator().manual_seed(cfg.seed)
     bar = tqdm(total=steps, desc="adapting", unit="batch", disable=not progress)
     log = []

@@ -389,7 +389,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, recipe: Recipe, steps: int):
-    """The recipe's optimizer and learning-rate schedule.
+    """The recipe's optimizer and learning-rate schedule (training's, and ``adapt``'s: any ``cfg`` with ``lr``; the
+    plateau schedule also reads ``plateau_factor``, ``plateau_patience`` and ``min_lr``).
 
     ``onecycle`` steps once per batch (warm-up then cosine decay to ~0): a pretrained body is disturbed least when
     the new head's first, large gradients meet a small rate. The head is ``model.head``; everything else is body.
