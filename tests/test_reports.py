@@ -379,9 +379,10 @@ def test_a_case_without_counted_fields_is_uncertain_with_absent_proportions(card
 
 
 def test_device_names_the_model_and_its_card(synthetic_case, card):
-    (device,) = resources(case_bundle(synthetic_case, card), "Device")
-    assert device["deviceName"][0] == {"name": "leukostage lite0", "type": "model-name"}
-    assert device["version"][0]["value"] == "0.1.0"
+    ours = dict(synthetic_case, model={"name": card["name"], "version": card["version"]})  # scored by this model
+    (device,) = resources(case_bundle(ours, card), "Device")
+    assert device["deviceName"][0] == {"name": f"leukostage {card['name']}", "type": "model-name"}
+    assert device["version"][0]["value"] == card["version"]
     assert any(card["intended_use"] == n["text"] for n in device["note"])
 
     other = dict(synthetic_case, model={"name": "paper", "version": "0.0.9"})

@@ -185,7 +185,8 @@ def test_non_smear_shows_the_validators_reason(page, server, white_file):
     page.set_input_files("#file-input", str(white_file))
     page.wait_for_selector("#rejection:not([hidden])")
     assert page.is_hidden("#result")
-    assert page.inner_text("#rejection-heading") == "Not a usable blood smear photograph"
+    assert error["code"] == "overexposed"  # a blank white picture: the capture layer's verdict, with its checks
+    assert page.inner_text("#rejection-heading") == "Too bright (overexposed)"
     assert page.inner_text("#rejection-reason") == error["message"]
     assert error["code"] in page.inner_text("#rejection-code")
     assert page.locator("#rejection-checks tbody tr").count() == len(error["checks"])

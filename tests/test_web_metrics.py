@@ -105,14 +105,14 @@ def test_case_routes_are_labelled_by_rule_never_by_path(instance, people, model_
         f"/api/v1/cases/{cid}/images",
         headers=People.auth(people.tech),
         content_type="multipart/form-data",
-        data={"files": [(io.BytesIO(case_fields["mid"][0]), "Patient-SECRET-field.jpg")]},
+        data={"files": [(io.BytesIO(case_fields["early"][0]), "Patient-SECRET-field.jpg")]},
     )
     c.get(f"/api/v1/cases/{cid}?q=SECRET", headers=People.auth(people.tech))
     c.get("/no/such/SECRET/path")
     text = c.get("/metrics").get_data(as_text=True)
     assert "SECRET" not in text and f"/api/v1/cases/{cid}" not in text
     assert 'route="/api/v1/cases/<int:case_id>/images"' in text and 'route="<unmatched>"' in text
-    assert value(samples(text), "leukostage_results_total", outcome="class", detail="mid") >= 1
+    assert value(samples(text), "leukostage_results_total", outcome="class", detail="early") >= 1
 
 
 @pytest.mark.slow

@@ -102,14 +102,14 @@ def test_a_server_that_served_stops_cleanly_on_sigterm(model_path, sample_smears
     thread state that a forked worker cannot tear down at interpreter exit. Stopped with SIGTERM after real
     predictions, the log must show each worker exiting and the master shutting down, and nothing crashing."""
     log = tmp_path / "serve.log"
-    image = sample_smears["mid"].read_bytes()
+    image = sample_smears["early"].read_bytes()
     server = LiveServer(model_path, workers=2, log=log).start()
     try:
         workers = server.worker_pids()
         assert "onnxruntime" not in Path(f"/proc/{server.proc.pid}/maps").read_text()  # the master never loads it
         for _ in range(4):
-            status, body = post(server.port, "/predict", "file", [("mid.jpg", image)])
-            assert status == 200 and body["label"] == "mid", body
+            status, body = post(server.port, "/predict", "file", [("early.jpg", image)])
+            assert status == 200 and body["label"] == "early", body
     finally:
         server.stop()
     text = log.read_text()
