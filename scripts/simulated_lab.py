@@ -27,10 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from leukostage.classes import CLASS_KEYS, CLASSES, NORMAL_KEY
+from leukostage.classes import CLASS_KEYS
 from leukostage.predict import Predictor, default_model_path
-from leukostage.training.adapt import RUN_LENGTH, served
+from leukostage.training.adapt import RUN_LENGTH, discover_laboratory, lab_views, served
 from leukostage.training.data import default_data_dir, file_number, reproduce_split
+from leukostage.training.evaluate import score_external
 from leukostage.training.quantize import sha256
 from leukostage.training.shifts import LABORATORIES, write_laboratory
 
@@ -55,36 +56,11 @@ def split_runs(paths: list[Path], labels: np.ndarray, seed: int) -> tuple[np.nda
     return given_idx, np.setdiff1d(np.arange(len(labels)), given_idx)
 
 
-def external(model: Path, data: Path) -> dict:
-    """Share of other laboratories' normal blood labelled a leukaemia, as served (gate included)."""
-    from leukostage.predict import analyse_path
-
-    predictor = Predictor.load(model)
-    out = {}
-    for folder in ("pbc_sample", "bccd_smears"):
-        files = sorted(p for p in (data / folder).rglob("*") if p.suffix.lower() in {".jpg", ".png"})
-        labels = [analyse_path(f, predictor).result.get("label") for f in files]
-        leukaemia = sum(label in CLASS_KEYS and label != NORMAL_KEY for label in labels)
-        out[folder] = {"n": len(files), "leukaemia": leukaemia, "share": round(leukaemia / max(len(files), 1), 4)}
-    return out
-
-
-def views(folder: Path) -> tuple[np.ndarray, np.ndarray, int]:
+def laboratory_views(folder: Path) -> tuple[np.ndarray, np.ndarray, int]:
     """The gate's views of a Table 2 folder (what the model reads), their classes, and how many were refused."""
-    from leukostage.imaging import load_image
-    from leukostage.validate import DEFAULT_PRESET, get_preset, run_gate
-
-    preset = get_preset(DEFAULT_PRESET)
-    xs, ys, refused = [], [], 0
-    for c, cls in enumerate(CLASSES):
-        for f in sorted((folder / cls.folder).glob("*.png")):
-            verdict = run_gate(load_image(f), preset)
-            if not verdict.valid:
-                refused += 1
-                continue
-            xs.append(verdict.view)
-            ys.append(c)
-    return np.stack(xs), np.asarray(ys), refused
+    lab = discover_laboratory(folder)
+    read = lab_views(lab)
+    return read.views, np.asarray(lab.labels)[read.kept], len(read.refused)
 
 
 def main() -> int:
@@ -117,7 +93,7 @@ def main() -> int:
     subprocess.run(command, check=True)
     seconds = time.perf_counter() - t0
 
-    x_lab, y_lab, refused = views(work / "test")
+    x_lab, y_lab, refused = laboratory_views(work / "test")
     clean = images[test[lab_test]]
     report = {
         "command": " ".join(shlex.quote(s) for s in sys.argv),
@@ -142,7 +118,10 @@ def main() -> int:
             "base": served(base, clean, labels[lab_test]),
             "adapted": served(adapted, clean, labels[lab_test]),
         },
-        "other_laboratories_adapted": external(adapted, data),
+        "other_laboratories_adapted": {
+            name: {"n": t["n"], "leukaemia": t["leukaemia_labelled"]}
+            for name, t in score_external(adapted, [data / "pbc_sample", data / "bccd_smears"]).items()
+        },
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
