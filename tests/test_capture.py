@@ -117,6 +117,24 @@ def test_exposure_dim_is_normalised_dark_and_washed_out_are_refused_with_the_lev
         assert not bright.valid and bright.code == "overexposed" and "Reduce the light" in bright.reason
 
 
+def test_a_brighter_lamp_is_read_as_taken_not_rescaled_on_the_ruler_it_shrank(fields, settings):
+    """x1.2 gain clips the red cells' pale parts, so the ruler reads them small: that reading is not used (the field
+    is read as taken), while the same reading on an unclipped field still rescales it."""
+    ignored = 0
+    for rgb in fields:
+        bright = validate_image(np.clip(rgb.astype(np.float32) * 1.2, 0, 255).astype(np.uint8))
+        assert bright.valid, (bright.code, bright.reason)
+        assert "rescaled_by" not in bright.capture
+        if "ruler" in bright.capture:
+            ignored += 1
+            assert bright.capture["scale"] < settings.scale_band[0]
+            assert bright.capture["clipped_share"] > capture.RULER_MAX_CLIPPED
+            assert bright.view.shape == rgb.shape
+    assert ignored >= 1, "no field here had its ruler shrunk by the lamp: the case is not exercised"
+    small = validate_image(zoomed(fields[0], 0.6))  # red cells small without any clipping: rescaled as before
+    assert small.valid and "ruler" not in small.capture and small.capture["rescaled_by"] > 1.0
+
+
 def test_the_model_view_is_square_at_the_training_scale(fields, settings):
     rgb = fields[0]
     assert capture.model_view(rgb, 224) is rgb

@@ -496,6 +496,9 @@ def run_gate(rgb: np.ndarray, preset: Preset) -> ValidationResult:
     ratio = None if diameter is None else diameter / s.red_cell_px
     info["red_cell_diameter_px"] = None if diameter is None else round(diameter, 1)
     info["scale"] = None if ratio is None else round(ratio, 3)
+    if ratio is not None and ratio < s.scale_band[0] and clipped > capture.RULER_MAX_CLIPPED:
+        info["ruler"] = "not used: the lamp clipped the red cells' pale parts, which shrinks them"
+        ratio = 1.0  # read as taken: neither rescaled nor refused on a reading the exposure made
     if ratio is not None and not s.scale_limits[0] <= ratio <= s.scale_limits[1]:
         if not verdict.valid:
             return verdict
