@@ -132,9 +132,10 @@ def main() -> int:
 
 def markdown(r: dict) -> str:
     def row(name: str, m: dict) -> str:
+        u = m["uncertain"]
         return (
             f"| {name} | {m['n']} | {m['coverage']:.3f} | {m['selective_accuracy'] or 0:.4f} | "
-            f"{m['leukaemia_called_normal']} |"
+            f"{m['leukaemia_called_normal']} | {u['low_confidence']} / {u['outside_training_domain']} |"
         )
 
     lt, th = r["laboratory_test"], r["training_hospital_same_patients_clean"]
@@ -146,8 +147,9 @@ def markdown(r: dict) -> str:
         f"{r['split']['given_to_adapt']} fields given to adapt, {r['split']['laboratory_test']} in its test part "
         f"({lt['refused_by_gate']} refused by the gate).",
         "",
-        "| model, images | n | answered | accuracy among answered | leukaemia called Normal |",
-        "|---|---|---|---|---|",
+        "| model, images | n | answered | accuracy among answered | leukaemia called Normal | uncertain: low "
+        "confidence / outside the training domain |",
+        "|---|---|---|---|---|---|",
         row("shipped, laboratory test", lt["base"]),
         row("adapted, laboratory test", lt["adapted"]),
         row("shipped, same patients as the training hospital took them", th["base"]),

@@ -87,6 +87,10 @@ LABORATORIES: dict[str, Shift] = {
     "lab-a": Shift("laboratory", "a", od=_hue(1.25, 0.95, 1.1, 0.08), magnification=1.2, blur=0.8, noise=3, jpeg=60),
     "lab-b": Shift("laboratory", "b", od=_hue(0.8, 0.75, 0.9, 0.05), magnification=0.85, blur=1.2, jpeg=35),
     "lab-c": Shift("laboratory", "c", od=_hue(1.1, 1.3, 1.2, 0.1), magnification=1.35, exposure=0.8, noise=5, jpeg=50),
+    # a pinker stain, a lower magnification, a softer focus and a harsher JPEG at once: lab-a to lab-c sit inside
+    # the capture recipe's ranges and the shipped model already answers them; this one it mostly flags (on the
+    # validation part: 65 % left uncertain, 9 % refused by the gate)
+    "lab-d": Shift("laboratory", "d", od=_hue(0.75, 1.25, 1.3, 0.12), magnification=0.75, blur=1.5, jpeg=40),
 }
 
 
