@@ -27,6 +27,8 @@ MIN_ADAPT_PER_CLASS = 8  # fields of a class in the adaptation part below which 
 MIN_VAL_PER_CLASS = 3  # ... and in the validation part (the thresholds need some of each)
 VAL_SHARE = 0.3  # of each class's samples, for the laboratory's validation part
 RUN_LENGTH = 10  # without sample folders: runs of this many consecutive file numbers are taken as one sample
+LAB_COPIES = 3  # capture-chain copies of each adaptation field in the domain bank: a laboratory's class has tens
+# of fields, the k-NN distance reads the 50th neighbour, so each field stands for a few as the base's fields do
 
 
 @dataclass
@@ -365,8 +367,9 @@ def _subset(lab: LabFields, idx: np.ndarray) -> LabFields:
 
 
 def replay_images(cfg: AdaptConfig, base_card: dict, n: int) -> tuple[np.ndarray, np.ndarray, dict] | None:
-    """Up to ``n`` of the base model's own training-part images (class-balanced), and its validation part, when the
-    replay folder holds the base's training data (same fingerprint); None otherwise (distillation alone then)."""
+    """Up to ``n`` of the base model's own training-part images (class-balanced), its whole training part (the domain
+    bank's) and its validation part, when the replay folder holds the base's training data (same fingerprint); None
+    otherwise (distillation alone then)."""
     from .data import default_data_dir, reproduce_split
 
     training = base_card.get("training", {})
@@ -383,7 +386,7 @@ def replay_images(cfg: AdaptConfig, base_card: dict, n: int) -> tuple[np.ndarray
     chosen = np.concatenate([rng.permutation(train[ds.labels[train] == c])[:per_class] for c in range(len(CLASS_KEYS))])
     source = {"folder": str(folder), "fingerprint": ds.fingerprint, "split": training["split"], "images": len(chosen)}
     val = split["val"]
-    return images[chosen], ds.labels[chosen], {**source, "val": (images[val], ds.labels[val])}
+    return images[chosen], ds.labels[chosen], {**source, "val": (images[val], ds.labels[val]), "train": images[train]}
 
 
 def served(path: str | Path, views: np.ndarray, labels: np.ndarray) -> dict:
@@ -466,6 +469,7 @@ def adapt(cfg: AdaptConfig, progress: bool = True) -> dict:
         x_rep, y_rep, source = replay
         x_train, y_train = np.concatenate([x_lab, x_rep]), np.concatenate([y_lab, y_rep])
         x_base_val, y_base_val = source.pop("val")
+        x_base_train = source.pop("train")
         x_keep, y_keep = np.concatenate([x_val, x_base_val]), np.concatenate([y_val, y_base_val])
     log = fine_tune(model, x_train, y_train, cfg, progress)
 
@@ -474,13 +478,19 @@ def adapt(cfg: AdaptConfig, progress: bool = True) -> dict:
 
         logits = torch.cat([model(to_input(x_keep[i : i + 64])) for i in range(0, len(x_keep), 64)]).numpy()
     temperature = fit_temperature(y_keep, logits)
-    domain_fit = np.concatenate([x_train, augmented_copies(x_lab, RECIPES[cfg.recipe], cfg.seed)])
-    bank = embeddings(model, domain_fit)
+    recipe = RECIPES[cfg.recipe]
+    lab_copies = [augmented_copies(x_lab, recipe, cfg.seed + i) for i in range(LAB_COPIES)]
+    domain_fit = np.concatenate([x_train, lab_copies[0]])  # the int8 calibration: what the adapted model reads
+    # the domain bank: the laboratory's fields with their copies, and the base's bank as it was built (its training
+    # part and a capture-chain copy of each, seen through the adapted model) when its data is at hand
+    base_bank = [x_base_train, augmented_copies(x_base_train, recipe, cfg.seed)] if replay is not None else []
+    bank = embeddings(model, np.concatenate([*base_bank, x_lab, *lab_copies]))
     float_path = out.with_name(f"{out.stem}-float.onnx")
     export_onnx(model, float_path, int(base_card["input"]["shape"][1]), temperature=temperature, domain=bank)
     nodes = quantize_onnx(float_path, out, domain_fit)
     outputs = onnx_outputs(out, x_keep.astype(np.float32) / 255.0)
-    chosen = choose_thresholds(outputs["probabilities"], y_keep, outputs.get("domain_score"))
+    sources = np.arange(len(x_keep)) >= len(x_val)  # the laboratory's validation fields, then the base's
+    chosen = choose_thresholds(outputs["probabilities"], y_keep, outputs.get("domain_score"), sources)
 
     card = json.loads(json.dumps(base_card))
     card.update(
@@ -498,8 +508,8 @@ def adapt(cfg: AdaptConfig, progress: bool = True) -> dict:
     card["domain"] = {
         **card.get("domain", {}),
         "threshold": round(chosen["domain_threshold"], 4),
-        "fitted_on": "the laboratory's adaptation part (and a capture-chain copy of each)"
-        + (" and the replayed base training images" if replay else ""),
+        "fitted_on": f"the laboratory's adaptation part (and {LAB_COPIES} capture-chain copies of each)"
+        + (" and the base model's training part (and a capture-chain copy of each)" if replay else ""),
         "neighbours": DOMAIN_NEIGHBOURS,
         "threshold_chosen_on": card["decision"]["chosen_on"],
     }

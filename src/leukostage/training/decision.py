@@ -13,7 +13,10 @@ model will be asked:
    leukaemia validation image got as its top class (clean or shifted): a Normal call must beat them all.
 3. the domain threshold: the largest score whose answered validation images still reach the target accuracy with
    no leukaemia called Normal (selective risk control), and at most the :data:`DOMAIN_COVER` quantile of the
-   validation images' scores, so that what lies beyond every ordinary variation is still flagged.
+   validation images' scores, so that what lies beyond every ordinary variation is still flagged. Where the
+   validation images come from several sources that will all be served (``adapt``: a laboratory's fields and the
+   base model's validation part), the quantile is each source's own and the largest is taken, so that the few
+   fields of a laboratory are not held to the quantile of the many of the training hospital.
 
 The test part is never used here.
 """
@@ -84,8 +87,11 @@ def _risk_ok(probs: np.ndarray, y: np.ndarray, answered: np.ndarray) -> bool:
     return bool(right and not missed)
 
 
-def choose_thresholds(probs: np.ndarray, y: np.ndarray, scores: np.ndarray | None) -> dict:
-    """The three thresholds (see the module docstring) from validation outputs, clean and shifted together."""
+def choose_thresholds(
+    probs: np.ndarray, y: np.ndarray, scores: np.ndarray | None, sources: np.ndarray | None = None
+) -> dict:
+    """The three thresholds (see the module docstring) from validation outputs, clean and shifted together;
+    ``sources`` (one label per image) names where each validation image comes from, for the domain cover."""
     conf, top = probs.max(1), probs.argmax(1)
     t = next((g for g in GRID if _risk_ok(probs, y, _answered(probs, g, 0.0, None, None))), GRID[-1])
     wrong_normal = conf[(y != NORMAL) & (top == NORMAL)]
@@ -95,7 +101,8 @@ def choose_thresholds(probs: np.ndarray, y: np.ndarray, scores: np.ndarray | Non
     if scores is None:
         return out
     candidates = np.sort(scores)
-    cover = float(np.quantile(scores, DOMAIN_COVER))
+    groups = [scores] if sources is None else [scores[sources == g] for g in np.unique(sources)]
+    cover = max(float(np.quantile(g, DOMAIN_COVER)) for g in groups)
     tau = float(candidates[0])
     for s in candidates[candidates <= cover]:
         if _risk_ok(probs, y, _answered(probs, t, m, scores, float(s))):
