@@ -506,7 +506,7 @@ def adapt(cfg: AdaptConfig, progress: bool = True) -> dict:
     }
     card["calibration"] = {"temperature": temperature, "fitted_on": card["decision"]["chosen_on"]}
     card["domain"] = {
-        **card.get("domain", {}),
+        **{k: v for k, v in card.get("domain", {}).items() if k != "test_flagged"},  # the base's test, not this one's
         "threshold": round(chosen["domain_threshold"], 4),
         "fitted_on": f"the laboratory's adaptation part (and {LAB_COPIES} capture-chain copies of each)"
         + (" and the base model's training part (and a capture-chain copy of each)" if replay else ""),
