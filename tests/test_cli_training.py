@@ -159,3 +159,16 @@ def test_export_refuses_metrics_of_other_data(run_dir, val_report, tmp_path, cap
         main(["export", "--checkpoint", str(run_dir / "best.pt"), "--out", str(onnx), "--metrics", str(foreign)]) == 2
     )
     assert "0123456789abcdef" in capsys.readouterr().err and not onnx.exists()
+
+
+def test_adapt_warns_when_the_adapted_model_is_no_better_on_the_laboratorys_validation_part():
+    from leukostage.cli.training import adaptation_advice
+
+    base = {"coverage": 0.91, "selective_accuracy": 1.0, "leukaemia_called_normal": 0}
+    better = {"coverage": 0.97, "selective_accuracy": 1.0, "leukaemia_called_normal": 0}
+    assert adaptation_advice(base, better) is None
+    fewer = adaptation_advice(base, {**better, "coverage": 0.88})
+    assert fewer is not None and "answers fewer fields than the base" in fewer and "keep serving the base" in fewer
+    worse = adaptation_advice(base, {**better, "selective_accuracy": 0.98, "leukaemia_called_normal": 1})
+    assert worse is not None and "less accurate" in worse and "calls more leukaemia fields Normal" in worse
+    assert adaptation_advice(base, {**better, "selective_accuracy": None, "coverage": 0.0}) is not None

@@ -337,7 +337,28 @@ def cmd_adapt(args: argparse.Namespace) -> int:
             f"{name:8s} on the laboratory's validation part: answered {m['coverage']:.1%}, accuracy among answered "
             f"{m['selective_accuracy']:.3f}, leukaemia called Normal {m['leukaemia_called_normal']}"
         )
+    advice = adaptation_advice(lab["base"], lab["adapted"])
+    if advice:
+        print(advice)
     return 0
+
+
+def adaptation_advice(base: dict, adapted: dict) -> str | None:
+    """A warning when the adapted model is no better than the base on the laboratory's own validation part (fewer
+    answered, less accurate among them, or more leukaemia called Normal): serving it would be a step back."""
+    missed = "leukaemia_called_normal"
+    checks = (
+        ("answers fewer fields", adapted["coverage"] < base["coverage"]),
+        ("is less accurate among them", (adapted["selective_accuracy"] or 0) < (base["selective_accuracy"] or 0)),
+        ("calls more leukaemia fields Normal", adapted[missed] > base[missed]),
+    )
+    worse = [what for what, lost in checks if lost]
+    if not worse:
+        return None
+    return (
+        f"note: on the laboratory's validation part the adapted model {' and '.join(worse)} than the base; keep "
+        "serving the base, or adapt again with more reviewed fields"
+    )
 
 
 def calibration_target(args: argparse.Namespace) -> Path:
