@@ -95,6 +95,7 @@ def main() -> int:
 
     x_lab, y_lab, refused = laboratory_views(work / "test")
     clean = images[test[lab_test]]
+    others = [data / "pbc_sample", data / "bccd_smears"]
     report = {
         "command": " ".join(shlex.quote(s) for s in sys.argv),
         "adapt_command": " ".join(shlex.quote(s) for s in command[2:]),
@@ -120,7 +121,7 @@ def main() -> int:
         },
         "other_laboratories_adapted": {
             name: {"n": t["n"], "leukaemia": t["leukaemia_labelled"]}
-            for name, t in score_external(adapted, [data / "pbc_sample", data / "bccd_smears"]).items()
+            for name, t in score_external(adapted, others, out / "external").items()
         },
     }
     out.mkdir(parents=True, exist_ok=True)
