@@ -49,8 +49,8 @@ WASHED_OUT_SHARE = (
 )
 RULER_MAX_CLIPPED = 0.4  # above this clipped share a lamp has whitened the red cells' pale rims and centres:
 # the ruler then reads them smaller than they are (x1.2 exposure: a median 0.94 of the training scale, a twentieth
-# under 0.54), so a reading below the training scale is not used. Chosen on the validation part: its clean fields
-# are at most 0.36 clipped, a tenth of them at x1.2 gain are not.
+# under 0.54), so a reading below the band read as it is (``scale_band``) is not used. Chosen on the validation part:
+# its clean fields are at most 0.36 clipped; at x1.2 gain 70 % of them are over 0.4.
 REMAINDER_SHARE = 0.01  # under this share of the picture unclipped: nothing left to judge
 REMAINDER_MIN_SATURATION = 12  # HSV saturation (of 255) above which a washed-out pixel still shows its colour
 DARK_QUANTILE = 0.01  # the picture's darkest hundredth: nuclei; if even these are near white, the stain is gone

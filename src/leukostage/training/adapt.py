@@ -480,14 +480,14 @@ def adapt(cfg: AdaptConfig, progress: bool = True) -> dict:
     temperature = fit_temperature(y_keep, logits)
     recipe = RECIPES[cfg.recipe]
     lab_copies = [augmented_copies(x_lab, recipe, cfg.seed + i) for i in range(LAB_COPIES)]
-    domain_fit = np.concatenate([x_train, lab_copies[0]])  # the int8 calibration: what the adapted model reads
+    calibration = np.concatenate([x_train, lab_copies[0]])  # the int8 calibration: what the adapted model reads
     # the domain bank: the laboratory's fields with their copies, and the base's bank as it was built (its training
     # part and a capture-chain copy of each, seen through the adapted model) when its data is at hand
     base_bank = [x_base_train, augmented_copies(x_base_train, recipe, cfg.seed)] if replay is not None else []
     bank = embeddings(model, np.concatenate([*base_bank, x_lab, *lab_copies]))
     float_path = out.with_name(f"{out.stem}-float.onnx")
     export_onnx(model, float_path, int(base_card["input"]["shape"][1]), temperature=temperature, domain=bank)
-    nodes = quantize_onnx(float_path, out, domain_fit)
+    nodes = quantize_onnx(float_path, out, calibration)
     outputs = onnx_outputs(out, x_keep.astype(np.float32) / 255.0)
     sources = np.arange(len(x_keep)) >= len(x_val)  # the laboratory's validation fields, then the base's
     chosen = choose_thresholds(outputs["probabilities"], y_keep, outputs.get("domain_score"), sources)
