@@ -47,3 +47,16 @@ def test_the_domain_threshold_covers_each_source_not_only_the_largest():
     assert (scores[:10] > pooled).mean() >= 0.5
     assert (scores[:10] > per_source).mean() <= 0.1
     assert per_source <= np.quantile(scores[:10], decision.DOMAIN_COVER)
+
+
+def test_a_few_fields_cover_reaches_their_quantile_not_the_score_below_it():
+    """34 laboratory fields, the largest far above the rest (lab-b's validation part had 0.34 then 0.49): the
+    threshold is the 99th percentile, between the two, not the 0.34 a threshold snapped to a score would flag."""
+    decision = require("leukostage.training.decision")
+    rng = np.random.default_rng(2)
+    probs, y = outputs(34, 0, rng)
+    scores = np.append(np.sort(rng.uniform(0.20, 0.34, 33)), 0.49)
+    tau = decision.choose_thresholds(probs, y, scores)["domain_threshold"]
+    assert tau == np.quantile(scores, decision.DOMAIN_COVER)
+    assert scores[32] < tau < scores[33]
+

@@ -13,7 +13,8 @@ model will be asked:
    leukaemia validation image got as its top class (clean or shifted): a Normal call must beat them all.
 3. the domain threshold: the largest score whose answered validation images still reach the target accuracy with
    no leukaemia called Normal (selective risk control), and at most the :data:`DOMAIN_COVER` quantile of the
-   validation images' scores, so that what lies beyond every ordinary variation is still flagged. Where the
+   validation images' scores (that quantile itself where the risk allows), so that what lies beyond every ordinary
+   variation is still flagged. Where the
    validation images come from several sources that will all be served (``adapt``: a laboratory's fields and the
    base model's validation part), the quantile is each source's own and the largest is taken, so that the few
    fields of a laboratory are not held to the quantile of the many of the training hospital.
@@ -100,11 +101,13 @@ def choose_thresholds(
     out = {"uncertain_below": float(t), "normal_below": float(m)}
     if scores is None:
         return out
-    candidates = np.sort(scores)
     groups = [scores] if sources is None else [scores[sources == g] for g in np.unique(sources)]
     cover = max(float(np.quantile(g, DOMAIN_COVER)) for g in groups)
+    # the answered set only changes at a validation score, so the cover itself is a candidate: snapped down to the
+    # score below it, a few fields' quantile (it interpolates towards their largest) would land far inside them
+    candidates = np.append(np.sort(scores[scores < cover]), cover)
     tau = float(candidates[0])
-    for s in candidates[candidates <= cover]:
+    for s in candidates:
         if _risk_ok(probs, y, _answered(probs, t, m, scores, float(s))):
             tau = float(s)
     out["domain_threshold"] = tau
