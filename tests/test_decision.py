@@ -59,4 +59,3 @@ def test_a_few_fields_cover_reaches_their_quantile_not_the_score_below_it():
     tau = decision.choose_thresholds(probs, y, scores)["domain_threshold"]
     assert tau == np.quantile(scores, decision.DOMAIN_COVER)
     assert scores[32] < tau < scores[33]
-
