@@ -172,3 +172,13 @@ def test_adapt_warns_when_the_adapted_model_is_no_better_on_the_laboratorys_vali
     worse = adaptation_advice(base, {**better, "selective_accuracy": 0.98, "leukaemia_called_normal": 1})
     assert worse is not None and "less accurate" in worse and "calls more leukaemia fields Normal" in worse
     assert adaptation_advice(base, {**better, "selective_accuracy": None, "coverage": 0.0}) is not None
+
+
+def test_adapt_says_which_fields_the_gate_refused_and_that_serving_will_too():
+    from leukostage.cli.training import gate_note
+
+    clean = {"fields": 191, "refused_by_validator": {"count": 0, "codes": "none"}}
+    assert gate_note(clean) is None
+    note = gate_note({"fields": 191, "refused_by_validator": {"count": 17, "codes": "not_blood_smear: 17"}})
+    assert note is not None and "17 of the 191 fields (not_blood_smear: 17)" in note
+    assert "serving refuses such fields too" in note

@@ -328,6 +328,9 @@ def cmd_adapt(args: argparse.Namespace) -> int:
             f"from {info['laboratory']['fields']} fields of {len(cases)} signed-off cases (each export recorded in "
             "the case's audit trail)"
         )
+    refused = gate_note(info["laboratory"])
+    if refused:
+        print(refused)
     print(f"classes adapted: {', '.join(info['classes_adapted'])}")
     for key, why in info["classes_not_adapted"].items():
         print(f"not adapted: {key}: {why}")
@@ -341,6 +344,19 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     if advice:
         print(advice)
     return 0
+
+
+def gate_note(laboratory: dict) -> str | None:
+    """What the serving gate refused among the laboratory's fields: ``adapt`` leaves them out and does not change the
+    gate, so serving will refuse such fields too; the laboratory should know before it counts on them."""
+    refused = laboratory["refused_by_validator"]
+    if not refused["count"]:
+        return None
+    return (
+        f"note: the gate refused {refused['count']} of the {laboratory['fields']} fields ({refused['codes']}); they "
+        "were left out, and serving refuses such fields too (adapt changes the model, not the gate): retake them "
+        "as each refusal says, or check that they are usable smear fields"
+    )
 
 
 def adaptation_advice(base: dict, adapted: dict) -> str | None:
