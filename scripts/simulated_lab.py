@@ -56,10 +56,11 @@ def split_runs(paths: list[Path], labels: np.ndarray, seed: int) -> tuple[np.nda
     return given_idx, np.setdiff1d(np.arange(len(labels)), given_idx)
 
 
-def laboratory_views(folder: Path) -> tuple[np.ndarray, np.ndarray, int]:
-    """The gate's views of a Table 2 folder (what the model reads), their classes, and how many were refused."""
+def laboratory_views(folder: Path, model: Path) -> tuple[np.ndarray, np.ndarray, int]:
+    """The gate's views of a Table 2 folder (what ``model`` reads, through the validator it is served with), their
+    classes, and how many were refused."""
     lab = discover_laboratory(folder)
-    read = lab_views(lab)
+    read = lab_views(lab, validator=Predictor.load(model).validator_path)
     return read.views, np.asarray(lab.labels)[read.kept], len(read.refused)
 
 
@@ -93,7 +94,7 @@ def main() -> int:
     subprocess.run(command, check=True)
     seconds = time.perf_counter() - t0
 
-    x_lab, y_lab, refused = laboratory_views(work / "test")
+    views = {name: laboratory_views(work / "test", path) for name, path in (("base", base), ("adapted", adapted))}
     clean = images[test[lab_test]]
     others = [data / "pbc_sample", data / "bccd_smears"]
     report = {
@@ -110,10 +111,10 @@ def main() -> int:
             "laboratory_test": int(len(lab_test)),
         },
         "adapt_seconds": round(seconds, 1),
+        "adapted_gate": Predictor.load(adapted).card.get("gate"),
         "laboratory_test": {
-            "refused_by_gate": refused,
-            "base": of_all(served(base, x_lab, y_lab), len(lab_test)),
-            "adapted": of_all(served(adapted, x_lab, y_lab), len(lab_test)),
+            name: of_all(served(path, *views[name][:2]), len(lab_test), views[name][2])
+            for name, path in (("base", base), ("adapted", adapted))
         },
         "training_hospital_same_patients_clean": {
             "base": served(base, clean, labels[lab_test]),
@@ -131,10 +132,12 @@ def main() -> int:
     return 0
 
 
-def of_all(summary: dict, fields: int) -> dict:
-    """``summary`` (of the fields the gate let through) with ``answered_of_all``: answered among all the laboratory's
-    test fields, a refused field counted as not answered (as ``shift_check.py`` counts, and the issue's target)."""
-    return {**summary, "answered_of_all": round(summary["decided"] / fields, 4) if fields else None}
+def of_all(summary: dict, fields: int, refused: int) -> dict:
+    """``summary`` (of the fields the gate let through) with the fields it refused and ``answered_of_all``: answered
+    among all the laboratory's test fields, a refused field counted as not answered (as ``shift_check.py`` counts,
+    and the issue's target)."""
+    answered = round(summary["decided"] / fields, 4) if fields else None
+    return {**summary, "refused_by_gate": refused, "answered_of_all": answered}
 
 
 def markdown(r: dict) -> str:
@@ -153,7 +156,10 @@ def markdown(r: dict) -> str:
         f"Command: `{r['command']}` (adapt: `{r['adapt_command']}`, {r['adapt_seconds']} s).",
         f"Laboratory: `{json.dumps(r['laboratory']['shift'])}`. Split: {r['split']['source']}; {r['split']['rule']}: "
         f"{r['split']['given_to_adapt']} fields given to adapt, {r['split']['laboratory_test']} in its test part "
-        f"({lt['refused_by_gate']} refused by the gate).",
+        f"(refused by the gate: {lt['base']['refused_by_gate']} as the shipped model is served, "
+        f"{lt['adapted']['refused_by_gate']} as the adapted one is"
+        + (f", with its laboratory validator {r['adapted_gate']['validator']}" if r.get("adapted_gate") else "")
+        + ").",
         "",
         "| model, images | n (through the gate) | answered, of all fields | answered, of those through the gate | "
         "accuracy among answered | leukaemia called Normal | uncertain: low confidence / outside the training domain |",

@@ -228,3 +228,60 @@ def test_cases_reviewed_then_adapted_from_the_database_and_served(
     served = Predictor.load(out)
     result = analyse_bytes(files[0].read_bytes(), "field.jpg", served).result
     assert result["valid"] and result["label"] in (*CLASS_KEYS, "uncertain")
+
+
+def test_the_laboratory_content_threshold_follows_its_own_smears_within_the_margin():
+    from leukostage.training.adapt import LAB_CONTENT_MARGIN, laboratory_content_threshold
+
+    active = 0.98
+    smears = np.linspace(0.95, 1.0, 200)
+    assert laboratory_content_threshold(smears, active) == pytest.approx(0.95)  # every one of its smears passes
+    assert laboratory_content_threshold(np.full(50, 0.99), active) == active  # never raised above the active one
+    assert laboratory_content_threshold(np.append(smears, 0.2), active) == pytest.approx(active - LAB_CONTENT_MARGIN)
+    assert laboratory_content_threshold(np.array([np.nan, np.nan]), active) == active  # no field reached the check
+
+
+def test_a_laboratorys_unusual_smears_get_its_own_validator_and_serving_with_it_lets_them_through(
+    taleqani, tmp_path, model_with_card
+):
+    """Real fields re-made by lab-d (a pinker stain, lower magnification, blur, JPEG 40): the packaged validator
+    calls some of them unusual smears; adapt's reading writes the laboratory's validator, through which they pass,
+    and a model whose card names it serves them."""
+    from leukostage.predict import Predictor, analyse_path
+    from leukostage.training.adapt import discover_laboratory, read_through_gate
+    from leukostage.training.shifts import LABORATORIES, write_laboratory
+
+    mid = CLASSES[CLASS_KEYS.index("mid")]
+    fields = [(str(p), CLASS_KEYS.index("mid")) for p in sorted((taleqani / mid.folder).glob("*.jpg"))[:60]]
+    write_laboratory(fields, LABORATORIES["lab-d"], tmp_path / "lab", seed=0)
+    lab = discover_laboratory(tmp_path / "lab")
+    gated = read_through_gate(lab, tmp_path / "lab-d.onnx", seed=0)
+    gate = gated.gate
+    assert gate is not None and gate["fields_let_through"] > 0
+    assert gate["content_threshold"] < gate["content_threshold_was"]
+    validator = tmp_path / gate["validator"]
+    assert json.loads(validator.read_text())["content"]["threshold"] == gate["content_threshold"]
+
+    def with_gate(card):
+        return {**card, "gate": gate}
+
+    served = Predictor.load(model_with_card(with_gate, name="lab-d"))
+    assert served.validator_path == validator
+    base = Predictor.load(model_with_card(lambda card: card, name="base"))
+    refused = [p for p in lab.paths if analyse_path(p, base).result.get("code") == "not_blood_smear"]
+    assert refused, "the packaged validator refused none of lab-d's fields as not a smear"
+    after = [analyse_path(p, served).result for p in refused]
+    passed = [r for r in after if r["valid"]]
+    assert len(passed) == gate["fields_let_through"]  # the ones adapt let through, and those alone
+    assert all(r["validator"]["name"] == gate["validator"] for r in passed)
+
+
+def test_a_model_whose_validator_is_missing_is_refused_and_an_explicit_validator_wins(model_with_card, monkeypatch):
+    from leukostage.predict import Predictor
+    from leukostage.validate import VALIDATOR_ENV
+
+    path = model_with_card(lambda card: {**card, "gate": {"validator": "gone.validator.json"}}, name="lab")
+    with pytest.raises(FileNotFoundError, match="gone.validator.json"):
+        Predictor.load(path)
+    monkeypatch.setenv(VALIDATOR_ENV, str(path.with_name("chosen.json")))
+    assert Predictor.load(path).validator_path is None

@@ -174,11 +174,18 @@ def test_adapt_warns_when_the_adapted_model_is_no_better_on_the_laboratorys_vali
     assert adaptation_advice(base, {**better, "selective_accuracy": None, "coverage": 0.0}) is not None
 
 
-def test_adapt_says_which_fields_the_gate_refused_and_that_serving_will_too():
-    from leukostage.cli.training import gate_note
+def test_adapt_says_which_fields_the_gate_refused_and_names_the_laboratorys_validator():
+    from leukostage.cli.training import gate_notes
 
     clean = {"fields": 191, "refused_by_validator": {"count": 0, "codes": "none"}}
-    assert gate_note(clean) is None
-    note = gate_note({"fields": 191, "refused_by_validator": {"count": 17, "codes": "not_blood_smear: 17"}})
-    assert note is not None and "17 of the 191 fields (not_blood_smear: 17)" in note
-    assert "serving refuses such fields too" in note
+    assert gate_notes(clean, None, "lab.onnx") == []
+    refused = {"fields": 191, "refused_by_validator": {"count": 2, "codes": "out_of_focus: 2"}}
+    gate = {
+        "validator": "lab.validator.json",
+        "content_threshold": 0.9,
+        "content_threshold_was": 0.98,
+        "fields_let_through": 11,
+    }
+    first, second = gate_notes(refused, gate, "models/lab.onnx")
+    assert "0.9 (was 0.98; 11 of your fields now pass)" in first and "lab.validator.json beside lab.onnx" in first
+    assert "2 of the 191 fields (out_of_focus: 2)" in second and "serving refuses such fields too" in second

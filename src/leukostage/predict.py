@@ -20,7 +20,7 @@ from .classes import BY_KEY, CLASS_KEYS, NORMAL_KEY, UNCERTAIN_DISPLAY_NAME, UNC
 from .domain import DOMAIN_OUTPUT, domain_fields
 from .imaging import ImageError, preprocess, read_bytes
 from .outcomes import REASON_LOW_CONFIDENCE, REASON_OUTSIDE
-from .validate import DEFAULT_PRESET, validate_bytes
+from .validate import DEFAULT_PRESET, VALIDATOR_ENV, validate_bytes
 
 MODELS_DIR = Path(str(resources.files("leukostage") / "models"))  # package data: present in a wheel install too
 DEFAULT_MODEL_NAME = "lite0"
@@ -59,6 +59,26 @@ def uncertain_threshold(card: dict, path: Path) -> float:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"model card of {path}: decision.uncertain_below {value} is not a probability in [0, 1]")
     return value
+
+
+def gate_validator(card: dict, path: Path) -> Path | None:
+    """The validator calibration a model brings with it (``card["gate"]["validator"]``, a file beside the model:
+    ``adapt`` writes one when a laboratory's own smears score under the packaged content threshold), unless one was
+    chosen for the process (``--validator`` / ``$LEUKOSTAGE_VALIDATOR``, which wins). None: the active one.
+
+    Raises:
+        FileNotFoundError: the card names a validator file that is not beside the model.
+    """
+    name = card.get("gate", {}).get("validator")
+    if name is None or os.environ.get(VALIDATOR_ENV):
+        return None
+    file = path.parent / name
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"model card of {path} names its validator {name}, which is not beside it; copy the {name} that came "
+            "with the model next to it"
+        )
+    return file
 
 
 # ONNX Runtime's session option that multiplies int8 as uint8 x uint8 (exact, slower) instead of uint8 x int8
@@ -114,6 +134,7 @@ class Predictor:
                 f"model card {path} names a domain threshold but the model has no {DOMAIN_OUTPUT!r} output"
             )
         self.decision_outputs = ["probabilities"] + ([DOMAIN_OUTPUT] if self.domain_threshold is not None else [])
+        self.validator_path = gate_validator(card, path)
 
     @classmethod
     def load(cls, path: str | Path | None = None, threads: int | None = None) -> Predictor:
@@ -268,7 +289,7 @@ def analyse_bytes(
     ``all_outputs`` keeps the graph's Grad-CAM outputs too, so explaining the image needs no second inference.
     """
     t0 = time.perf_counter()
-    rgb, verdict, decode_ms = validate_bytes(data, preset=preset)
+    rgb, verdict, decode_ms = validate_bytes(data, preset=preset, path=predictor.validator_path)
     t1 = time.perf_counter()
     timing = {"decode": round(decode_ms, 3), "validate": round((t1 - t0) * 1000 - decode_ms, 3)}
     if not verdict.valid:

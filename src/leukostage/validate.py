@@ -573,9 +573,12 @@ def validate_image(rgb: np.ndarray, preset: str = DEFAULT_PRESET) -> ValidationR
     return run_gate(rgb, get_preset(preset))
 
 
-def validate_bytes(data: bytes, preset: str = DEFAULT_PRESET) -> tuple[np.ndarray | None, ValidationResult, float]:
-    """Decode then validate. Returns (rgb or None, verdict, decode milliseconds); never raises for bad bytes."""
-    gate = get_preset(preset)
+def validate_bytes(
+    data: bytes, preset: str = DEFAULT_PRESET, path: str | Path | None = None
+) -> tuple[np.ndarray | None, ValidationResult, float]:
+    """Decode then validate (``path``: the calibration file, else the active one). Returns (rgb or None, verdict,
+    decode milliseconds); never raises for bad bytes."""
+    gate = get_preset(preset, path)
     t0 = time.perf_counter()
     try:
         rgb = decode_image(data)

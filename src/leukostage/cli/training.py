@@ -328,9 +328,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
             f"from {info['laboratory']['fields']} fields of {len(cases)} signed-off cases (each export recorded in "
             "the case's audit trail)"
         )
-    refused = gate_note(info["laboratory"])
-    if refused:
-        print(refused)
+    for line in gate_notes(info["laboratory"], card.get("gate"), args.out):
+        print(line)
     print(f"classes adapted: {', '.join(info['classes_adapted'])}")
     for key, why in info["classes_not_adapted"].items():
         print(f"not adapted: {key}: {why}")
@@ -346,17 +345,25 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
-def gate_note(laboratory: dict) -> str | None:
-    """What the serving gate refused among the laboratory's fields: ``adapt`` leaves them out and does not change the
-    gate, so serving will refuse such fields too; the laboratory should know before it counts on them."""
+def gate_notes(laboratory: dict, gate: dict | None, out: str) -> list[str]:
+    """What the serving gate made of the laboratory's fields: the validator ``adapt`` wrote where the laboratory's
+    smears scored under the content threshold (it goes with the model), and the fields still refused (left out, and
+    serving refuses such fields too: adapt changes the model and at most the content threshold, not the gate)."""
+    lines = []
+    if gate is not None:
+        lines.append(
+            f"the validator's content threshold for this laboratory: {gate['content_threshold']} (was "
+            f"{gate['content_threshold_was']}; {gate['fields_let_through']} of your fields now pass); "
+            f"{gate['validator']} beside {Path(out).name} is served with it: copy both"
+        )
     refused = laboratory["refused_by_validator"]
-    if not refused["count"]:
-        return None
-    return (
-        f"note: the gate refused {refused['count']} of the {laboratory['fields']} fields ({refused['codes']}); they "
-        "were left out, and serving refuses such fields too (adapt changes the model, not the gate): retake them "
-        "as each refusal says, or check that they are usable smear fields"
-    )
+    if refused["count"]:
+        lines.append(
+            f"note: the gate refused {refused['count']} of the {laboratory['fields']} fields ({refused['codes']}); "
+            "they were left out, and serving refuses such fields too: retake them as each refusal says, or check "
+            "that they are usable smear fields"
+        )
+    return lines
 
 
 def adaptation_advice(base: dict, adapted: dict) -> str | None:
