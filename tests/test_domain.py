@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from leukostage.domain import DOMAIN_NEIGHBOURS, domain_fields, knn_distance, unit_rows
+from leukostage.domain import DOMAIN_NEIGHBOURS, domain_fields, knn_distance, parted_knn_distance, unit_rows
 from leukostage.imaging import load_image, preprocess, to_unit_range
 from leukostage.predict import analyse_path
 from leukostage.training.data import discover, load_arrays, make_split
@@ -21,6 +21,33 @@ def test_knn_distance_is_one_minus_the_kth_largest_cosine_similarity():
     assert knn_distance(bank[:1] * 7.0, bank, 1)[0] == pytest.approx(0.0, abs=1e-6)  # a bank row is at distance 0
     assert np.allclose(knn_distance(x, bank, 1000), knn_distance(x, bank, 30))  # k larger than the bank: the farthest
     assert DOMAIN_NEIGHBOURS > 1  # one near twin in the bank must not make a field familiar
+
+
+def test_parted_distance_holds_each_source_to_its_own_spread():
+    """Two sources, one tight (the training hospital) and one loose (a laboratory). One pooled bank needs the loose
+    source's threshold, which also lets through what lies loosely around the tight one; in parts, each scaled by its
+    own validation spread, one threshold keeps both sources' fields and refuses that."""
+    rng = np.random.default_rng(1)
+
+    def around(centre, spread, n):
+        return centre + spread * rng.normal(size=(n, 8))
+
+    tight_centre, loose_centre = np.eye(8)[0], -np.eye(8)[0]
+    tight, loose = unit_rows(around(tight_centre, 0.05, 80)), unit_rows(around(loose_centre, 0.25, 80))
+    tight_val, loose_val = around(tight_centre, 0.05, 40), around(loose_centre, 0.25, 40)
+    stranger = around(tight_centre, 0.15, 40)  # near the training hospital, but far looser than its fields
+    k, whole = 5, np.concatenate([tight, loose])
+    assert np.allclose(parted_knn_distance(stranger, [(whole, 1.0)], k), knn_distance(stranger, whole, k))
+
+    pooled = max(np.quantile(knn_distance(v, whole, k), 0.99) for v in (tight_val, loose_val))
+    assert np.mean(knn_distance(stranger, whole, k) <= pooled) > 0.9  # the pooled check lets the stranger in
+
+    covers = [np.quantile(knn_distance(v, b, k), 0.99) for v, b in ((tight_val, tight), (loose_val, loose))]
+    parts = [(tight, 1.0), (loose, covers[0] / covers[1])]
+    threshold = covers[0]
+    assert np.mean(parted_knn_distance(stranger, parts, k) <= threshold) < 0.1
+    for val in (tight_val, loose_val):
+        assert np.mean(parted_knn_distance(val, parts, k) <= threshold) >= 0.95
 
 
 def test_domain_fields_flag_only_scores_above_the_threshold():

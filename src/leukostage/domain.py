@@ -9,6 +9,12 @@ score was used before the capture recipe: once training covers stain, focus, exp
 embeddings of what the model answers no longer form one ellipsoid, and the whitened distance, which weighs the
 quietest directions most, is moved more by int8 rounding than by another laboratory. The exported graph computes the
 score as an output; ``knn_distance`` is the same computation in numpy, used to fit the threshold and check the graph.
+
+An adapted model's bank comes in parts, one per source (the base's training images, the laboratory's fields), and its
+score is :func:`parted_knn_distance`: each part's distance is scaled so that its own validation fields' cover quantile
+is the same, then the smallest is taken. One pooled bank would let the threshold follow the loosest source: a
+laboratory whose fields lie farther apart than the training hospital's would widen the check around the training
+hospital's images too, and there another laboratory's normal cells were let through.
 """
 
 from __future__ import annotations
@@ -31,6 +37,14 @@ def knn_distance(embeddings: np.ndarray, bank: np.ndarray, k: int = DOMAIN_NEIGH
     similarity = unit_rows(embeddings) @ np.asarray(bank, np.float32).T
     k = min(k, similarity.shape[1])
     return 1.0 - np.partition(similarity, -k, axis=1)[:, -k]
+
+
+def parted_knn_distance(
+    embeddings: np.ndarray, parts: list[tuple[np.ndarray, float]], k: int = DOMAIN_NEIGHBOURS
+) -> np.ndarray:
+    """Distances (N,): the smallest over ``parts`` ((bank, scale) pairs, unit rows) of scale times the k-NN distance
+    to that part's bank; one part with scale 1 is :func:`knn_distance`."""
+    return np.min([scale * knn_distance(embeddings, bank, k) for bank, scale in parts], axis=0)
 
 
 def domain_fields(score: float, threshold: float) -> dict:

@@ -427,6 +427,22 @@ def fine_tune(model, images: np.ndarray, labels: np.ndarray, cfg: AdaptConfig, p
 
 
 # --- the whole adaptation ------------------------------------------------------------------------------------------
+def domain_parts(model, sources: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, float]]:
+    """The domain bank in parts, one per source of images, ``sources`` as (bank images, validation images) pairs:
+    each part's rows are the adapted model's embeddings of its bank images, and its scale brings the cover quantile of
+    its own validation images' k-NN distances to the first part's (:func:`leukostage.domain.parted_knn_distance`)."""
+    from ..domain import knn_distance, unit_rows
+    from .decision import DOMAIN_COVER
+    from .export import embeddings
+
+    banks = [unit_rows(embeddings(model, rows)) for rows, _ in sources]
+    covers = [
+        float(np.quantile(knn_distance(embeddings(model, val), bank), DOMAIN_COVER))
+        for bank, (_, val) in zip(banks, sources)
+    ]
+    return [(bank, covers[0] / max(cover, 1e-6)) for bank, cover in zip(banks, covers)]
+
+
 def _subset(lab: LabFields, idx: np.ndarray) -> LabFields:
     pick = [int(i) for i in idx]
     return LabFields(
@@ -504,8 +520,8 @@ def adapt(cfg: AdaptConfig, progress: bool = True) -> dict:
 
     from .. import __version__
     from ..predict import card_path_for, default_model_path
-    from .decision import choose_thresholds
-    from .export import embeddings, export_onnx, fit_temperature, onnx_outputs
+    from .decision import DOMAIN_COVER, choose_thresholds
+    from .export import export_onnx, fit_temperature, onnx_outputs
     from .quantize import quantize_onnx, sha256
     from .train import RECIPES, augmented_copies
 
@@ -554,10 +570,13 @@ def adapt(cfg: AdaptConfig, progress: bool = True) -> dict:
     recipe = RECIPES[cfg.recipe]
     lab_copies = [augmented_copies(x_lab, recipe, cfg.seed + i) for i in range(LAB_COPIES)]
     calibration = np.concatenate([x_train, lab_copies[0]])  # the int8 calibration: what the adapted model reads
-    # the domain bank: the laboratory's fields with their copies, and the base's bank as it was built (its training
-    # part and a capture-chain copy of each, seen through the adapted model) when its data is at hand
-    base_bank = [x_base_train, augmented_copies(x_base_train, recipe, cfg.seed)] if replay is not None else []
-    bank = embeddings(model, np.concatenate([*base_bank, x_lab, *lab_copies]))
+    # the domain bank, one part per source: the base's bank as it was built (its training part and a capture-chain
+    # copy of each, seen through the adapted model) when its data is at hand, and the laboratory's fields with copies
+    sources = [(np.concatenate([x_lab, *lab_copies]), x_val)]
+    if replay is not None:
+        base_rows = np.concatenate([x_base_train, augmented_copies(x_base_train, recipe, cfg.seed)])
+        sources.insert(0, (base_rows, x_base_val))
+    bank = domain_parts(model, sources)
     float_path = out.with_name(f"{out.stem}-float.onnx")
     export_onnx(model, float_path, int(base_card["input"]["shape"][1]), temperature=temperature, domain=bank)
     nodes = quantize_onnx(float_path, out, calibration)
@@ -586,6 +605,16 @@ def adapt(cfg: AdaptConfig, progress: bool = True) -> dict:
         "threshold": round(chosen["domain_threshold"], 4),
         "fitted_on": f"the laboratory's adaptation part (and {LAB_COPIES} capture-chain copies of each)"
         + (" and the base model's training part (and a capture-chain copy of each)" if replay else ""),
+        "parts": [
+            {"fitted_on": name, "rows": len(rows), "scale": round(scale, 4)}
+            for name, (rows, scale) in zip(
+                (["the base model's training part and a capture-chain copy of each"] if replay else [])
+                + [f"the laboratory's adaptation part and {LAB_COPIES} capture-chain copies of each"],
+                bank,
+            )
+        ],
+        "score": "the smallest over the parts of scale x the k-NN distance to that part; each scale brings that "
+        f"source's own validation fields' {DOMAIN_COVER:.0%} quantile to the first part's",
         "neighbours": DOMAIN_NEIGHBOURS,
         "threshold_chosen_on": card["decision"]["chosen_on"],
     }

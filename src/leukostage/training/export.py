@@ -10,7 +10,7 @@ d logit_k / d features. Both poolings (max, global average) pass the gradient's 
 maps' H x W. The head is piecewise linear (Linear layers, ReLU between), so that gradient is an exact closed form,
 w_L[k] diag(relu'(z)) ... W_1, and summing it over positions only needs W_1 summed over the pooled positions (a
 constant of the graph): a few thousand multiply-adds per image instead of the full gradient. Models with a domain
-embedding (lite0) also return ``domain_score`` (N,), the Mahalanobis distance of :mod:`leukostage.domain`.
+embedding (lite0) also return ``domain_score`` (N,), the k-NN distance of :mod:`leukostage.domain`.
 
 The wrapper uses only the :class:`model.Backbone` members of a model, so a new backbone exports unchanged.
 """
@@ -36,6 +36,7 @@ from ..predict import card_path_for, result_fields, session_options
 from .evaluate import headline_metrics
 
 OUTPUT_NAMES = ("probabilities", "features", "weights")
+DomainBank = np.ndarray | list[tuple[np.ndarray, float]]  # one bank, or (bank, scale) parts
 OPSET = 18
 
 
@@ -45,12 +46,12 @@ class ServingGraph(nn.Module):
 
     Works for the paper CNN (flatten + MLP over max-pooled maps) and EfficientNet-Lite0 (global average + one Linear):
     in both, the spatial mean of the gradient at the maps is the pooled features' gradient summed over the pooled
-    positions, divided by the maps' positions. With ``domain`` (the training embeddings' bank, unit rows) it also
-    outputs ``domain_score``, the k-NN distance of the model's domain embedding (``forward_domain``; see
-    :mod:`leukostage.domain`).
+    positions, divided by the maps' positions. With ``domain`` (the training embeddings' bank) it also outputs
+    ``domain_score``, the k-NN distance of the model's domain embedding (``forward_domain``; see
+    :mod:`leukostage.domain`); ``domain`` as (bank, scale) parts gives ``domain.parted_knn_distance`` instead.
     """
 
-    def __init__(self, model: nn.Module, temperature: float = 1.0, domain: np.ndarray | None = None):
+    def __init__(self, model: nn.Module, temperature: float = 1.0, domain: DomainBank | None = None):
         super().__init__()
         self.model = model
         self.temperature = float(temperature)  # softmax(logits / T): T fitted on validation data calibrates
@@ -60,9 +61,11 @@ class ServingGraph(nn.Module):
         first = self.linears[0].weight.detach().reshape(-1, side * side, channels).sum(1)
         self.register_buffer("first_summed", first, persistent=False)
         self.has_domain = domain is not None
-        if domain is not None:
-            self.register_buffer("domain_bank", torch.as_tensor(unit_rows(domain)), persistent=False)
-            self.neighbours = min(DOMAIN_NEIGHBOURS, len(domain))
+        parts = [] if domain is None else [(domain, 1.0)] if isinstance(domain, np.ndarray) else list(domain)
+        self.domain_scales = [float(scale) for _, scale in parts]
+        self.neighbours = [min(DOMAIN_NEIGHBOURS, len(bank)) for bank, _ in parts]
+        for i, (bank, _) in enumerate(parts):
+            self.register_buffer(f"domain_bank{i or ''}", torch.as_tensor(unit_rows(bank)), persistent=False)
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -92,8 +95,12 @@ class ServingGraph(nn.Module):
         outputs = (torch.softmax(logits / self.temperature, dim=1), maps, weights)
         if self.has_domain:
             unit = embedding / torch.linalg.vector_norm(embedding, dim=1, keepdim=True).clamp_min(1e-12)
-            similarity = torch.topk(unit @ self.domain_bank.T, self.neighbours, dim=1).values[:, -1]
-            outputs += (1.0 - similarity,)
+            distances = []
+            for i, (k, scale) in enumerate(zip(self.neighbours, self.domain_scales)):
+                bank = getattr(self, f"domain_bank{i or ''}")
+                distance = 1.0 - torch.topk(unit @ bank.T, k, dim=1).values[:, -1]
+                distances.append(distance if scale == 1.0 else distance * scale)
+            outputs += (distances[0] if len(distances) == 1 else torch.stack(distances).min(0).values,)
         return outputs
 
 
@@ -102,9 +109,10 @@ def export_onnx(
     path: str | Path,
     image_size: int = IMAGE_SIZE,
     temperature: float = 1.0,
-    domain: np.ndarray | None = None,
+    domain: DomainBank | None = None,
 ) -> Path:
-    """Write a single-file ONNX model with a dynamic batch dimension (``domain``: the training embeddings (M, D))."""
+    """Write a single-file ONNX model with a dynamic batch dimension (``domain``: the training embeddings (M, D), or
+    (embeddings, scale) parts: :class:`ServingGraph`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = ServingGraph(model.eval(), temperature, domain).eval()
