@@ -289,28 +289,32 @@ def test_a_model_whose_validator_is_missing_is_refused_and_an_explicit_validator
 
 def test_the_domain_bank_has_a_part_per_source_each_held_to_its_own_validation_spread(taleqani, shipped_torch_model):
     """The adapted model's bank: the training hospital's fields and a laboratory's (real fields re-made by lab-d),
-    each a part; the first keeps scale 1 and each other part is scaled so that its own validation fields' 99th
-    percentile is the first's, so one threshold covers both and neither source's spread sets the other's."""
-    from leukostage.domain import knn_distance, parted_knn_distance
+    each a part; the first keeps scale 1 and k, the other reads a neighbour in proportion to its size and is scaled so
+    that its own validation fields' 99th percentile is the first's, as is the pooled distance's larger one."""
+    from leukostage.domain import DOMAIN_NEIGHBOURS, bank_distance, knn_distance
     from leukostage.imaging import load_image, preprocess
-    from leukostage.training.adapt import domain_parts
+    from leukostage.training.adapt import domain_bank
     from leukostage.training.decision import DOMAIN_COVER
     from leukostage.training.export import embeddings
     from leukostage.training.shifts import LABORATORIES
 
     model, _ = shipped_torch_model
-    files = [f for c in CLASSES for f in sorted((taleqani / c.folder).glob("*.jpg"))[:18]]
+    files = [f for c in CLASSES for f in sorted((taleqani / c.folder).glob("*.jpg"))[:24]]
     views = np.stack([np.rint(preprocess(load_image(f), 224) * 255).astype(np.uint8) for f in files])
     lab = np.stack(LABORATORIES["lab-d"].apply(views, 0))
     hospital_rows, hospital_val = views[0::2], views[1::2]
-    lab_rows, lab_val = lab[0::2], lab[1::2]
-    parts = domain_parts(model, [(hospital_rows, hospital_val), (lab_rows, lab_val)])
-    (hospital, one), (laboratory, scale) = parts
-    assert one == 1.0 and len(hospital) == len(hospital_rows) and len(laboratory) == len(lab_rows)
+    lab_rows, lab_val = lab[0::4], lab[1::4]
+    bank = domain_bank(model, [(hospital_rows, hospital_val), (lab_rows, lab_val)])
+    hospital, laboratory = bank.parts
+    assert len(hospital) == len(hospital_rows) and len(laboratory) == len(lab_rows)
     assert np.allclose(np.linalg.norm(laboratory, axis=1), 1.0, atol=1e-5)
-    cover = np.quantile(knn_distance(embeddings(model, hospital_val), hospital), DOMAIN_COVER)
-    own = knn_distance(embeddings(model, lab_val), laboratory)
-    assert np.quantile(scale * own, DOMAIN_COVER) == pytest.approx(cover, rel=1e-4)
-    assert scale != pytest.approx(1.0, abs=0.05)  # lab-d's fields do not lie as the hospital's do
-    both = parted_knn_distance(embeddings(model, lab_val), parts)
-    assert np.all(both <= scale * own + 1e-6)  # the smallest over the parts
+    assert bank.neighbours == (DOMAIN_NEIGHBOURS, DOMAIN_NEIGHBOURS // 2) and bank.scales[0] == 1.0
+
+    e_hospital, e_lab = embeddings(model, hospital_val), embeddings(model, lab_val)
+    cover = np.quantile(knn_distance(e_hospital, hospital), DOMAIN_COVER)
+    own = bank.scales[1] * knn_distance(e_lab, laboratory, bank.neighbours[1])
+    assert np.quantile(own, DOMAIN_COVER) == pytest.approx(cover, rel=1e-4)
+    whole = np.concatenate(bank.parts)
+    pooled = [np.quantile(bank.pooled_scale * knn_distance(e, whole), DOMAIN_COVER) for e in (e_hospital, e_lab)]
+    assert max(pooled) == pytest.approx(cover, rel=1e-4)
+    assert np.all(bank_distance(e_lab, bank) >= bank.pooled_scale * knn_distance(e_lab, whole) - 1e-6)

@@ -3,7 +3,15 @@
 import numpy as np
 import pytest
 
-from leukostage.domain import DOMAIN_NEIGHBOURS, domain_fields, knn_distance, parted_knn_distance, unit_rows
+from leukostage.domain import (
+    DOMAIN_NEIGHBOURS,
+    DomainBank,
+    bank_distance,
+    domain_fields,
+    knn_distance,
+    part_neighbours,
+    unit_rows,
+)
 from leukostage.imaging import load_image, preprocess, to_unit_range
 from leukostage.predict import analyse_path
 from leukostage.training.data import discover, load_arrays, make_split
@@ -23,7 +31,7 @@ def test_knn_distance_is_one_minus_the_kth_largest_cosine_similarity():
     assert DOMAIN_NEIGHBOURS > 1  # one near twin in the bank must not make a field familiar
 
 
-def test_parted_distance_holds_each_source_to_its_own_spread():
+def test_a_bank_in_parts_holds_each_source_to_its_own_spread():
     """Two sources, one tight (the training hospital) and one loose (a laboratory). One pooled bank needs the loose
     source's threshold, which also lets through what lies loosely around the tight one; in parts, each scaled by its
     own validation spread, one threshold keeps both sources' fields and refuses that."""
@@ -37,17 +45,30 @@ def test_parted_distance_holds_each_source_to_its_own_spread():
     tight_val, loose_val = around(tight_centre, 0.05, 40), around(loose_centre, 0.25, 40)
     stranger = around(tight_centre, 0.15, 40)  # near the training hospital, but far looser than its fields
     k, whole = 5, np.concatenate([tight, loose])
-    assert np.allclose(parted_knn_distance(stranger, [(whole, 1.0)], k), knn_distance(stranger, whole, k))
+    assert np.allclose(bank_distance(stranger, DomainBank((whole,), (k,), (1.0,))), knn_distance(stranger, whole, k))
 
     pooled = max(np.quantile(knn_distance(v, whole, k), 0.99) for v in (tight_val, loose_val))
     assert np.mean(knn_distance(stranger, whole, k) <= pooled) > 0.9  # the pooled check lets the stranger in
 
     covers = [np.quantile(knn_distance(v, b, k), 0.99) for v, b in ((tight_val, tight), (loose_val, loose))]
-    parts = [(tight, 1.0), (loose, covers[0] / covers[1])]
+    bank = DomainBank((tight, loose), (k, k), (1.0, covers[0] / covers[1]))
     threshold = covers[0]
-    assert np.mean(parted_knn_distance(stranger, parts, k) <= threshold) < 0.1
+    assert np.mean(bank_distance(stranger, bank) <= threshold) < 0.1
     for val in (tight_val, loose_val):
-        assert np.mean(parted_knn_distance(val, parts, k) <= threshold) >= 0.95
+        assert np.mean(bank_distance(val, bank) <= threshold) >= 0.95
+    # with a pooled scale the score is never below the scaled distance to the whole bank
+    both = DomainBank(bank.parts, bank.neighbours, bank.scales, pooled_scale=covers[0] / pooled)
+    assert np.all(bank_distance(stranger, both) >= bank_distance(stranger, bank))
+    assert np.allclose(
+        bank_distance(stranger, both),
+        np.maximum(bank_distance(stranger, bank), covers[0] / pooled * knn_distance(stranger, whole)),
+    )
+
+
+def test_each_part_reads_a_neighbour_in_proportion_to_its_size():
+    assert part_neighbours([3654, 580]) == (DOMAIN_NEIGHBOURS, 8)
+    assert part_neighbours([100, 1]) == (DOMAIN_NEIGHBOURS, 1)  # never zero
+    assert part_neighbours([100, 400]) == (DOMAIN_NEIGHBOURS, DOMAIN_NEIGHBOURS)  # never more than k
 
 
 def test_domain_fields_flag_only_scores_above_the_threshold():

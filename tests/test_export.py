@@ -183,7 +183,7 @@ def test_lite0_onnx_matches_torch_with_gradcam_weights_and_domain_score(random_l
     (autograd through the global average pool) and the domain score (numpy k-NN distance on torch's embeddings)."""
     import onnxruntime as ort
 
-    from leukostage.domain import knn_distance, parted_knn_distance, unit_rows
+    from leukostage.domain import DomainBank, bank_distance, knn_distance, unit_rows
     from leukostage.training.export import embeddings
 
     batch = _real_batch(taleqani, size=224)
@@ -200,11 +200,11 @@ def test_lite0_onnx_matches_torch_with_gradcam_weights_and_domain_score(random_l
     # domain: the graph's score is the numpy computation on the torch module's embedding
     ref_score = knn_distance(embeddings(random_lite, uint8), unit_rows(bank))
     assert np.allclose(score, ref_score, atol=1e-4)
-    # a bank in parts (an adapted model's): the graph's score is domain.parted_knn_distance
-    parts = [(bank[:30], 1.0), (bank[30:], 0.6)]
+    # a bank in parts (an adapted model's): the graph's score is domain.bank_distance
+    parts = DomainBank((unit_rows(bank[:40]), unit_rows(bank[40:])), (20, 3), (1.0, 0.6), pooled_scale=0.8)
     parted = export_onnx(random_lite, tmp_path / "parted.onnx", 224, domain=parts)
     (parted_score,) = ort.InferenceSession(str(parted)).run(["domain_score"], {"image": batch})
-    reference = parted_knn_distance(embeddings(random_lite, uint8), [(unit_rows(b), s) for b, s in parts])
+    reference = bank_distance(embeddings(random_lite, uint8), parts)
     assert np.allclose(parted_score, reference, atol=1e-4) and not np.allclose(parted_score, score, atol=1e-3)
     # Grad-CAM weights: spatial mean of d logit_k / d maps
     x = torch.from_numpy(batch).permute(0, 3, 1, 2)

@@ -10,14 +10,19 @@ embeddings of what the model answers no longer form one ellipsoid, and the white
 quietest directions most, is moved more by int8 rounding than by another laboratory. The exported graph computes the
 score as an output; ``knn_distance`` is the same computation in numpy, used to fit the threshold and check the graph.
 
-An adapted model's bank comes in parts, one per source (the base's training images, the laboratory's fields), and its
-score is :func:`parted_knn_distance`: each part's distance is scaled so that its own validation fields' cover quantile
-is the same, then the smallest is taken. One pooled bank would let the threshold follow the loosest source: a
-laboratory whose fields lie farther apart than the training hospital's would widen the check around the training
-hospital's images too, and there another laboratory's normal cells were let through.
+An adapted model's bank comes in parts, one per source (the base's training images, the laboratory's fields): a
+:class:`DomainBank`, scored by :func:`bank_distance`. A field must be as near to one source as that source's own
+validation fields are (each part with its own ``k``, in proportion to its size, as Sun et al. scale ``k`` with a
+sub-sampled bank, and a scale that brings its validation fields' cover quantile to the first part's), and near the
+whole bank as well (the k-NN distance to every part together, scaled the same way). The first alone would let a few
+laboratory fields with few neighbours set a loose region; one pooled bank alone lets the threshold follow the loosest
+source, which widened the check around the training hospital's images too: in both cases other laboratories' normal
+cells were let through.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -39,12 +44,31 @@ def knn_distance(embeddings: np.ndarray, bank: np.ndarray, k: int = DOMAIN_NEIGH
     return 1.0 - np.partition(similarity, -k, axis=1)[:, -k]
 
 
-def parted_knn_distance(
-    embeddings: np.ndarray, parts: list[tuple[np.ndarray, float]], k: int = DOMAIN_NEIGHBOURS
-) -> np.ndarray:
-    """Distances (N,): the smallest over ``parts`` ((bank, scale) pairs, unit rows) of scale times the k-NN distance
-    to that part's bank; one part with scale 1 is :func:`knn_distance`."""
-    return np.min([scale * knn_distance(embeddings, bank, k) for bank, scale in parts], axis=0)
+@dataclass(frozen=True)
+class DomainBank:
+    """The domain check's bank in parts, one per source, each unit rows (M_i, D) with its ``k`` and scale; with
+    ``pooled_scale`` the scaled k-NN distance to all the parts together must pass as well."""
+
+    parts: tuple[np.ndarray, ...]
+    neighbours: tuple[int, ...]
+    scales: tuple[float, ...]
+    pooled_scale: float | None = None
+
+
+def part_neighbours(sizes: list[int], k: int = DOMAIN_NEIGHBOURS) -> tuple[int, ...]:
+    """``k`` for each part: ``k`` for the first, in proportion to its size for the others (at least 1, at most k)."""
+    return tuple(max(1, min(k, round(k * n / sizes[0]))) for n in sizes)
+
+
+def bank_distance(embeddings: np.ndarray, bank: DomainBank) -> np.ndarray:
+    """Distances (N,): the smallest over the parts of scale times the k-NN distance to that part, or, with a pooled
+    scale, the larger of that and the scaled k-NN distance to every part together."""
+    own = np.min(
+        [s * knn_distance(embeddings, rows, k) for rows, k, s in zip(bank.parts, bank.neighbours, bank.scales)], axis=0
+    )
+    if bank.pooled_scale is None:
+        return own
+    return np.maximum(own, bank.pooled_scale * knn_distance(embeddings, np.concatenate(bank.parts)))
 
 
 def domain_fields(score: float, threshold: float) -> dict:

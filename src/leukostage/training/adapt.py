@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..classes import CLASS_KEYS, CLASSES
-from ..domain import DOMAIN_NEIGHBOURS
+from ..domain import DOMAIN_NEIGHBOURS, DomainBank
 from ..imaging import IMAGE_SUFFIXES, ImageError, load_image
 
 MIN_ADAPT_PER_CLASS = 8  # fields of a class in the adaptation part below which the class is not adapted
@@ -427,20 +427,26 @@ def fine_tune(model, images: np.ndarray, labels: np.ndarray, cfg: AdaptConfig, p
 
 
 # --- the whole adaptation ------------------------------------------------------------------------------------------
-def domain_parts(model, sources: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, float]]:
-    """The domain bank in parts, one per source of images, ``sources`` as (bank images, validation images) pairs:
-    each part's rows are the adapted model's embeddings of its bank images, and its scale brings the cover quantile of
-    its own validation images' k-NN distances to the first part's (:func:`leukostage.domain.parted_knn_distance`)."""
-    from ..domain import knn_distance, unit_rows
+def domain_bank(model, sources: list[tuple[np.ndarray, np.ndarray]]) -> DomainBank:
+    """The domain bank in parts, one per source of images, ``sources`` as (bank images, validation images) pairs
+    (:class:`leukostage.domain.DomainBank`): each part holds the adapted model's embeddings of its bank images, with
+    ``k`` in proportion to its size, and a scale that brings the cover quantile of its own validation images' k-NN
+    distances to the first part's; the pooled distance (to every part together) is scaled so that the larger of the
+    sources' cover quantiles comes to the same value."""
+    from ..domain import bank_distance, knn_distance, part_neighbours, unit_rows
     from .decision import DOMAIN_COVER
     from .export import embeddings
 
-    banks = [unit_rows(embeddings(model, rows)) for rows, _ in sources]
-    covers = [
-        float(np.quantile(knn_distance(embeddings(model, val), bank), DOMAIN_COVER))
-        for bank, (_, val) in zip(banks, sources)
-    ]
-    return [(bank, covers[0] / max(cover, 1e-6)) for bank, cover in zip(banks, covers)]
+    parts = tuple(unit_rows(embeddings(model, rows)) for rows, _ in sources)
+    neighbours = part_neighbours([len(rows) for rows in parts])
+    val = [embeddings(model, images) for _, images in sources]
+    covers = [float(np.quantile(knn_distance(e, rows, k), DOMAIN_COVER)) for e, rows, k in zip(val, parts, neighbours)]
+    scales = tuple(covers[0] / max(cover, 1e-6) for cover in covers)
+    if len(parts) == 1:
+        return DomainBank(parts, neighbours, scales)
+    whole = DomainBank((np.concatenate(parts),), (DOMAIN_NEIGHBOURS,), (1.0,))
+    pooled = max(float(np.quantile(bank_distance(e, whole), DOMAIN_COVER)) for e in val)
+    return DomainBank(parts, neighbours, scales, covers[0] / max(pooled, 1e-6))
 
 
 def _subset(lab: LabFields, idx: np.ndarray) -> LabFields:
@@ -576,7 +582,7 @@ def adapt(cfg: AdaptConfig, progress: bool = True) -> dict:
     if replay is not None:
         base_rows = np.concatenate([x_base_train, augmented_copies(x_base_train, recipe, cfg.seed)])
         sources.insert(0, (base_rows, x_base_val))
-    bank = domain_parts(model, sources)
+    bank = domain_bank(model, sources)
     float_path = out.with_name(f"{out.stem}-float.onnx")
     export_onnx(model, float_path, int(base_card["input"]["shape"][1]), temperature=temperature, domain=bank)
     nodes = quantize_onnx(float_path, out, calibration)
@@ -606,15 +612,20 @@ def adapt(cfg: AdaptConfig, progress: bool = True) -> dict:
         "fitted_on": f"the laboratory's adaptation part (and {LAB_COPIES} capture-chain copies of each)"
         + (" and the base model's training part (and a capture-chain copy of each)" if replay else ""),
         "parts": [
-            {"fitted_on": name, "rows": len(rows), "scale": round(scale, 4)}
-            for name, (rows, scale) in zip(
+            {"fitted_on": name, "rows": len(rows), "neighbours": k, "scale": round(scale, 4)}
+            for name, rows, k, scale in zip(
                 (["the base model's training part and a capture-chain copy of each"] if replay else [])
                 + [f"the laboratory's adaptation part and {LAB_COPIES} capture-chain copies of each"],
-                bank,
+                bank.parts,
+                bank.neighbours,
+                bank.scales,
             )
         ],
-        "score": "the smallest over the parts of scale x the k-NN distance to that part; each scale brings that "
-        f"source's own validation fields' {DOMAIN_COVER:.0%} quantile to the first part's",
+        "pooled_scale": None if bank.pooled_scale is None else round(bank.pooled_scale, 4),
+        "score": "the smallest over the parts of scale x the k-NN distance to that part (k in proportion to its "
+        "size), each scale bringing that source's own validation fields' "
+        f"{DOMAIN_COVER:.0%} quantile to the first part's; and at least the pooled scale x the k-NN distance to all "
+        "the parts together (leukostage.domain.bank_distance)",
         "neighbours": DOMAIN_NEIGHBOURS,
         "threshold_chosen_on": card["decision"]["chosen_on"],
     }

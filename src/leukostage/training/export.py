@@ -30,13 +30,12 @@ from torch import nn
 
 from .. import __version__
 from ..classes import CLASSES
-from ..domain import DOMAIN_NEIGHBOURS, DOMAIN_OUTPUT, unit_rows
+from ..domain import DOMAIN_NEIGHBOURS, DOMAIN_OUTPUT, DomainBank, unit_rows
 from ..imaging import BACKGROUND_LEVEL, BACKGROUND_QUANTILE, IMAGE_SIZE, to_unit_range
 from ..predict import card_path_for, result_fields, session_options
 from .evaluate import headline_metrics
 
 OUTPUT_NAMES = ("probabilities", "features", "weights")
-DomainBank = np.ndarray | list[tuple[np.ndarray, float]]  # one bank, or (bank, scale) parts
 OPSET = 18
 
 
@@ -48,10 +47,10 @@ class ServingGraph(nn.Module):
     in both, the spatial mean of the gradient at the maps is the pooled features' gradient summed over the pooled
     positions, divided by the maps' positions. With ``domain`` (the training embeddings' bank) it also outputs
     ``domain_score``, the k-NN distance of the model's domain embedding (``forward_domain``; see
-    :mod:`leukostage.domain`); ``domain`` as (bank, scale) parts gives ``domain.parted_knn_distance`` instead.
+    :mod:`leukostage.domain`); a :class:`leukostage.domain.DomainBank` gives ``domain.bank_distance`` instead.
     """
 
-    def __init__(self, model: nn.Module, temperature: float = 1.0, domain: DomainBank | None = None):
+    def __init__(self, model: nn.Module, temperature: float = 1.0, domain: np.ndarray | DomainBank | None = None):
         super().__init__()
         self.model = model
         self.temperature = float(temperature)  # softmax(logits / T): T fitted on validation data calibrates
@@ -61,11 +60,26 @@ class ServingGraph(nn.Module):
         first = self.linears[0].weight.detach().reshape(-1, side * side, channels).sum(1)
         self.register_buffer("first_summed", first, persistent=False)
         self.has_domain = domain is not None
-        parts = [] if domain is None else [(domain, 1.0)] if isinstance(domain, np.ndarray) else list(domain)
-        self.domain_scales = [float(scale) for _, scale in parts]
-        self.neighbours = [min(DOMAIN_NEIGHBOURS, len(bank)) for bank, _ in parts]
-        for i, (bank, _) in enumerate(parts):
-            self.register_buffer(f"domain_bank{i or ''}", torch.as_tensor(unit_rows(bank)), persistent=False)
+        if isinstance(domain, np.ndarray):
+            domain = DomainBank((unit_rows(domain),), (min(DOMAIN_NEIGHBOURS, len(domain)),), (1.0,))
+        self.domain = domain
+        for i, rows in enumerate(domain.parts if domain is not None else ()):
+            self.register_buffer(f"domain_bank{i or ''}", torch.as_tensor(unit_rows(rows)), persistent=False)
+
+    def domain_distance(self, unit: torch.Tensor) -> torch.Tensor:
+        """``domain.bank_distance`` in the graph (one part with scale 1: the plain k-NN distance)."""
+        bank = self.domain
+        similarities = [unit @ getattr(self, f"domain_bank{i or ''}").T for i in range(len(bank.parts))]
+        own = []
+        for similarity, k, scale in zip(similarities, bank.neighbours, bank.scales):
+            distance = 1.0 - torch.topk(similarity, k, dim=1).values[:, -1]
+            own.append(distance if scale == 1.0 else distance * scale)
+        score = own[0] if len(own) == 1 else torch.stack(own).min(0).values
+        if bank.pooled_scale is not None:
+            k = min(DOMAIN_NEIGHBOURS, sum(len(rows) for rows in bank.parts))
+            pooled = 1.0 - torch.topk(torch.cat(similarities, dim=1), k, dim=1).values[:, -1]
+            score = torch.maximum(score, pooled * bank.pooled_scale)
+        return score
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -95,12 +109,7 @@ class ServingGraph(nn.Module):
         outputs = (torch.softmax(logits / self.temperature, dim=1), maps, weights)
         if self.has_domain:
             unit = embedding / torch.linalg.vector_norm(embedding, dim=1, keepdim=True).clamp_min(1e-12)
-            distances = []
-            for i, (k, scale) in enumerate(zip(self.neighbours, self.domain_scales)):
-                bank = getattr(self, f"domain_bank{i or ''}")
-                distance = 1.0 - torch.topk(unit @ bank.T, k, dim=1).values[:, -1]
-                distances.append(distance if scale == 1.0 else distance * scale)
-            outputs += (distances[0] if len(distances) == 1 else torch.stack(distances).min(0).values,)
+            outputs += (self.domain_distance(unit),)
         return outputs
 
 
@@ -109,10 +118,10 @@ def export_onnx(
     path: str | Path,
     image_size: int = IMAGE_SIZE,
     temperature: float = 1.0,
-    domain: DomainBank | None = None,
+    domain: np.ndarray | DomainBank | None = None,
 ) -> Path:
-    """Write a single-file ONNX model with a dynamic batch dimension (``domain``: the training embeddings (M, D), or
-    (embeddings, scale) parts: :class:`ServingGraph`)."""
+    """Write a single-file ONNX model with a dynamic batch dimension (``domain``: the training embeddings (M, D), or a
+    :class:`leukostage.domain.DomainBank`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = ServingGraph(model.eval(), temperature, domain).eval()
