@@ -291,7 +291,7 @@ def test_the_domain_bank_has_a_part_per_source_each_held_to_its_own_validation_s
     """The adapted model's bank: the training hospital's fields and a laboratory's (real fields re-made by lab-d),
     each a part; the first keeps scale 1 and k, the other reads a neighbour in proportion to its size and is scaled so
     that its own validation fields' 99th percentile is the first's, as is the pooled distance's larger one."""
-    from leukostage.domain import DOMAIN_NEIGHBOURS, bank_distance, knn_distance
+    from leukostage.domain import bank_distance, knn_distance
     from leukostage.imaging import load_image, preprocess
     from leukostage.training.adapt import domain_bank
     from leukostage.training.decision import DOMAIN_COVER
@@ -308,7 +308,7 @@ def test_the_domain_bank_has_a_part_per_source_each_held_to_its_own_validation_s
     hospital, laboratory = bank.parts
     assert len(hospital) == len(hospital_rows) and len(laboratory) == len(lab_rows)
     assert np.allclose(np.linalg.norm(laboratory, axis=1), 1.0, atol=1e-5)
-    assert bank.neighbours == (DOMAIN_NEIGHBOURS, DOMAIN_NEIGHBOURS // 2) and bank.scales[0] == 1.0
+    assert bank.neighbours == (48, 24) and bank.scales[0] == 1.0  # 48 rows (under k: all), and half as many
 
     e_hospital, e_lab = embeddings(model, hospital_val), embeddings(model, lab_val)
     cover = np.quantile(knn_distance(e_hospital, hospital), DOMAIN_COVER)

@@ -69,6 +69,7 @@ def test_each_part_reads_a_neighbour_in_proportion_to_its_size():
     assert part_neighbours([3654, 580]) == (DOMAIN_NEIGHBOURS, 8)
     assert part_neighbours([100, 1]) == (DOMAIN_NEIGHBOURS, 1)  # never zero
     assert part_neighbours([100, 400]) == (DOMAIN_NEIGHBOURS, DOMAIN_NEIGHBOURS)  # never more than k
+    assert part_neighbours([12]) == (12,)  # a small bank: its farthest row
 
 
 def test_domain_fields_flag_only_scores_above_the_threshold():

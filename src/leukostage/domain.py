@@ -56,8 +56,9 @@ class DomainBank:
 
 
 def part_neighbours(sizes: list[int], k: int = DOMAIN_NEIGHBOURS) -> tuple[int, ...]:
-    """``k`` for each part: ``k`` for the first, in proportion to its size for the others (at least 1, at most k)."""
-    return tuple(max(1, min(k, round(k * n / sizes[0]))) for n in sizes)
+    """``k`` for each part: ``k`` for the first, in proportion to its size for the others (at least 1, at most k and
+    at most the part's rows)."""
+    return tuple(max(1, min(k, n, round(k * n / sizes[0]))) for n in sizes)
 
 
 def bank_distance(embeddings: np.ndarray, bank: DomainBank) -> np.ndarray:
