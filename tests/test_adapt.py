@@ -189,7 +189,6 @@ def test_adapt_from_cases_refuses_an_empty_database_and_too_few_fields(
     assert not (tmp_path / "lab.onnx").exists()
 
 
-@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_cases_reviewed_then_adapted_from_the_database_and_served(
     instance, staff, taleqani, model_path, predictor, tmp_path, capsys
 ):
