@@ -433,7 +433,7 @@ def domain_bank(model, sources: list[tuple[np.ndarray, np.ndarray]]) -> DomainBa
     ``k`` in proportion to its size, and a scale that brings the cover quantile of its own validation images' k-NN
     distances to the first part's; the pooled distance (to every part together) is scaled so that the larger of the
     sources' cover quantiles comes to the same value."""
-    from ..domain import bank_distance, knn_distance, part_neighbours, unit_rows
+    from ..domain import knn_distance, part_neighbours, unit_rows
     from .decision import DOMAIN_COVER
     from .export import embeddings
 
@@ -444,8 +444,8 @@ def domain_bank(model, sources: list[tuple[np.ndarray, np.ndarray]]) -> DomainBa
     scales = tuple(covers[0] / max(cover, 1e-6) for cover in covers)
     if len(parts) == 1:
         return DomainBank(parts, neighbours, scales)
-    whole = DomainBank((np.concatenate(parts),), (DOMAIN_NEIGHBOURS,), (1.0,))
-    pooled = max(float(np.quantile(bank_distance(e, whole), DOMAIN_COVER)) for e in val)
+    whole = np.concatenate(parts)
+    pooled = max(float(np.quantile(knn_distance(e, whole), DOMAIN_COVER)) for e in val)
     return DomainBank(parts, neighbours, scales, covers[0] / max(pooled, 1e-6))
 
 

@@ -59,7 +59,6 @@ class ServingGraph(nn.Module):
         channels, side, _ = model.feature_shape
         first = self.linears[0].weight.detach().reshape(-1, side * side, channels).sum(1)
         self.register_buffer("first_summed", first, persistent=False)
-        self.has_domain = domain is not None
         if isinstance(domain, np.ndarray):
             domain = DomainBank((unit_rows(domain),), (min(DOMAIN_NEIGHBOURS, len(domain)),), (1.0,))
         self.domain = domain
@@ -80,6 +79,10 @@ class ServingGraph(nn.Module):
             pooled = 1.0 - torch.topk(torch.cat(similarities, dim=1), k, dim=1).values[:, -1]
             score = torch.maximum(score, pooled * bank.pooled_scale)
         return score
+
+    @property
+    def has_domain(self) -> bool:
+        return self.domain is not None
 
     @property
     def output_names(self) -> tuple[str, ...]:
