@@ -275,6 +275,47 @@ def test_a_laboratorys_unusual_smears_get_its_own_validator_and_serving_with_it_
     assert all(r["validator"]["name"] == gate["validator"] for r in passed)
 
 
+def test_an_adaptation_that_fails_leaves_what_was_at_out_as_it_was(taleqani, tmp_path, model_with_card):
+    """lab-d's fields make the gate write a laboratory validator; the base's float graph is missing, so the run fails
+    after that: the model already at --out, its card and its validator are untouched, and nothing new is left."""
+    from leukostage.predict import card_path_for
+    from leukostage.training.adapt import AdaptConfig, adapt, laboratory_validator_path
+    from leukostage.training.shifts import LABORATORIES, write_laboratory
+
+    mid = CLASSES[CLASS_KEYS.index("mid")]
+    fields = [(str(p), CLASS_KEYS.index("mid")) for p in sorted((taleqani / mid.folder).glob("*.jpg"))[:60]]
+    write_laboratory(fields, LABORATORIES["lab-d"], tmp_path / "lab", seed=0)
+    base = model_with_card(lambda card: card, name="base")  # the int8 file and its card; no float graph beside it
+    out = tmp_path / "models" / "lab-d.onnx"
+    out.parent.mkdir()
+    before = {out: b"the model", card_path_for(out): b"{}", laboratory_validator_path(out): b"its validator"}
+    for path, data in before.items():
+        path.write_bytes(data)
+    with pytest.raises(FileNotFoundError, match="float graph"):
+        adapt(AdaptConfig(data=str(tmp_path / "lab"), out=str(out), base=str(base), seed=0), progress=False)
+    assert {p: p.read_bytes() for p in out.parent.iterdir()} == before
+
+
+def test_publishing_moves_every_staged_file_and_drops_a_validator_the_new_model_does_not_use(tmp_path):
+    from leukostage.training.adapt import laboratory_validator_path, publish
+
+    out = tmp_path / "lab.onnx"
+    laboratory_validator_path(out).write_text("the old model's")
+    staging = tmp_path / ".staging"
+    staging.mkdir()
+    for name in ("lab.onnx", "lab.card.json", "lab-float.onnx", "lab-float.card.json"):
+        (staging / name).write_text(name)
+    publish(staging, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".staging",
+        "lab-float.card.json",
+        "lab-float.onnx",
+        "lab.card.json",
+        "lab.onnx",
+    ]
+    assert not any(staging.iterdir()) and out.read_text() == "lab.onnx"
+
+
 def test_a_model_whose_validator_is_missing_is_refused_and_an_explicit_validator_wins(model_with_card, monkeypatch):
     from leukostage.predict import Predictor
     from leukostage.validate import VALIDATOR_ENV

@@ -7,12 +7,14 @@ the adaptation part with the capture recipe's augmentation, while replaying the 
 they are at hand (``--replay DIR`` or ``$LEUKOSTAGE_DATA``), or else distilling the base model's answers, so that
 what it knew is kept. The domain check is refitted to include the laboratory, its thresholds are chosen on the
 laboratory's validation part, and the result is a new model file with a card that names its base and its data: the
-base model is never overwritten.
+base model is never overwritten. Every file is written into a staging folder beside ``--out`` and moved into place
+only once all are written, so a run that fails or is stopped leaves what was at ``--out`` as it was.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -305,6 +307,11 @@ class GatedFields:
     gate: dict | None  # for the card: file, thresholds, fields let through; None: the active validator as it is
 
 
+def laboratory_validator_path(model: Path) -> Path:
+    """Where an adapted model's laboratory validator lives: beside it, named after it."""
+    return model.with_name(f"{model.stem}.validator.json")
+
+
 def read_through_gate(lab: LabFields, out: Path, seed: int, progress: bool = False) -> GatedFields:
     """Split by sample over every field (where a sample goes does not depend on the gate), read the fields through
     the active validator, and where the adaptation part's content scores call for a lower threshold
@@ -331,7 +338,7 @@ def read_through_gate(lab: LabFields, out: Path, seed: int, progress: bool = Fal
                 "rule": f"the calibration's acceptance rule on the laboratory's adaptation fields, at most "
                 f"{LAB_CONTENT_MARGIN} below the threshold it was",
             }
-            path = out.with_name(f"{out.stem}.validator.json")
+            path = laboratory_validator_path(out)
             path.write_text(json.dumps(validator, indent=1) + "\n")
             read = lab_views(lab, progress, path)
             gate = {
@@ -510,12 +517,44 @@ def served(path: str | Path, views: np.ndarray, labels: np.ndarray) -> dict:
 
 def adapt(cfg: AdaptConfig, progress: bool = True) -> dict:
     """Adapt the base model to a laboratory (see the module docstring); writes ``cfg.out`` (int8), its float graph
-    beside it (``<name>-float.onnx``: the weights a later adaptation starts from) and both cards. Returns the card.
+    beside it (``<name>-float.onnx``: the weights a later adaptation starts from), both cards and, where the
+    laboratory's smears need one, its validator. Returns the card.
 
     Raises:
         FileNotFoundError: no laboratory folder, or the base model's card or float graph is missing.
         ValueError: too few usable fields to adapt any class; ``--out`` is the base model.
     """
+    import tempfile
+
+    from ..predict import default_model_path
+
+    base_path = Path(cfg.base) if cfg.base else default_model_path()
+    out = Path(cfg.out)
+    if out.resolve() == base_path.resolve():
+        raise ValueError(f"--out {out} is the base model: an adapted model is a new file, the base stays as it is")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}.adapting-") as staging:
+        card = _adapt(cfg, base_path, Path(staging) / out.name, progress)
+        publish(Path(staging), out)
+    return card
+
+
+def publish(staging: Path, out: Path) -> None:
+    """Move a finished adaptation's files from ``staging`` beside ``out``, the int8 model's card last (a server
+    reading the folder meanwhile sees a model with its card only once both are new). A laboratory validator left
+    by a model that was at ``out`` before goes with that model when the new one has none."""
+    from ..predict import card_path_for
+
+    old_validator = laboratory_validator_path(out)
+    if not (staging / old_validator.name).exists():
+        old_validator.unlink(missing_ok=True)
+    last = card_path_for(out).name
+    for name in sorted((p.name for p in staging.iterdir()), key=lambda n: n == last):
+        os.replace(staging / name, out.with_name(name))
+
+
+def _adapt(cfg: AdaptConfig, base_path: Path, out: Path, progress: bool) -> dict:
+    """:func:`adapt`'s work, every file written at ``out`` (in the staging folder)."""
     import json
     import sys
     import tempfile
@@ -525,17 +564,13 @@ def adapt(cfg: AdaptConfig, progress: bool = True) -> dict:
     import torch
 
     from .. import __version__
-    from ..predict import card_path_for, default_model_path
+    from ..predict import card_path_for
     from .decision import DOMAIN_COVER, choose_thresholds
     from .export import export_onnx, fit_temperature, onnx_outputs
     from .quantize import quantize_onnx, sha256
     from .train import RECIPES, augmented_copies
 
     t_start = time.perf_counter()
-    base_path = Path(cfg.base) if cfg.base else default_model_path()
-    out = Path(cfg.out)
-    if out.resolve() == base_path.resolve():
-        raise ValueError(f"--out {out} is the base model: an adapted model is a new file, the base stays as it is")
     torch.manual_seed(cfg.seed)
     if cfg.from_cases:
         with tempfile.TemporaryDirectory(prefix="leukostage-cases-") as folder:  # read into memory, then removed
