@@ -20,14 +20,14 @@ from leukostage.training.calibrate import (
 from leukostage.training.data import discover, make_split
 
 
-def test_genuine_split_is_deterministic_disjoint_and_uses_the_project_split(data_dir):
+def test_genuine_split_is_deterministic_disjoint_and_holds_out_the_served_models_test_part(data_dir):
     a, b = genuine_split(data_dir, 42), genuine_split(data_dir, 42)
     assert a == b
     for source in GENUINE_SOURCES:
         cal, held = set(a[source]["calibration"]), set(a[source]["heldout"])
         assert cal and held and not cal & held
     ds = discover(data_dir)
-    assert a["taleqani"]["heldout"] == [ds.paths[i] for i in make_split(ds, "random", 42)["test"]]
+    assert a["taleqani"]["heldout"] == [ds.paths[i] for i in make_split(ds, "blocked", 42)["test"]]
     assert genuine_split(data_dir, 1)["bccd_smears"] != a["bccd_smears"]
 
 

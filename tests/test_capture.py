@@ -135,6 +135,31 @@ def test_a_brighter_lamp_is_read_as_taken_not_rescaled_on_the_ruler_it_shrank(fi
     assert small.valid and "ruler" not in small.capture and small.capture["rescaled_by"] > 1.0
 
 
+def test_a_lamp_that_clips_the_red_cells_away_is_overexposed_though_the_nuclei_still_show(fields, settings):
+    """At x2 gain many fields keep their nuclei (the darkest hundredth passes) but lose every red cell; the model reads
+    such fields as pale smears of another class, so they are refused with what was measured; x1.2 is still read.
+    (A field whose darker red cells survive x2 still has its ruler, and is left to the model and its domain check.)"""
+    limit = settings.max_clipped_without_red_cells
+    assert limit is not None and capture.RULER_MAX_CLIPPED < limit < 1.0
+    washed = []
+    for rgb in fields:
+        bright = np.clip(rgb.astype(np.float32) * 2.0, 0, 255).astype(np.uint8)
+        verdict = validate_image(bright)
+        if (
+            verdict.capture.get("red_cell_diameter_px", 0) is None
+            and verdict.capture["dark_level"] <= settings.max_dark_level
+        ):
+            washed.append(verdict)
+    assert washed, "no field here kept its nuclei while losing its red cells at x2: the case is not exercised"
+    for verdict in washed:
+        assert (
+            verdict.code == "overexposed" and "no red cell" in verdict.reason and "Reduce the light" in verdict.reason
+        )
+        assert verdict.capture["clipped_share"] > limit
+    for rgb in fields:
+        assert validate_image(np.clip(rgb.astype(np.float32) * 1.2, 0, 255).astype(np.uint8)).valid
+
+
 def test_the_model_view_is_square_at_the_training_scale(fields, settings):
     rgb = fields[0]
     assert capture.model_view(rgb, 224) is rgb

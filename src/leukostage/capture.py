@@ -77,6 +77,8 @@ class CaptureSettings:
     min_background: float  # background_level (0-255) below this: underexposed
     reference_background: float  # the training fields' median background level: darker fields are brought to it
     max_dark_level: float  # dark_level (0-255) above this: overexposed
+    # clipped_share above this with no red cell left to measure: overexposed (None: a validator file from before it)
+    max_clipped_without_red_cells: float | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> CaptureSettings:
@@ -90,6 +92,9 @@ class CaptureSettings:
             min_background=float(d["min_background"]),
             reference_background=float(d["reference_background"]),
             max_dark_level=float(d["max_dark_level"]),
+            max_clipped_without_red_cells=(
+                None if d.get("max_clipped_without_red_cells") is None else float(d["max_clipped_without_red_cells"])
+            ),
         )
 
 

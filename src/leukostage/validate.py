@@ -61,6 +61,9 @@ CAPTURE_MESSAGES = {
     "{need:.0f} is needed to read the stain. Increase the light or the exposure and retake.",
     "overexposed": "The picture is washed out: {clipped:.0%} of it is at full white and its darkest hundredth (the "
     "nuclei) is at {level:.0f} of 255 (at most {limit:.0f} can be read). Reduce the light or the exposure and retake.",
+    "overexposed_red_cells": "The picture is washed out: {clipped:.0%} of it is at full white and the lamp has left "
+    "no red cell to see (with none, at most {limit:.0%} at full white can be read). Reduce the light or the exposure "
+    "and retake.",
     "out_of_focus": "The field is out of focus: its sharpness is {value:.2f} at the model's scale, and at least "
     "{need:.2f} is needed. Refocus and retake.",
     "magnification_out_of_range": "Red cells measure about {diameter:.0f} px across in this picture; the model reads "
@@ -496,6 +499,12 @@ def run_gate(rgb: np.ndarray, preset: Preset) -> ValidationResult:
     ratio = None if diameter is None else diameter / s.red_cell_px
     info["red_cell_diameter_px"] = None if diameter is None else round(diameter, 1)
     info["scale"] = None if ratio is None else round(ratio, 3)
+    no_red_cells_limit = s.max_clipped_without_red_cells
+    if verdict.valid and diameter is None and no_red_cells_limit is not None and clipped > no_red_cells_limit:
+        # a lamp bright enough to clip the red cells away leaves fields the model reads as pale smears of another
+        # class (validation fields at x1.5-x2: most answers wrong), and no ruler for their scale either
+        values = {"clipped": clipped, "limit": no_red_cells_limit}
+        return _refuse("overexposed", values, preset, info, verdict.checks, "overexposed_red_cells")
     if ratio is not None and ratio < s.scale_band[0] and clipped > capture.RULER_MAX_CLIPPED:
         info["ruler"] = "not used: the lamp clipped the red cells' pale parts, which shrinks them"
         ratio = 1.0  # read as taken: neither rescaled nor refused on a reading the exposure made
@@ -536,10 +545,12 @@ def _checks(rgb: np.ndarray, preset: Preset) -> dict:
     return run_checks(rgb, preset).checks
 
 
-def _refuse(code: str, values: dict, preset: Preset, info: dict, checks: dict | None = None) -> ValidationResult:
-    return ValidationResult(
-        False, code, CAPTURE_MESSAGES[code].format(**values), dict(checks or {}), preset.validator, info
-    )
+def _refuse(
+    code: str, values: dict, preset: Preset, info: dict, checks: dict | None = None, message: str | None = None
+) -> ValidationResult:
+    """A capture verdict: ``code`` with its message (``CAPTURE_MESSAGES[message or code]``) filled from ``values``."""
+    text = CAPTURE_MESSAGES[message or code].format(**values)
+    return ValidationResult(False, code, text, dict(checks or {}), preset.validator, info)
 
 
 def _magnification(diameter: float, ratio: float, advice: str, preset: Preset, info: dict, verdict) -> ValidationResult:

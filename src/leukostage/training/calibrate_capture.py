@@ -12,6 +12,9 @@ a threshold separates answers from refusals:
   must be answered); below it a field is out of focus.
 - ``max_dark_level``: the 99.5th percentile of the validation part's fields at exposure x1.35 (the brightest the
   model trained on); a darkest hundredth brighter than that is washed out.
+- ``max_clipped_without_red_cells``: the 99.5th percentile of the validation part's clipped share at exposure x1.2
+  (the brightest lamp of an ordinary day, issue 18's mild level); a picture more clipped than that in which the ruler
+  finds no red cell is washed out (the lamp has clipped them away, and the model reads such fields as pale smears).
 - ``min_background`` (a quarter of the reference background: the stain's contrast then spans fewer than about 40
   grey levels), ``scale_limits`` (0.5 to 3.5: beyond, a rescale either invents detail or leaves too few cells) and
   ``min_field_fraction`` (half the training side) are limits of the method, not fitted.
@@ -32,6 +35,7 @@ from .data import discover, make_split
 SPLIT = "blocked"
 MILD_BLUR_PX = 1.5
 BRIGHTEST_TRAINED_EXPOSURE = 1.35
+BRIGHTEST_ORDINARY_EXPOSURE = 1.2
 SCALE_LIMITS = (0.5, 3.5)
 MIN_FIELD_FRACTION = 0.5
 UNDEREXPOSED_SHARE = 0.25
@@ -41,8 +45,8 @@ def _blurred(rgb: np.ndarray) -> np.ndarray:
     return cv2.GaussianBlur(rgb.astype(np.float32), (0, 0), MILD_BLUR_PX).round().clip(0, 255).astype(np.uint8)
 
 
-def _brighter(rgb: np.ndarray) -> np.ndarray:
-    return (rgb.astype(np.float32) * BRIGHTEST_TRAINED_EXPOSURE).clip(0, 255).astype(np.uint8)
+def _brighter(rgb: np.ndarray, gain: float = BRIGHTEST_TRAINED_EXPOSURE) -> np.ndarray:
+    return (rgb.astype(np.float32) * gain).clip(0, 255).astype(np.uint8)
 
 
 def fit_capture(data: str | Path, seed: int = 42, progress: bool = False) -> dict:
@@ -62,6 +66,7 @@ def fit_capture(data: str | Path, seed: int = 42, progress: bool = False) -> dic
         raise ValueError(f"the training fields are not all one square size ({sorted(sides)}); the scale is undefined")
     focus = [capture.focus_measure(_blurred(im)) for im in val]
     dark = [capture.dark_level(_brighter(im)) for im in val]
+    clipped = [capture.clipped_share(_brighter(im, BRIGHTEST_ORDINARY_EXPOSURE)) for im in val]
     return {
         "field_px": sides.pop(),
         "red_cell_px": round(red_cell_px, 2),
@@ -72,6 +77,7 @@ def fit_capture(data: str | Path, seed: int = 42, progress: bool = False) -> dic
         "min_background": round(UNDEREXPOSED_SHARE * reference, 1),
         "reference_background": round(reference, 1),
         "max_dark_level": round(float(np.quantile(dark, 0.995)), 1),
+        "max_clipped_without_red_cells": round(float(np.quantile(clipped, 0.995)), 3),
         "derivation": {
             "split": SPLIT,
             "seed": seed,
