@@ -240,6 +240,16 @@ def test_the_laboratory_content_threshold_follows_its_own_smears_within_the_marg
     assert laboratory_content_threshold(np.array([np.nan, np.nan]), active) == active  # no field reached the check
 
 
+def write_lab_d_mid_fields(taleqani, folder) -> None:
+    """Sixty real Mid Stage fields re-made by lab-d (a pinker stain, lower magnification, blur, JPEG 40) into
+    ``folder``: smears the packaged validator finds unusual, so adapt writes the laboratory's validator for them."""
+    from leukostage.training.shifts import LABORATORIES, write_laboratory
+
+    mid = CLASSES[CLASS_KEYS.index("mid")]
+    fields = [(str(p), CLASS_KEYS.index("mid")) for p in sorted((taleqani / mid.folder).glob("*.jpg"))[:60]]
+    write_laboratory(fields, LABORATORIES["lab-d"], folder, seed=0)
+
+
 def test_a_laboratorys_unusual_smears_get_its_own_validator_and_serving_with_it_lets_them_through(
     taleqani, tmp_path, model_with_card
 ):
@@ -248,11 +258,8 @@ def test_a_laboratorys_unusual_smears_get_its_own_validator_and_serving_with_it_
     and a model whose card names it serves them."""
     from leukostage.predict import Predictor, analyse_path
     from leukostage.training.adapt import discover_laboratory, read_through_gate
-    from leukostage.training.shifts import LABORATORIES, write_laboratory
 
-    mid = CLASSES[CLASS_KEYS.index("mid")]
-    fields = [(str(p), CLASS_KEYS.index("mid")) for p in sorted((taleqani / mid.folder).glob("*.jpg"))[:60]]
-    write_laboratory(fields, LABORATORIES["lab-d"], tmp_path / "lab", seed=0)
+    write_lab_d_mid_fields(taleqani, tmp_path / "lab")
     lab = discover_laboratory(tmp_path / "lab")
     gated = read_through_gate(lab, tmp_path / "lab-d.onnx", seed=0)
     gate = gated.gate
@@ -280,11 +287,8 @@ def test_an_adaptation_that_fails_leaves_what_was_at_out_as_it_was(taleqani, tmp
     after that: the model already at --out, its card and its validator are untouched, and nothing new is left."""
     from leukostage.predict import card_path_for
     from leukostage.training.adapt import AdaptConfig, adapt, laboratory_validator_path
-    from leukostage.training.shifts import LABORATORIES, write_laboratory
 
-    mid = CLASSES[CLASS_KEYS.index("mid")]
-    fields = [(str(p), CLASS_KEYS.index("mid")) for p in sorted((taleqani / mid.folder).glob("*.jpg"))[:60]]
-    write_laboratory(fields, LABORATORIES["lab-d"], tmp_path / "lab", seed=0)
+    write_lab_d_mid_fields(taleqani, tmp_path / "lab")
     base = model_with_card(lambda card: card, name="base")  # the int8 file and its card; no float graph beside it
     out = tmp_path / "models" / "lab-d.onnx"
     out.parent.mkdir()
