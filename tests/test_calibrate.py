@@ -5,15 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from leukostage.imaging import load_image
 from leukostage.training import negatives
 from leukostage.training.calibrate import (
     GENUINE_SOURCES,
+    MILD_ACCEPTANCE,
+    CalibrationConfig,
+    Samples,
     augment_smear,
     choose_threshold,
     derive_colour_rule,
     fit_mlp,
+    fit_validator,
+    gate_input,
     genuine_split,
     model_scores,
+    out_of_fold_scores,
     report_markdown,
     sample_weights,
 )
@@ -75,6 +82,73 @@ def test_exported_mlp_scores_like_scikit_learn():
         warnings.simplefilter("ignore")
         ref.fit((x - mean) / scale, y, sample_weight=np.ones(len(y)))
     assert np.allclose(ours, ref.predict_proba((x[:20] - mean) / scale)[:, 1], atol=1e-9)
+
+
+def _separable(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    x = np.r_[rng.normal(1.0, 1.0, (n, 4)), rng.normal(-1.0, 1.0, (n, 4))]
+    y = np.r_[np.ones(n, int), np.zeros(n, int)]
+    kind = np.array(["smear"] * n + ["negative"] * n)
+    group = np.array([f"s:{i}" for i in range(n)] + [f"n:{i}" for i in range(n)])
+    return x, y, kind, group
+
+
+def test_extra_rows_are_scored_by_the_fold_model_that_never_saw_their_field():
+    x, y, kind, group = _separable(np.random.default_rng(0), 60)
+    cfg = CalibrationConfig(hidden=(4,), folds=3)
+    # copies of three smears' own rows, and one row of a field no fold holds
+    extra_x = np.r_[x[[0, 7, 33]], x[[0]]]
+    extra_group = np.array(["s:0", "s:7", "s:33", "elsewhere:0"])
+    oof, extra = out_of_fold_scores(x, y, kind, group, cfg, (extra_x, extra_group))
+    assert np.allclose(extra[:3], oof[[0, 7, 33]]), "an unseen copy scores as its field does out of fold"
+    assert np.isnan(extra[3])
+
+
+def _samples(x, y, kind, group) -> Samples:
+    return Samples(
+        features=list(x),
+        stats=[(50.0, 200.0, 0.2)] * len(y),
+        label=list(y),
+        kind=list(kind),
+        group=list(group),
+        original=[True] * len(y),
+    )
+
+
+def test_mild_captures_lower_the_content_threshold_until_each_level_keeps_its_share():
+    rng = np.random.default_rng(1)
+    x, y, kind, group = _separable(rng, 80)
+    cfg = CalibrationConfig(hidden=(4,), folds=4)
+    plain = fit_validator(_samples(x, y, kind, group), cfg)["content"]
+    assert "mild_captures_accepted" not in plain["out_of_fold"]
+    samples = _samples(x, y, kind, group)
+    for level, shift in (("jpeg/q20", 1.2), ("focus/1.5px", 0.3)):  # q20 moves the smears towards the negatives
+        for i in range(0, 80, 2):
+            samples.mild_features.append(x[i] - shift)
+            samples.mild_level.append(level)
+            samples.mild_group.append(group[i])
+    content = fit_validator(samples, cfg)["content"]
+    accepted = content["out_of_fold"]["mild_captures_accepted"]
+    assert set(accepted) == {"jpeg/q20", "focus/1.5px"}
+    assert min(accepted.values()) >= MILD_ACCEPTANCE
+    assert content["threshold"] < plain["threshold"] and content["threshold_bound"] == "mild captures"
+
+
+def test_gate_input_is_what_the_gates_content_layer_reads(taleqani):
+    from leukostage.training.shifts import Shift
+    from leukostage.validate import analysis_image, content_features, get_preset, run_gate
+
+    preset = get_preset()
+    field = load_image(sorted((taleqani / "cancerous" / "mid").glob("*.jpg"))[2])
+    photo = Shift("eyepiece", "x2", eyepiece=2.0, jpeg=80).apply(field[None], 0)[0]
+    dim = Shift("exposure", "x0.6", exposure=0.6).apply(field[None], 0)[0]
+    reference = preset.capture.reference_background
+    for rgb in (photo, dim):
+        seen = gate_input(rgb, reference)
+        score = preset.content.score(content_features(analysis_image(seen)))
+        assert score == pytest.approx(run_gate(rgb, preset).checks["smear_score"].value, abs=1e-9)
+    cut = gate_input(photo, reference)
+    assert cut.shape[0] < photo.shape[0] and photo[0, 0].max() < 30 < 180 < cut[0, 0].min(), "the black surround goes"
+    assert np.median(gate_input(dim, reference)) > np.median(dim) + 20, "a dim field is brought up to the slide"
 
 
 def test_augmented_smear_is_an_rgb_image():
