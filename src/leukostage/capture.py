@@ -358,6 +358,21 @@ def eyepiece_field(rgb: np.ndarray, circle: Circle) -> np.ndarray:
     return np.clip(crop, 0, 255).astype(np.uint8)
 
 
+def field_of_view(
+    rgb: np.ndarray, working: tuple[np.ndarray, float] | None = None
+) -> tuple[np.ndarray, tuple[np.ndarray, float], bool]:
+    """The picture to read: an eyepiece photo's disc cut out (:func:`eyepiece_field`), any other picture as it is.
+
+    Returns the picture, its :func:`working_copy` and whether it was an eyepiece photo.
+    """
+    working = working_copy(rgb, working)
+    circle = find_eyepiece_field(rgb, working)
+    if circle is None:
+        return rgb, working, False
+    field = eyepiece_field(rgb, circle)
+    return field, working_copy(field), True
+
+
 # --- to the model's scale --------------------------------------------------------------------------------------------
 def to_training_scale(rgb: np.ndarray, ratio: float) -> np.ndarray:
     """``rgb`` resized by 1 / ``ratio``, where ``ratio`` is its red-cell diameter over the training one."""

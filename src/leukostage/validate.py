@@ -470,11 +470,9 @@ def run_gate(rgb: np.ndarray, preset: Preset) -> ValidationResult:
         return verdict
     field_px = s.field_px
     info: dict = {"mode": "direct"}
-    working = capture.working_copy(rgb)  # one small copy for the eyepiece, the exposure levels and the ruler
-    circle = capture.find_eyepiece_field(rgb, working)
-    if circle is not None:
-        rgb = capture.eyepiece_field(rgb, circle)
-        working = capture.working_copy(rgb)
+    # one small copy (working) for the eyepiece, the exposure levels and the ruler
+    rgb, working, eyepiece = capture.field_of_view(rgb)
+    if eyepiece:
         info["mode"] = "eyepiece"
     small = working[0]
     level = capture.background_level(small)

@@ -32,7 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..capture import background_level, eyepiece_field, find_eyepiece_field, with_background
+from ..capture import background_level, field_of_view, with_background
 from ..imaging import iter_image_files, load_image
 from ..validate import (
     ANALYSIS_SIDE,
@@ -174,9 +174,7 @@ def augment_smear(rgb: np.ndarray, rng: np.random.Generator, capture: bool = Fal
     if capture:  # the model's capture chain (issue 18): another stain, focus, light, sensor and JPEG
         img = capture_image(img, CaptureConfig(), int(rng.integers(2**31)))
         if rng.random() < EYEPIECE_SHARE:  # a phone at the eyepiece, as the gate will see it: the field cut out
-            photo = simulate_eyepiece(img, rng, rng.uniform(1.5, 2.5))
-            circle = find_eyepiece_field(photo)
-            img = eyepiece_field(photo, circle) if circle is not None else photo
+            img = field_of_view(simulate_eyepiece(img, rng, rng.uniform(1.5, 2.5)))[0]
         return np.ascontiguousarray(img)
     if rng.random() < 0.2:
         img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.4, 1.2))
@@ -270,10 +268,8 @@ def collect_calibration(cfg: CalibrationConfig, split: dict[str, dict[str, list[
 def gate_input(rgb: np.ndarray, reference: float) -> np.ndarray:
     """What the gate's colour and content layers read (:func:`validate.run_gate`): the eyepiece's field cut out,
     and a dim picture brought to the reference background."""
-    circle = find_eyepiece_field(rgb)
-    if circle is not None:
-        rgb = eyepiece_field(rgb, circle)
-    return with_background(rgb, background_level(rgb), reference)
+    rgb, working, _ = field_of_view(rgb)
+    return with_background(rgb, background_level(working[0]), reference)
 
 
 def add_mild_captures(samples: Samples, images: list[np.ndarray], reference: float, seed: int) -> None:
@@ -375,9 +371,12 @@ def choose_threshold(scores: np.ndarray, kind: np.ndarray, target: float = TARGE
     return float(min(per_source))
 
 
-def mild_threshold(scores: np.ndarray, level: np.ndarray, target: float = MILD_ACCEPTANCE) -> float:
-    """The lowest per-level (1 - target) quantile of mild-capture scores: each level keeps >= target of its smears."""
-    return choose_threshold(scores, level, target)
+def mild_rule() -> str:
+    """The mild-capture bound on the content threshold, in words (the validator's derivation and the report)."""
+    return (
+        f"no higher than the lowest per-level {1 - MILD_ACCEPTANCE:.0%} quantile of the out-of-fold scores of mild "
+        f"captures of every {MILD_EVERY}th Taleqani calibration field"
+    )
 
 
 def _round(obj, digits: int = 6):
@@ -419,7 +418,7 @@ def fit_validator(samples: Samples, cfg: CalibrationConfig, exclude: tuple[str, 
     scored = ~np.isnan(mild_oof)  # none where the Taleqani smears are left out (an ablation)
     mild = {}
     if scored.any():
-        bound = mild_threshold(mild_oof[scored], mild_level[scored])
+        bound = choose_threshold(mild_oof[scored], mild_level[scored], MILD_ACCEPTANCE)  # each level keeps its share
         model["threshold_bound"] = "mild captures" if bound < model["threshold"] else "originals"
         model["threshold"] = min(model["threshold"], bound)
         mild = {
@@ -503,13 +502,7 @@ def calibrate(
             f"MLP {list(cfg.hidden)} (ReLU, logistic output) on {len(FEATURE_NAMES)} features; "
             f"threshold = lowest per-source {1 - TARGET_ACCEPTANCE:.3%} quantile of "
             f"{cfg.folds}-fold out-of-fold smear scores (grouped by image)"
-            + (
-                f", and no higher than the lowest per-level {1 - MILD_ACCEPTANCE:.0%} quantile of the out-of-fold "
-                f"scores of mild captures of every {MILD_EVERY}th Taleqani calibration field "
-                f"({', '.join(m.name for m in MILD_CAPTURES)})"
-                if cfg.capture
-                else ""
-            )
+            + (f", and {mild_rule()} ({', '.join(m.name for m in MILD_CAPTURES)})" if cfg.capture else "")
         ),
         "data": data,
     }
@@ -684,9 +677,8 @@ def _mild_sentence(out_of_fold: dict) -> str:
         return "."
     shares = ", ".join(f"{k} {_pct(v)}" for k, v in mild.items())
     return (
-        f", and no higher than the lowest per-level {1 - MILD_ACCEPTANCE:.0%} quantile of out-of-fold scores of "
-        f"mild captures of every {MILD_EVERY}th Taleqani calibration field (issue 18's mild levels, seen as the "
-        f"gate sees them). Out of fold, those captures pass at: {shares}."
+        f", and {mild_rule()} (issue 18's mild levels, seen as the gate sees them). "
+        f"Out of fold, those captures pass at: {shares}."
     )
 
 
