@@ -25,7 +25,8 @@ from leukostage.training.decision import choose_thresholds, served_summary, shif
 from leukostage.training.export import onnx_outputs
 from leukostage.validate import active_validator_path
 
-MODEL = Path(__file__).resolve().parents[1] / "src" / "leukostage" / "models" / "lite0.onnx"
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "src" / "leukostage" / "models" / "lite0.onnx"
 
 
 def main() -> None:
@@ -44,7 +45,9 @@ def main() -> None:
     chosen = choose_thresholds(out["probabilities"], np.r_[y_val, shifted.labels], out[DOMAIN_OUTPUT])
     n = len(val)
     served = served_summary(out["probabilities"][n:], shifted.labels, out[DOMAIN_OUTPUT][n:], chosen)
-    print(f"validator {active_validator_path()}; {split_name} split, seed {seed}, {n} validation fields")
+    validator = Path(active_validator_path()).resolve()
+    shown = validator.relative_to(ROOT) if validator.is_relative_to(ROOT) else validator
+    print(f"validator {shown}; {split_name} split, seed {seed}, {n} validation fields")
     refused = sum(sum(codes.values()) for codes in shifted.refused.values())
     print(f"shifted views through today's gate: {len(shifted.labels)} (refused {refused})")
     print("refused by the gate:", {k: v for k, v in shifted.refused.items() if v})
