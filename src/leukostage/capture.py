@@ -41,6 +41,10 @@ SURROUND_FRACTION = 0.25  # the eyepiece's surround is darker than this share of
 MIN_SURROUND_AT_EDGE = 0.4  # share of the picture's outer rim that must be surround for an eyepiece photo
 MIN_ROUNDNESS = 0.8  # the bright region fills at least this share of its enclosing circle (within the picture)
 EYEPIECE_RIM = 0.03  # the outer 3 % of the disc radius is the field stop's blurred edge: filled, not kept
+EYEPIECE_RINGS = 20  # rings of the lens's fall-off profile: with 10, the level of a ring's brighter inner edge left
+# its outer edge ~2 % too dark after flattening (validation fields' eyepiece photos); 20 leave < 1 %
+FALL_OFF_SIDE = 256  # the fall-off is read on a copy of the disc at most this long (it is smooth)
+MIN_RING_PIXELS = 20  # a ring with fewer pixels in the field (a small disc's centre) takes the next one's level
 FOCUS_FINE_SIGMA = 0.7  # focus: gradients after this much smoothing (pixels at the training scale; damps noise) ...
 FOCUS_COARSE_SIGMA = 2.0  # ... over gradients after this much: ~1.9 in focus, ~1.4 at 1.5 px blur, ~1.15 at 3 px
 CLIPPED_LEVEL = 250  # a pixel this bright in every channel has lost what the stain did to it
@@ -331,6 +335,29 @@ def find_eyepiece_field(rgb: np.ndarray, working: tuple[np.ndarray, float] | Non
     return Circle(cx / s, cy / s, r / s)
 
 
+def fall_off(crop: np.ndarray, rho: np.ndarray) -> np.ndarray:
+    """The lens's light in :data:`EYEPIECE_RINGS` rings of the disc, relative to the centre (1.0 there).
+
+    Each ring's level is its background's (a bright quantile of the brightest channel), read on a small copy: the
+    fall-off is smooth, and a phone photo's millions of pixels would cost a pass per ring. A lens dims its field
+    monotonically from the centre out, so a ring darker than one further out holds cells (a white cell often sits at
+    the centre), not less light: each ring takes the brightest level from it outwards.
+    """
+    s = min(1.0, FALL_OFF_SIDE / max(crop.shape[:2]))
+    size = (max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s)))
+    lum = cv2.resize(crop.max(axis=2), size, interpolation=cv2.INTER_AREA)
+    rho = cv2.resize(rho, size, interpolation=cv2.INTER_AREA)
+    bins = np.minimum((rho * EYEPIECE_RINGS).astype(np.int32), EYEPIECE_RINGS - 1)
+    inside = rho <= 1.0 - EYEPIECE_RIM
+    level = np.zeros(EYEPIECE_RINGS, np.float32)
+    for b in range(EYEPIECE_RINGS):
+        ring = lum[(bins == b) & inside]
+        if ring.size >= MIN_RING_PIXELS:
+            level[b] = np.quantile(ring, BACKGROUND_QUANTILE)
+    level = np.maximum.accumulate(level[::-1])[::-1]
+    return level / level[0] if level[0] > 0 else np.ones_like(level)
+
+
 def eyepiece_field(rgb: np.ndarray, circle: Circle) -> np.ndarray:
     """The disc's bounding square, its radial light fall-off flattened and the surround filled with the slide's
     background colour, so that the field reads like a camera-port photograph of the same slide."""
@@ -341,17 +368,8 @@ def eyepiece_field(rgb: np.ndarray, circle: Circle) -> np.ndarray:
     yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
     rho = np.hypot(xx - circle.cx, yy - circle.cy) / circle.r  # 0 at the centre, 1 at the field stop
     inside = rho <= 1.0 - EYEPIECE_RIM
-    # fall-off: the background level (bright quantile) in rings, relative to the centre's
-    bins = np.minimum((rho * 10).astype(np.int32), 9)
-    level = np.ones(10, np.float32)
-    lum = crop.max(axis=2)
-    for b in range(10):
-        ring = lum[(bins == b) & inside]
-        if ring.size >= 50:
-            level[b] = np.quantile(ring, BACKGROUND_QUANTILE)
-    valid = level > 0
-    level = level / level[valid][0] if valid.any() else level
-    gain = 1.0 / np.clip(np.interp(rho * 10 - 0.5, np.arange(10), level), 0.2, 1.0)
+    level = fall_off(crop, rho)
+    gain = 1.0 / np.clip(np.interp(rho * EYEPIECE_RINGS - 0.5, np.arange(EYEPIECE_RINGS), level), 0.2, 1.0)
     crop = crop * gain[..., None]
     background = np.quantile(crop[inside], BACKGROUND_QUANTILE, axis=0)
     crop[~inside] = background
