@@ -84,6 +84,20 @@ def test_the_lens_fall_off_is_flattened_even_with_a_white_cell_at_the_centre(fie
             assert abs(ring - 1.0) < 0.05, f"ring {lo:.1f}-{lo + 0.2:.1f}: {ring:.3f} of the even photo's light"
 
 
+def test_a_phone_sized_disc_is_flattened_as_an_exact_one_would_be(fields, monkeypatch):
+    """Above LARGE_DISC the fall-off is read from every step-th pixel: the same picture, to a grey level, but for the
+    rim's last pixels (drawn, not thresholded)."""
+    photo = eyepiece_photo(fields[0], magnification=6.0)  # a 1344-px disc
+    circle = capture.find_eyepiece_field(photo)
+    assert 2 * circle.r > capture.LARGE_DISC, "the photo should take the sampled path"
+    sampled = capture.eyepiece_field(photo, circle)
+    monkeypatch.setattr(capture, "LARGE_DISC", 10**6)
+    exact = capture.eyepiece_field(photo, circle)
+    diff = np.abs(sampled.astype(np.int16) - exact.astype(np.int16))
+    assert sampled.shape == exact.shape
+    assert diff.mean() < 0.2 and np.quantile(diff, 0.99) <= 1
+
+
 def test_ordinary_fields_are_not_taken_for_eyepiece_photos(fields, data_dir):
     others = (
         sorted((data_dir / "bccd_smears").glob("*.jpg"))[:5] + sorted((data_dir / "pbc_sample").glob("*/*.jpg"))[::50]

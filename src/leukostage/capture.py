@@ -59,6 +59,7 @@ REMAINDER_SHARE = 0.01  # under this share of the picture unclipped: nothing lef
 REMAINDER_MIN_SATURATION = 12  # HSV saturation (of 255) above which a washed-out pixel still shows its colour
 DARK_QUANTILE = 0.01  # the picture's darkest hundredth: nuclei; if even these are near white, the stain is gone
 LARGE_PICTURE = 4  # a picture over this many model views in area is rescaled only where the model reads it
+LARGE_DISC = 1024  # an eyepiece disc longer than this is flattened from a sample of its pixels (a phone's photo)
 
 
 @dataclass(frozen=True)
@@ -360,10 +361,17 @@ def fall_off(crop: np.ndarray, rho: np.ndarray) -> np.ndarray:
 
 def eyepiece_field(rgb: np.ndarray, circle: Circle) -> np.ndarray:
     """The disc's bounding square, its radial light fall-off flattened and the surround filled with the slide's
-    background colour, so that the field reads like a camera-port photograph of the same slide."""
+    background colour, so that the field reads like a camera-port photograph of the same slide.
+
+    A disc longer than :data:`LARGE_DISC` pixels (a phone's photo) gets the same flattening from every step-th pixel:
+    its gain map is enlarged and its background read on those pixels, a few passes over millions of pixels instead
+    of dozens (a 2900-px disc: about 1.5 s before).
+    """
     h, w = rgb.shape[:2]
     x0, x1 = max(0, int(circle.cx - circle.r)), min(w, int(np.ceil(circle.cx + circle.r)))
     y0, y1 = max(0, int(circle.cy - circle.r)), min(h, int(np.ceil(circle.cy + circle.r)))
+    if max(x1 - x0, y1 - y0) > LARGE_DISC:
+        return _large_eyepiece_field(rgb[y0:y1, x0:x1], Circle(circle.cx - x0, circle.cy - y0, circle.r))
     crop = rgb[y0:y1, x0:x1].astype(np.float32)
     yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
     rho = np.hypot(xx - circle.cx, yy - circle.cy) / circle.r  # 0 at the centre, 1 at the field stop
@@ -374,6 +382,35 @@ def eyepiece_field(rgb: np.ndarray, circle: Circle) -> np.ndarray:
     background = np.quantile(crop[inside], BACKGROUND_QUANTILE, axis=0)
     crop[~inside] = background
     return np.clip(crop, 0, 255).astype(np.uint8)
+
+
+def _large_eyepiece_field(crop: np.ndarray, circle: Circle) -> np.ndarray:
+    """:func:`eyepiece_field` of a large disc's bounding square (``circle`` in its coordinates), from its every
+    step-th pixel: the fall-off is smooth."""
+    ch, cw = crop.shape[:2]
+    step = -(-max(ch, cw) // LARGE_DISC)
+    yy, xx = np.mgrid[0:ch:step, 0:cw:step].astype(np.float32)
+    rho = np.hypot(xx - circle.cx, yy - circle.cy) / circle.r
+    sampled = crop[::step, ::step].astype(np.float32)
+    level = fall_off(sampled, rho)
+    gain = 1.0 / np.clip(np.interp(rho * EYEPIECE_RINGS - 0.5, np.arange(EYEPIECE_RINGS), level), 0.2, 1.0)
+    inside = rho <= 1.0 - EYEPIECE_RIM
+    background = np.quantile((sampled * gain[..., None])[inside], BACKGROUND_QUANTILE, axis=0)
+    # the sampled pixels sit at multiples of step: enlarge the map so that they keep their gains
+    gain = cv2.warpAffine(
+        gain.astype(np.float32),
+        np.float32([[1 / step, 0, 0], [0, 1 / step, 0]]),
+        (cw, ch),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+    flat = cv2.multiply(crop.astype(np.float32), cv2.merge([gain, gain, gain]))
+    disc = np.zeros((ch, cw), np.uint8)  # the field inside the blurred rim, drawn to 1/16 pixel (4 fractional bits)
+    sub = 1 << 4
+    centre = (round(circle.cx * sub), round(circle.cy * sub))
+    cv2.circle(disc, centre, round(circle.r * (1.0 - EYEPIECE_RIM) * sub), 1, -1, lineType=cv2.LINE_8, shift=4)
+    flat[disc == 0] = background
+    return np.clip(flat, 0, 255).astype(np.uint8)
 
 
 def field_of_view(
