@@ -359,6 +359,12 @@ def fall_off(crop: np.ndarray, rho: np.ndarray) -> np.ndarray:
     return level / level[0] if level[0] > 0 else np.ones_like(level)
 
 
+def flattening_gain(rho: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """The gain that undoes the lens's fall-off (:func:`fall_off`'s ``level``) at each radius ``rho``, its rings'
+    levels placed at their middles (at most x5)."""
+    return 1.0 / np.clip(np.interp(rho * EYEPIECE_RINGS - 0.5, np.arange(EYEPIECE_RINGS), level), 0.2, 1.0)
+
+
 def eyepiece_field(rgb: np.ndarray, circle: Circle) -> np.ndarray:
     """The disc's bounding square, its radial light fall-off flattened and the surround filled with the slide's
     background colour, so that the field reads like a camera-port photograph of the same slide.
@@ -377,7 +383,7 @@ def eyepiece_field(rgb: np.ndarray, circle: Circle) -> np.ndarray:
     rho = np.hypot(xx - circle.cx, yy - circle.cy) / circle.r  # 0 at the centre, 1 at the field stop
     inside = rho <= 1.0 - EYEPIECE_RIM
     level = fall_off(crop, rho)
-    gain = 1.0 / np.clip(np.interp(rho * EYEPIECE_RINGS - 0.5, np.arange(EYEPIECE_RINGS), level), 0.2, 1.0)
+    gain = flattening_gain(rho, level)
     crop = crop * gain[..., None]
     background = np.quantile(crop[inside], BACKGROUND_QUANTILE, axis=0)
     crop[~inside] = background
@@ -393,7 +399,7 @@ def _large_eyepiece_field(crop: np.ndarray, circle: Circle) -> np.ndarray:
     rho = np.hypot(xx - circle.cx, yy - circle.cy) / circle.r
     sampled = crop[::step, ::step].astype(np.float32)
     level = fall_off(sampled, rho)
-    gain = 1.0 / np.clip(np.interp(rho * EYEPIECE_RINGS - 0.5, np.arange(EYEPIECE_RINGS), level), 0.2, 1.0)
+    gain = flattening_gain(rho, level)
     inside = rho <= 1.0 - EYEPIECE_RIM
     background = np.quantile((sampled * gain[..., None])[inside], BACKGROUND_QUANTILE, axis=0)
     # the sampled pixels sit at multiples of step: enlarge the map so that they keep their gains
