@@ -26,6 +26,7 @@ from timing import median_ms, report  # benchmarks/timing.py
 
 from leukostage import capture
 from leukostage.imaging import load_image
+from leukostage.training.augment import eyepiece_photo
 from leukostage.training.data import default_data_dir
 from leukostage.validate import validate_bytes
 
@@ -41,14 +42,9 @@ def slide(folder: Path, n: int = 5) -> np.ndarray:
 
 
 def phone_photo(rgb: np.ndarray, disc: int) -> np.ndarray:
-    """``rgb`` magnified into a round field of ``disc`` pixels, dimmed towards its rim, on black."""
+    """``rgb`` magnified into a round field of ``disc`` pixels, dimmed towards its rim, on black (no blur, no JPEG)."""
     side = round(disc / 0.94)
-    big = cv2.resize(rgb, (side, side), interpolation=cv2.INTER_CUBIC).astype(np.float32)
-    yy, xx = np.mgrid[:side, :side]
-    r = np.hypot(xx - side / 2, yy - side / 2) / (disc / 2)
-    big *= np.clip(1 - 0.3 * r**2, 0, 1)[..., None]
-    big[r > 1] = 0
-    return np.clip(big, 0, 255).astype(np.uint8)
+    return eyepiece_photo(rgb, side / max(rgb.shape[:2]), radius=0.47, fall_off=0.3, blur=0.0, quality=None)
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from leukostage import capture
+from leukostage.training.augment import eyepiece_photo
 from leukostage.validate import get_preset, validate_image
 
 
@@ -26,20 +27,6 @@ def fields(taleqani) -> list[np.ndarray]:
         for p in sorted((taleqani / folder).glob("*.jpg"))[1:4]
     ]
     return [cv2.imread(str(p))[:, :, ::-1].copy() for p in paths]
-
-
-def eyepiece_photo(
-    rgb: np.ndarray, magnification: float = 2.2, radius: float = 0.47, fall_off: float = 0.3
-) -> np.ndarray:
-    """A phone photo through the eyepiece: the field magnified, a round field stop with fall-off, black around."""
-    side = int(max(rgb.shape[:2]) * magnification)
-    big = cv2.resize(rgb, (side, side), interpolation=cv2.INTER_CUBIC).astype(np.float32)
-    yy, xx = np.mgrid[:side, :side]
-    r = np.hypot(xx - side / 2, yy - side / 2) / (radius * side)
-    big *= np.clip(1 - fall_off * r**2, 0, 1)[..., None]
-    big[r > 1] = 0
-    ok, buf = cv2.imencode(".jpg", np.clip(cv2.GaussianBlur(big, (0, 0), 1.0), 0, 255).astype(np.uint8)[:, :, ::-1])
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1].copy()
 
 
 def zoomed(rgb: np.ndarray, k: float) -> np.ndarray:

@@ -214,21 +214,36 @@ def capture_chain(x: torch.Tensor, cfg: CaptureConfig, generator: torch.Generato
     return jpeg_roundtrip(x, [int(qi) if u else None for qi, u in zip(q, use)])
 
 
-def simulate_eyepiece(rgb, rng, magnification: float = 2.2):
-    """A phone photo through the eyepiece of a field (uint8 RGB): magnified, a round field stop with the lens's
-    fall-off, a black surround, a little blur and JPEG. For the validator's calibration smears and the tests."""
+def eyepiece_photo(
+    rgb, magnification: float = 2.2, radius: float = 0.47, fall_off: float = 0.3, blur: float = 1.0, quality=95
+):
+    """A phone photo through the eyepiece of a field (uint8 RGB), every parameter fixed: magnified, a round field
+    stop of ``radius`` (of the photo's side) whose light falls off as 1 - ``fall_off`` r^2, a black surround, a
+    Gaussian blur of ``blur`` px, then a JPEG at ``quality`` (None: none). The tests and the benchmark take it
+    as it is; :func:`simulate_eyepiece` draws the parameters."""
     import cv2
     import numpy as np
 
     side = int(max(rgb.shape[:2]) * magnification)
     big = cv2.resize(rgb, (side, side), interpolation=cv2.INTER_CUBIC).astype(np.float32)
     yy, xx = np.mgrid[:side, :side]
-    r = np.hypot(xx - side / 2, yy - side / 2) / (rng.uniform(0.4, 0.5) * side)
-    big *= np.clip(1 - rng.uniform(0.1, 0.35) * r**2, 0, 1)[..., None]
+    r = np.hypot(xx - side / 2, yy - side / 2) / (radius * side)
+    big *= np.clip(1 - fall_off * r**2, 0, 1)[..., None]
     big[r > 1] = 0
-    big = cv2.GaussianBlur(big, (0, 0), rng.uniform(0.5, 1.5))
-    ok, buf = cv2.imencode(".jpg", np.clip(big, 0, 255).astype(np.uint8)[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 70])
+    if blur > 0:
+        big = cv2.GaussianBlur(big, (0, 0), blur)
+    photo = np.clip(big, 0, 255).astype(np.uint8)
+    if quality is None:
+        return photo
+    ok, buf = cv2.imencode(".jpg", photo[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
     return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1])
+
+
+def simulate_eyepiece(rgb, rng, magnification: float = 2.2):
+    """:func:`eyepiece_photo` with a random field stop, fall-off and blur, at JPEG quality 70: for the validator's
+    calibration smears and the validation shifts."""
+    radius, fall_off, blur = rng.uniform(0.4, 0.5), rng.uniform(0.1, 0.35), rng.uniform(0.5, 1.5)
+    return eyepiece_photo(rgb, magnification, radius, fall_off, blur, quality=70)
 
 
 def capture_image(rgb, cfg: CaptureConfig, seed: int):
