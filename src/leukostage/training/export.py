@@ -389,6 +389,35 @@ def external_summaries(files: list[str | Path]) -> dict:
     return out
 
 
+def export_served(
+    model: nn.Module, meta: dict, images: np.ndarray, labels: np.ndarray, split: dict, out: str | Path, size: int
+) -> tuple[Path, dict, np.ndarray | None]:
+    """The served graph of a trained model, from its own split (``images``/``labels``: the whole dataset): the
+    softmax temperature fitted on the val part, and the domain check's bank of the train part's embeddings, with
+    one capture-chain copy of each image for a capture recipe (the domain also covers what training answered).
+    Returns the file, the card's calibration entry and the bank (None: an architecture without a domain embedding).
+    """
+    from .train import RECIPES, augmented_copies, to_input
+
+    x_val, y_val = images[split["val"]], labels[split["val"]]
+    with torch.no_grad():
+        logits_val = torch.cat([model(to_input(x_val[i : i + 64])) for i in range(0, len(x_val), 64)]).numpy()
+    temperature = fit_temperature(y_val, logits_val)
+    calibration = {
+        "temperature": temperature,
+        "fitted_on": f"{meta['split']} split, val part (NLL, floored at the add-one val accuracy)",
+        "grid": [min(TEMPERATURE_GRID), max(TEMPERATURE_GRID)],
+    }
+    domain = None
+    recipe = RECIPES.get(meta.get("recipe"))
+    train_images = images[split["train"]]
+    if recipe is not None and recipe.capture is not None:
+        train_images = np.concatenate([train_images, augmented_copies(train_images, recipe, meta["seed"])])
+    if model.DOMAIN_EMBEDDING is not None:  # architectures with a domain embedding (lite0)
+        domain = unit_rows(embeddings(model, train_images))
+    return export_onnx(model, out, size, temperature=temperature, domain=domain), calibration, domain
+
+
 def export_model(
     checkpoint: str | Path,
     out: str | Path,
@@ -411,7 +440,7 @@ def export_model(
     """
     from .data import reproduce_split
     from .decision import shifted_views
-    from .train import RECIPES, augmented_copies, load_checkpoint, to_input
+    from .train import RECIPES, load_checkpoint
 
     model, ckpt = load_checkpoint(checkpoint)
     size = ckpt["model_config"]["image_size"]
@@ -426,22 +455,8 @@ def export_model(
     else:
         ds, split, images = reproduce_split(data, meta["fingerprint"], meta["split"], meta["seed"], size)
         x_val, y_val = images[split["val"]], ds.labels[split["val"]]
-        with torch.no_grad():
-            logits_val = torch.cat([model(to_input(x_val[i : i + 64])) for i in range(0, len(x_val), 64)]).numpy()
-        temperature = fit_temperature(y_val, logits_val)
-        calibration = {
-            "temperature": temperature,
-            "fitted_on": f"{meta['split']} split, val part (NLL, floored at the add-one val accuracy)",
-            "grid": [min(TEMPERATURE_GRID), max(TEMPERATURE_GRID)],
-        }
-        domain = None
+        out, calibration, domain = export_served(model, meta, images, ds.labels, split, out, size)
         recipe = RECIPES.get(meta.get("recipe"))
-        train_images = images[split["train"]]
-        if recipe is not None and recipe.capture is not None:  # the domain also covers what training answered
-            train_images = np.concatenate([train_images, augmented_copies(train_images, recipe, meta["seed"])])
-        if model.DOMAIN_EMBEDDING is not None:  # architectures with a domain embedding (lite0)
-            domain = unit_rows(embeddings(model, train_images))
-        out = export_onnx(model, out, size, temperature=temperature, domain=domain)
         shifted = shifted_views(x_val, y_val) if recipe is not None and recipe.capture is not None else None
         decision, metrics[f"{meta['split']}_test"], served_domain = fit_served_decision(
             val_test_outputs(out, images, split, shifted), ds.labels, split, meta["split"], shifted
@@ -455,7 +470,7 @@ def export_model(
                 "embedding": model.DOMAIN_EMBEDDING,
                 "neighbours": DOMAIN_NEIGHBOURS,
                 "fitted_on": f"{meta['split']} split, train part ({len(split['train'])} images"
-                + (", and one capture-chain copy of each)" if len(train_images) > len(split["train"]) else ")"),
+                + (", and one capture-chain copy of each)" if len(domain) > len(split["train"]) else ")"),
                 "threshold_chosen_on": served_domain["threshold_chosen_on"],
                 "embedding_dims": int(domain.shape[1]),
                 "test_flagged": served_domain["test_flagged"],
