@@ -27,7 +27,7 @@ from leukostage.training.export import export_served, onnx_outputs
 from leukostage.training.train import load_checkpoint
 
 
-def candidate(path: Path, data: Path, cache: Path) -> dict:
+def candidate(path: Path, data: Path, work: Path) -> dict:
     """One run folder (its best.pt, exported here) or an already exported .onnx file (e.g. the shipped model)."""
     if path.suffix == ".onnx":
         card = json.loads(card_path_for(path).read_text())
@@ -52,6 +52,7 @@ def candidate(path: Path, data: Path, cache: Path) -> dict:
         logged = len((path / "log.csv").read_text().splitlines()) - 1
     ds, split, images = reproduce_split(data, meta["fingerprint"], meta["split"], meta["seed"], size)
     x_val, y_val = images[split["val"]], ds.labels[split["val"]]
+    cache = work / "val-shifted-views.pkl"
     if cache.is_file():
         shifted = pickle.loads(cache.read_bytes())
     else:
@@ -64,7 +65,7 @@ def candidate(path: Path, data: Path, cache: Path) -> dict:
     y = np.r_[y_val, shifted.labels].astype(np.int64)
     chosen = choose_thresholds(probs, y, scores)
     n = len(y_val)
-    audit_dir = (path.parent / f"{path.stem}-audit-val") if path.suffix == ".onnx" else path / "audit-val"
+    audit_dir = (work / f"{path.stem}-audit-val") if path.suffix == ".onnx" else path / "audit-val"
     audit = run_audit(model_file, data, out=audit_dir, examples=False, part="val")
     return {
         "model": str(path),
@@ -83,9 +84,10 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--data", type=Path, default=default_data_dir())
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--work", type=Path, default=Path("runs"), help="the shifted views' cache, an .onnx's audit")
     args = parser.parse_args()
-    cache = args.runs[0].parent / "val-shifted-views.pkl"
-    results = [candidate(run, args.data, cache) for run in args.runs]
+    args.work.mkdir(parents=True, exist_ok=True)
+    results = [candidate(run, args.data, args.work) for run in args.runs]
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:
