@@ -6,6 +6,7 @@ import torch
 
 from leukostage.training.train import (
     RECIPES,
+    Keeper,
     TrainConfig,
     cell_attention_loss,
     load_checkpoint,
@@ -29,6 +30,29 @@ def test_one_epoch_smoke_training_writes_checkpoint_log_and_curves(smoke_run):
     assert len(rows) == 1 and float(rows[0]["seconds"]) > 0
     assert summary["split"] == "random" and summary["seed"] == 42 and len(summary["fingerprint"]) == 16
     assert json.loads((out / "run.json").read_text())["epochs_run"] == 1
+
+
+# the validation log of a 12-epoch one-cycle run (the capture recipe at attention weight 0.75, blocked split): the
+# loss is lowest at epoch 3, accuracy highest from epoch 9, four epochs tied at 1.0
+ONE_CYCLE_LOG = [
+    (0.43653, 0.87692), (0.10844, 0.99487), (0.06636, 0.99487), (0.12355, 0.98718), (0.07483, 0.99744),
+    (0.08606, 0.98974), (0.08063, 0.99744), (0.0944, 0.99231), (0.09958, 1.0), (0.09396, 1.0), (0.08746, 1.0),
+    (0.09297, 1.0),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("rule", "kept"), [("val_loss", 3), ("val_accuracy", 11), ("last", 12)])
+def test_the_checkpoint_rule_keeps_its_epoch(rule, kept):
+    keeper = Keeper(rule)
+    saved = [epoch for epoch, (loss, acc) in enumerate(ONE_CYCLE_LOG, 1) if keeper.keeps(loss, acc, epoch)]
+    assert keeper.epoch == saved[-1] == kept
+    assert saved[0] == 1  # the first epoch is always kept: a run stopped early still has a checkpoint
+
+
+def test_an_unknown_checkpoint_rule_is_refused_before_training(tmp_path):
+    with pytest.raises(ValueError, match="val_loss, val_accuracy, last"):
+        train(TrainConfig(data=str(tmp_path / "missing"), out=str(tmp_path / "run"), keep="best"), progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_checkpoint_rebuilds_the_model_exactly(smoke_run):

@@ -53,6 +53,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="weight of the cell-attention loss instead of the recipe's (0 turns it off); choose it on "
         "the validation part (audit --part val)",
     )
+    p.add_argument(
+        "--keep",
+        default="val_loss",
+        choices=("val_loss", "val_accuracy", "last"),
+        help="which epoch best.pt keeps: the lowest validation loss (default), the highest validation accuracy "
+        "(ties to the lower loss), or the last epoch",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
@@ -73,6 +80,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         precision=args.precision,
         limit_per_class=args.limit_per_class,
         attention_weight=args.attention_weight,
+        keep=args.keep,
     )
     summary = train(cfg, progress=not args.quiet)
     print(json.dumps({k: summary[k] for k in ("best_epoch", "best_val_loss", "epochs_run", "median_epoch_seconds")}))

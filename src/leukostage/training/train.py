@@ -27,6 +27,8 @@ from .data import Dataset, discover, load_arrays, make_split, split_summary, sta
 from .model import ARCH_IMAGE_SIZE, ModelConfig, build_model, config_dict, config_from_dict, gradcam_maps
 
 PRECISIONS = ("auto", "bf16", "fp32")
+# which epoch's weights best.pt keeps (see Keeper)
+KEEP_RULES = ("val_loss", "val_accuracy", "last")
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ class TrainConfig:
     precision: str = "auto"  # bf16 autocast where the CPU has native bf16 (AMX / AVX512-BF16), else fp32
     limit_per_class: int = 0  # >0: a small per-class subset (smoke tests)
     attention_weight: float | None = None  # overrides the recipe's cell-attention weight (chosen on validation)
+    keep: str = "val_loss"  # the checkpoint rule, one of KEEP_RULES (Keeper)
 
 
 def resolve_precision(name: str) -> str:
@@ -338,6 +341,30 @@ class EarlyStopping:
         return self.since_best >= self.patience
 
 
+@dataclass
+class Keeper:
+    """Which epoch's weights best.pt holds. ``val_loss``: the lowest validation loss (Keras' restore_best_weights,
+    the default). ``val_accuracy``: the highest validation accuracy, ties to the lower loss (timm's top-1 eval
+    metric): under label smoothing the loss also measures confidence, and its minimum can come while the one-cycle
+    rate is still high. ``last``: the final epoch (where a one-cycle schedule has annealed the rate to zero)."""
+
+    rule: str = "val_loss"
+    best: tuple[float, ...] = (math.inf,)
+    epoch: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rule not in KEEP_RULES:
+            raise ValueError(f"unknown checkpoint rule {self.rule!r}; expected one of {', '.join(KEEP_RULES)}")
+
+    def keeps(self, val_loss: float, val_acc: float, epoch: int) -> bool:
+        """Whether this epoch's weights replace the kept ones (and become ``epoch``)."""
+        key = {"val_loss": (val_loss,), "val_accuracy": (-val_acc, val_loss), "last": (-epoch,)}[self.rule]
+        if key < self.best:
+            self.best, self.epoch = key, epoch
+            return True
+        return False
+
+
 def save_checkpoint(run: Run, cfg: TrainConfig, epoch: int, path: Path) -> None:
     """Weights with the model and training configs and the provenance, so the model can be rebuilt exactly."""
     torch.save(
@@ -357,9 +384,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     """Train one model; writes best.pt, split.json, log.csv, curves.png and run.json into cfg.out. Returns the run
     summary.
 
-    Setup, then per epoch: train, evaluate, schedule, checkpoint when the validation loss improves, stop early when
-    it has not for ``early_stop_patience`` epochs. Ctrl-C or SIGTERM ends the loop; the best checkpoint is on disk.
+    Setup, then per epoch: train, evaluate, schedule, checkpoint when the epoch beats the kept one by ``cfg.keep``
+    (:class:`Keeper`; by default the validation loss improves), stop early when the validation loss has not improved
+    for ``early_stop_patience`` epochs. Ctrl-C or SIGTERM ends the loop; the kept checkpoint is on disk.
     """
+    keeper = Keeper(cfg.keep)  # an unknown rule is refused before any work is done
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     run = setup(cfg, out, progress)
@@ -375,16 +404,22 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                 log_epoch(writer, fh, row)
                 rows.append(row)
                 step_schedule(run, val_loss)
-                if stopper.improved(val_loss, epoch):
+                improved = stopper.improved(val_loss, epoch)
+                if keeper.keeps(val_loss, row["val_acc"], epoch):
                     save_checkpoint(run, cfg, epoch, out / "best.pt")
-                elif stopper.should_stop:
+                if not improved and stopper.should_stop:
                     stopped_by = "early stopping"
                     print(f"early stopping: no val-loss improvement for {stopper.since_best} epochs", flush=True)
                     break
         except KeyboardInterrupt:
             stopped_by = "interrupted"
-            print(f"interrupted: the best checkpoint (epoch {stopper.best_epoch}) is kept", flush=True)
-    summary = {"best_epoch": stopper.best_epoch, "best_val_loss": stopper.best_loss, "stopped_by": stopped_by}
+            print(f"interrupted: the kept checkpoint (epoch {keeper.epoch}) stays", flush=True)
+    summary = {
+        "best_epoch": keeper.epoch,
+        "kept_by": keeper.rule,
+        "best_val_loss": stopper.best_loss,
+        "stopped_by": stopped_by,
+    }
     return finalize_run(out, rows, {**run.meta, **summary})
 
 
