@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from leukostage.classes import CLASS_KEYS
+from leukostage.classes import CLASS_KEYS, NORMAL_KEY
 from leukostage.imaging import load_image
 from leukostage.predict import Predictor, analyse_bytes
 from leukostage.training.data import default_data_dir, discover, make_split
@@ -35,7 +35,9 @@ def outcome(result: dict, label: int) -> str:
         return f"refused: {result['code']}"
     if result.get("uncertain_reason"):
         return f"uncertain: {result['uncertain_reason']}"
-    return "right" if result["label"] == CLASS_KEYS[label] else "wrong"
+    if result["label"] == CLASS_KEYS[label]:
+        return "right"
+    return "wrong: leukaemia called normal" if result["label"] == NORMAL_KEY else "wrong"
 
 
 def main() -> None:
@@ -65,8 +67,9 @@ def main() -> None:
                 rgb = (load_image(ds.paths[i]).astype(np.float32) * gain).clip(0, 255).astype(np.uint8)
                 png = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))[1].tobytes()
                 counts[outcome(analyse_bytes(png, "field.png", predictor).result, int(ds.labels[i]))] += 1
-            answered = counts["right"] + counts["wrong"]
-            print(f"x{gain:<5g} answered {answered:3d} (wrong {counts['wrong']:2d}) {dict(sorted(counts.items()))}")
+            wrong = sum(n for key, n in counts.items() if key.startswith("wrong"))
+            answered = counts["right"] + wrong
+            print(f"x{gain:<5g} answered {answered:3d} (wrong {wrong:2d}) {dict(sorted(counts.items()))}")
 
 
 if __name__ == "__main__":
