@@ -29,26 +29,16 @@ from leukostage.training.train import load_checkpoint
 
 def candidate(path: Path, data: Path, work: Path) -> dict:
     """One run folder (its best.pt, exported here) or an already exported .onnx file (e.g. the shipped model)."""
+    model = None
     if path.suffix == ".onnx":
         card = json.loads(card_path_for(path).read_text())
-        meta = {k: card["training"][k] for k in ("split", "seed")} | {
-            "fingerprint": card["training"]["data_fingerprint"]
-        }
-        size, onnx, model_file, epoch, logged = (
-            card["input"]["shape"][1],
-            path,
-            path,
-            card["training"]["best_epoch"],
-            None,
-        )
+        training = card["training"]
+        meta = {"split": training["split"], "seed": training["seed"], "fingerprint": training["data_fingerprint"]}
+        size, model_file, epoch, logged = card["input"]["shape"][1], path, training["best_epoch"], None
     else:
-        model, ckpt = load_checkpoint(path / "best.pt")
-        meta, size, model_file, epoch = (
-            ckpt["meta"],
-            ckpt["model_config"]["image_size"],
-            path / "best.pt",
-            ckpt["epoch"],
-        )
+        model_file = path / "best.pt"
+        model, ckpt = load_checkpoint(model_file)
+        meta, size, epoch = ckpt["meta"], ckpt["model_config"]["image_size"], ckpt["epoch"]
         logged = len((path / "log.csv").read_text().splitlines()) - 1
     ds, split, images = reproduce_split(data, meta["fingerprint"], meta["split"], meta["seed"], size)
     x_val, y_val = images[split["val"]], ds.labels[split["val"]]
@@ -58,14 +48,15 @@ def candidate(path: Path, data: Path, work: Path) -> dict:
     else:
         shifted = shifted_views(x_val, y_val)
         cache.write_bytes(pickle.dumps(shifted))
-    if path.suffix != ".onnx":
+    onnx = path
+    if model is not None:  # a run: its served graph, as export makes it
         onnx, _, _ = export_served(model, meta, images, ds.labels, split, path / "served-float.onnx", size)
     out = onnx_outputs(onnx, to_unit_range(np.concatenate([x_val, shifted.views])))
     probs, scores = out["probabilities"], out[DOMAIN_OUTPUT]
     y = np.r_[y_val, shifted.labels].astype(np.int64)
     chosen = choose_thresholds(probs, y, scores)
     n = len(y_val)
-    audit_dir = (work / f"{path.stem}-audit-val") if path.suffix == ".onnx" else path / "audit-val"
+    audit_dir = path / "audit-val" if model is not None else work / f"{path.stem}-audit-val"
     audit = run_audit(model_file, data, out=audit_dir, examples=False, part="val")
     return {
         "model": str(path),
