@@ -1,16 +1,20 @@
 import csv
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
+from leukostage.training.augment import CaptureConfig
 from leukostage.training.train import (
     RECIPES,
     Keeper,
     TrainConfig,
+    augment,
     cell_attention_loss,
     load_checkpoint,
     resolve_precision,
+    resolve_recipe,
     train,
 )
 
@@ -130,6 +134,32 @@ def test_attention_weight_overrides_the_recipe_and_is_recorded(data_dir, tmp_pat
             TrainConfig(data=str(data_dir), out=str(tmp_path / "neg"), recipe="robust", attention_weight=-1.0),
             progress=False,
         )
+
+
+def test_clean_share_overrides_a_capture_recipe_and_is_checked():
+    assert resolve_recipe(TrainConfig(recipe="capture", clean_share=0.25)).clean_share == 0.25
+    assert resolve_recipe(TrainConfig(recipe="capture")).clean_share == RECIPES["capture"].clean_share == 0.0
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        resolve_recipe(TrainConfig(recipe="capture", clean_share=1.5))
+    with pytest.raises(ValueError, match="needs a recipe with the capture chain"):
+        resolve_recipe(TrainConfig(recipe="transfer-cells", clean_share=0.25))
+
+
+# a capture chain that only dims the light to 40 %: which images went through it shows in their brightness
+_DIMMING = CaptureConfig(
+    stain_p=0.0, blur_p=0.0, exposure=(0.4, 0.4), exposure_p=1.0, vignetting_p=0.0, noise_p=0.0, gamma_p=0.0, jpeg_p=0.0
+)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_clean_share_spares_that_share_of_the_batch_the_capture_chain(share):
+    recipe = replace(RECIPES["capture"], stain=None, capture=_DIMMING, clean_share=share)
+    x = torch.full((200, 3, 32, 32), 0.8)
+    out = augment(x, recipe, torch.Generator().manual_seed(0))
+    centre = out[:, :, 12:20, 12:20].mean((1, 2, 3))  # warps may pad the corners; the centre stays inside
+    assert bool(((centre - 0.8).abs() < 1e-3).logical_or((centre - 0.32).abs() < 1e-3).all())
+    clean = float((centre > 0.5).float().mean())
+    assert clean == pytest.approx(share, abs=0.1)
 
 
 def _attention_case(cells_at: tuple[slice, slice]) -> torch.Tensor:

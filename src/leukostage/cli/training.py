@@ -54,6 +54,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "the validation part (audit --part val)",
     )
     p.add_argument(
+        "--clean-share",
+        type=float,
+        default=None,
+        metavar="S",
+        help="capture recipes: the share of each batch trained without the capture chain, as the training "
+        "hospital's microscope shows it (default: the recipe's, 0)",
+    )
+    p.add_argument(
         "--keep",
         default="val_loss",
         choices=("val_loss", "val_accuracy", "last"),
@@ -80,6 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         precision=args.precision,
         limit_per_class=args.limit_per_class,
         attention_weight=args.attention_weight,
+        clean_share=args.clean_share,
         keep=args.keep,
     )
     summary = train(cfg, progress=not args.quiet)

@@ -50,6 +50,9 @@ class Recipe:
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
     pretrained: bool = False  # start from ImageNet weights (architectures that have them)
+    # capture recipes: the share of each batch seen as the training hospital's own microscope shows it (the cell
+    # geometry and stain jitter of transfer-cells, no capture chain), so clean fields are not a rare corner
+    clean_share: float = 0.0
 
 
 # Cells have no orientation: any rotation and both flips are real variations; shifts and zooms stay small because
@@ -111,6 +114,7 @@ class TrainConfig:
     precision: str = "auto"  # bf16 autocast where the CPU has native bf16 (AMX / AVX512-BF16), else fp32
     limit_per_class: int = 0  # >0: a small per-class subset (smoke tests)
     attention_weight: float | None = None  # overrides the recipe's cell-attention weight (chosen on validation)
+    clean_share: float | None = None  # overrides the recipe's clean share (capture recipes)
     keep: str = "val_loss"  # the checkpoint rule, one of KEEP_RULES (Keeper)
 
 
@@ -189,10 +193,11 @@ class Run:
 
 
 def resolve_recipe(cfg: TrainConfig) -> Recipe:
-    """The named recipe, with the config's attention weight where one is given.
+    """The named recipe, with the config's attention weight and clean share where they are given.
 
     Raises:
-        ValueError: an unknown recipe, or a negative attention weight.
+        ValueError: an unknown recipe, a negative attention weight, or a clean share outside [0, 1] or on a recipe
+            without the capture chain.
     """
     if cfg.recipe not in RECIPES:
         raise ValueError(f"unknown recipe {cfg.recipe!r}; expected one of {', '.join(RECIPES)}")
@@ -201,6 +206,12 @@ def resolve_recipe(cfg: TrainConfig) -> Recipe:
         if cfg.attention_weight < 0:
             raise ValueError(f"attention weight must be >= 0; got {cfg.attention_weight}")
         recipe = replace(recipe, attention_weight=cfg.attention_weight)
+    if cfg.clean_share is not None:
+        if not 0.0 <= cfg.clean_share <= 1.0:
+            raise ValueError(f"clean share must be between 0 and 1; got {cfg.clean_share}")
+        if recipe.capture is None:
+            raise ValueError(f"--clean-share needs a recipe with the capture chain; {cfg.recipe!r} has none")
+        recipe = replace(recipe, clean_share=cfg.clean_share)
     return recipe
 
 
@@ -476,7 +487,19 @@ def cell_attention_loss(
 
 def augment(x: torch.Tensor, recipe: Recipe, gen: torch.Generator) -> torch.Tensor:
     """The recipe's augmentation of a (N, C, H, W) batch in [0, 1]: one warp for every channel (cell masks ride
-    along past the third), then the stain and the capture chain on the colours only."""
+    along past the third), then the stain and the capture chain on the colours only. With a clean share, that share
+    of the images, drawn at random, gets the cell geometry and stain jitter without the capture chain."""
+    if recipe.capture is None or recipe.clean_share <= 0:
+        return _augment(x, recipe, gen)
+    clean = torch.rand(len(x), generator=gen) < recipe.clean_share
+    out = torch.empty_like(x)
+    for rows, part in ((clean, replace(recipe, capture=None, augment=CELL_AUGMENT)), (~clean, recipe)):
+        if bool(rows.any()):
+            out[rows] = _augment(x[rows], part, gen)
+    return out
+
+
+def _augment(x: torch.Tensor, recipe: Recipe, gen: torch.Generator) -> torch.Tensor:
     x = augment_batch(x, recipe.augment, gen)
     rgb, rest = x[:, :3], x[:, 3:]
     if recipe.stain is not None:
