@@ -109,8 +109,22 @@ def test_a_100x_oil_field_is_far_from_the_training_scale_and_refused_with_it(dat
     assert ratio > 3.0, "BCCD's red cells are several times the training fields' (100x oil, 640x480)"
     verdict = validate_image(rgb)
     assert not verdict.valid and verdict.code == "magnification_out_of_range"
-    assert f"{capture.red_cell_diameter(rgb):.0f} px" in verdict.reason and "lower-power objective" in verdict.reason
+    # shrunk to the training scale, 640x480 leaves a field under half the model's side: too few cells to read
+    assert f"{capture.red_cell_diameter(rgb):.0f} px" in verdict.reason and "wider field" in verdict.reason
+    assert "rescaled_by" not in verdict.capture, "a refused field was not rescaled"
     assert verdict.checks["smear_score"].passed, "still recognised as a smear: refused for its scale only"
+
+
+@pytest.mark.parametrize("factor", [4, 12])
+def test_a_high_resolution_picture_of_a_field_is_read_at_the_training_scale(fields, settings, factor):
+    """More pixels per red cell is not another magnification to refuse: shrinking invents nothing, so a camera with
+    many pixels (here a field enlarged 4x and 12x) is read once brought to the training scale."""
+    for rgb in fields[:3]:
+        big = cv2.resize(rgb, None, fx=factor, fy=factor, interpolation=cv2.INTER_CUBIC)
+        verdict = validate_image(big)
+        assert verdict.valid, (verdict.code, verdict.reason)
+        assert verdict.capture["scale"] > 0.6 * factor and verdict.capture["rescaled_by"] < 1.5 / factor
+        assert verdict.view.shape == (settings.field_px, settings.field_px, 3)
 
 
 def test_a_defocused_field_is_out_of_focus_and_a_mild_defocus_is_not(fields, settings):

@@ -24,6 +24,7 @@ Every threshold comes from validation data and lives in the validator file (``ca
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -76,7 +77,9 @@ class CaptureSettings:
     field_px: int  # the side of the training fields: every model's view is a square this size, at their scale
     red_cell_px: float  # median red-cell diameter over the training part's fields, in their pixels
     scale_band: tuple[float, float]  # measured / training diameter within this: left to the model, not rescaled
-    scale_limits: tuple[float, float]  # beyond this: refused (magnification_out_of_range)
+    # beyond this: refused (magnification_out_of_range); the upper one may be inf (a file's null): shrinking a
+    # picture invents nothing, so only min_field_fraction limits it
+    scale_limits: tuple[float, float]
     min_field_fraction: float  # a rescaled field shorter than this share of the model input is refused too
     min_focus: float  # focus_measure below this: out_of_focus
     min_background: float  # background_level (0-255) below this: underexposed
@@ -91,7 +94,7 @@ class CaptureSettings:
             field_px=int(d["field_px"]),
             red_cell_px=float(d["red_cell_px"]),
             scale_band=tuple(float(v) for v in d["scale_band"]),
-            scale_limits=tuple(float(v) for v in d["scale_limits"]),
+            scale_limits=tuple(math.inf if v is None else float(v) for v in d["scale_limits"]),
             min_field_fraction=float(d["min_field_fraction"]),
             min_focus=float(d["min_focus"]),
             min_background=float(d["min_background"]),

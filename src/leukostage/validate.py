@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -67,8 +68,8 @@ CAPTURE_MESSAGES = {
     "out_of_focus": "The field is out of focus: its sharpness is {value:.2f} at the model's scale, and at least "
     "{need:.2f} is needed. Refocus and retake.",
     "magnification_out_of_range": "Red cells measure about {diameter:.0f} px across in this picture; the model reads "
-    "fields where they measure about {expected:.0f} px ({ratio:.2f}x its scale; {low:g}x to {high:g}x can be "
-    "rescaled). {advice}",
+    "fields where they measure about {expected:.0f} px ({ratio:.2f}x its scale; pictures at {span} are rescaled). "
+    "{advice}",
 }
 MAGNIFICATION_ADVICE = {
     "high": "Photograph a wider field: a lower-power objective, or less camera zoom.",
@@ -515,8 +516,6 @@ def run_gate(rgb: np.ndarray, preset: Preset) -> ValidationResult:
         view = resize_for_model(rgb, field_px)  # no ruler in this picture: the whole field, as before
     else:
         rescale = not s.scale_band[0] <= ratio <= s.scale_band[1]
-        if rescale:
-            info["rescaled_by"] = round(1.0 / ratio, 3)
         if min(capture.training_shape(rgb, ratio) if rescale else rgb.shape[:2]) < s.min_field_fraction * field_px:
             # blur swells the ruler's reading: a field too small only because of that is out of focus as taken
             if not verdict.valid:
@@ -527,6 +526,7 @@ def run_gate(rgb: np.ndarray, preset: Preset) -> ValidationResult:
                 return _refuse("out_of_focus", {"value": focus, "need": s.min_focus}, preset, info, verdict.checks)
             return _magnification(diameter, ratio, "small", preset, info, verdict)
         if rescale:
+            info["rescaled_by"] = round(1.0 / ratio, 3)
             view = capture.training_view(rgb, ratio, field_px, working)
         else:
             view = capture.model_view(rgb, field_px, working)
@@ -551,14 +551,22 @@ def _refuse(
     return ValidationResult(False, code, text, dict(checks or {}), preset.validator, info)
 
 
+def scale_span(s: CaptureSettings) -> str:
+    """The scales the capture layer rescales, in words: with no fixed upper limit, the field's size is the limit."""
+    low, high = s.scale_limits
+    if math.isinf(high):
+        keeps = f"{s.min_field_fraction:.0%} of the model's side"
+        return f"{low:g}x and up, while the rescaled field keeps at least {keeps}"
+    return f"{low:g}x to {high:g}x"
+
+
 def _magnification(diameter: float, ratio: float, advice: str, preset: Preset, info: dict, verdict) -> ValidationResult:
     s = preset.capture
     values = {
         "diameter": diameter,
         "expected": s.red_cell_px,
         "ratio": ratio,
-        "low": s.scale_limits[0],
-        "high": s.scale_limits[1],
+        "span": scale_span(s),
         "advice": MAGNIFICATION_ADVICE[advice],
     }
     return _refuse("magnification_out_of_range", values, preset, info, verdict.checks)

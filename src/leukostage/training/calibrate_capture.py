@@ -16,8 +16,10 @@ a threshold separates answers from refusals:
   (the brightest lamp of an ordinary day, issue 18's mild level); a picture more clipped than that in which the ruler
   finds no red cell is washed out (the lamp has clipped them away, and the model reads such fields as pale smears).
 - ``min_background`` (a quarter of the reference background: the stain's contrast then spans fewer than about 40
-  grey levels), ``scale_limits`` (0.5 to 3.5: beyond, a rescale either invents detail or leaves too few cells) and
-  ``min_field_fraction`` (half the training side) are limits of the method, not fitted.
+  grey levels), ``scale_limits`` (from 0.5: below, a rescale would invent detail; no fixed upper limit, null, since
+  shrinking a picture invents nothing: a high-resolution camera's field is read at the training scale) and
+  ``min_field_fraction`` (half the training side: a field that shrinks below it has too few cells, whatever its
+  scale) are limits of the method, not fitted.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ SPLIT = "blocked"
 MILD_BLUR_PX = 1.5
 BRIGHTEST_TRAINED_EXPOSURE = 1.35
 BRIGHTEST_ORDINARY_EXPOSURE = 1.2
-SCALE_LIMITS = (0.5, 3.5)
+SCALE_LIMITS = (0.5, None)  # (lowest, highest) measured / training scale; None: the field size decides
 MIN_FIELD_FRACTION = 0.5
 UNDEREXPOSED_SHARE = 0.25
 
