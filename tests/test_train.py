@@ -50,6 +50,7 @@ def test_the_checkpoint_rule_keeps_its_epoch(rule, kept):
     keeper = Keeper(rule)
     saved = [epoch for epoch, (loss, acc) in enumerate(ONE_CYCLE_LOG, 1) if keeper.keeps(loss, acc, epoch)]
     assert keeper.epoch == saved[-1] == kept
+    assert keeper.val_loss == ONE_CYCLE_LOG[kept - 1][0]  # the kept epoch's loss, not the run's lowest
     assert saved[0] == 1  # the first epoch is always kept: a run stopped early still has a checkpoint
 
 

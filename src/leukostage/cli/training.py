@@ -92,7 +92,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         keep=args.keep,
     )
     summary = train(cfg, progress=not args.quiet)
-    print(json.dumps({k: summary[k] for k in ("best_epoch", "best_val_loss", "epochs_run", "median_epoch_seconds")}))
+    shown = ("best_epoch", "kept_val_loss", "best_val_loss", "epochs_run", "median_epoch_seconds")
+    print(json.dumps({k: summary[k] for k in shown}))
     return 0
 
 

@@ -362,6 +362,7 @@ class Keeper:
     rule: str = "val_loss"
     best: tuple[float, ...] = (math.inf,)
     epoch: int = 0
+    val_loss: float = math.inf  # the kept epoch's own validation loss (not the run's lowest under other rules)
 
     def __post_init__(self) -> None:
         if self.rule not in KEEP_RULES:
@@ -371,7 +372,7 @@ class Keeper:
         """Whether this epoch's weights replace the kept ones (and become ``epoch``)."""
         key = {"val_loss": (val_loss,), "val_accuracy": (-val_acc, val_loss), "last": (-epoch,)}[self.rule]
         if key < self.best:
-            self.best, self.epoch = key, epoch
+            self.best, self.epoch, self.val_loss = key, epoch, val_loss
             return True
         return False
 
@@ -428,6 +429,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     summary = {
         "best_epoch": keeper.epoch,
         "kept_by": keeper.rule,
+        "kept_val_loss": keeper.val_loss,
         "best_val_loss": stopper.best_loss,
         "stopped_by": stopped_by,
     }
